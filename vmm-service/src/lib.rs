@@ -1,0 +1,1 @@
+//! The Formation VMM service.

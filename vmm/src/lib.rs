@@ -1,0 +1,3 @@
+//! form-vmm: one process per VM, KVM underneath, an HTTP API on a unix socket.
+
+pub mod config;
