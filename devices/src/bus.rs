@@ -77,12 +77,29 @@ impl Bus {
     /// Moves a device to a new base, as when a guest reprograms a trapped BAR.
     pub fn relocate(&self, old_base: u64, new_base: u64) -> Result<(), BusError> {
         let mut devices = self.devices.write().unwrap();
-        let (range, dev) = devices.remove(&old_base).ok_or(BusError::NoDevice(old_base))?;
-        if devices.values().any(|(r, _)| r.overlaps(new_base, range.len)) {
+        let (range, dev) = devices
+            .remove(&old_base)
+            .ok_or(BusError::NoDevice(old_base))?;
+        if devices
+            .values()
+            .any(|(r, _)| r.overlaps(new_base, range.len))
+        {
             devices.insert(old_base, (range, dev));
-            return Err(BusError::Overlap { base: new_base, len: range.len });
+            return Err(BusError::Overlap {
+                base: new_base,
+                len: range.len,
+            });
         }
-        devices.insert(new_base, (Range { base: new_base, len: range.len }, dev));
+        devices.insert(
+            new_base,
+            (
+                Range {
+                    base: new_base,
+                    len: range.len,
+                },
+                dev,
+            ),
+        );
         Ok(())
     }
 
@@ -150,9 +167,18 @@ mod tests {
         bus.insert(dev.clone(), 0x1000, 0x100).unwrap();
         assert_eq!(
             bus.insert(dev.clone(), 0x10ff, 1),
-            Err(BusError::Overlap { base: 0x10ff, len: 1 })
+            Err(BusError::Overlap {
+                base: 0x10ff,
+                len: 1
+            })
         );
-        assert_eq!(bus.insert(dev.clone(), 0xf00, 0x101).unwrap_err(), BusError::Overlap { base: 0xf00, len: 0x101 });
+        assert_eq!(
+            bus.insert(dev.clone(), 0xf00, 0x101).unwrap_err(),
+            BusError::Overlap {
+                base: 0xf00,
+                len: 0x101
+            }
+        );
         bus.insert(dev.clone(), 0x1100, 0x100).unwrap();
         assert_eq!(bus.insert(dev, 5, 0), Err(BusError::ZeroLength(5)));
     }
