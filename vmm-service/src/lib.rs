@@ -1,1 +1,3 @@
 //! The Formation VMM service.
+
+pub mod gpu;

@@ -1,0 +1,39 @@
+//! GPUs on the host: inventory from sysfs, binding IOMMU groups to vfio-pci and back,
+//! and a readiness check (`doctor`).
+//!
+//! Everything reads under a [`HostPaths`] (default `/sys`, `/proc`, `/dev`) and writes
+//! through a [`SysfsWriter`], so tests run against generated fixture trees with a
+//! writer that plays the kernel.
+
+mod bdf;
+mod binding;
+mod class;
+mod doctor;
+mod error;
+mod host;
+mod inventory;
+mod names;
+mod records;
+mod resource;
+mod units;
+mod writer;
+
+pub use bdf::{Bdf, BdfError};
+pub use binding::{
+    BindOptions, BindOutcome, DriverChange, GpuBinder, ReleaseOutcome, DEFAULT_VFIO_NODE_TIMEOUT,
+    VFIO_PCI,
+};
+pub use class::{is_bridge, is_gpu};
+pub use doctor::{doctor, render, DoctorInputs, DoctorReport, Finding, MemlockLimit, Severity};
+pub use error::GpuError;
+pub use host::HostPaths;
+pub use inventory::{
+    gpu_info, iommu_group_members, list_functions, list_gpus, FunctionSummary, GpuInfo, NoOwners,
+    OwnerLookup, PciFunction, PcieLink,
+};
+pub use records::{
+    DriverRecord, DriverRecords, JsonFileRecords, MemoryRecords, DEFAULT_RECORDS_PATH,
+};
+pub use resource::{Bar, BarKind};
+pub use units::{format_bytes, parse_size};
+pub use writer::{KernelSysfs, SysfsWriter};
