@@ -1,0 +1,85 @@
+# Helpers for lab scenarios, inside the L1 host (busybox sh). /init sources this, and
+# every scenario runs with it already sourced (it is /lab/lib.sh in the initramfs).
+#
+# A scenario reports progress with `step`, gives up with `fail`, and passes by ending
+# with status 0. The runner turns these into the serial-log markers that
+# scripts/vfio-lab reads:
+#   LAB-BEGIN <name>
+#   LAB-STEP <name> <what it is doing now>
+#   LAB-RESULT <name> PASS <seconds>
+#   LAB-RESULT <name> FAIL <reason> [step: <last step>]
+
+LAB_RUN=/run/lab
+
+# Seconds since L1 booted, with hundredths. TCG keeps guest time in step with the host's
+# clock, so differences are wall-clock seconds.
+lab_uptime() {
+    read -r _up _ </proc/uptime
+    echo "$_up"
+}
+
+lab_seconds_since() { awk -v a="$1" -v b="$(lab_uptime)" 'BEGIN { printf "%.1f", b - a }'; }
+
+step() {
+    echo "$*" >"$LAB_RUN/step"
+    echo "LAB-STEP $LAB_SCENARIO $*"
+}
+
+fail() {
+    echo "$*" >"$LAB_RUN/reason"
+    exit 1
+}
+
+# The driver a PCI device is bound to, or "none".
+pci_driver() {
+    if [ -e "/sys/bus/pci/devices/$1/driver" ]; then
+        basename "$(readlink "/sys/bus/pci/devices/$1/driver")"
+    else
+        echo none
+    fi
+}
+
+# The IOMMU group number of a PCI device, or nothing.
+pci_group() {
+    [ -e "/sys/bus/pci/devices/$1/iommu_group" ] &&
+        basename "$(readlink "/sys/bus/pci/devices/$1/iommu_group")"
+}
+
+expect_driver() {
+    _have=$(pci_driver "$1")
+    [ "$_have" = "$2" ] || fail "$1 is on driver '$_have', expected '$2'"
+}
+
+expect_file() {
+    [ -e "$1" ] || fail "${2:-$1} is missing ($1)"
+}
+
+# wait_until SECONDS COMMAND...: polls COMMAND every 0.1 s until it succeeds; fails the
+# scenario after SECONDS.
+wait_until() {
+    _limit=$1
+    shift
+    _deadline=$(awk -v a="$(lab_uptime)" -v l="$_limit" 'BEGIN { print a + l }')
+    until "$@"; do
+        if awk -v d="$_deadline" -v n="$(lab_uptime)" 'BEGIN { exit !(n > d) }'; then
+            fail "waited ${_limit}s for: $*"
+        fi
+        sleep 0.1
+    done
+}
+
+# run_logged FILE COMMAND...: runs COMMAND with its output both on the console (so the
+# L1 log shows it) and in FILE (so the scenario can check it); returns its status.
+run_logged() {
+    _log=$1
+    shift
+    rm -f "$_log.status"
+    { "$@" 2>&1; echo $? >"$_log.status"; } | tee "$_log"
+    read -r _status <"$_log.status"
+    return "$_status"
+}
+
+# expect_output FILE PATTERN [WHAT]: fails unless a line of FILE matches PATTERN (grep -E).
+expect_output() {
+    grep -qE "$2" "$1" || fail "${3:-output} lacks '$2'"
+}
