@@ -247,6 +247,9 @@ static uint64_t load_elf(const char *path)
 			die("%s has a PT_NOTE: the test guest must not carry a PVH note", path);
 		if (ph.p_type != PT_LOAD)
 			continue;
+		if (!ph.p_filesz && ph.p_memsz)
+			die("%s: segment %u has no file contents; linux-loader would skip it and "
+			    "its memory", path, i);
 		if (ph.p_paddr < HIGHMEM_START || ph.p_memsz > MEM_SIZE ||
 		    ph.p_paddr > MEM_SIZE - ph.p_memsz || ph.p_filesz > ph.p_memsz ||
 		    ph.p_offset + ph.p_filesz > (uint64_t)st.st_size)
