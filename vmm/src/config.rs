@@ -1,8 +1,97 @@
 //! The VM configuration, in Cloud Hypervisor's JSON shape so its tooling can drive
 //! form-vmm unchanged. The same types are filled from the command line.
 
+pub mod options;
+
+use options::{ByteSize, OptionError, Options};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// Guest RAM is mapped in whole pages.
+const PAGE_SIZE: u64 = 4096;
+
+/// A configuration that can never boot, whatever the host. Checks that depend on the
+/// host (how much memory it has, KVM's vCPU limit, the kernel's format) belong to
+/// `Vm::new`.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("at least one vCPU is required")]
+    NoVcpus,
+    #[error("boot vCPUs ({boot}) exceed max vCPUs ({max})")]
+    BootAboveMax { boot: u8, max: u8 },
+    #[error("memory size must be greater than zero")]
+    ZeroMemory,
+    #[error("memory size {0} bytes is not a multiple of 4 KiB")]
+    UnalignedMemory(u64),
+    #[error("no kernel given: the payload needs a kernel to boot")]
+    NoKernel,
+    #[error("{what} {path}: {reason}")]
+    UnusableFile {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{which} output is 'file' but no file path is given")]
+    OutputFileMissing { which: &'static str },
+    #[error("device path is empty: name the device by its sysfs path")]
+    EmptyDevicePath,
+    #[error("device id '{0}' is used by more than one device")]
+    DuplicateDeviceId(String),
+    #[error("device {0} is listed more than once")]
+    DuplicateDevicePath(PathBuf),
+}
+
+/// The command line's `key=value` option string was malformed, or parsed into a
+/// value that can never boot.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error(transparent)]
+    Option(#[from] OptionError),
+    #[error("{flag} {input}: {source}")]
+    Invalid {
+        flag: &'static str,
+        input: String,
+        source: ConfigError,
+    },
+    #[error("{flag}: unknown output '{input}'; valid: off, null, tty, pty, file=PATH")]
+    UnknownOutput { flag: &'static str, input: String },
+}
+
+fn invalid(flag: &'static str, input: &str) -> impl FnOnce(ConfigError) -> ParseError {
+    let input = input.to_string();
+    move |source| ParseError::Invalid {
+        flag,
+        input,
+        source,
+    }
+}
+
+impl VmConfig {
+    /// Rejects configurations that cannot boot on any host, so that mistakes are
+    /// reported before any resources are taken.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.cpus.validate()?;
+        self.memory.validate()?;
+        self.payload.validate()?;
+        self.serial.validate("serial")?;
+        self.console.validate("console")?;
+        let mut ids = HashSet::new();
+        let mut paths = HashSet::new();
+        for device in &self.devices {
+            device.validate()?;
+            if let Some(id) = &device.id {
+                if !ids.insert(id.as_str()) {
+                    return Err(ConfigError::DuplicateDeviceId(id.clone()));
+                }
+            }
+            if !paths.insert(device.path.as_path()) {
+                return Err(ConfigError::DuplicateDevicePath(device.path.clone()));
+            }
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -27,7 +116,41 @@ pub struct CpusConfig {
 
 impl Default for CpusConfig {
     fn default() -> Self {
-        CpusConfig { boot_vcpus: 1, max_vcpus: 1 }
+        CpusConfig {
+            boot_vcpus: 1,
+            max_vcpus: 1,
+        }
+    }
+}
+
+impl CpusConfig {
+    pub const OPTIONS: &'static [&'static str] = &["boot", "max"];
+
+    /// Parses `--cpus boot=N[,max=M]`; `max` defaults to `boot`.
+    pub fn parse(input: &str) -> Result<CpusConfig, ParseError> {
+        const FLAG: &str = "--cpus";
+        let opts = Options::parse(FLAG, input, Self::OPTIONS)?;
+        let boot_vcpus = opts.get::<u8>("boot")?.unwrap_or(1);
+        let max_vcpus = opts.get::<u8>("max")?.unwrap_or(boot_vcpus);
+        let cpus = CpusConfig {
+            boot_vcpus,
+            max_vcpus,
+        };
+        cpus.validate().map_err(invalid(FLAG, input))?;
+        Ok(cpus)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.boot_vcpus == 0 {
+            return Err(ConfigError::NoVcpus);
+        }
+        if self.boot_vcpus > self.max_vcpus {
+            return Err(ConfigError::BootAboveMax {
+                boot: self.boot_vcpus,
+                max: self.max_vcpus,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -47,7 +170,41 @@ pub struct MemoryConfig {
 
 impl Default for MemoryConfig {
     fn default() -> Self {
-        MemoryConfig { size: DEFAULT_MEMORY_SIZE, shared: false, hugepages: false }
+        MemoryConfig {
+            size: DEFAULT_MEMORY_SIZE,
+            shared: false,
+            hugepages: false,
+        }
+    }
+}
+
+impl MemoryConfig {
+    pub const OPTIONS: &'static [&'static str] = &["size", "shared", "hugepages"];
+
+    /// Parses `--memory size=512M[,shared=on][,hugepages=on]`; `size` defaults to
+    /// [`DEFAULT_MEMORY_SIZE`].
+    pub fn parse(input: &str) -> Result<MemoryConfig, ParseError> {
+        const FLAG: &str = "--memory";
+        let opts = Options::parse(FLAG, input, Self::OPTIONS)?;
+        let memory = MemoryConfig {
+            size: opts
+                .get::<ByteSize>("size")?
+                .map_or(DEFAULT_MEMORY_SIZE, |s| s.0),
+            shared: opts.get("shared")?.unwrap_or(false),
+            hugepages: opts.get("hugepages")?.unwrap_or(false),
+        };
+        memory.validate().map_err(invalid(FLAG, input))?;
+        Ok(memory)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.size == 0 {
+            return Err(ConfigError::ZeroMemory);
+        }
+        if !self.size.is_multiple_of(PAGE_SIZE) {
+            return Err(ConfigError::UnalignedMemory(self.size));
+        }
+        Ok(())
     }
 }
 
@@ -58,6 +215,33 @@ pub struct PayloadConfig {
     pub initramfs: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+}
+
+impl PayloadConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let kernel = self.kernel.as_deref().ok_or(ConfigError::NoKernel)?;
+        check_readable_file("kernel", kernel)?;
+        if let Some(initramfs) = &self.initramfs {
+            check_readable_file("initramfs", initramfs)?;
+        }
+        Ok(())
+    }
+}
+
+/// The payload files are opened later, by `Vm::new`; checking now turns a typo into
+/// an error that names the flag's file instead of a failure deep in the boot path.
+fn check_readable_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let unusable = |reason: String| ConfigError::UnusableFile {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let metadata = std::fs::metadata(path).map_err(|e| unusable(e.to_string()))?;
+    if !metadata.is_file() {
+        return Err(unusable("not a regular file".to_string()));
+    }
+    std::fs::File::open(path).map_err(|e| unusable(e.to_string()))?;
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,7 +263,43 @@ pub struct ConsoleConfig {
 
 impl ConsoleConfig {
     pub fn off() -> Self {
-        ConsoleConfig { mode: ConsoleOutputMode::Off, file: None }
+        ConsoleConfig {
+            mode: ConsoleOutputMode::Off,
+            file: None,
+        }
+    }
+
+    /// Parses `--serial`/`--console`: `off`, `null`, `tty`, `pty` or `file=PATH`.
+    pub fn parse(flag: &'static str, input: &str) -> Result<ConsoleConfig, ParseError> {
+        let mode = match input {
+            "off" => ConsoleOutputMode::Off,
+            "null" => ConsoleOutputMode::Null,
+            "tty" => ConsoleOutputMode::Tty,
+            "pty" => ConsoleOutputMode::Pty,
+            _ => {
+                let opts = Options::parse(flag, input, &["file"]).map_err(|e| match e {
+                    OptionError::UnknownKey { .. } => ParseError::UnknownOutput {
+                        flag,
+                        input: input.to_string(),
+                    },
+                    other => other.into(),
+                })?;
+                return Ok(ConsoleConfig {
+                    mode: ConsoleOutputMode::File,
+                    file: Some(opts.require("file")?),
+                });
+            }
+        };
+        Ok(ConsoleConfig { mode, file: None })
+    }
+
+    pub fn validate(&self, which: &'static str) -> Result<(), ConfigError> {
+        if self.mode == ConsoleOutputMode::File
+            && self.file.as_ref().is_none_or(|f| f.as_os_str().is_empty())
+        {
+            return Err(ConfigError::OutputFileMissing { which });
+        }
+        Ok(())
     }
 }
 
@@ -98,6 +318,39 @@ pub struct DeviceConfig {
     pub x_nv_gpudirect_clique: Option<u8>,
 }
 
+impl DeviceConfig {
+    pub const OPTIONS: &'static [&'static str] = &[
+        "path",
+        "id",
+        "iommu",
+        "pci_segment",
+        "x_nv_gpudirect_clique",
+    ];
+
+    /// Parses `--device path=/sys/bus/pci/devices/BDF[,id=NAME][,iommu=on]
+    /// [,pci_segment=N][,x_nv_gpudirect_clique=N]`.
+    pub fn parse(input: &str) -> Result<DeviceConfig, ParseError> {
+        const FLAG: &str = "--device";
+        let opts = Options::parse(FLAG, input, Self::OPTIONS)?;
+        let device = DeviceConfig {
+            path: opts.require("path")?,
+            id: opts.get("id")?,
+            iommu: opts.get("iommu")?.unwrap_or(false),
+            pci_segment: opts.get("pci_segment")?.unwrap_or(0),
+            x_nv_gpudirect_clique: opts.get("x_nv_gpudirect_clique")?,
+        };
+        device.validate().map_err(invalid(FLAG, input))?;
+        Ok(device)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.path.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyDevicePath);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,12 +362,271 @@ mod tests {
                 "devices":[{"path":"/sys/bus/pci/devices/0000:01:00.0","x_nv_gpudirect_clique":3}]}"#,
         )
         .unwrap();
-        assert_eq!(cfg.payload.kernel.as_deref(), Some(std::path::Path::new("/k")));
+        assert_eq!(
+            cfg.payload.kernel.as_deref(),
+            Some(std::path::Path::new("/k"))
+        );
         assert_eq!(cfg.memory.size, 64 << 20);
         assert!(!cfg.memory.shared);
         assert_eq!(cfg.cpus.boot_vcpus, 1);
         assert_eq!(cfg.serial.mode, ConsoleOutputMode::Tty);
         assert_eq!(cfg.console.mode, ConsoleOutputMode::Off);
         assert_eq!(cfg.devices[0].x_nv_gpudirect_clique, Some(3));
+    }
+
+    fn kernel_file() -> tempfile_path::TempFile {
+        tempfile_path::TempFile::new("kernel")
+    }
+
+    /// A file that exists for the test's lifetime; std only, so no dev-dependency.
+    mod tempfile_path {
+        use std::path::PathBuf;
+
+        pub struct TempFile(pub PathBuf);
+
+        impl TempFile {
+            pub fn new(tag: &str) -> TempFile {
+                use std::sync::atomic::{AtomicUsize, Ordering};
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "form-vmm-config-test-{}-{}-{tag}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::write(&path, b"\x7fELF").unwrap();
+                TempFile(path)
+            }
+        }
+
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    fn bootable(kernel: &std::path::Path) -> VmConfig {
+        VmConfig {
+            payload: PayloadConfig {
+                kernel: Some(kernel.to_path_buf()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cpus_option_defaults_max_to_boot() {
+        assert_eq!(
+            CpusConfig::parse("boot=4").unwrap(),
+            CpusConfig {
+                boot_vcpus: 4,
+                max_vcpus: 4
+            }
+        );
+        assert_eq!(
+            CpusConfig::parse("boot=2,max=8").unwrap(),
+            CpusConfig {
+                boot_vcpus: 2,
+                max_vcpus: 8
+            }
+        );
+    }
+
+    #[test]
+    fn cpus_option_rejects_zero_and_boot_above_max() {
+        assert_eq!(
+            CpusConfig::parse("boot=0").unwrap_err().to_string(),
+            "--cpus boot=0: at least one vCPU is required"
+        );
+        assert_eq!(
+            CpusConfig::parse("boot=4,max=2").unwrap_err().to_string(),
+            "--cpus boot=4,max=2: boot vCPUs (4) exceed max vCPUs (2)"
+        );
+        assert_eq!(
+            CpusConfig::parse("bot=1").unwrap_err().to_string(),
+            "--cpus: unknown option 'bot'; valid options: boot, max"
+        );
+    }
+
+    #[test]
+    fn memory_option_parses_size_and_switches() {
+        assert_eq!(
+            MemoryConfig::parse("size=64M,shared=on,hugepages=off").unwrap(),
+            MemoryConfig {
+                size: 64 << 20,
+                shared: true,
+                hugepages: false
+            }
+        );
+        assert_eq!(
+            MemoryConfig::parse("shared=on").unwrap().size,
+            DEFAULT_MEMORY_SIZE
+        );
+    }
+
+    #[test]
+    fn memory_option_rejects_bad_sizes_and_keys() {
+        assert_eq!(
+            MemoryConfig::parse("sizee=1G").unwrap_err().to_string(),
+            "--memory: unknown option 'sizee'; valid options: size, shared, hugepages"
+        );
+        assert_eq!(
+            MemoryConfig::parse("size=0").unwrap_err().to_string(),
+            "--memory size=0: memory size must be greater than zero"
+        );
+        assert_eq!(
+            MemoryConfig::parse("size=1000").unwrap_err().to_string(),
+            "--memory size=1000: memory size 1000 bytes is not a multiple of 4 KiB"
+        );
+    }
+
+    #[test]
+    fn serial_option_modes() {
+        let parse = |s| ConsoleConfig::parse("--serial", s);
+        assert_eq!(parse("tty").unwrap().mode, ConsoleOutputMode::Tty);
+        assert_eq!(parse("off").unwrap().mode, ConsoleOutputMode::Off);
+        assert_eq!(parse("null").unwrap().mode, ConsoleOutputMode::Null);
+        assert_eq!(
+            parse("file=/tmp/serial.log").unwrap(),
+            ConsoleConfig {
+                mode: ConsoleOutputMode::File,
+                file: Some("/tmp/serial.log".into())
+            }
+        );
+        assert_eq!(
+            parse("socket=/x").unwrap_err().to_string(),
+            "--serial: unknown output 'socket=/x'; valid: off, null, tty, pty, file=PATH"
+        );
+        assert_eq!(
+            parse("file=").unwrap_err().to_string(),
+            "--serial: option 'file' needs a value (file=...)"
+        );
+    }
+
+    #[test]
+    fn device_option_parses_every_key() {
+        let device = DeviceConfig::parse(
+            "path=/sys/bus/pci/devices/0000:01:00.0,id=gpu0,iommu=on,pci_segment=1,x_nv_gpudirect_clique=7",
+        )
+        .unwrap();
+        assert_eq!(
+            device,
+            DeviceConfig {
+                path: "/sys/bus/pci/devices/0000:01:00.0".into(),
+                id: Some("gpu0".into()),
+                iommu: true,
+                pci_segment: 1,
+                x_nv_gpudirect_clique: Some(7),
+            }
+        );
+        assert_eq!(
+            DeviceConfig::parse("id=gpu0").unwrap_err().to_string(),
+            "--device: option 'path' is required (path=...)"
+        );
+    }
+
+    #[test]
+    fn validate_accepts_a_bootable_config() {
+        let kernel = kernel_file();
+        bootable(&kernel.0).validate().unwrap();
+    }
+
+    #[test]
+    fn validate_requires_an_existing_kernel() {
+        assert_eq!(VmConfig::default().validate(), Err(ConfigError::NoKernel));
+        let err = bootable(std::path::Path::new("/nonexistent/vmlinux"))
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel /nonexistent/vmlinux: No such file or directory (os error 2)"
+        );
+        let err = bootable(&std::env::temp_dir()).validate().unwrap_err();
+        assert!(err.to_string().ends_with(": not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn validate_checks_the_initramfs() {
+        let kernel = kernel_file();
+        let mut config = bootable(&kernel.0);
+        config.payload.initramfs = Some("/nonexistent/initrd".into());
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::UnusableFile {
+                what: "initramfs",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn validate_rejects_what_json_can_express_but_cannot_boot() {
+        let kernel = kernel_file();
+        let mut config = bootable(&kernel.0);
+        config.cpus = CpusConfig {
+            boot_vcpus: 0,
+            max_vcpus: 0,
+        };
+        assert_eq!(config.validate(), Err(ConfigError::NoVcpus));
+
+        let mut config = bootable(&kernel.0);
+        config.cpus = CpusConfig {
+            boot_vcpus: 3,
+            max_vcpus: 2,
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::BootAboveMax { boot: 3, max: 2 })
+        );
+
+        let mut config = bootable(&kernel.0);
+        config.memory.size = 0;
+        assert_eq!(config.validate(), Err(ConfigError::ZeroMemory));
+
+        let mut config = bootable(&kernel.0);
+        config.serial = ConsoleConfig {
+            mode: ConsoleOutputMode::File,
+            file: None,
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::OutputFileMissing { which: "serial" })
+        );
+
+        let mut config = bootable(&kernel.0);
+        let device = DeviceConfig {
+            path: "/sys/x".into(),
+            id: Some("a".into()),
+            ..Default::default()
+        };
+        config.devices = vec![
+            device.clone(),
+            DeviceConfig {
+                path: "/sys/y".into(),
+                ..device.clone()
+            },
+        ];
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::DuplicateDeviceId("a".into()))
+        );
+        config.devices = vec![device.clone(), DeviceConfig { id: None, ..device }];
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::DuplicateDevicePath("/sys/x".into()))
+        );
+    }
+
+    #[test]
+    fn parsed_config_round_trips_through_json() {
+        let kernel = kernel_file();
+        let mut config = bootable(&kernel.0);
+        config.memory = MemoryConfig::parse("size=1G,hugepages=on").unwrap();
+        config
+            .devices
+            .push(DeviceConfig::parse("path=/sys/bus/pci/devices/0000:02:00.0").unwrap());
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), config);
     }
 }

@@ -1,0 +1,224 @@
+//! The VMM's HTTP API: Cloud Hypervisor's paths and JSON shapes on a unix socket.
+//!
+//! The HTTP thread ([`server`]) turns each request into an [`ApiRequest`] ([`routes`])
+//! and hands it to the controller over a channel, waking it with an EventFd; the
+//! controller owns the VM and answers on a per-request reply channel. Nothing here
+//! touches the VM directly.
+
+pub mod routes;
+pub mod server;
+
+use crate::config::{ConfigError, VmConfig};
+use crate::vm::{VmError, VmState};
+use serde::Serialize;
+use std::io;
+use std::sync::mpsc::{self, Receiver, Sender};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// What a client asked the VMM to do.
+#[derive(Debug)]
+pub enum ApiRequest {
+    VmCreate(Box<VmConfig>),
+    VmBoot,
+    VmShutdown,
+    VmReboot,
+    VmDelete,
+    VmPowerButton,
+    VmInfo,
+    VmmPing,
+    VmmShutdown,
+}
+
+/// A successful answer; each variant has one HTTP rendering.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ApiResponse {
+    /// 204 No Content.
+    Done,
+    VmInfo(VmInfo),
+    VmmPing(VmmPing),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VmInfo {
+    pub config: VmConfig,
+    pub state: VmState,
+    pub memory_actual_size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VmmPing {
+    pub build_version: String,
+    pub version: String,
+    pub pid: u32,
+    pub features: Vec<String>,
+}
+
+impl VmmPing {
+    pub fn for_this_process() -> VmmPing {
+        VmmPing {
+            build_version: concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION"))
+                .to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            features: Vec::new(),
+        }
+    }
+}
+
+/// Everything a request can fail with. Each variant maps to one HTTP status, chosen
+/// to follow Cloud Hypervisor's API description: 404 when there is no VM, 405 when
+/// the VM is in the wrong state, 409 when a VM already exists.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no VM has been created: send vm.create first")]
+    NoVm,
+    #[error("a VM already exists: send vm.delete first to replace it")]
+    AlreadyCreated,
+    #[error("cannot {action}: the VM is {state:?}; this needs a VM that is {needed}")]
+    WrongState {
+        action: &'static str,
+        state: VmState,
+        needed: &'static str,
+    },
+    #[error("invalid VM configuration: {0}")]
+    InvalidConfig(#[from] ConfigError),
+    #[error("{0}")]
+    Vm(#[from] VmError),
+    #[error("cannot create the VM's event fds: {0}")]
+    EventFd(String),
+    #[error("unknown API path {0}; paths are /api/v1/vm.* and /api/v1/vmm.*")]
+    UnknownPath(String),
+    #[error("{path} does not accept {method}; use {allowed}")]
+    MethodNotAllowed {
+        path: String,
+        method: String,
+        allowed: &'static str,
+    },
+    #[error("malformed request body for {endpoint}: {reason}")]
+    BadBody {
+        endpoint: &'static str,
+        reason: String,
+    },
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("{0}: PCI/VFIO hotplug is not available yet; pass devices in vm.create instead")]
+    HotplugUnavailable(&'static str),
+    #[error("the VMM is shutting down")]
+    ShuttingDown,
+}
+
+impl ApiError {
+    pub fn status_code(&self) -> u16 {
+        match self {
+            ApiError::InvalidConfig(_) | ApiError::BadBody { .. } => 400,
+            ApiError::NoVm | ApiError::UnknownPath(_) => 404,
+            ApiError::WrongState { .. } | ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::AlreadyCreated => 409,
+            ApiError::BodyTooLarge { .. } => 413,
+            ApiError::Vm(_) | ApiError::EventFd(_) => 500,
+            ApiError::HotplugUnavailable(_) => 501,
+            ApiError::ShuttingDown => 503,
+        }
+    }
+}
+
+pub type ApiResult = Result<ApiResponse, ApiError>;
+
+/// One request in flight to the controller, with the channel its answer goes back on.
+pub struct ApiMessage {
+    pub request: ApiRequest,
+    pub reply: Sender<ApiResult>,
+}
+
+/// The HTTP side of the channel to the controller.
+pub struct ApiClient {
+    requests: Sender<ApiMessage>,
+    wake: EventFd,
+}
+
+/// The controller side: requests arrive on `requests`; `wake` becomes readable when
+/// there are some, so the controller can poll it with the VM's own event fds.
+pub struct ApiInbox {
+    pub requests: Receiver<ApiMessage>,
+    pub wake: EventFd,
+}
+
+/// A connected client/inbox pair.
+pub fn channel() -> io::Result<(ApiClient, ApiInbox)> {
+    let (requests, inbox) = mpsc::channel();
+    let wake = EventFd::new(EFD_NONBLOCK)?;
+    let client = ApiClient {
+        requests,
+        wake: wake.try_clone()?,
+    };
+    Ok((
+        client,
+        ApiInbox {
+            requests: inbox,
+            wake,
+        },
+    ))
+}
+
+impl ApiClient {
+    /// Sends `request` to the controller and waits for its answer. If the controller
+    /// has stopped, the answer is [`ApiError::ShuttingDown`].
+    pub fn call(&self, request: ApiRequest) -> ApiResult {
+        let (reply, answer) = mpsc::channel();
+        self.requests
+            .send(ApiMessage { request, reply })
+            .map_err(|_| ApiError::ShuttingDown)?;
+        if let Err(e) = self.wake.write(1) {
+            // The request is queued; the controller finds it on its next wake-up.
+            log::warn!("could not wake the controller: {e}");
+        }
+        answer.recv().unwrap_or(Err(ApiError::ShuttingDown))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_delivers_the_request_and_returns_the_reply() {
+        let (client, inbox) = channel().unwrap();
+        let controller = std::thread::spawn(move || {
+            assert_eq!(inbox.wake.read().unwrap(), 1);
+            let message = inbox.requests.recv().unwrap();
+            assert!(matches!(message.request, ApiRequest::VmmPing));
+            message.reply.send(Ok(ApiResponse::Done)).unwrap();
+        });
+        assert_eq!(client.call(ApiRequest::VmmPing).unwrap(), ApiResponse::Done);
+        controller.join().unwrap();
+    }
+
+    #[test]
+    fn call_reports_shutting_down_when_the_controller_is_gone() {
+        let (client, inbox) = channel().unwrap();
+        drop(inbox);
+        assert!(matches!(
+            client.call(ApiRequest::VmInfo),
+            Err(ApiError::ShuttingDown)
+        ));
+    }
+
+    #[test]
+    fn every_error_has_a_client_or_server_status() {
+        let errors = [
+            ApiError::NoVm,
+            ApiError::AlreadyCreated,
+            ApiError::WrongState {
+                action: "boot",
+                state: VmState::Running,
+                needed: "not running",
+            },
+            ApiError::InvalidConfig(ConfigError::NoVcpus),
+            ApiError::Vm(VmError::NotImplemented),
+            ApiError::HotplugUnavailable("vm.add-device"),
+            ApiError::ShuttingDown,
+        ];
+        let codes: Vec<u16> = errors.iter().map(ApiError::status_code).collect();
+        assert_eq!(codes, [404, 409, 405, 400, 500, 501, 503]);
+    }
+}

@@ -1,0 +1,335 @@
+//! The `form-vmm` command line, in Cloud Hypervisor's flag style
+//! (`--memory size=1G,shared=on`), turned into what the process should do.
+
+use crate::config::{
+    ConfigError, ConsoleConfig, CpusConfig, DeviceConfig, MemoryConfig, ParseError, PayloadConfig,
+    VmConfig,
+};
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "form-vmm",
+    version,
+    about = "A KVM virtual machine monitor with an HTTP API on a unix socket",
+    after_help = "Give --kernel to boot a VM at once, --api-socket to be driven over HTTP, or both."
+)]
+pub struct Cli {
+    /// Guest kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Initramfs handed to the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+
+    /// Kernel command line.
+    #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+
+    /// vCPUs at boot, and the most the VM may have.
+    #[arg(long, value_name = "boot=N[,max=M]")]
+    pub cpus: Option<String>,
+
+    /// Guest RAM; sizes take K, M, G or T suffixes.
+    #[arg(long, value_name = "size=SIZE[,shared=on][,hugepages=on]")]
+    pub memory: Option<String>,
+
+    /// Where COM1 goes.
+    #[arg(long, value_name = "off|null|tty|pty|file=PATH")]
+    pub serial: Option<String>,
+
+    /// Where the virtio console goes (accepted for compatibility; default off).
+    #[arg(long, value_name = "off|null|tty|pty|file=PATH")]
+    pub console: Option<String>,
+
+    /// Serve the HTTP API on this unix socket; the path must not exist yet.
+    #[arg(long, value_name = "PATH|path=PATH")]
+    pub api_socket: Option<String>,
+
+    /// A host PCI device to pass through with VFIO (repeatable).
+    #[arg(
+        long = "device",
+        value_name = "path=/sys/bus/pci/devices/BDF[,id=NAME][,iommu=on][,pci_segment=N][,x_nv_gpudirect_clique=N]"
+    )]
+    pub devices: Vec<String>,
+
+    /// Write the log here instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// More log output: -v info, -vv debug, -vvv trace (default: warnings and errors).
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(
+        "nothing to do: give --kernel to boot a VM now, or --api-socket to wait for vm.create"
+    )]
+    NothingToDo,
+    #[error("{0} describes the VM to boot, so it needs --kernel; without --kernel, send the VM's configuration in vm.create")]
+    VmOptionWithoutKernel(&'static str),
+    #[error("--api-socket: empty path")]
+    EmptySocketPath,
+    #[error(transparent)]
+    Option(#[from] ParseError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// What the process was asked to do.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Launch {
+    /// Create and boot this VM at once.
+    pub vm: Option<VmConfig>,
+    /// Serve the API here.
+    pub api_socket: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
+    pub log_level: log::LevelFilter,
+}
+
+impl Cli {
+    /// Parses the flags' option strings and checks the VM configuration, so that
+    /// every mistake on the command line is reported before anything starts.
+    pub fn resolve(self) -> Result<Launch, CliError> {
+        let api_socket = self
+            .api_socket
+            .as_deref()
+            .map(parse_api_socket)
+            .transpose()?;
+        let vm = match &self.kernel {
+            Some(_) => Some(self.vm_config()?),
+            None => {
+                self.reject_vm_options_without_kernel()?;
+                None
+            }
+        };
+        if vm.is_none() && api_socket.is_none() {
+            return Err(CliError::NothingToDo);
+        }
+        Ok(Launch {
+            vm,
+            api_socket,
+            log_file: self.log_file,
+            log_level: match self.verbose {
+                0 => log::LevelFilter::Warn,
+                1 => log::LevelFilter::Info,
+                2 => log::LevelFilter::Debug,
+                _ => log::LevelFilter::Trace,
+            },
+        })
+    }
+
+    fn vm_config(&self) -> Result<VmConfig, CliError> {
+        let config = VmConfig {
+            cpus: self
+                .cpus
+                .as_deref()
+                .map(CpusConfig::parse)
+                .transpose()?
+                .unwrap_or_default(),
+            memory: self
+                .memory
+                .as_deref()
+                .map(MemoryConfig::parse)
+                .transpose()?
+                .unwrap_or_default(),
+            payload: PayloadConfig {
+                kernel: self.kernel.clone(),
+                initramfs: self.initramfs.clone(),
+                cmdline: self.cmdline.clone(),
+            },
+            serial: self
+                .serial
+                .as_deref()
+                .map(|s| ConsoleConfig::parse("--serial", s))
+                .transpose()?
+                .unwrap_or_default(),
+            console: self
+                .console
+                .as_deref()
+                .map(|s| ConsoleConfig::parse("--console", s))
+                .transpose()?
+                .unwrap_or_else(ConsoleConfig::off),
+            devices: self
+                .devices
+                .iter()
+                .map(|d| DeviceConfig::parse(d))
+                .collect::<Result<_, _>>()?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn reject_vm_options_without_kernel(&self) -> Result<(), CliError> {
+        let given = [
+            ("--initramfs", self.initramfs.is_some()),
+            ("--cmdline", self.cmdline.is_some()),
+            ("--cpus", self.cpus.is_some()),
+            ("--memory", self.memory.is_some()),
+            ("--serial", self.serial.is_some()),
+            ("--console", self.console.is_some()),
+            ("--device", !self.devices.is_empty()),
+        ];
+        match given.iter().find(|(_, present)| *present) {
+            Some((flag, _)) => Err(CliError::VmOptionWithoutKernel(flag)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `--api-socket PATH` or Cloud Hypervisor's `--api-socket path=PATH`.
+fn parse_api_socket(input: &str) -> Result<PathBuf, CliError> {
+    let path = input.strip_prefix("path=").unwrap_or(input);
+    if path.is_empty() {
+        return Err(CliError::EmptySocketPath);
+    }
+    Ok(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConsoleOutputMode, DEFAULT_MEMORY_SIZE};
+
+    fn resolve(args: &[&str]) -> Result<Launch, CliError> {
+        let cli = Cli::try_parse_from(std::iter::once("form-vmm").chain(args.iter().copied()))
+            .expect("clap accepts the flags");
+        cli.resolve()
+    }
+
+    /// The test binary itself: a file that surely exists, standing in for a kernel.
+    fn some_file() -> String {
+        std::env::current_exe().unwrap().display().to_string()
+    }
+
+    #[test]
+    fn full_command_line_fills_every_section() {
+        let kernel = some_file();
+        let launch = resolve(&[
+            "--kernel",
+            &kernel,
+            "--cmdline",
+            "console=ttyS0 -- hello",
+            "--cpus",
+            "boot=2,max=4",
+            "--memory",
+            "size=64M,shared=on",
+            "--serial",
+            "file=/tmp/com1.log",
+            "--console",
+            "off",
+            "--api-socket",
+            "path=/run/vm.sock",
+            "--device",
+            "path=/sys/bus/pci/devices/0000:01:00.0,id=gpu0",
+            "--device",
+            "path=/sys/bus/pci/devices/0000:02:00.0,x_nv_gpudirect_clique=1",
+            "-vv",
+        ])
+        .unwrap();
+        let vm = launch.vm.unwrap();
+        assert_eq!(vm.payload.kernel.unwrap().display().to_string(), kernel);
+        assert_eq!(
+            vm.payload.cmdline.as_deref(),
+            Some("console=ttyS0 -- hello")
+        );
+        assert_eq!((vm.cpus.boot_vcpus, vm.cpus.max_vcpus), (2, 4));
+        assert_eq!(vm.memory.size, 64 << 20);
+        assert!(vm.memory.shared);
+        assert_eq!(vm.serial.mode, ConsoleOutputMode::File);
+        assert_eq!(vm.console.mode, ConsoleOutputMode::Off);
+        assert_eq!(vm.devices.len(), 2);
+        assert_eq!(vm.devices[1].x_nv_gpudirect_clique, Some(1));
+        assert_eq!(launch.api_socket, Some(PathBuf::from("/run/vm.sock")));
+        assert_eq!(launch.log_level, log::LevelFilter::Debug);
+    }
+
+    #[test]
+    fn defaults_match_cloud_hypervisor() {
+        let launch = resolve(&["--kernel", &some_file()]).unwrap();
+        let vm = launch.vm.unwrap();
+        assert_eq!((vm.cpus.boot_vcpus, vm.cpus.max_vcpus), (1, 1));
+        assert_eq!(vm.memory.size, DEFAULT_MEMORY_SIZE);
+        assert_eq!(vm.serial.mode, ConsoleOutputMode::Tty);
+        assert_eq!(vm.console.mode, ConsoleOutputMode::Off);
+        assert_eq!(launch.api_socket, None);
+        assert_eq!(launch.log_level, log::LevelFilter::Warn);
+    }
+
+    #[test]
+    fn api_socket_alone_waits_for_vm_create() {
+        let launch = resolve(&["--api-socket", "/tmp/x.sock"]).unwrap();
+        assert_eq!(launch.vm, None);
+        assert_eq!(launch.api_socket, Some(PathBuf::from("/tmp/x.sock")));
+    }
+
+    #[test]
+    fn nothing_to_do_is_an_error() {
+        assert_eq!(
+            resolve(&[]).unwrap_err().to_string(),
+            "nothing to do: give --kernel to boot a VM now, or --api-socket to wait for vm.create"
+        );
+    }
+
+    #[test]
+    fn vm_options_without_kernel_are_an_error() {
+        let err = resolve(&["--api-socket", "/tmp/x.sock", "--memory", "size=1G"]).unwrap_err();
+        assert!(
+            matches!(err, CliError::VmOptionWithoutKernel("--memory")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn option_string_errors_name_the_flag() {
+        let kernel = some_file();
+        let cases = [
+            (
+                vec!["--cpus", "boot=0"],
+                "--cpus boot=0: at least one vCPU is required",
+            ),
+            (
+                vec!["--cpus", "boot=8,max=2"],
+                "--cpus boot=8,max=2: boot vCPUs (8) exceed max vCPUs (2)",
+            ),
+            (
+                vec!["--memory", "size=0"],
+                "--memory size=0: memory size must be greater than zero",
+            ),
+            (
+                vec!["--memory", "sizee=1G"],
+                "--memory: unknown option 'sizee'; valid options: size, shared, hugepages",
+            ),
+            (
+                vec!["--device", "id=gpu0"],
+                "--device: option 'path' is required (path=...)",
+            ),
+        ];
+        for (flags, expected) in cases {
+            let mut args = vec!["--kernel", kernel.as_str()];
+            args.extend(flags);
+            assert_eq!(resolve(&args).unwrap_err().to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn missing_kernel_file_is_reported() {
+        let err = resolve(&["--kernel", "/nonexistent/vmlinux"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel /nonexistent/vmlinux: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn empty_api_socket_is_rejected() {
+        assert!(matches!(
+            resolve(&["--api-socket", "path="]).unwrap_err(),
+            CliError::EmptySocketPath
+        ));
+    }
+}

@@ -1,0 +1,65 @@
+//! The seam between the controller and the VM it drives. The real implementation is
+//! [`crate::vm::Vm`] on KVM; tests substitute a fake so the API and the state machine
+//! run on hosts without /dev/kvm.
+
+use crate::config::VmConfig;
+use crate::vm::{Vm, VmError, VmEvents, VmExitReason, VmState};
+
+/// One VM as the controller sees it: the operations of the `vm::Vm` facade.
+pub trait VmInstance {
+    fn boot(&mut self) -> Result<(), VmError>;
+    fn shutdown(&mut self) -> Result<(), VmError>;
+    fn power_button(&self) -> Result<(), VmError>;
+    fn state(&self) -> VmState;
+    fn config(&self) -> &VmConfig;
+    fn exit_reason(&self) -> Option<VmExitReason>;
+    fn memory_actual_size(&self) -> u64;
+}
+
+/// Makes VMs. `events` are the fds the VM signals exit and reset on; the controller
+/// keeps clones of them to wait on.
+pub trait VmBackend {
+    type Vm: VmInstance;
+    fn create(&mut self, config: &VmConfig, events: VmEvents) -> Result<Self::Vm, VmError>;
+}
+
+/// VMs on this host's KVM.
+pub struct KvmBackend;
+
+impl VmBackend for KvmBackend {
+    type Vm = Vm;
+
+    fn create(&mut self, config: &VmConfig, events: VmEvents) -> Result<Vm, VmError> {
+        Vm::new(config, events)
+    }
+}
+
+impl VmInstance for Vm {
+    fn boot(&mut self) -> Result<(), VmError> {
+        Vm::boot(self)
+    }
+
+    fn shutdown(&mut self) -> Result<(), VmError> {
+        Vm::shutdown(self)
+    }
+
+    fn power_button(&self) -> Result<(), VmError> {
+        Vm::power_button(self)
+    }
+
+    fn state(&self) -> VmState {
+        Vm::state(self)
+    }
+
+    fn config(&self) -> &VmConfig {
+        Vm::config(self)
+    }
+
+    fn exit_reason(&self) -> Option<VmExitReason> {
+        Vm::exit_reason(self)
+    }
+
+    fn memory_actual_size(&self) -> u64 {
+        Vm::memory_actual_size(self)
+    }
+}

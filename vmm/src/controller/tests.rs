@@ -1,0 +1,268 @@
+use super::testing::FakeBackend;
+use super::*;
+use crate::api::{self, ApiClient};
+use crate::config::PayloadConfig;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+
+/// A config that passes validation: the test binary stands in for the kernel file.
+fn config() -> VmConfig {
+    VmConfig {
+        payload: PayloadConfig {
+            kernel: Some(std::env::current_exe().unwrap()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn create(config: VmConfig) -> ApiRequest {
+    ApiRequest::VmCreate(Box::new(config))
+}
+
+fn state_of(controller: &mut Controller<FakeBackend>) -> VmState {
+    match controller.handle(ApiRequest::VmInfo).unwrap() {
+        ApiResponse::VmInfo(info) => info.state,
+        other => panic!("vm.info answered {other:?}"),
+    }
+}
+
+fn status(result: ApiResult) -> u16 {
+    result.map_or_else(|e| e.status_code(), |_| 200)
+}
+
+#[test]
+fn create_boot_info_shutdown_delete() {
+    let backend = FakeBackend::default();
+    let mut controller = Controller::new(backend.clone(), None);
+    assert_eq!(
+        controller.handle(create(config())).unwrap(),
+        ApiResponse::Done
+    );
+    assert_eq!(state_of(&mut controller), VmState::Created);
+
+    controller.handle(ApiRequest::VmBoot).unwrap();
+    match controller.handle(ApiRequest::VmInfo).unwrap() {
+        ApiResponse::VmInfo(info) => {
+            assert_eq!(info.state, VmState::Running);
+            assert_eq!(info.config, config());
+            assert_eq!(info.memory_actual_size, config().memory.size);
+        }
+        other => panic!("vm.info answered {other:?}"),
+    }
+
+    controller.handle(ApiRequest::VmShutdown).unwrap();
+    assert_eq!(state_of(&mut controller), VmState::Shutdown);
+    assert_eq!(backend.state().shut_down, 1);
+
+    // A shut-down VM boots again from its configuration.
+    controller.handle(ApiRequest::VmBoot).unwrap();
+    assert_eq!(state_of(&mut controller), VmState::Running);
+    assert_eq!(backend.state().created, 2);
+
+    controller.handle(ApiRequest::VmDelete).unwrap();
+    assert_eq!(backend.state().shut_down, 2);
+    assert!(matches!(
+        controller.handle(ApiRequest::VmInfo),
+        Err(ApiError::NoVm)
+    ));
+}
+
+#[test]
+fn requests_without_a_vm_are_404() {
+    let mut controller = Controller::new(FakeBackend::default(), None);
+    for request in [
+        ApiRequest::VmBoot,
+        ApiRequest::VmShutdown,
+        ApiRequest::VmReboot,
+        ApiRequest::VmPowerButton,
+        ApiRequest::VmInfo,
+    ] {
+        let err = controller.handle(request).unwrap_err();
+        assert!(matches!(err, ApiError::NoVm), "{err}");
+        assert_eq!(err.status_code(), 404);
+    }
+    // Deleting nothing is not an error, so clean-up scripts can always send it.
+    assert_eq!(
+        controller.handle(ApiRequest::VmDelete).unwrap(),
+        ApiResponse::Done
+    );
+}
+
+#[test]
+fn requests_in_the_wrong_state_are_405() {
+    let mut controller = Controller::new(FakeBackend::default(), None);
+    controller.handle(create(config())).unwrap();
+    for request in [
+        ApiRequest::VmShutdown,
+        ApiRequest::VmReboot,
+        ApiRequest::VmPowerButton,
+    ] {
+        let err = controller.handle(request).unwrap_err();
+        assert_eq!(err.status_code(), 405, "{err}");
+        assert!(err.to_string().contains("the VM is Created"), "{err}");
+    }
+    controller.handle(ApiRequest::VmBoot).unwrap();
+    let err = controller.handle(ApiRequest::VmBoot).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot boot: the VM is Running; this needs a VM that is Created or Shutdown"
+    );
+}
+
+#[test]
+fn create_twice_is_409() {
+    let mut controller = Controller::new(FakeBackend::default(), None);
+    controller.handle(create(config())).unwrap();
+    assert_eq!(status(controller.handle(create(config()))), 409);
+}
+
+#[test]
+fn invalid_config_is_400_and_creates_nothing() {
+    let backend = FakeBackend::default();
+    let mut controller = Controller::new(backend.clone(), None);
+    let mut bad = config();
+    bad.cpus.boot_vcpus = 0;
+    let err = controller.handle(create(bad)).unwrap_err();
+    assert_eq!(err.status_code(), 400);
+    assert_eq!(
+        err.to_string(),
+        "invalid VM configuration: at least one vCPU is required"
+    );
+    let mut bad = config();
+    bad.payload.kernel = Some(PathBuf::from("/nonexistent/vmlinux"));
+    assert_eq!(status(controller.handle(create(bad))), 400);
+    assert_eq!(backend.state().created, 0);
+    // The failed attempts left no VM behind, so a good one can still be created.
+    controller.handle(create(config())).unwrap();
+}
+
+#[test]
+fn backend_failures_are_500_and_leave_no_half_made_vm() {
+    let backend = FakeBackend::default();
+    let mut controller = Controller::new(backend.clone(), None);
+    backend.state().fail_create = true;
+    assert_eq!(status(controller.handle(create(config()))), 500);
+    assert_eq!(status(controller.handle(ApiRequest::VmInfo)), 404);
+
+    backend.state().fail_create = false;
+    controller.handle(create(config())).unwrap();
+    backend.state().fail_boot = true;
+    assert_eq!(status(controller.handle(ApiRequest::VmBoot)), 500);
+    assert_eq!(state_of(&mut controller), VmState::Shutdown);
+    backend.state().fail_boot = false;
+    controller.handle(ApiRequest::VmBoot).unwrap();
+    assert_eq!(state_of(&mut controller), VmState::Running);
+}
+
+#[test]
+fn reboot_replaces_the_vm() {
+    let backend = FakeBackend::default();
+    let mut controller = Controller::new(backend.clone(), None);
+    controller.handle(create(config())).unwrap();
+    controller.handle(ApiRequest::VmBoot).unwrap();
+    controller.handle(ApiRequest::VmReboot).unwrap();
+    let state = backend.state();
+    assert_eq!((state.created, state.booted, state.shut_down), (2, 2, 1));
+    drop(state);
+    assert_eq!(state_of(&mut controller), VmState::Running);
+}
+
+#[test]
+fn power_button_reaches_the_vm() {
+    let backend = FakeBackend::default();
+    let mut controller = Controller::new(backend.clone(), None);
+    controller.handle(create(config())).unwrap();
+    controller.handle(ApiRequest::VmBoot).unwrap();
+    controller.handle(ApiRequest::VmPowerButton).unwrap();
+    assert_eq!(backend.state().power_button_presses, 1);
+}
+
+#[test]
+fn ping_reports_this_process() {
+    let mut controller = Controller::new(FakeBackend::default(), None);
+    match controller.handle(ApiRequest::VmmPing).unwrap() {
+        ApiResponse::VmmPing(ping) => {
+            assert_eq!(ping.pid, std::process::id());
+            assert_eq!(ping.version, env!("CARGO_PKG_VERSION"));
+            assert!(ping.features.is_empty());
+        }
+        other => panic!("vmm.ping answered {other:?}"),
+    }
+}
+
+/// A controller running its loop on a thread, with an API client to drive it.
+fn spawn_running(backend: &FakeBackend) -> (ApiClient, JoinHandle<Exit>) {
+    let (client, inbox) = api::channel().unwrap();
+    let backend = backend.clone();
+    let thread = std::thread::spawn(move || {
+        let mut controller = Controller::new(backend, Some(inbox));
+        controller.run(None)
+    });
+    client.call(create(config())).unwrap();
+    client.call(ApiRequest::VmBoot).unwrap();
+    (client, thread)
+}
+
+#[test]
+fn guest_power_off_ends_the_loop_with_status_0() {
+    let backend = FakeBackend::default();
+    let (_client, thread) = spawn_running(&backend);
+    backend.guest_power_off();
+    let exit = thread.join().unwrap();
+    assert_eq!(exit, Exit::GuestPowerOff);
+    assert_eq!(exit.status(), 0);
+    assert_eq!(backend.state().shut_down, 1);
+}
+
+#[test]
+fn guest_crash_ends_the_loop_with_the_reason() {
+    let backend = FakeBackend::default();
+    let (_client, thread) = spawn_running(&backend);
+    backend.guest_crash("vCPU 0: triple fault");
+    let exit = thread.join().unwrap();
+    assert_eq!(exit, Exit::GuestCrashed("vCPU 0: triple fault".to_string()));
+    assert_ne!(exit.status(), 0);
+}
+
+#[test]
+fn guest_reset_reboots_from_the_same_config() {
+    let backend = FakeBackend::default();
+    let (client, thread) = spawn_running(&backend);
+    backend.guest_reset();
+    // The API is served in order after the reset was handled or before it; poll
+    // until the reboot shows, bounded so a broken loop fails instead of hanging.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while backend.state().created < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reboot after reset"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    match client.call(ApiRequest::VmInfo).unwrap() {
+        ApiResponse::VmInfo(info) => assert_eq!(info.state, VmState::Running),
+        other => panic!("vm.info answered {other:?}"),
+    }
+    assert_eq!(backend.state().booted, 2);
+    // The new VM's fds are the ones watched now: its power-off ends the loop.
+    backend.guest_power_off();
+    assert_eq!(thread.join().unwrap(), Exit::GuestPowerOff);
+}
+
+#[test]
+fn vmm_shutdown_answers_then_ends_the_loop() {
+    let backend = FakeBackend::default();
+    let (client, thread) = spawn_running(&backend);
+    assert_eq!(
+        client.call(ApiRequest::VmmShutdown).unwrap(),
+        ApiResponse::Done
+    );
+    assert_eq!(thread.join().unwrap(), Exit::VmmShutdown);
+    assert_eq!(backend.state().shut_down, 1);
+    // The controller is gone; later calls say so instead of hanging.
+    assert!(matches!(
+        client.call(ApiRequest::VmmPing),
+        Err(ApiError::ShuttingDown)
+    ));
+}
