@@ -1,1 +1,278 @@
-fn main() {}
+//! `vmm-service`: local administration of the host's GPUs (the API server comes later
+//! as another subcommand).
+//!
+//! Exit status: 0 success, 1 failure (including `doctor` finding an error), 2 usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use vmm_service::gpu::{
+    self, Bdf, BindOptions, DoctorInputs, GpuBinder, GpuError, GpuInfo, HostPaths, JsonFileRecords,
+    KernelSysfs, MemlockLimit, NoOwners, Severity,
+};
+
+#[derive(Parser)]
+#[command(name = "vmm-service", version, about = "Formation VMM service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List GPUs, and bind them to vfio-pci or give them back to the host.
+    Gpu {
+        #[command(subcommand)]
+        action: GpuCommand,
+    },
+    /// Check whether this host can pass GPUs to VMs.
+    Doctor {
+        /// Guest memory to check the locked-memory limit and hugepages against (e.g. 64G).
+        #[arg(long, value_name = "SIZE", value_parser = gpu::parse_size)]
+        memory: Option<u64>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum GpuCommand {
+    /// List GPUs and accelerators.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Bind a GPU's IOMMU group to vfio-pci, recording each function's driver.
+    Bind {
+        /// PCI address (0000:01:00.0 or 01:00.0) or /sys/bus/pci/devices/<address>.
+        device: String,
+        /// Also bind the console GPU or a group shared with devices the host is using.
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for /dev/vfio/<group> to appear.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        host: HostArgs,
+        #[command(flatten)]
+        records: RecordsArgs,
+    },
+    /// Return a GPU's IOMMU group from vfio-pci to the drivers recorded at bind time.
+    Unbind {
+        /// PCI address (0000:01:00.0 or 01:00.0) or /sys/bus/pci/devices/<address>.
+        device: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        host: HostArgs,
+        #[command(flatten)]
+        records: RecordsArgs,
+    },
+}
+
+#[derive(Args)]
+struct HostArgs {
+    /// Where sysfs is mounted.
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    sysfs_root: PathBuf,
+    /// Where procfs is mounted.
+    #[arg(long, value_name = "DIR", default_value = "/proc")]
+    proc_root: PathBuf,
+    /// Where device nodes are (VFIO group nodes appear in <DIR>/vfio).
+    #[arg(long, value_name = "DIR", default_value = "/dev")]
+    dev_root: PathBuf,
+    /// Where kernel modules are installed.
+    #[arg(long, value_name = "DIR", default_value = "/lib/modules")]
+    modules_root: PathBuf,
+}
+
+impl HostArgs {
+    fn paths(&self) -> HostPaths {
+        HostPaths {
+            sysfs: self.sysfs_root.clone(),
+            procfs: self.proc_root.clone(),
+            dev: self.dev_root.clone(),
+            modules: self.modules_root.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct RecordsArgs {
+    /// File that remembers each bound function's original driver.
+    #[arg(long, value_name = "FILE", default_value = gpu::DEFAULT_RECORDS_PATH)]
+    state_file: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, GpuError> {
+    match cli.command {
+        Command::Gpu { action } => run_gpu(action),
+        Command::Doctor { memory, json, host } => {
+            let paths = host.paths();
+            let inputs = DoctorInputs {
+                vm_memory: memory,
+                memlock: MemlockLimit::of_current_process(&paths),
+            };
+            let report = gpu::doctor(&paths, &inputs);
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", gpu::render(&report));
+            }
+            Ok(if report.worst() == Severity::Error {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn run_gpu(action: GpuCommand) -> Result<ExitCode, GpuError> {
+    match action {
+        GpuCommand::List { json, host } => {
+            let gpus = gpu::list_gpus(&host.paths(), &NoOwners)?;
+            if json {
+                print_json(&gpus);
+            } else {
+                print!("{}", gpu_table(&gpus));
+            }
+        }
+        GpuCommand::Bind {
+            device,
+            force,
+            timeout,
+            json,
+            host,
+            records,
+        } => {
+            let bdf = Bdf::from_user_input(&device)?;
+            let paths = host.paths();
+            let mut records = JsonFileRecords::new(records.state_file);
+            let options = BindOptions {
+                force,
+                vfio_node_timeout: Duration::from_secs(timeout),
+            };
+            let outcome =
+                GpuBinder::new(&paths, &KernelSysfs, &mut records).bind(&bdf, &options)?;
+            if json {
+                print_json(&outcome);
+            } else if outcome.moved.is_empty() {
+                println!(
+                    "IOMMU group {} is already on vfio-pci ({})",
+                    outcome.iommu_group,
+                    outcome.vfio_node.display()
+                );
+            } else {
+                for change in &outcome.moved {
+                    println!(
+                        "{}: {} -> vfio-pci",
+                        change.bdf,
+                        change.from.as_deref().unwrap_or("no driver")
+                    );
+                }
+                println!(
+                    "IOMMU group {} bound to vfio-pci: {}",
+                    outcome.iommu_group,
+                    outcome.vfio_node.display()
+                );
+            }
+        }
+        GpuCommand::Unbind {
+            device,
+            json,
+            host,
+            records,
+        } => {
+            let bdf = Bdf::from_user_input(&device)?;
+            let paths = host.paths();
+            let mut records = JsonFileRecords::new(records.state_file);
+            let outcome = GpuBinder::new(&paths, &KernelSysfs, &mut records).release(&bdf)?;
+            if json {
+                print_json(&outcome);
+            } else if outcome.restored.is_empty() {
+                println!("IOMMU group {} is not on vfio-pci", outcome.iommu_group);
+            } else {
+                for change in &outcome.restored {
+                    println!(
+                        "{}: vfio-pci -> {}",
+                        change.bdf,
+                        change.to.as_deref().unwrap_or("no driver")
+                    );
+                }
+            }
+            for warning in &outcome.warnings {
+                eprintln!("warning: {warning}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gpu_table(gpus: &[GpuInfo]) -> String {
+    let dash = || "-".to_string();
+    let mut rows = vec![[
+        "BDF".to_string(),
+        "NAME".to_string(),
+        "DRIVER".to_string(),
+        "IOMMU".to_string(),
+        "NUMA".to_string(),
+        "OWNER".to_string(),
+    ]];
+    for info in gpus {
+        let function = &info.function;
+        rows.push([
+            function.bdf.to_string(),
+            info.display_name(),
+            function.driver.clone().unwrap_or_else(dash),
+            function.iommu_group.map_or_else(dash, |g| g.to_string()),
+            function.numa_node.map_or_else(dash, |n| n.to_string()),
+            info.owner.clone().unwrap_or_else(dash),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot encode JSON: {e}"),
+    }
+}

@@ -41,5 +41,10 @@ mod tests {
         assert_eq!(device_name(0x10de, 0x2330), Some("GH100 [H100 SXM5 80GB]"));
         assert_eq!(class_name(0x030200), Some("3D controller"));
         assert_eq!(device_name(0x10de, 0xfff0), None);
+        assert_eq!(
+            subsystem_name(0x8086, 0x1521, 0x1028, 0x0602),
+            Some("Gigabit 2P I350-t LOM")
+        );
+        assert_eq!(subsystem_name(0x8086, 0x1521, 0x1028, 0xfff0), None);
     }
 }
