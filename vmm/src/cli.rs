@@ -48,11 +48,10 @@ pub struct Cli {
     #[arg(long, value_name = "PATH|path=PATH")]
     pub api_socket: Option<String>,
 
-    /// A host PCI device to pass through with VFIO (repeatable).
-    #[arg(
-        long = "device",
-        value_name = "path=/sys/bus/pci/devices/BDF[,id=NAME][,iommu=on][,pci_segment=N][,x_nv_gpudirect_clique=N]"
-    )]
+    /// A host PCI device to pass through with VFIO (repeatable). Options: path=
+    /// (/sys/bus/pci/devices/BDF, required), id=NAME, iommu=on, pci_segment=N,
+    /// x_nv_gpudirect_clique=N.
+    #[arg(long = "device", value_name = "path=SYSFS_PATH[,...]")]
     pub devices: Vec<String>,
 
     /// Write the log here instead of stderr.
