@@ -1,1 +1,17 @@
-//! placeholder
+//! PCI for form-vmm: configuration space, the segment 0 bus with its host bridge,
+//! the config access mechanisms (port I/O and ECAM) and MSI/MSI-X emulation.
+
+pub mod bus;
+pub mod config;
+pub mod config_io;
+pub mod config_mmio;
+pub mod device;
+pub mod host_bridge;
+pub mod interrupt;
+pub mod msi;
+pub mod msix;
+
+pub use bus::{BarReprogramHandler, PciBus, PciBusError};
+pub use config::{BarKind, BarReprogram, PciBar, PciConfiguration};
+pub use device::{PciDevice, SharedPciDevice};
+pub use interrupt::{MsiInterruptRoute, MsiMessage, MsiRouteError};
