@@ -438,7 +438,7 @@ fn driver_link(host: &HostPaths, bdf: &Bdf) -> Option<String> {
 pub struct SimulatedKernel {
     host: HostPaths,
     /// The driver a probe picks for a function with no override (its native driver).
-    defaults: BTreeMap<Bdf, String>,
+    defaults: RefCell<BTreeMap<Bdf, String>>,
     writes: RefCell<Vec<(String, String)>>,
     failures: RefCell<Vec<(String, Option<String>)>>,
     refuse_vfio: RefCell<BTreeSet<Bdf>>,
@@ -449,7 +449,7 @@ impl SimulatedKernel {
     fn new(host: HostPaths, defaults: BTreeMap<Bdf, String>) -> Self {
         Self {
             host,
-            defaults,
+            defaults: RefCell::new(defaults),
             writes: RefCell::new(Vec::new()),
             failures: RefCell::new(Vec::new()),
             refuse_vfio: RefCell::new(BTreeSet::new()),
@@ -457,7 +457,8 @@ impl SimulatedKernel {
         }
     }
 
-    /// Makes writes to a path ending in `path_suffix` (with this value, if given) fail.
+    /// Makes the next write to a path ending in `path_suffix` (with this value, if
+    /// given) fail with EBUSY; later writes to it succeed.
     pub fn fail_write(&self, path_suffix: &str, value: Option<&str>) {
         self.failures
             .borrow_mut()
@@ -468,6 +469,15 @@ impl SimulatedKernel {
     /// or whose group is not viable), leaving it without a driver.
     pub fn refuse_vfio(&self, address: &str) {
         self.refuse_vfio.borrow_mut().insert(bdf(address));
+    }
+
+    /// Which driver a probe picks for this function when it has no override.
+    pub fn set_default(&self, address: &str, driver: Option<&str>) {
+        let mut defaults = self.defaults.borrow_mut();
+        match driver {
+            Some(driver) => defaults.insert(bdf(address), driver.to_string()),
+            None => defaults.remove(&bdf(address)),
+        };
     }
 
     /// udev never creates `/dev/vfio/<group>`.
@@ -566,7 +576,7 @@ impl SimulatedKernel {
                 }
                 let choice = self
                     .override_of(&bdf)
-                    .or_else(|| self.defaults.get(&bdf).cloned());
+                    .or_else(|| self.defaults.borrow().get(&bdf).cloned());
                 let Some(choice) = choice else {
                     return Ok(());
                 };
@@ -594,12 +604,15 @@ impl SysfsWriter for SimulatedKernel {
         self.writes
             .borrow_mut()
             .push((relative.clone(), value.to_string()));
-        let fails = self.failures.borrow().iter().any(|(suffix, wanted)| {
+        let mut failures = self.failures.borrow_mut();
+        let failing = failures.iter().position(|(suffix, wanted)| {
             relative.ends_with(suffix.as_str()) && wanted.as_deref().is_none_or(|w| w == value)
         });
-        if fails {
+        if let Some(index) = failing {
+            failures.remove(index);
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
+        drop(failures);
         self.react(&relative, value)
     }
 }
