@@ -79,6 +79,27 @@ run_logged() {
     return "$_status"
 }
 
+# run_quiet FILE COMMAND...: like run_logged, for commands whose output is long (JSON
+# listings): it goes only to FILE, and to the console too only if COMMAND fails.
+run_quiet() {
+    _log=$1
+    shift
+    "$@" >"$_log" 2>&1 && return 0
+    _status=$?
+    tail -n 20 "$_log"
+    return $_status
+}
+
+# json_after FILE KEY VALUE FIELD: the value of the first "FIELD" that follows
+# "KEY": "VALUE" in a JSON file, unquoted ("null" for null). Busybox has no JSON parser;
+# this reads an object's own scalar fields, which is what the scenarios check (e.g.
+# `json_after list.json bdf 0000:00:01.0 driver`). Works on pretty or compact JSON.
+json_after() {
+    tr ',{}[]' '\n\n\n\n\n' <"$1" | awk -v key="\"$2\":" -v val="\"$3\"" -v field="\"$4\":" '
+        !on { i = index($0, key); if (i && index(substr($0, i), val)) on = 1; next }
+        index($0, field) { sub(/^[^:]*: */, ""); gsub(/"/, ""); sub(/ *$/, ""); print; exit }'
+}
+
 # expect_output FILE PATTERN [WHAT]: fails unless a line of FILE matches PATTERN (grep -E).
 expect_output() {
     grep -qE "$2" "$1" || fail "${3:-output} lacks '$2'"
