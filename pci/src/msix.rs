@@ -83,6 +83,25 @@ impl MsixLayout {
         self.vectors.div_ceil(64) as u64 * 8
     }
 
+    /// Which MSI-X structure, if any, byte `offset` of BAR `bar` falls in, with the
+    /// offset from that structure's start: what a device's BAR handler needs to
+    /// forward a trapped access.
+    pub fn locate(&self, bar: u8, offset: u64) -> Option<MsixRegion> {
+        let within =
+            |start: u32, len: u64| offset.checked_sub(u64::from(start)).filter(|&o| o < len);
+        if bar == self.table_bar {
+            if let Some(o) = within(self.table_offset, self.table_len()) {
+                return Some(MsixRegion::Table(o));
+            }
+        }
+        if bar == self.pba_bar {
+            if let Some(o) = within(self.pba_offset, self.pba_len()) {
+                return Some(MsixRegion::Pba(o));
+            }
+        }
+        None
+    }
+
     fn validate(&self) -> Result<(), MsixError> {
         if !(1..=MAX_MSIX_VECTORS).contains(&self.vectors) {
             return Err(MsixError::InvalidVectorCount(self.vectors));
@@ -111,6 +130,13 @@ impl MsixLayout {
         }
         Ok(())
     }
+}
+
+/// An MSI-X structure and an offset into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsixRegion {
+    Table(u64),
+    Pba(u64),
 }
 
 /// One vector table entry as the guest programmed it.
@@ -598,6 +624,18 @@ mod tests {
         f.msix.read_pba(u64::MAX - 3, &mut b);
         assert_eq!(b, [0; 8]);
         assert!(f.route.take().is_empty());
+    }
+
+    #[test]
+    fn locate_maps_bar_offsets_to_table_and_pba() {
+        assert_eq!(LAYOUT.locate(0, 0x1fff), None);
+        assert_eq!(LAYOUT.locate(0, 0x2000), Some(MsixRegion::Table(0)));
+        assert_eq!(LAYOUT.locate(0, 0x203f), Some(MsixRegion::Table(0x3f)));
+        assert_eq!(LAYOUT.locate(0, 0x2040), None);
+        assert_eq!(LAYOUT.locate(0, 0x3007), Some(MsixRegion::Pba(7)));
+        assert_eq!(LAYOUT.locate(0, 0x3008), None);
+        assert_eq!(LAYOUT.locate(1, 0x2000), None);
+        assert_eq!(LAYOUT.locate(0, u64::MAX), None);
     }
 
     #[test]
