@@ -231,8 +231,10 @@ impl<B: VmBackend> Controller<B> {
     }
 
     /// Waits for and handles events until the VMM should exit. `signals`, when given,
-    /// ends the loop on SIGINT/SIGTERM after shutting the VM down.
-    pub fn run(&mut self, signals: Option<&StopSignals>) -> Exit {
+    /// ends the loop on SIGINT/SIGTERM after shutting the VM down. Consumes the
+    /// controller: dropping its inbox on return fails any request still queued, so
+    /// the API thread answers 503 instead of waiting forever for a reply.
+    pub fn run(mut self, signals: Option<&StopSignals>) -> Exit {
         loop {
             let ready = match self.wait(signals) {
                 Ok(ready) => ready,

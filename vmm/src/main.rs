@@ -102,7 +102,7 @@ fn run(launch: Launch) -> Result<Exit, String> {
     }
 
     let exit = controller.run(Some(&signals));
-    // Answers the request in flight (vmm.shutdown's 204) before the socket goes.
+    // Finishes the request in flight (vmm.shutdown's 204) and removes the socket.
     if let Some(server) = &mut server {
         server.stop();
     }

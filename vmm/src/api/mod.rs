@@ -56,8 +56,7 @@ pub struct VmmPing {
 impl VmmPing {
     pub fn for_this_process() -> VmmPing {
         VmmPing {
-            build_version: concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION"))
-                .to_string(),
+            build_version: concat!("form-vmm ", env!("CARGO_PKG_VERSION")).to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             features: Vec::new(),

@@ -195,10 +195,7 @@ fn ping_reports_this_process() {
 fn spawn_running(backend: &FakeBackend) -> (ApiClient, JoinHandle<Exit>) {
     let (client, inbox) = api::channel().unwrap();
     let backend = backend.clone();
-    let thread = std::thread::spawn(move || {
-        let mut controller = Controller::new(backend, Some(inbox));
-        controller.run(None)
-    });
+    let thread = std::thread::spawn(move || Controller::new(backend, Some(inbox)).run(None));
     client.call(create(config())).unwrap();
     client.call(ApiRequest::VmBoot).unwrap();
     (client, thread)
