@@ -115,7 +115,6 @@ fn binding_twice_and_releasing_twice_change_nothing_the_second_time() {
     let again = binder.release(&gpu).unwrap();
     assert!(fx.writes().is_empty(), "{:?}", fx.writes());
     assert!(again.restored.is_empty());
-    drop(binder);
     // The original driver survived the second bind (it was not recorded as vfio-pci).
     assert_eq!(fx.driver_of("0000:18:00.0").as_deref(), Some("nvidia"));
 }
@@ -333,7 +332,6 @@ fn non_gpus_are_refused_for_bind_and_release() {
     }
     let err = binder.bind(&bdf("0000:99:00.0"), &force()).unwrap_err();
     assert!(matches!(err, GpuError::NoSuchDevice { .. }), "{err}");
-    drop(binder);
     assert!(fx.writes().is_empty());
 }
 

@@ -432,9 +432,10 @@ fn check_address_bits(
             CHECK,
             Severity::Error,
             format!(
-                "{bits} physical address bits ({}) cannot hold {}'s {} of 64-bit BARs above {} of RAM",
+                "{bits} physical address bits ({}) cannot hold {}'s {} BAR ({} in 64-bit BARs) above {} of RAM",
                 format_bytes(limit),
                 biggest.bdf(),
+                format_bytes(biggest.largest_bar()),
                 format_bytes(biggest.bar64_bytes()),
                 format_bytes(memory)
             ),

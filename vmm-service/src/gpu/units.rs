@@ -14,7 +14,7 @@ pub fn format_bytes(bytes: u64) -> String {
     for (name, shift) in UNITS {
         let unit = 1u64 << shift;
         if bytes >= unit {
-            return if bytes % unit == 0 {
+            return if bytes & (unit - 1) == 0 {
                 format!("{} {name}", bytes >> shift)
             } else {
                 format!("{:.1} {name}", bytes as f64 / unit as f64)
