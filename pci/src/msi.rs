@@ -45,6 +45,10 @@ const ADDRESS_LO_WRITABLE: u32 = !0x3;
 pub enum MsiError {
     #[error("MSI vector count {0} is not a power of two from 1 to {MAX_MSI_VECTORS}")]
     InvalidVectorCount(usize),
+    #[error("no MSI capability at config offset {offset:#x} (found ID {id:#04x})")]
+    NotMsiCapability { offset: usize, id: u8 },
+    #[error("MSI capability at {offset:#x} claims the reserved vector count encoding {mmc}")]
+    ReservedVectorCount { offset: usize, mmc: u16 },
     #[error("adding the MSI capability: {0}")]
     Config(#[from] PciConfigError),
 }
@@ -93,8 +97,8 @@ impl MsiCapability {
         }
     }
 
-    /// The body (after ID and next pointer) and its guest write masks.
-    fn body(&self) -> (Vec<u8>, Vec<u8>) {
+    /// The read-only part of message control: what the function is capable of.
+    fn control_capabilities(&self) -> u16 {
         let mmc = self.vectors.trailing_zeros() as u16;
         let mut control = mmc << CONTROL_MMC_SHIFT;
         if self.addr_64bit {
@@ -103,6 +107,12 @@ impl MsiCapability {
         if self.per_vector_mask {
             control |= CONTROL_PER_VECTOR_MASK;
         }
+        control
+    }
+
+    /// The body (after ID and next pointer) and its guest write masks.
+    fn body(&self) -> (Vec<u8>, Vec<u8>) {
+        let control = self.control_capabilities();
         let body_len = self.byte_len() - CONTROL;
         let mut body = vec![0u8; body_len];
         let mut writable = vec![0u8; body_len];
@@ -154,12 +164,49 @@ impl Msi {
         }
         let (body, writable) = cap.body();
         let offset = config.add_capability(PciCapabilityId::MSI, &body, &writable)?;
-        Ok(Self {
+        Ok(Self::at(offset, cap, route))
+    }
+
+    /// Takes over an MSI capability already in `config` at `offset` (copied from a
+    /// physical function): sets its guest write masks and turns it off, so the guest
+    /// starts from a disabled capability with every vector unmasked and none pending.
+    pub fn from_existing(
+        config: &mut PciConfiguration,
+        offset: usize,
+        route: Arc<dyn MsiInterruptRoute>,
+    ) -> Result<Self, MsiError> {
+        let id = config.read_u8(offset);
+        if id != PciCapabilityId::MSI.0 {
+            return Err(MsiError::NotMsiCapability { offset, id });
+        }
+        let control = config.read_u16(offset + CONTROL);
+        let mmc = (control >> CONTROL_MMC_SHIFT) & 0x7;
+        let vectors = 1usize << mmc;
+        if vectors > MAX_MSI_VECTORS {
+            return Err(MsiError::ReservedVectorCount { offset, mmc });
+        }
+        let cap = MsiCapability {
+            vectors,
+            addr_64bit: control & CONTROL_64BIT != 0,
+            per_vector_mask: control & CONTROL_PER_VECTOR_MASK != 0,
+        };
+        let (_, writable) = cap.body();
+        config.set_writable_bytes(offset + CONTROL, &writable);
+        // Only the read-only control bits (capabilities) carry over from the device.
+        config.write_bytes(offset + CONTROL, &cap.control_capabilities().to_le_bytes());
+        if cap.per_vector_mask {
+            config.write_bytes(offset + cap.mask_offset(), &[0; 8]);
+        }
+        Ok(Self::at(offset, cap, route))
+    }
+
+    fn at(offset: usize, cap: MsiCapability, route: Arc<dyn MsiInterruptRoute>) -> Self {
+        Self {
             offset,
             cap,
             route,
             delivering: [None; MAX_MSI_VECTORS],
-        })
+        }
     }
 
     pub fn cap_offset(&self) -> usize {
@@ -476,6 +523,46 @@ mod tests {
         f.msi.trigger(&mut f.config, 2);
         f.msi.trigger(&mut f.config, usize::MAX);
         assert!(f.route.take().is_empty());
+    }
+
+    #[test]
+    fn takes_over_a_capability_copied_from_hardware() {
+        let mut c = config();
+        // What a device's MSI capability might hold: 64-bit, masking, 8 vectors
+        // capable, left enabled with stale programming.
+        let mut raw = vec![0u8; 0x16];
+        raw[0..2]
+            .copy_from_slice(&((3 << 1) | (1 << 7) | (1 << 8) | 1u16 | (3 << 4)).to_le_bytes());
+        raw[2..6].copy_from_slice(&0xfee0_0000u32.to_le_bytes());
+        raw[0xe..0x12].copy_from_slice(&0xffu32.to_le_bytes());
+        raw[0x12..0x16].copy_from_slice(&0x3u32.to_le_bytes());
+        let off = c.add_capability(PciCapabilityId::MSI, &raw, &[]).unwrap();
+        let route = Arc::new(RecordingRoute::default());
+        let mut msi = Msi::from_existing(&mut c, off, route.clone()).unwrap();
+        assert_eq!(
+            msi.capability(),
+            MsiCapability {
+                vectors: 8,
+                addr_64bit: true,
+                per_vector_mask: true
+            }
+        );
+        assert!(!msi.is_enabled(&c));
+        assert!(!msi.is_masked(&c, 0) && !msi.is_pending(&c, 0));
+        // Now guest-writable like an emulated capability.
+        c.write_config_register(off / 4, 2, &(CONTROL_ENABLE | (3 << 4)).to_le_bytes());
+        msi.config_written(&mut c);
+        assert_eq!(msi.enabled_vectors(&c), 8);
+        assert_eq!(route.take().len(), 8);
+
+        let not_msi = c.find_capability(PciCapabilityId::MSI).unwrap() + 4;
+        assert_eq!(
+            Msi::from_existing(&mut c, not_msi, route).err(),
+            Some(MsiError::NotMsiCapability {
+                offset: not_msi,
+                id: 0x00
+            })
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ const CONTROL: usize = 0x2;
 const CONTROL_TABLE_SIZE_MASK: u16 = 0x7ff;
 const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
 const CONTROL_ENABLE: u16 = 1 << 15;
+const CONTROL_WRITABLE: u16 = CONTROL_ENABLE | CONTROL_FUNCTION_MASK;
+const TABLE: usize = 0x4;
+const PBA: usize = 0x8;
 const BIR_MASK: u32 = 0x7;
 
 const ENTRY_ADDR_LO: usize = 0;
@@ -58,6 +61,8 @@ pub enum MsixError {
         pba: u32,
         pba_len: u64,
     },
+    #[error("no MSI-X capability at config offset {offset:#x} (found ID {id:#04x})")]
+    NotMsixCapability { offset: usize, id: u8 },
     #[error("adding the MSI-X capability: {0}")]
     Config(#[from] PciConfigError),
 }
@@ -227,9 +232,47 @@ impl Msix {
         body.extend_from_slice(&control.to_le_bytes());
         body.extend_from_slice(&table.to_le_bytes());
         body.extend_from_slice(&pba.to_le_bytes());
-        let writable = (CONTROL_ENABLE | CONTROL_FUNCTION_MASK).to_le_bytes();
+        let writable = CONTROL_WRITABLE.to_le_bytes();
         let offset = config.add_capability(PciCapabilityId::MSIX, &body, &writable)?;
-        Ok(Self {
+        Ok(Self::at(offset, layout, route))
+    }
+
+    /// Takes over an MSI-X capability already in `config` at `offset` (copied from a
+    /// physical function): reads the layout from it, sets its guest write masks and
+    /// turns it off, so the guest starts from a disabled, unmasked function with every
+    /// entry masked.
+    pub fn from_existing(
+        config: &mut PciConfiguration,
+        offset: usize,
+        route: Arc<dyn MsiInterruptRoute>,
+    ) -> Result<Self, MsixError> {
+        let id = config.read_u8(offset);
+        if id != PciCapabilityId::MSIX.0 {
+            return Err(MsixError::NotMsixCapability { offset, id });
+        }
+        let control = config.read_u16(offset + CONTROL);
+        let table = config.read_u32(offset + TABLE);
+        let pba = config.read_u32(offset + PBA);
+        let layout = MsixLayout {
+            vectors: usize::from(control & CONTROL_TABLE_SIZE_MASK) + 1,
+            table_bar: (table & BIR_MASK) as u8,
+            table_offset: table & !BIR_MASK,
+            pba_bar: (pba & BIR_MASK) as u8,
+            pba_offset: pba & !BIR_MASK,
+        };
+        layout.validate()?;
+        let mut writable = [0u8; MSIX_CAPABILITY_SIZE - CONTROL];
+        writable[..2].copy_from_slice(&CONTROL_WRITABLE.to_le_bytes());
+        config.set_writable_bytes(offset + CONTROL, &writable);
+        config.write_bytes(
+            offset + CONTROL,
+            &(control & !CONTROL_WRITABLE).to_le_bytes(),
+        );
+        Ok(Self::at(offset, layout, route))
+    }
+
+    fn at(offset: usize, layout: MsixLayout, route: Arc<dyn MsiInterruptRoute>) -> Self {
+        Self {
             offset,
             layout,
             table: vec![MsixTableEntry::default(); layout.vectors],
@@ -238,7 +281,7 @@ impl Msix {
             function_masked: false,
             delivering: vec![None; layout.vectors],
             route,
-        })
+        }
     }
 
     pub fn cap_offset(&self) -> usize {
@@ -636,6 +679,43 @@ mod tests {
         assert_eq!(LAYOUT.locate(0, 0x3008), None);
         assert_eq!(LAYOUT.locate(1, 0x2000), None);
         assert_eq!(LAYOUT.locate(0, u64::MAX), None);
+    }
+
+    #[test]
+    fn takes_over_a_capability_copied_from_hardware() {
+        let mut c = config();
+        // 17 vectors, table in BAR 3 at 0x0, PBA in BAR 3 at 0x800, left enabled.
+        let mut raw = [0u8; 10];
+        raw[0..2].copy_from_slice(&(CONTROL_ENABLE | 16).to_le_bytes());
+        raw[2..6].copy_from_slice(&3u32.to_le_bytes());
+        raw[6..10].copy_from_slice(&0x803u32.to_le_bytes());
+        let off = c.add_capability(PciCapabilityId::MSIX, &raw, &[]).unwrap();
+        let route = Arc::new(RecordingRoute::default());
+        let mut msix = Msix::from_existing(&mut c, off, route.clone()).unwrap();
+        assert_eq!(
+            *msix.layout(),
+            MsixLayout {
+                vectors: 17,
+                table_bar: 3,
+                table_offset: 0,
+                pba_bar: 3,
+                pba_offset: 0x800,
+            }
+        );
+        assert_eq!(c.read_u16(off + 2), 16, "disabled, table size kept");
+        assert!(!msix.is_enabled());
+        msix.write_table(16 * 16 + 12, &0u32.to_le_bytes());
+        c.write_config_register(off / 4, 2, &CONTROL_ENABLE.to_le_bytes());
+        msix.config_written(&c);
+        assert!(msix.is_enabled());
+        assert_eq!(route.take(), vec![RouteOp::Enable(16, msg(0, 0))]);
+        assert_eq!(
+            Msix::from_existing(&mut c, off + 4, route).err(),
+            Some(MsixError::NotMsixCapability {
+                offset: off + 4,
+                id: 3
+            })
+        );
     }
 
     #[test]

@@ -196,7 +196,9 @@ impl PciConfiguration {
         Some((reg >> ((offset % 4) * 8)) as u8)
     }
 
-    fn set_writable_bytes(&mut self, offset: usize, masks: &[u8]) {
+    /// Sets the guest write masks of consecutive bytes from a byte offset, e.g. to
+    /// take over a capability copied from hardware. Bytes past the end are dropped.
+    pub fn set_writable_bytes(&mut self, offset: usize, masks: &[u8]) {
         for (i, &m) in masks.iter().enumerate() {
             if let Some(o) = offset.checked_add(i) {
                 set_byte(&mut self.writable, o, m);
