@@ -150,20 +150,27 @@ fn api_only_serves_until_vmm_shutdown() {
     assert!(!socket.exists(), "socket left behind");
 }
 
-#[test]
-fn sigterm_removes_the_socket_and_exits_non_zero() {
-    let dir = TempDir::new("cli-term");
+fn assert_stops_on(signal: libc::c_int) {
+    let dir = TempDir::new("cli-signal");
     let (running, socket) = start_api_only(&dir);
     let pid = libc::pid_t::try_from(running.pid()).unwrap();
     // SAFETY: sends a signal to the child this test started and still owns.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     let finished = running.finish(Duration::from_secs(30));
-    assert_eq!(finished.code, Some(128 + libc::SIGTERM), "{finished:?}");
-    assert!(
-        finished.stderr.contains("stopped by signal 15"),
-        "{finished:?}"
-    );
+    assert_eq!(finished.code, Some(128 + signal), "{finished:?}");
+    let message = format!("stopped by signal {signal}");
+    assert!(finished.stderr.contains(&message), "{finished:?}");
     assert!(!socket.exists(), "socket left behind");
+}
+
+#[test]
+fn sigterm_removes_the_socket_and_exits_non_zero() {
+    assert_stops_on(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_removes_the_socket_and_exits_non_zero() {
+    assert_stops_on(libc::SIGINT);
 }
 
 #[test]

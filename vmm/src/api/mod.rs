@@ -183,13 +183,15 @@ mod tests {
     fn call_delivers_the_request_and_returns_the_reply() {
         let (client, inbox) = channel().unwrap();
         let controller = std::thread::spawn(move || {
-            assert_eq!(inbox.wake.read().unwrap(), 1);
             let message = inbox.requests.recv().unwrap();
             assert!(matches!(message.request, ApiRequest::VmmPing));
             message.reply.send(Ok(ApiResponse::Done)).unwrap();
         });
         assert_eq!(client.call(ApiRequest::VmmPing).unwrap(), ApiResponse::Done);
         controller.join().unwrap();
+        // The controller was woken for the one request.
+        let wake = client.wake.try_clone().unwrap();
+        assert_eq!(wake.read().unwrap(), 1);
     }
 
     #[test]

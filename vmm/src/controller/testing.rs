@@ -54,6 +54,15 @@ impl FakeBackend {
         }
     }
 
+    /// Writes the exit fd without recording a reason, as a VM that stopped without
+    /// saying why.
+    pub fn signal_exit_without_reason(&self) {
+        let state = self.state();
+        if let Some(events) = &state.events {
+            events.exit.write(1).expect("write the fake VM's exit fd");
+        }
+    }
+
     fn guest_exit(&self, reason: VmExitReason) {
         let mut state = self.state();
         state.exit_reason = Some(reason);

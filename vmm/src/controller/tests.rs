@@ -263,3 +263,27 @@ fn vmm_shutdown_answers_then_ends_the_loop() {
         Err(ApiError::ShuttingDown)
     ));
 }
+
+#[test]
+fn failed_reboot_after_a_guest_reset_ends_the_loop() {
+    let backend = FakeBackend::default();
+    let (_client, thread) = spawn_running(&backend);
+    backend.state().fail_create = true;
+    backend.guest_reset();
+    match thread.join().unwrap() {
+        Exit::Failed(why) => assert!(why.starts_with("guest reboot failed: "), "{why}"),
+        other => panic!("loop ended with {other:?}"),
+    }
+}
+
+#[test]
+fn exit_without_a_reason_counts_as_a_crash() {
+    let backend = FakeBackend::default();
+    let (client, thread) = spawn_running(&backend);
+    // Wake the loop through the exit fd without setting a reason, as a VM that
+    // died without recording why would.
+    backend.signal_exit_without_reason();
+    let exit = thread.join().unwrap();
+    assert!(matches!(exit, Exit::GuestCrashed(_)), "{exit:?}");
+    drop(client);
+}
