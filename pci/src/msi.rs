@@ -267,6 +267,10 @@ impl Msi {
     pub fn config_written(&mut self, config: &mut PciConfiguration) {
         let enabled = self.enabled_vectors(config);
         for vector in 0..self.cap.vectors {
+            if vector >= enabled {
+                // A vector that is off has nothing to be pending for.
+                self.set_pending(config, vector, false);
+            }
             let want = (vector < enabled && !self.is_masked(config, vector))
                 .then(|| self.message(config, vector));
             self.apply(config, vector, want);
@@ -312,10 +316,6 @@ impl Msi {
         }
         if let Some(slot) = self.delivering.get_mut(vector) {
             *slot = want;
-        }
-        if want.is_none() && vector >= self.enabled_vectors(config) {
-            // A vector that is off has nothing to be pending for.
-            self.set_pending(config, vector, false);
         }
         if current.is_none() && want.is_some() && self.is_pending(config, vector) {
             self.set_pending(config, vector, false);
@@ -485,6 +485,20 @@ mod tests {
         assert!(!f.msi.is_pending(&f.config, 0));
         f.msi.trigger(&mut f.config, 0);
         assert_eq!(f.route.take(), vec![RouteOp::Trigger(0)]);
+    }
+
+    #[test]
+    fn disabling_msi_drops_pending_interrupts() {
+        let mut f = fixture(CAP64_MASKED);
+        f.write(0x10, &1u32.to_le_bytes());
+        f.write(0x2, &CONTROL_ENABLE.to_le_bytes());
+        f.msi.trigger(&mut f.config, 0);
+        assert!(f.msi.is_pending(&f.config, 0));
+        f.write(0x2, &0u16.to_le_bytes());
+        assert!(!f.msi.is_pending(&f.config, 0));
+        f.write(0x10, &0u32.to_le_bytes());
+        f.write(0x2, &CONTROL_ENABLE.to_le_bytes());
+        assert!(!f.route.take().contains(&RouteOp::Trigger(0)));
     }
 
     #[test]
