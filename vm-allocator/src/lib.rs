@@ -1,1 +1,13 @@
-//! placeholder
+//! The guest physical address map (see `docs/platform.md`) and the allocators that
+//! hand out pieces of it: MMIO and port-I/O ranges for BARs and platform devices,
+//! GSIs for MSI routes, and PCI device slots.
+
+mod address;
+mod gsi;
+pub mod layout;
+mod pci_slot;
+
+pub use address::{AddressAllocator, AllocError};
+pub use gsi::{GsiAllocator, GsiError, FIRST_MSI_GSI};
+pub use layout::{GuestLayout, IovaRange, LayoutError, MemoryRegion};
+pub use pci_slot::{PciSlotAllocator, PciSlotError, HOST_BRIDGE_SLOT};
