@@ -432,3 +432,17 @@ fn records_in_a_json_file_carry_across_processes() {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(saved["functions"], serde_json::json!({}));
 }
+
+#[test]
+fn an_unwritable_record_store_stops_the_bind_before_any_write() {
+    let fx = hgx_h100().build();
+    let blocker = fx.host.sysfs.parent().unwrap().join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    let mut records = JsonFileRecords::new(blocker.join("gpu-drivers.json"));
+    let err = GpuBinder::new(&fx.host, &fx.kernel, &mut records)
+        .bind(&bdf("0000:18:00.0"), &BindOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, GpuError::Records { .. }), "{err}");
+    assert!(fx.writes().is_empty());
+    assert_eq!(fx.driver_of("0000:18:00.0").as_deref(), Some("nvidia"));
+}

@@ -135,6 +135,13 @@ impl<'a> GpuBinder<'a> {
 
         let mut moved = Vec::new();
         for function in &to_move {
+            // Recorded before any write, so even a crash part-way leaves the way back.
+            let record = DriverRecord {
+                original_driver: function.driver.clone(),
+            };
+            if let Err(cause) = self.records.put(function.bdf, record) {
+                return Err(self.roll_back(&moved, cause));
+            }
             if let Err(cause) = self.move_to_vfio(function) {
                 // The failing function may be half-way (override set, driver unbound).
                 moved.push(DriverChange {
@@ -209,15 +216,8 @@ impl<'a> GpuBinder<'a> {
         Ok((group, members))
     }
 
-    fn move_to_vfio(&mut self, function: &PciFunction) -> Result<(), GpuError> {
+    fn move_to_vfio(&self, function: &PciFunction) -> Result<(), GpuError> {
         let bdf = function.bdf;
-        // Recorded first, so a crash mid-way still leaves the way back.
-        self.records.put(
-            bdf,
-            DriverRecord {
-                original_driver: function.driver.clone(),
-            },
-        )?;
         let address = bdf.to_string();
         self.write(self.host.device_dir(&bdf).join("driver_override"), VFIO_PCI)?;
         if let Some(driver) = &function.driver {
@@ -322,7 +322,10 @@ impl<'a> GpuBinder<'a> {
             .write(&path, value)
             .map_err(|source| GpuError::Write {
                 path,
-                value: value.trim_end().to_string(),
+                value: match value.trim_end() {
+                    "" => "\\n".to_string(),
+                    shown => shown.to_string(),
+                },
                 source,
             })
     }
