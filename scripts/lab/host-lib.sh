@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the host-side lab scripts (scripts/vfio-lab, scripts/fetch-kernels).
 # Sourced, not run. Bash only.
 

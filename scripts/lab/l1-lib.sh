@@ -45,6 +45,20 @@ pci_group() {
         basename "$(readlink "/sys/bus/pci/devices/$1/iommu_group")"
 }
 
+# The number of entries in a directory (0 if it is empty or missing).
+count_entries() {
+    set -- "$1"/*
+    if [ -e "$1" ]; then echo $#; else echo 0; fi
+}
+
+# The names of the entries in a directory, on one line.
+list_entries() {
+    for _e in "$1"/*; do
+        [ -e "$_e" ] && printf '%s ' "${_e##*/}"
+    done
+    echo
+}
+
 expect_driver() {
     _have=$(pci_driver "$1")
     [ "$_have" = "$2" ] || fail "$1 is on driver '$_have', expected '$2'"
@@ -95,6 +109,7 @@ run_quiet() {
 # this reads an object's own scalar fields, which is what the scenarios check (e.g.
 # `json_after list.json bdf 0000:00:01.0 driver`). Works on pretty or compact JSON.
 json_after() {
+    # shellcheck disable=SC2020 # five separators, each to a newline
     tr ',{}[]' '\n\n\n\n\n' <"$1" | awk -v key="\"$2\":" -v val="\"$3\"" -v field="\"$4\":" '
         !on { i = index($0, key); if (i && index(substr($0, i), val)) on = 1; next }
         index($0, field) { sub(/^[^:]*: */, ""); gsub(/"/, ""); sub(/ *$/, ""); print; exit }'

@@ -38,6 +38,12 @@ wait_until 5 test ! -e "/dev/vfio/$group"
 
 step "bochs-drm drives the GPU again"
 # A DRM card under the device means bochs-drm's probe ran to the end, not just bound.
-wait_until 5 sh -c "ls -d $dev/drm/card* >/dev/null 2>&1"
+drm_card_present() {
+    for card in "$dev"/drm/card*; do
+        [ -e "$card" ] && return 0
+    done
+    return 1
+}
+wait_until 5 drm_card_present
 override=$(cat "$dev/driver_override")
 [ "$override" = "(null)" ] || [ -z "$override" ] || fail "driver_override left as '$override'"

@@ -13,7 +13,7 @@ expect_file /dev/kvm "KVM (kvm-amd with nested SVM)"
 expect_file /dev/vfio/vfio "the VFIO container device"
 
 step "IOMMU groups"
-groups=$(ls /sys/kernel/iommu_groups | wc -l)
+groups=$(count_entries /sys/kernel/iommu_groups)
 [ "$groups" -ge 5 ] || fail "only $groups IOMMU groups (is intel_iommu=on in effect?)"
 
 # Each lab device: BDF, vendor:device, class, driver it must start on.
@@ -37,12 +37,13 @@ check_device "$LAB_NIC_BDF" 0x8086:0x10d3 0x020000 none "e1000e"
 
 step "GPU has its own IOMMU group"
 gpu_group=$(pci_group "$LAB_GPU_BDF")
-members=$(ls "/sys/kernel/iommu_groups/$gpu_group/devices" | wc -l)
+members=$(count_entries "/sys/kernel/iommu_groups/$gpu_group/devices")
 [ "$members" -eq 1 ] || fail "GPU group $gpu_group has $members devices"
 
 step "ivshmem BAR2 is a 64-bit prefetchable 8 GiB BAR"
 # resource line 2: start end flags; 64-bit prefetchable memory = IORESOURCE_MEM (0x200)
 # | PREFETCH (0x2000) | MEM_64 (0x100000).
+# shellcheck disable=SC2046 # split into its three fields
 set -- $(sed -n 3p "/sys/bus/pci/devices/$LAB_IVSHMEM_BDF/resource")
 size=$(($2 - $1 + 1))
 [ "$size" -eq $((8 << 30)) ] || fail "BAR2 is $size bytes"
@@ -56,6 +57,6 @@ for bdf in $LAB_GROUP_BDFS; do
     [ -z "$first" ] && first=$g
     [ "$g" = "$first" ] || fail "$bdf is in group $g, not $first with the others"
 done
-n=$(ls "/sys/kernel/iommu_groups/$first/devices" | wc -l)
+n=$(count_entries "/sys/kernel/iommu_groups/$first/devices")
 [ "$n" -ge 2 ] || fail "group $first has only $n device"
-echo "lab: shared group $first: $(ls "/sys/kernel/iommu_groups/$first/devices" | tr '\n' ' ')"
+echo "lab: shared group $first: $(list_entries "/sys/kernel/iommu_groups/$first/devices")"
