@@ -255,6 +255,13 @@ fn a_host_without_iommu_or_cpu_information() {
     assert_eq!(check(&report, "physical_address_bits").0, Severity::Unknown);
     assert_eq!(check(&report, "hugepages").0, Severity::Unknown);
     assert_eq!(check(&report, "interrupt_remapping").0, Severity::Unknown);
+
+    // CPU bits known, but no readable PCI tree: the BAR check cannot be made.
+    let fx = HostBuilder::new().build();
+    std::fs::remove_dir_all(fx.host.sysfs.join("bus/pci/devices")).unwrap();
+    let report = doctor(&fx.host, &DoctorInputs::default());
+    let (severity, summary, _) = check(&report, "physical_address_bits");
+    assert_eq!(severity, Severity::Unknown, "{summary}");
 }
 
 #[test]

@@ -412,7 +412,15 @@ fn check_address_bits(
             "no 'address sizes' in /proc/cpuinfo",
         );
     };
-    let gpus: Vec<&GpuInfo> = gpus.unwrap_or(&[]).iter().collect();
+    let Some(gpus) = gpus else {
+        return Finding::new(
+            CHECK,
+            Severity::Unknown,
+            format!("{bits} physical address bits; the GPUs' BARs could not be read from sysfs"),
+        )
+        .fix("run `vmm-service gpu list` to see why");
+    };
+    let gpus: Vec<&GpuInfo> = gpus.iter().collect();
     let limit = address_limit(bits);
     let memory = vm_memory.unwrap_or(0);
     let Some(biggest) = gpus.iter().copied().max_by_key(|g| g.bar64_bytes()) else {
