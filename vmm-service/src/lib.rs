@@ -1,3 +1,4 @@
 //! The Formation VMM service.
 
+pub mod api;
 pub mod gpu;

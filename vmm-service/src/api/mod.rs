@@ -1,0 +1,3 @@
+//! The service's HTTP API.
+
+pub mod types;

@@ -1,0 +1,284 @@
+//! Request and response bodies of the service API (`docs/service-api.md`).
+//!
+//! Shared with `form-vmm-ctl`, so everything here is plain serde data with no
+//! dependency on the server's internals. Sizes are in bytes, times in seconds since
+//! the Unix epoch, PCI addresses in the full `0000:01:00.0` form.
+
+use serde::{Deserialize, Serialize};
+
+/// Path prefix of every route.
+pub const API_PREFIX: &str = "/v1";
+
+/// Guest memory when a create request names none: 512 MiB, as form-vmm's default.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+
+/// A VM as the operator describes it; the body of `POST /v1/vms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmInstanceConfig {
+    /// 1 to 63 characters of `[A-Za-z0-9_.-]`, starting with a letter or digit.
+    pub name: String,
+    /// Absolute path of the guest kernel (ELF or bzImage) on the host.
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Guest RAM in bytes: a multiple of 4 KiB.
+    #[serde(default = "default_memory")]
+    pub memory: u64,
+    /// GPUs by PCI address (`0000:01:00.0`, `01:00.0`) or sysfs path
+    /// (`/sys/bus/pci/devices/0000:01:00.0`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_devices: Vec<String>,
+    /// GPUs by model and count ("H100 x 2"); exclusive with `gpu_devices`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_request: Option<GpuRequest>,
+    #[serde(default)]
+    pub gpu_options: GpuOptions,
+    /// Boot the VM right after creating it.
+    #[serde(default)]
+    pub boot: bool,
+}
+
+fn default_vcpus() -> u32 {
+    1
+}
+
+fn default_memory() -> u64 {
+    DEFAULT_MEMORY
+}
+
+/// GPUs by model: `count` free GPUs whose device name contains `model`, compared
+/// case-insensitively (`"h100"` matches "GH100 [H100 SXM5 80GB]").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuRequest {
+    pub model: String,
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuOptions {
+    /// Tell the guest driver which GPUs may use peer-to-peer DMA (GPUDirect).
+    #[serde(default)]
+    pub enable_nvidia_gpudirect: bool,
+    /// The GPUDirect clique id given to every GPU of this VM (0..=15).
+    #[serde(default)]
+    pub nvidia_gpudirect_clique: u8,
+    /// Give the GPUs back to their original host drivers when the VM stops.
+    #[serde(default = "default_true")]
+    pub unbind_on_shutdown: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self {
+            enable_nvidia_gpudirect: false,
+            nvidia_gpudirect_clique: 0,
+            unbind_on_shutdown: true,
+        }
+    }
+}
+
+/// Where a VM is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Recorded; no VMM runs for it.
+    Stopped,
+    /// A form-vmm process runs and holds the VM's configuration, not yet booted.
+    Created,
+    /// The guest runs.
+    Running,
+}
+
+/// How the last VMM process of a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit status, when the process exited.
+    pub code: Option<i32>,
+    /// Signal number, when a signal ended it.
+    pub signal: Option<i32>,
+    /// What happened, for a person ("guest powered off", "killed by signal 9", ...).
+    pub reason: String,
+    pub at: u64,
+}
+
+/// A GPU held by a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedGpu {
+    pub bdf: String,
+    /// The device id form-vmm knows it by (`gpu0`, `gpu1`, ...).
+    pub device_id: String,
+    pub name: Option<String>,
+    pub numa_node: Option<u32>,
+}
+
+/// A VM: `GET /v1/vms/{name}` and the answer of every action on one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub name: String,
+    pub state: VmState,
+    pub config: VmInstanceConfig,
+    /// GPUs the VM holds now (empty while stopped).
+    pub gpus: Vec<AssignedGpu>,
+    /// The form-vmm process, while one runs.
+    pub pid: Option<u32>,
+    pub api_socket: Option<String>,
+    /// Where the guest's serial console goes.
+    pub serial_log: String,
+    pub last_exit: Option<ExitInfo>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// `GET /v1/vms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmList {
+    pub vms: Vec<VmInfo>,
+}
+
+/// `POST /v1/vms/{name}/gpus`: one GPU by address, or `count` (default 1) by model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddGpuRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+}
+
+/// One GPU of the host: `GET /v1/gpus`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuEntry {
+    pub bdf: String,
+    pub name: String,
+    pub vendor_id: u16,
+    pub device_id: u16,
+    pub driver: Option<String>,
+    pub iommu_group: Option<u32>,
+    pub numa_node: Option<u32>,
+    /// The PCI bridge (switch port) above the GPU, from its sysfs path.
+    pub parent_bridge: Option<String>,
+    pub boot_vga: bool,
+    /// The VM holding it.
+    pub owner: Option<String>,
+}
+
+/// `GET /v1/gpus`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuList {
+    pub gpus: Vec<GpuEntry>,
+}
+
+/// One check of `GET /v1/doctor`; `severity` is `ok`, `unknown`, `warning` or `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorFinding {
+    pub check: String,
+    pub severity: String,
+    pub summary: String,
+    pub remedy: Option<String>,
+}
+
+/// `GET /v1/doctor[?memory=BYTES]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorResponse {
+    /// The worst severity among the findings.
+    pub worst: String,
+    pub findings: Vec<DoctorFinding>,
+}
+
+/// `GET /v1/ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingResponse {
+    pub version: String,
+    pub pid: u32,
+}
+
+/// Stable error codes; clients match on these, never on messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the body is not JSON or not the expected shape.
+    BadRequest,
+    /// 400: a field is out of range or malformed (name, vcpus, memory, cmdline...).
+    InvalidConfig,
+    /// 400: memory is more than this host has.
+    InsufficientMemory,
+    /// 400: the kernel or initramfs does not exist or is not a file.
+    PayloadNotFound,
+    /// 400: a GPU address or sysfs path cannot be parsed, or leaves sysfs.
+    InvalidDevice,
+    /// 400: the device exists but is not a GPU or accelerator.
+    NotAGpu,
+    /// 404: no such PCI device on this host.
+    UnknownGpu,
+    /// 409: the GPU belongs to another VM.
+    GpuInUse,
+    /// 409: not enough free GPUs match the model request.
+    GpusUnavailable,
+    /// 409: a GPU cannot be given to a VM (console GPU, shared IOMMU group, no IOMMU).
+    GpuNotAssignable,
+    /// 404: no VM by that name.
+    VmNotFound,
+    /// 409: a VM by that name exists.
+    VmExists,
+    /// 409: the VM is not in a state that allows the action.
+    InvalidState,
+    /// 500: moving a GPU to or from vfio-pci failed.
+    GpuBindFailed,
+    /// 502: the VM's form-vmm refused a request or could not be started.
+    VmmFailed,
+    /// 501: the VMM cannot do this yet (GPU hotplug).
+    NotSupported,
+    /// 401: TCP listener without a valid bearer token.
+    Unauthorized,
+    /// 500: anything else; the message says what.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status this code is answered with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::BadRequest
+            | Self::InvalidConfig
+            | Self::InsufficientMemory
+            | Self::PayloadNotFound
+            | Self::InvalidDevice
+            | Self::NotAGpu => 400,
+            Self::Unauthorized => 401,
+            Self::UnknownGpu | Self::VmNotFound => 404,
+            Self::GpuInUse
+            | Self::GpusUnavailable
+            | Self::GpuNotAssignable
+            | Self::VmExists
+            | Self::InvalidState => 409,
+            Self::GpuBindFailed | Self::Internal => 500,
+            Self::NotSupported => 501,
+            Self::VmmFailed => 502,
+        }
+    }
+}
+
+/// The body of every error response: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
