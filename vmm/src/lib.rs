@@ -1,5 +1,10 @@
 //! form-vmm: one process per VM, KVM underneath, an HTTP API on a unix socket.
 
+pub mod acpi;
+pub mod boot;
+pub mod cpu;
+pub mod device_manager;
+pub mod memory;
 pub mod api;
 pub mod cli;
 pub mod config;

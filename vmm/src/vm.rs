@@ -10,8 +10,24 @@
 //!   then says which.
 //! - `Vm::shutdown` stops and joins the vCPU threads; calling it twice is harmless.
 
+use crate::acpi::{create_acpi_tables, AcpiError, AcpiPlatform};
+use crate::boot::{self, BootCpuError, BootError, EntryPoint, PayloadRequest};
 use crate::config::VmConfig;
+use crate::cpu::{configure_vcpu, spawn_vcpu_thread, DeviceRequests, ExitSignal, IoBuses};
+use crate::device_manager::legacy::attach_legacy_devices;
+use crate::device_manager::pci::PciDevices;
+use crate::device_manager::{DeviceError, DeviceManager};
+use crate::memory::{
+    create_guest_memory, meminfo_field, register_guest_memory, GuestMemoryMmap, MemoryError,
+};
+use devices::Bus;
+use form_vm_allocator::{GuestLayout, LayoutError};
+use hypervisor::{host_phys_bits, Hypervisor, HypervisorError, Vcpu};
 use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -37,32 +53,203 @@ pub struct VmEvents {
 pub enum VmError {
     #[error("the VM boot path is not built yet")]
     NotImplemented,
+    #[error("KVM: {0}")]
+    Hypervisor(#[from] HypervisorError),
+    #[error("memory size is 0; give the VM some memory (memory.size)")]
+    NoMemory,
+    #[error("memory size {requested} bytes is more than this host has ({host} bytes of MemTotal)")]
+    MemoryExceedsHost { requested: u64, host: u64 },
+    #[error("boot_vcpus is {requested}, but must be between 1 and {max} (this host's KVM limit)")]
+    VcpuCount { requested: u8, max: usize },
+    #[error("no kernel given (payload.kernel)")]
+    NoKernel,
+    #[error("kernel file {0} does not exist")]
+    KernelMissing(PathBuf),
+    #[error("guest address layout: {0}")]
+    Layout(#[from] LayoutError),
+    #[error("guest memory: {0}")]
+    Memory(#[from] MemoryError),
+    #[error("boot: {0}")]
+    Boot(#[from] BootError),
+    #[error("boot vCPU: {0}")]
+    BootCpu(#[from] BootCpuError),
+    #[error("devices: {0}")]
+    Device(#[from] DeviceError),
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] AcpiError),
+    #[error("address allocator: {0}")]
+    Allocator(#[from] form_vm_allocator::AllocError),
+    #[error("cannot start a vCPU thread: {0}")]
+    VcpuThread(std::io::Error),
+    #[error("cannot {action}: the VM is {state:?}")]
+    InvalidState {
+        action: &'static str,
+        state: VmState,
+    },
+    #[error("cannot duplicate the VM's event fds: {0}")]
+    EventFd(std::io::Error),
 }
 
 pub struct Vm {
     config: VmConfig,
     state: VmState,
+    // Fields drop in order (after Drop joined the threads): vCPUs, devices, KVM,
+    // then guest memory, which KVM maps until the VM fd closes.
+    vcpu_threads: Vec<JoinHandle<()>>,
+    vcpus: Vec<Vcpu>,
+    exit: Arc<ExitSignal>,
+    devices: DeviceManager,
+    _kvm_vm: Arc<hypervisor::Vm>,
+    memory: GuestMemoryMmap,
     _events: VmEvents,
+}
+
+fn validate(config: &VmConfig, hv: &Hypervisor) -> Result<PathBuf, VmError> {
+    let size = config.memory.size;
+    if size == 0 {
+        return Err(VmError::NoMemory);
+    }
+    if let Some(host_kib) = meminfo_field("MemTotal") {
+        let host = host_kib * 1024;
+        if size > host {
+            return Err(VmError::MemoryExceedsHost {
+                requested: size,
+                host,
+            });
+        }
+    }
+    let boot_vcpus = config.cpus.boot_vcpus;
+    let max = hv.max_vcpus();
+    if boot_vcpus == 0 || usize::from(boot_vcpus) > max {
+        return Err(VmError::VcpuCount {
+            requested: boot_vcpus,
+            max,
+        });
+    }
+    let kernel = config.payload.kernel.clone().ok_or(VmError::NoKernel)?;
+    if !kernel.exists() {
+        return Err(VmError::KernelMissing(kernel));
+    }
+    boot::kernel::detect_format(&kernel)?;
+    Ok(kernel)
 }
 
 impl Vm {
     pub fn new(config: &VmConfig, events: VmEvents) -> Result<Vm, VmError> {
-        let _ = (config, events);
-        Err(VmError::NotImplemented)
+        let hv = Hypervisor::new()?;
+        let kernel = validate(config, &hv)?;
+        let layout = GuestLayout::new(config.memory.size, host_phys_bits().min(52))?;
+        let memory = create_guest_memory(&layout, &config.memory)?;
+        let kvm_vm = Arc::new(hv.create_vm()?);
+        register_guest_memory(&kvm_vm, &memory)?;
+
+        let request = PayloadRequest {
+            kernel: &kernel,
+            initramfs: config.payload.initramfs.as_deref(),
+            cmdline: config.payload.cmdline.as_deref().unwrap_or(""),
+        };
+        let payload = boot::load_payload(&memory, &layout, &request)?;
+        let vcpu_count = u32::from(config.cpus.boot_vcpus);
+        let rsdp = create_acpi_tables(
+            &memory,
+            &AcpiPlatform {
+                layout: &layout,
+                vcpus: vcpu_count,
+            },
+        )?;
+        let e820 = boot::e820_map(&layout);
+        let boot_info = match payload.entry {
+            EntryPoint::Linux64 { .. } => {
+                boot::write_zero_page(&memory, &payload, &e820, Some(rsdp))?
+            }
+            EntryPoint::Pvh { .. } => boot::write_start_info(&memory, &payload, &e820, Some(rsdp))?,
+        };
+
+        let buses = IoBuses {
+            pio: Arc::new(Bus::new()),
+            mmio: Arc::new(Bus::new()),
+        };
+        let legacy = attach_legacy_devices(&kvm_vm, &buses, &config.serial)?;
+        let requests = DeviceRequests {
+            power_off: legacy.power_off.try_clone().map_err(VmError::EventFd)?,
+            reset: legacy.reset.try_clone().map_err(VmError::EventFd)?,
+        };
+        let exit_evt = events.exit.try_clone().map_err(VmError::EventFd)?;
+        let reset_evt = events.reset.try_clone().map_err(VmError::EventFd)?;
+        let exit = Arc::new(ExitSignal::new(exit_evt, reset_evt, requests));
+        let pci = PciDevices::new(&layout)?;
+
+        let supported = hv.supported_cpuid()?;
+        let mut vcpus = Vec::with_capacity(vcpu_count as usize);
+        for id in 0..vcpu_count {
+            let vcpu = kvm_vm.create_vcpu(id)?;
+            configure_vcpu(&vcpu, &supported, vcpu_count)?;
+            exit.add_kicker(vcpu.kicker());
+            vcpus.push(vcpu);
+        }
+        boot::setup_boot_vcpu(&memory, &vcpus[0], payload.entry, boot_info)?;
+
+        Ok(Vm {
+            config: config.clone(),
+            state: VmState::Created,
+            vcpu_threads: Vec::new(),
+            vcpus,
+            exit,
+            devices: DeviceManager { buses, legacy, pci },
+            _kvm_vm: kvm_vm,
+            memory,
+            _events: events,
+        })
     }
 
     pub fn boot(&mut self) -> Result<(), VmError> {
-        Err(VmError::NotImplemented)
+        if self.state != VmState::Created {
+            return Err(VmError::InvalidState {
+                action: "boot",
+                state: self.state,
+            });
+        }
+        let vcpus: Vec<Vcpu> = self.vcpus.drain(..).collect();
+        for vcpu in vcpus {
+            match spawn_vcpu_thread(vcpu, self.devices.buses.clone(), self.exit.clone()) {
+                Ok(handle) => self.vcpu_threads.push(handle),
+                Err(e) => {
+                    self.stop_threads();
+                    self.state = VmState::Shutdown;
+                    return Err(VmError::VcpuThread(e));
+                }
+            }
+        }
+        self.state = VmState::Running;
+        Ok(())
+    }
+
+    fn stop_threads(&mut self) {
+        self.exit.stop_vcpus();
+        for handle in self.vcpu_threads.drain(..) {
+            if handle.join().is_err() {
+                log::error!("a vCPU thread panicked");
+            }
+        }
     }
 
     pub fn shutdown(&mut self) -> Result<(), VmError> {
+        self.stop_threads();
+        self.vcpus.clear();
         self.state = VmState::Shutdown;
         Ok(())
     }
 
     /// Presses the ACPI power button: a graceful shutdown request to the guest.
     pub fn power_button(&self) -> Result<(), VmError> {
-        Err(VmError::NotImplemented)
+        if self.state != VmState::Running {
+            return Err(VmError::InvalidState {
+                action: "press the power button",
+                state: self.state,
+            });
+        }
+        self.devices.legacy.press_power_button();
+        Ok(())
     }
 
     pub fn state(&self) -> VmState {
@@ -74,11 +261,17 @@ impl Vm {
     }
 
     pub fn exit_reason(&self) -> Option<VmExitReason> {
-        None
+        self.exit.reason()
     }
 
     /// Bytes of guest RAM actually mapped.
     pub fn memory_actual_size(&self) -> u64 {
-        self.config.memory.size
+        self.memory.iter().map(|r| r.len()).sum()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stop_threads();
     }
 }

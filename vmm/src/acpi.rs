@@ -1,0 +1,336 @@
+//! ACPI tables: RSDP → XSDT → FADT (→ DSDT), MADT, MCFG, written into the BIOS
+//! area of guest memory. The platform is hardware-reduced: no PM1 blocks, a sleep
+//! control/reset register at port 0x600, and a GED for the power button.
+
+use crate::device_manager::legacy::GED_GSI;
+use crate::memory::GuestMemoryMmap;
+use acpi_tables::aml::{
+    self, AddressSpace, AddressSpaceCacheable, And, Device, EISAName, Equal, Field,
+    FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, Local, Method,
+    Name, Notify, OpRegion, OpRegionSpace, Package, ResourceTemplate, Store, IO,
+};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
+use acpi_tables::mcfg::MCFG;
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
+use devices::acpi::{
+    ACPI_PM_PORT, ACPI_RESET_VALUE, GED_EVENT_POWER_BUTTON, GED_EVENT_REG_OFFSET, SLP_TYP_S5,
+};
+use devices::serial::{COM1_GSI, COM1_PORT, SERIAL_PORT_LEN};
+use form_vm_allocator::layout::{
+    GuestLayout, ACPI_TABLES_END, GED_MMIO_START, IOAPIC_START, LAPIC_START, PCI_CONFIG_IO_SIZE,
+    PCI_CONFIG_IO_START, PCI_ECAM_START, RSDP_START,
+};
+use vm_memory::{Bytes, GuestAddress};
+
+const OEM_ID: [u8; 6] = *b"FORMVM";
+const OEM_TABLE_ID: [u8; 8] = *b"FORMVMM ";
+const OEM_REVISION: u32 = 1;
+const TABLE_ALIGN: u64 = 16;
+
+// MADT structure types and flags (ACPI 6.5, 5.2.12).
+const MADT_LOCAL_APIC: u8 = 0;
+const MADT_IO_APIC: u8 = 1;
+const MADT_INTERRUPT_SOURCE_OVERRIDE: u8 = 2;
+const MADT_PCAT_COMPAT: u32 = 1;
+const MADT_LAPIC_ENABLED: u32 = 1;
+/// FADT IA-PC boot architecture flags: no VGA, no CMOS RTC.
+const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
+const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    #[error("the ACPI tables need {needed} bytes but only {available} fit below 1 MiB")]
+    TooLarge { needed: u64, available: u64 },
+    #[error("cannot write ACPI table {table} into guest memory: {source}")]
+    GuestWrite {
+        table: &'static str,
+        source: vm_memory::GuestMemoryError,
+    },
+    #[error("{0} vCPUs do not fit in xAPIC IDs (at most 255)")]
+    TooManyVcpus(u32),
+}
+
+/// What the tables describe.
+pub struct AcpiPlatform<'a> {
+    pub layout: &'a GuestLayout,
+    pub vcpus: u32,
+}
+
+fn bytes(t: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    t.to_aml_bytes(&mut v);
+    v
+}
+
+fn dsdt(platform: &AcpiPlatform<'_>) -> Vec<u8> {
+    let layout = platform.layout;
+    let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    // Each object is built and serialised in one statement: the AML builders
+    // borrow their children, which must outlive the serialisation.
+    sdt.append_slice(&bytes(&Name::new(
+        "_S5_".into(),
+        &Package::new(vec![&SLP_TYP_S5, &SLP_TYP_S5]),
+    )));
+
+    let m32 = layout.mmio32();
+    let m64 = layout.mmio64();
+    let cfg_io_last = (PCI_CONFIG_IO_START - 1) as u16;
+    let cfg_io_after = (PCI_CONFIG_IO_START + PCI_CONFIG_IO_SIZE) as u16;
+    let cfg_port = PCI_CONFIG_IO_START as u16;
+    sdt.append_slice(&bytes(&Device::new(
+        "_SB_.PCI0".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0A08")),
+            &Name::new("_CID".into(), &EISAName::new("PNP0A03")),
+            &Name::new("_ADR".into(), &aml::ZERO),
+            &Name::new("_SEG".into(), &aml::ZERO),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new("_BBN".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![
+                    &AddressSpace::<u16>::new_bus_number(0, 0),
+                    &IO::new(cfg_port, cfg_port, 1, PCI_CONFIG_IO_SIZE as u8),
+                    &AddressSpace::<u16>::new_io(0, cfg_io_last, None),
+                    &AddressSpace::<u16>::new_io(cfg_io_after, 0xffff, None),
+                    &AddressSpace::<u32>::new_memory(
+                        AddressSpaceCacheable::NotCacheable,
+                        true,
+                        m32.start as u32,
+                        m32.last() as u32,
+                        None,
+                    ),
+                    &AddressSpace::<u64>::new_memory(
+                        AddressSpaceCacheable::Cacheable,
+                        true,
+                        m64.start,
+                        m64.last(),
+                        None,
+                    ),
+                ]),
+            ),
+        ],
+    )));
+
+    sdt.append_slice(&bytes(&Device::new(
+        "_SB_.COM1".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0501")),
+            &Name::new("_UID".into(), &aml::ONE),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![
+                    &Interrupt::new(true, true, false, false, COM1_GSI),
+                    &IO::new(COM1_PORT as u16, COM1_PORT as u16, 1, SERIAL_PORT_LEN as u8),
+                ]),
+            ),
+        ],
+    )));
+
+    sdt.append_slice(&bytes(&Device::new(
+        "_SB_.PWRB".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0C0C")),
+            &Name::new("_UID".into(), &aml::ZERO),
+        ],
+    )));
+
+    // The GED: an edge interrupt on GSI 5; _EVT reads (and so clears) the event
+    // register once and notifies the power button if its bit is set.
+    let reg_addr = GED_MMIO_START + GED_EVENT_REG_OFFSET;
+    let reg_len = devices::acpi::GED_EVENT_REG_SIZE;
+    let power_bit = GED_EVENT_POWER_BUTTON;
+    let pwrb = aml::Path::new("\\_SB_.PWRB");
+    let gdat = aml::Path::new("GDAT");
+    sdt.append_slice(&bytes(&Device::new(
+        "_SB_.GED_".into(),
+        vec![
+            &Name::new("_HID".into(), &"ACPI0013"),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new(
+                "_CRS".into(),
+                &ResourceTemplate::new(vec![&Interrupt::new(true, true, false, false, GED_GSI)]),
+            ),
+            &OpRegion::new(
+                "GDST".into(),
+                OpRegionSpace::SystemMemory,
+                &reg_addr,
+                &reg_len,
+            ),
+            &Field::new(
+                "GDST".into(),
+                FieldAccessType::DWord,
+                FieldLockRule::NoLock,
+                FieldUpdateRule::WriteAsZeroes,
+                vec![FieldEntry::Named(*b"GDAT", 32)],
+            ),
+            &Method::new(
+                "_EVT".into(),
+                1,
+                true,
+                vec![
+                    &Store::new(&Local(0), &gdat),
+                    &If::new(
+                        &Equal::new(&And::new(&aml::ZERO, &Local(0), &power_bit), &power_bit),
+                        vec![&Notify::new(&pwrb, &0x80u8)],
+                    ),
+                ],
+            ),
+        ],
+    )));
+    sdt.as_slice().to_vec()
+}
+
+fn fadt(dsdt_addr: u64) -> Vec<u8> {
+    let mut b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::PwrButton)
+        .dsdt_64(dsdt_addr);
+    let pm_reg = GAS::new(
+        GasSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        ACPI_PM_PORT,
+    );
+    b.sleep_control_reg = pm_reg;
+    b.sleep_status_reg = pm_reg;
+    b.reset_reg = pm_reg;
+    b.reset_value = ACPI_RESET_VALUE;
+    b.iapc_boot_arch = (IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT).into();
+    bytes(&b.finalize())
+}
+
+fn madt(vcpus: u32) -> Result<Vec<u8>, AcpiError> {
+    if vcpus > 255 {
+        return Err(AcpiError::TooManyVcpus(vcpus));
+    }
+    let mut sdt = Sdt::new(*b"APIC", 44, 5, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    sdt.write_u32(36, LAPIC_START as u32);
+    sdt.write_u32(40, MADT_PCAT_COMPAT);
+    for id in 0..vcpus as u8 {
+        let mut lapic = vec![MADT_LOCAL_APIC, 8, id, id];
+        lapic.extend_from_slice(&MADT_LAPIC_ENABLED.to_le_bytes());
+        sdt.append_slice(&lapic);
+    }
+    let mut ioapic = vec![MADT_IO_APIC, 12, 0, 0];
+    ioapic.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
+    ioapic.extend_from_slice(&0u32.to_le_bytes()); // GSI base
+    sdt.append_slice(&ioapic);
+    // ISA IRQ 0 (the PIT) arrives on IOAPIC pin 2; flags 0 = bus-conforming.
+    let mut iso = vec![MADT_INTERRUPT_SOURCE_OVERRIDE, 10, 0, 0];
+    iso.extend_from_slice(&2u32.to_le_bytes());
+    iso.extend_from_slice(&0u16.to_le_bytes());
+    sdt.append_slice(&iso);
+    Ok(sdt.as_slice().to_vec())
+}
+
+fn mcfg() -> Vec<u8> {
+    let mut t = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    t.add_ecam(PCI_ECAM_START, 0, 0, 0);
+    bytes(&t)
+}
+
+struct Writer<'a> {
+    mem: &'a GuestMemoryMmap,
+    next: u64,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, table: &'static str, data: &[u8]) -> Result<u64, AcpiError> {
+        let addr = self.next.next_multiple_of(TABLE_ALIGN);
+        let end = addr + data.len() as u64;
+        if end > ACPI_TABLES_END {
+            return Err(AcpiError::TooLarge {
+                needed: end - RSDP_START,
+                available: ACPI_TABLES_END - RSDP_START,
+            });
+        }
+        self.mem
+            .write_slice(data, GuestAddress(addr))
+            .map_err(|source| AcpiError::GuestWrite { table, source })?;
+        self.next = end;
+        Ok(addr)
+    }
+}
+
+/// Writes all tables; returns the RSDP's address.
+pub fn create_acpi_tables(
+    mem: &GuestMemoryMmap,
+    platform: &AcpiPlatform<'_>,
+) -> Result<u64, AcpiError> {
+    let rsdp_len = Rsdp::len() as u64;
+    let mut w = Writer {
+        mem,
+        next: RSDP_START + rsdp_len,
+    };
+    let dsdt_addr = w.put("DSDT", &dsdt(platform))?;
+    let fadt_addr = w.put("FADT", &fadt(dsdt_addr))?;
+    let madt_addr = w.put("MADT", &madt(platform.vcpus)?)?;
+    let mcfg_addr = w.put("MCFG", &mcfg())?;
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    for addr in [fadt_addr, madt_addr, mcfg_addr] {
+        xsdt.add_entry(addr);
+    }
+    let xsdt_addr = w.put("XSDT", &bytes(&xsdt))?;
+    let rsdp = bytes(&Rsdp::new(OEM_ID, xsdt_addr));
+    mem.write_slice(&rsdp, GuestAddress(RSDP_START))
+        .map_err(|source| AcpiError::GuestWrite {
+            table: "RSDP",
+            source,
+        })?;
+    Ok(RSDP_START)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(t: &[u8]) -> bool {
+        t.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
+    }
+
+    #[test]
+    fn tables_have_valid_checksums_and_lengths() {
+        let layout = GuestLayout::new(256 << 20, 40).unwrap();
+        let p = AcpiPlatform {
+            layout: &layout,
+            vcpus: 4,
+        };
+        for t in [dsdt(&p), fadt(0x1234), madt(4).unwrap(), mcfg()] {
+            let len = u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize;
+            assert_eq!(len, t.len(), "{:?}", std::str::from_utf8(&t[0..4]));
+            assert!(checksum_ok(&t), "{:?}", std::str::from_utf8(&t[0..4]));
+        }
+        let m = madt(4).unwrap();
+        let lapics = m[44..].chunks(1).count();
+        assert!(lapics > 0);
+        assert_eq!(m.len(), 44 + 4 * 8 + 12 + 10);
+    }
+
+    #[test]
+    fn dsdt_names_the_devices() {
+        let layout = GuestLayout::new(256 << 20, 40).unwrap();
+        let t = dsdt(&AcpiPlatform {
+            layout: &layout,
+            vcpus: 1,
+        });
+        let has = |s: &[u8]| t.windows(s.len()).any(|w| w == s);
+        for name in [
+            &b"_S5_"[..],
+            b"PCI0",
+            b"COM1",
+            b"GED_",
+            b"PWRB",
+            b"ACPI0013",
+            b"_EVT",
+        ] {
+            assert!(has(name), "{}", String::from_utf8_lossy(name));
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Loading the kernel, command line and initramfs into guest memory.
+
+use super::EntryPoint;
+use crate::memory::GuestMemoryMmap;
+use form_vm_allocator::layout::{
+    GuestLayout, CMDLINE_MAX_SIZE, CMDLINE_START, HIGH_MEMORY_START, MEM_32BIT_HOLE_START,
+};
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::{BzImage, Cmdline, Elf, KernelLoader, PvhBootCapability};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+const PAGE_SIZE: u64 = 0x1000;
+/// Where the bzImage setup header says "HdrS" (boot protocol 2.00+).
+const BZIMAGE_MAGIC_OFFSET: u64 = 0x202;
+const BZIMAGE_MAGIC: &[u8; 4] = b"HdrS";
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+/// The 64-bit entry of a bzImage's protected-mode kernel is 0x200 past its load
+/// address (Documentation/arch/x86/boot.rst, "64-bit boot protocol").
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// Highest initrd address when the kernel does not say (pre-2.03 headers, ELF).
+const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot open kernel {path}: {source}")]
+    OpenKernel {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kernel {0} is neither an ELF vmlinux nor a bzImage; form-vmm boots x86_64 ELF kernels (with or without a PVH note) and bzImage kernels")]
+    UnknownKernelFormat(PathBuf),
+    #[error("cannot load kernel {path}: {source}")]
+    LoadKernel {
+        path: PathBuf,
+        source: linux_loader::loader::Error,
+    },
+    #[error("kernel command line is invalid or longer than {max} bytes: {reason}")]
+    Cmdline { max: u64, reason: String },
+    #[error("cannot read initramfs {path}: {source}")]
+    Initramfs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("initramfs {path} ({size} bytes) does not fit in guest RAM between the kernel end {kernel_end:#x} and {limit:#x}; give the VM more memory")]
+    InitramfsTooBig {
+        path: PathBuf,
+        size: u64,
+        kernel_end: u64,
+        limit: u64,
+    },
+    #[error("cannot write {what} into guest memory: {source}")]
+    GuestWrite {
+        what: &'static str,
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFormat {
+    Elf,
+    BzImage,
+}
+
+/// What to boot.
+pub struct PayloadRequest<'a> {
+    pub kernel: &'a Path,
+    pub initramfs: Option<&'a Path>,
+    pub cmdline: &'a str,
+}
+
+/// Where things ended up in guest memory.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadedPayload {
+    pub entry: EntryPoint,
+    pub format: KernelFormat,
+    /// The bzImage's setup header, to be copied into `boot_params`.
+    pub setup_header: Option<setup_header>,
+    pub cmdline_addr: u64,
+    /// Length of the command line including its NUL.
+    pub cmdline_size: u64,
+    pub initramfs: Option<(u64, u64)>,
+}
+
+/// Tells an ELF from a bzImage by their magic numbers.
+pub fn detect_format(path: &Path) -> Result<KernelFormat, BootError> {
+    let open_err = |source| BootError::OpenKernel {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(open_err)?;
+    let mut magic = [0u8; 4];
+    if file.read_exact(&mut magic).is_ok() && &magic == ELF_MAGIC {
+        return Ok(KernelFormat::Elf);
+    }
+    if file.seek(SeekFrom::Start(BZIMAGE_MAGIC_OFFSET)).is_ok()
+        && file.read_exact(&mut magic).is_ok()
+        && &magic == BZIMAGE_MAGIC
+    {
+        return Ok(KernelFormat::BzImage);
+    }
+    Err(BootError::UnknownKernelFormat(path.to_path_buf()))
+}
+
+fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<u64, BootError> {
+    let cmdline_err = |reason: String| BootError::Cmdline {
+        max: CMDLINE_MAX_SIZE - 1,
+        reason,
+    };
+    let mut cl = Cmdline::new(CMDLINE_MAX_SIZE as usize).map_err(|e| cmdline_err(e.to_string()))?;
+    if !cmdline.is_empty() {
+        cl.insert_str(cmdline)
+            .map_err(|e| cmdline_err(e.to_string()))?;
+    }
+    let bytes = cl.as_cstring().map_err(|e| cmdline_err(e.to_string()))?;
+    let bytes = bytes.as_bytes_with_nul();
+    mem.write_slice(bytes, GuestAddress(CMDLINE_START))
+        .map_err(|source| BootError::GuestWrite {
+            what: "the command line",
+            source,
+        })?;
+    Ok(bytes.len() as u64)
+}
+
+/// Places the initramfs as high as the kernel allows, page aligned, in low RAM.
+fn load_initramfs(
+    mem: &GuestMemoryMmap,
+    layout: &GuestLayout,
+    path: &Path,
+    kernel_end: u64,
+    addr_max: u64,
+) -> Result<(u64, u64), BootError> {
+    let read_err = |source| BootError::Initramfs {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
+    let low_ram_end = layout
+        .ram_regions()
+        .first()
+        .map_or(0, |r| r.end())
+        .min(MEM_32BIT_HOLE_START);
+    // initrd_addr_max is the highest address the initrd's last byte may occupy.
+    let limit = low_ram_end.min(addr_max.saturating_add(1));
+    let too_big = || BootError::InitramfsTooBig {
+        path: path.to_path_buf(),
+        size,
+        kernel_end,
+        limit,
+    };
+    let start = limit.checked_sub(size).ok_or_else(too_big)? & !(PAGE_SIZE - 1);
+    if start < kernel_end.max(HIGH_MEMORY_START) {
+        return Err(too_big());
+    }
+    let mut remaining = size;
+    let mut addr = start;
+    let mut buf = vec![0u8; 1 << 20];
+    while remaining > 0 {
+        let n = remaining.min(buf.len() as u64) as usize;
+        file.read_exact(&mut buf[..n]).map_err(read_err)?;
+        mem.write_slice(&buf[..n], GuestAddress(addr))
+            .map_err(|source| BootError::GuestWrite {
+                what: "the initramfs",
+                source,
+            })?;
+        addr += n as u64;
+        remaining -= n as u64;
+    }
+    Ok((start, size))
+}
+
+/// Loads kernel, command line and initramfs; says how to enter the kernel.
+pub fn load_payload(
+    mem: &GuestMemoryMmap,
+    layout: &GuestLayout,
+    request: &PayloadRequest<'_>,
+) -> Result<LoadedPayload, BootError> {
+    let path = request.kernel;
+    let format = detect_format(path)?;
+    let mut file = File::open(path).map_err(|source| BootError::OpenKernel {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let load_err = |source| BootError::LoadKernel {
+        path: path.to_path_buf(),
+        source,
+    };
+    let highmem = Some(GuestAddress(HIGH_MEMORY_START));
+    let result = match format {
+        KernelFormat::Elf => Elf::load(mem, None, &mut file, highmem).map_err(load_err)?,
+        KernelFormat::BzImage => BzImage::load(mem, None, &mut file, highmem).map_err(load_err)?,
+    };
+    let entry = match (format, result.pvh_boot_cap) {
+        (KernelFormat::Elf, PvhBootCapability::PvhEntryPresent(addr)) => {
+            EntryPoint::Pvh { entry: addr.0 }
+        }
+        (KernelFormat::Elf, _) => {
+            // linux-loader leaves the ELF entry in kernel_load for ELF images.
+            EntryPoint::Linux64 {
+                entry: result.kernel_load.0,
+            }
+        }
+        (KernelFormat::BzImage, _) => EntryPoint::Linux64 {
+            entry: result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
+        },
+    };
+    let cmdline_size = write_cmdline(mem, request.cmdline)?;
+    let addr_max = result
+        .setup_header
+        .map(|h| u64::from(h.initrd_addr_max))
+        .filter(|&m| m != 0)
+        .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
+    let initramfs = request
+        .initramfs
+        .map(|p| load_initramfs(mem, layout, p, result.kernel_end, addr_max))
+        .transpose()?;
+    debug_assert!(mem.address_in_range(GuestAddress(CMDLINE_START)));
+    Ok(LoadedPayload {
+        entry,
+        format,
+        setup_header: result.setup_header,
+        cmdline_addr: CMDLINE_START,
+        cmdline_size,
+        initramfs,
+    })
+}

@@ -1,0 +1,144 @@
+//! Boots the freestanding test guest (tests/guest) through the real boot path:
+//! ELF loading, boot_params, page tables, ACPI, COM1 and the ACPI PM register.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use vmm::config::{ConsoleConfig, ConsoleOutputMode, CpusConfig, PayloadConfig, VmConfig};
+use vmm::vm::{Vm, VmEvents, VmExitReason};
+use vmm_sys_util::eventfd::EventFd;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+fn kvm_or_skip(test: &str) -> bool {
+    if std::path::Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    assert!(!ci(), "{test}: /dev/kvm is required when CI=true");
+    eprintln!("skipping {test}: /dev/kvm is not present");
+    false
+}
+
+fn test_guest() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(root.join("scripts/test-guest"))
+        .output()
+        .expect("run scripts/test-guest");
+    assert!(
+        out.status.success(),
+        "scripts/test-guest failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Waits until `fd` is readable or the timeout passes.
+fn wait_readable(fd: &EventFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) == 1 }
+}
+
+struct Run {
+    reason: Option<VmExitReason>,
+    serial: String,
+}
+
+fn boot(cmdline: &str, vcpus: u8) -> Run {
+    let dir = tempdir();
+    let serial_path = dir.join("serial.log");
+    let config = VmConfig {
+        cpus: CpusConfig {
+            boot_vcpus: vcpus,
+            max_vcpus: vcpus,
+        },
+        payload: PayloadConfig {
+            kernel: Some(test_guest()),
+            cmdline: Some(cmdline.into()),
+            initramfs: None,
+        },
+        serial: ConsoleConfig {
+            mode: ConsoleOutputMode::File,
+            file: Some(serial_path.clone()),
+        },
+        ..Default::default()
+    };
+    let exit = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let events = VmEvents {
+        exit: exit.try_clone().unwrap(),
+        reset: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+    };
+    let mut vm = Vm::new(&config, events).expect("create VM");
+    vm.boot().expect("boot");
+    let exited = wait_readable(&exit, BOOT_TIMEOUT);
+    vm.shutdown().unwrap();
+    let serial = std::fs::read_to_string(&serial_path).unwrap_or_default();
+    assert!(
+        exited,
+        "guest did not power off within {BOOT_TIMEOUT:?}; serial:\n{serial}"
+    );
+    Run {
+        reason: vm.exit_reason(),
+        serial,
+    }
+}
+
+fn tempdir() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "form-vmm-boot-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn assert_passed(run: &Run) {
+    assert_eq!(
+        run.reason,
+        Some(VmExitReason::PowerOff),
+        "serial:\n{}",
+        run.serial
+    );
+    assert!(
+        run.serial.contains("form-test-guest: PASS"),
+        "serial:\n{}",
+        run.serial
+    );
+    assert!(!run.serial.contains("FAIL"), "serial:\n{}", run.serial);
+}
+
+#[test]
+fn hello_prints_the_banner_and_powers_off() {
+    if !kvm_or_skip("hello_prints_the_banner_and_powers_off") {
+        return;
+    }
+    let run = boot("hello", 1);
+    assert!(
+        run.serial.contains("Hello from the form-vmm test guest"),
+        "serial:\n{}",
+        run.serial
+    );
+    assert_passed(&run);
+}
+
+#[test]
+fn smp_sees_four_cpus_in_the_madt() {
+    if !kvm_or_skip("smp_sees_four_cpus_in_the_madt") {
+        return;
+    }
+    let run = boot("smp expect=4", 4);
+    assert!(run.serial.contains("cpus: 4"), "serial:\n{}", run.serial);
+    assert_passed(&run);
+}
