@@ -1,12 +1,12 @@
 //! form-vmm: one process per VM, KVM underneath, an HTTP API on a unix socket.
 
 pub mod acpi;
-pub mod boot;
-pub mod cpu;
-pub mod device_manager;
-pub mod memory;
 pub mod api;
+pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod cpu;
+pub mod device_manager;
+pub mod memory;
 pub mod vm;
