@@ -1,0 +1,557 @@
+//! The command line: global connection options, the commands and their arguments.
+//!
+//! Values the service would refuse anyway (PCI addresses, sizes, counts) are checked
+//! here too, so a typo fails at once with exit status 2 and a message naming the flag.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use vmm_service::gpu::{self, Bdf};
+
+/// Where vmm-service listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/form-vmm/service.sock";
+
+/// The request timeout unless told otherwise: creating a VM with large memory and GPUs
+/// pins and maps all of guest RAM, which takes a while on big hosts.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+
+/// Guest memory is mapped in 4 KiB pages.
+const PAGE_SIZE: u64 = 4096;
+
+const EXAMPLES: &str = "\
+Examples:
+  form-vmm-ctl gpu list
+  form-vmm-ctl doctor --memory 64G
+  form-vmm-ctl create --name vm1 --kernel /var/lib/form/vmlinux --memory 16G --cpus 8 \\
+      --gpu 0000:01:00.0 --boot
+  form-vmm-ctl create --name train-2 --kernel /var/lib/form/vmlinux --memory 256G \\
+      --gpu-model h100 --gpu-count 2 --nvidia-gpudirect-clique 1
+  form-vmm-ctl list
+  form-vmm-ctl --json info vm1 | jq .state
+  form-vmm-ctl --url http://gpu-host-3:7070 --token-file /etc/form/token list
+
+Exit status: 0 ok, 1 the service failed the request (or doctor found an error),
+2 usage or invalid request, 3 cannot reach the service, 4 no such VM or GPU,
+5 conflict (name taken, GPU in use, wrong state), 6 token refused.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "form-vmm-ctl",
+    version,
+    about = "Manage GPU virtual machines through the Formation VMM service (vmm-service)",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    /// Print the service's JSON answer instead of tables (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// The service's unix socket (ignored when --url is given).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "FORM_VMM_SOCKET",
+        default_value = DEFAULT_SOCKET
+    )]
+    pub socket: PathBuf,
+
+    /// Talk to the service over TCP instead: http://HOST:PORT (needs a token).
+    #[arg(long, global = true, value_name = "URL", env = "FORM_VMM_URL")]
+    pub url: Option<String>,
+
+    /// File holding the bearer token for --url (else the token is taken from the
+    /// FORM_VMM_TOKEN environment variable).
+    #[arg(long, global = true, value_name = "FILE", env = "FORM_VMM_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Seconds to wait for the service's answer.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_TIMEOUT_SECS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a VM (and boot it with --boot).
+    #[command(after_help = "Examples:
+  form-vmm-ctl create --name vm1 --kernel /var/lib/form/vmlinux --gpu 0000:01:00.0 --boot
+  form-vmm-ctl create --name vm2 --kernel ./bzImage --initramfs ./initrd.img \\
+      --cmdline 'console=ttyS0 root=/dev/vda' --cpus 16 --memory 128G \\
+      --gpu-model h100 --gpu-count 4 --nvidia-gpudirect-clique 2")]
+    Create(CreateArgs),
+    /// List the VMs.
+    List,
+    /// Show one VM: state, configuration, GPUs, process, last exit.
+    Info(VmName),
+    /// Boot a created or stopped VM.
+    Boot(VmName),
+    /// Shut a VM down (its GPUs go back to the host unless created with --no-unbind-on-shutdown).
+    Shutdown(VmName),
+    /// Reboot a running VM.
+    Reboot(VmName),
+    /// Delete a VM, shutting it down first if it runs.
+    Delete(VmName),
+    /// Give a VM another GPU.
+    #[command(after_help = "Examples:
+  form-vmm-ctl add-device vm1 --gpu 0000:02:00.0
+  form-vmm-ctl add-device vm1 --gpu-model a100 --gpu-count 2")]
+    AddDevice(AddDeviceArgs),
+    /// Take a GPU from a VM, by PCI address or by its device id (gpu0, gpu1, ...).
+    #[command(after_help = "Examples:
+  form-vmm-ctl remove-device vm1 --gpu 0000:02:00.0
+  form-vmm-ctl remove-device vm1 --id gpu1")]
+    RemoveDevice(RemoveDeviceArgs),
+    /// The host's GPUs: list them, bind them to vfio-pci, give them back.
+    Gpu {
+        #[command(subcommand)]
+        action: GpuCommand,
+    },
+    /// Check whether the host can pass GPUs to VMs (exit status 1 on any error finding).
+    Doctor {
+        /// Guest memory to check the locked-memory limit and hugepages against (e.g. 64G).
+        #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+        memory: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VmName {
+    /// The VM's name.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("gpus").args(["gpu", "gpu_model"]).multiple(false)))]
+pub struct CreateArgs {
+    /// The VM's name: 1 to 63 of A-Z a-z 0-9 _ . - , starting with a letter or digit.
+    #[arg(long)]
+    pub name: String,
+
+    /// Guest kernel (ELF vmlinux or bzImage) on the service's host; a relative path is
+    /// taken from the current directory.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initramfs for the guest kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+
+    /// Kernel command line.
+    #[arg(long, value_name = "CMDLINE", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+
+    /// Virtual CPUs [default: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpus: Option<u32>,
+
+    /// Guest memory: 512M, 16G, 1T or bytes; a multiple of 4 KiB [default: 512M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    pub memory: Option<u64>,
+
+    /// A GPU to pass through, by PCI address (0000:01:00.0, 01:00.0) or sysfs path;
+    /// repeat for more.
+    #[arg(long, value_name = "BDF", value_parser = parse_bdf)]
+    pub gpu: Vec<Bdf>,
+
+    /// Pick free GPUs whose name contains this (case-insensitive, e.g. h100).
+    #[arg(long, value_name = "MODEL")]
+    pub gpu_model: Option<String>,
+
+    /// How many GPUs of --gpu-model [default: 1].
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "gpu_model",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub gpu_count: Option<u32>,
+
+    /// Enable NVIDIA GPUDirect peer-to-peer in the guest with this clique id (0-15).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=15))]
+    pub nvidia_gpudirect_clique: Option<u8>,
+
+    /// Leave the GPUs on vfio-pci when the VM stops instead of returning them to
+    /// their host drivers.
+    #[arg(long)]
+    pub no_unbind_on_shutdown: bool,
+
+    /// Boot the VM right after creating it.
+    #[arg(long)]
+    pub boot: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("what").args(["gpu", "gpu_model"]).required(true)))]
+pub struct AddDeviceArgs {
+    /// The VM's name.
+    pub name: String,
+
+    /// The GPU, by PCI address or sysfs path.
+    #[arg(long, value_name = "BDF", value_parser = parse_bdf)]
+    pub gpu: Option<Bdf>,
+
+    /// Pick free GPUs whose name contains this instead.
+    #[arg(long, value_name = "MODEL")]
+    pub gpu_model: Option<String>,
+
+    /// How many GPUs of --gpu-model [default: 1].
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "gpu_model",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub gpu_count: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("which").args(["gpu", "id"]).required(true)))]
+pub struct RemoveDeviceArgs {
+    /// The VM's name.
+    pub name: String,
+
+    /// The GPU's PCI address.
+    #[arg(long, value_name = "BDF", value_parser = parse_bdf)]
+    pub gpu: Option<Bdf>,
+
+    /// The GPU's device id in the VM, as `info` shows it (gpu0, gpu1, ...).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GpuCommand {
+    /// List the host's GPUs and accelerators, with driver, IOMMU group, NUMA node and owner.
+    List,
+    /// Bind a GPU's whole IOMMU group to vfio-pci.
+    Bind {
+        /// PCI address (0000:01:00.0, 01:00.0) or sysfs path.
+        #[arg(value_name = "BDF", value_parser = parse_bdf)]
+        device: Bdf,
+        /// Also bind the console GPU, or a group shared with devices the host uses.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Give a GPU's IOMMU group back to the drivers it had before binding.
+    Unbind {
+        /// PCI address (0000:01:00.0, 01:00.0) or sysfs path.
+        #[arg(value_name = "BDF", value_parser = parse_bdf)]
+        device: Bdf,
+    },
+}
+
+/// A PCI address as operators type it, checked with the service's own parser.
+pub fn parse_bdf(text: &str) -> Result<Bdf, String> {
+    Bdf::from_user_input(text).map_err(|e| e.to_string())
+}
+
+/// A guest memory size: the service's size syntax, non-zero and page-aligned.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let bytes = gpu::parse_size(text)?;
+    if bytes == 0 {
+        return Err(format!("'{text}': memory must be more than zero"));
+    }
+    if bytes % PAGE_SIZE != 0 {
+        return Err(format!(
+            "'{text}' is not a multiple of 4 KiB; use e.g. 512M or 16G"
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("form-vmm-ctl").chain(args.iter().copied()))
+    }
+
+    fn bdf(text: &str) -> Bdf {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn create_takes_every_option() {
+        let cli = parse(&[
+            "create",
+            "--name",
+            "vm1",
+            "--kernel",
+            "/k/vmlinux",
+            "--initramfs",
+            "/k/initrd",
+            "--cmdline",
+            "-- console=ttyS0",
+            "--cpus",
+            "8",
+            "--memory",
+            "16G",
+            "--gpu",
+            "01:00.0",
+            "--gpu",
+            "/sys/bus/pci/devices/0000:02:00.0",
+            "--nvidia-gpudirect-clique",
+            "3",
+            "--no-unbind-on-shutdown",
+            "--boot",
+        ])
+        .unwrap();
+        let Command::Create(args) = cli.command else {
+            panic!("not create: {:?}", cli.command)
+        };
+        assert_eq!(args.name, "vm1");
+        assert_eq!(args.kernel, PathBuf::from("/k/vmlinux"));
+        assert_eq!(args.initramfs, Some(PathBuf::from("/k/initrd")));
+        assert_eq!(args.cmdline.as_deref(), Some("-- console=ttyS0"));
+        assert_eq!(args.cpus, Some(8));
+        assert_eq!(args.memory, Some(16 << 30));
+        assert_eq!(args.gpu, vec![bdf("0000:01:00.0"), bdf("0000:02:00.0")]);
+        assert_eq!(args.nvidia_gpudirect_clique, Some(3));
+        assert!(args.no_unbind_on_shutdown && args.boot);
+    }
+
+    #[test]
+    fn create_by_model_and_defaults() {
+        let cli = parse(&[
+            "create",
+            "--name",
+            "t",
+            "--kernel",
+            "k",
+            "--gpu-model",
+            "h100",
+            "--gpu-count",
+            "2",
+        ])
+        .unwrap();
+        let Command::Create(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.gpu_model.as_deref(), Some("h100"));
+        assert_eq!(args.gpu_count, Some(2));
+        assert!(args.gpu.is_empty());
+        assert_eq!((args.cpus, args.memory), (None, None));
+        assert!(!args.boot && !args.no_unbind_on_shutdown);
+    }
+
+    #[test]
+    fn create_refuses_bad_input() {
+        let base = ["create", "--name", "vm1", "--kernel", "/k"];
+        for (extra, kind, says) in [
+            (
+                &["--gpu", "1:0.0"][..],
+                ErrorKind::ValueValidation,
+                "not a PCI address",
+            ),
+            (
+                &["--gpu", "0000:01:20.0"],
+                ErrorKind::ValueValidation,
+                "out of range",
+            ),
+            (
+                &["--gpu", "/etc/passwd"],
+                ErrorKind::ValueValidation,
+                "not a PCI device path",
+            ),
+            (
+                &["--gpu-count", "2"],
+                ErrorKind::MissingRequiredArgument,
+                "--gpu-model",
+            ),
+            (
+                &["--gpu", "01:00.0", "--gpu-model", "h100"],
+                ErrorKind::ArgumentConflict,
+                "--gpu-model",
+            ),
+            (
+                &["--memory", "lots"],
+                ErrorKind::ValueValidation,
+                "not a size",
+            ),
+            (
+                &["--memory", "12Q"],
+                ErrorKind::ValueValidation,
+                "unknown unit",
+            ),
+            (&["--memory", "1000"], ErrorKind::ValueValidation, "4 KiB"),
+            (
+                &["--memory", "0"],
+                ErrorKind::ValueValidation,
+                "more than zero",
+            ),
+            (&["--cpus", "0"], ErrorKind::ValueValidation, "--cpus"),
+            (
+                &["--nvidia-gpudirect-clique", "16"],
+                ErrorKind::ValueValidation,
+                "16",
+            ),
+            (
+                &["--gpu-model", "h100", "--gpu-count", "0"],
+                ErrorKind::ValueValidation,
+                "0",
+            ),
+        ] {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            let err = parse(&args).unwrap_err();
+            assert_eq!(err.kind(), kind, "{extra:?}: {err}");
+            assert!(err.to_string().contains(says), "{extra:?}: {err}");
+            assert_eq!(err.exit_code(), 2, "usage errors exit 2");
+        }
+        let err = parse(&["create", "--kernel", "/k"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512M"), Ok(512 << 20));
+        assert_eq!(parse_memory("16GiB"), Ok(16 << 30));
+        assert_eq!(parse_memory("1T"), Ok(1 << 40));
+        assert_eq!(parse_memory("8192"), Ok(8192));
+        assert!(parse_memory("1.5G").is_err(), "fractions are not sizes");
+        assert!(parse_memory("-1G").is_err());
+        assert!(parse_memory("99999999999T").is_err());
+    }
+
+    #[test]
+    fn vm_commands_take_a_name() {
+        for command in ["info", "boot", "shutdown", "reboot", "delete"] {
+            let cli = parse(&[command, "vm7"]).unwrap();
+            let name = match cli.command {
+                Command::Info(v)
+                | Command::Boot(v)
+                | Command::Shutdown(v)
+                | Command::Reboot(v)
+                | Command::Delete(v) => v.name,
+                other => panic!("{command} parsed as {other:?}"),
+            };
+            assert_eq!(name, "vm7");
+            assert_eq!(
+                parse(&[command]).unwrap_err().kind(),
+                ErrorKind::MissingRequiredArgument,
+                "{command} without a name"
+            );
+        }
+        assert!(matches!(parse(&["list"]).unwrap().command, Command::List));
+    }
+
+    #[test]
+    fn device_commands() {
+        let cli = parse(&["add-device", "vm1", "--gpu", "0000:03:00.0"]).unwrap();
+        let Command::AddDevice(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (args.name.as_str(), args.gpu),
+            ("vm1", Some(bdf("03:00.0")))
+        );
+        assert_eq!(
+            parse(&["add-device", "vm1"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            parse(&["add-device", "vm1", "--gpu", "03:00"])
+                .unwrap_err()
+                .kind(),
+            ErrorKind::ValueValidation
+        );
+
+        let cli = parse(&["remove-device", "vm1", "--id", "gpu1"]).unwrap();
+        let Command::RemoveDevice(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!((args.gpu, args.id.as_deref()), (None, Some("gpu1")));
+        let cli = parse(&["remove-device", "vm1", "--gpu", "01:00.0"]).unwrap();
+        let Command::RemoveDevice(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.gpu, Some(bdf("01:00.0")));
+        assert_eq!(
+            parse(&["remove-device", "vm1"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            parse(&["remove-device", "vm1", "--gpu", "01:00.0", "--id", "gpu0"])
+                .unwrap_err()
+                .kind(),
+            ErrorKind::ArgumentConflict
+        );
+    }
+
+    #[test]
+    fn gpu_and_doctor_commands() {
+        assert!(matches!(
+            parse(&["gpu", "list"]).unwrap().command,
+            Command::Gpu {
+                action: GpuCommand::List
+            }
+        ));
+        let cli = parse(&["gpu", "bind", "01:00.0", "--force"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Gpu { action: GpuCommand::Bind { device, force: true } } if device == bdf("01:00.0")
+        ));
+        let cli = parse(&["gpu", "unbind", "0000:01:00.1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Gpu { action: GpuCommand::Unbind { device } } if device == bdf("01:00.1")
+        ));
+        assert_eq!(
+            parse(&["gpu", "bind", "zz:00.0"]).unwrap_err().kind(),
+            ErrorKind::ValueValidation
+        );
+        let cli = parse(&["doctor", "--memory", "64G"]).unwrap();
+        assert!(matches!(cli.command, Command::Doctor { memory: Some(m) } if m == 64 << 30));
+        assert!(parse(&["doctor", "--memory", "x"]).is_err());
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let cli = parse(&["gpu", "list", "--json", "--socket", "/tmp/s.sock"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.connection.socket, PathBuf::from("/tmp/s.sock"));
+        let cli = parse(&[
+            "--url",
+            "http://h:7070",
+            "--token-file",
+            "/t",
+            "--timeout",
+            "9",
+            "list",
+        ])
+        .unwrap();
+        assert_eq!(cli.connection.url.as_deref(), Some("http://h:7070"));
+        assert_eq!(cli.connection.token_file, Some(PathBuf::from("/t")));
+        assert_eq!(cli.connection.timeout, 9);
+        assert!(parse(&["--timeout", "0", "list"]).is_err());
+    }
+
+    #[test]
+    fn help_shows_examples_and_exit_statuses() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("form-vmm-ctl create --name vm1"), "{help}");
+        assert!(help.contains("3 cannot reach the service"), "{help}");
+    }
+}

@@ -1,0 +1,303 @@
+//! A blocking HTTP/1 client for the service API, over its unix socket or over TCP with
+//! a bearer token. One request per connection: the CLI makes one call per run.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::error::CtlError;
+
+/// Connecting is quick or it is not going to happen; don't let a dead TCP peer hold
+/// the operator for the whole request timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the service listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    /// `host:port`, as parsed from an `http://` URL.
+    Tcp {
+        authority: String,
+    },
+}
+
+impl Endpoint {
+    /// Parses `http://HOST:PORT` (a trailing `/` is fine; a path or https is not).
+    pub fn from_url(text: &str) -> Result<Self, String> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| format!("'{text}' is not a URL ({e}); use http://HOST:PORT"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => {
+                return Err(format!(
+                    "'{text}': the {other} scheme is not supported; vmm-service speaks plain http:// (put it behind a TLS proxy for https)"
+                ))
+            }
+            None => return Err(format!("'{text}' has no scheme; use http://HOST:PORT")),
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "'{text}' has a path; give only http://HOST:PORT, the API paths are added by form-vmm-ctl"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("'{text}' has no host; use http://HOST:PORT"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "'{text}' carries credentials; pass the token with --token-file instead"
+            ));
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        Ok(Self::Tcp {
+            authority: format!("{}:{port}", authority.host()),
+        })
+    }
+
+    /// The `Host` header: the socket has no host name, so a fixed one stands in.
+    fn host_header(&self) -> &str {
+        match self {
+            Self::Unix(_) => "localhost",
+            Self::Tcp { authority } => authority,
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "socket: {}", path.display()),
+            Self::Tcp { authority } => write!(f, "url: http://{authority}"),
+        }
+    }
+}
+
+/// An answer, whatever its status.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+pub struct Client {
+    endpoint: Endpoint,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(endpoint: Endpoint, token: Option<String>, timeout: Duration) -> Self {
+        Self {
+            endpoint,
+            token,
+            timeout,
+        }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Sends one request; `path_and_query` starts with `/`. A JSON body is sent with
+    /// its content type.
+    pub fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        json: Option<Vec<u8>>,
+    ) -> Result<Reply, CtlError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(CtlError::Runtime)?;
+        let request = self.request(method, path_and_query, json)?;
+        runtime.block_on(async {
+            match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+                Ok(result) => result,
+                Err(_) => Err(CtlError::Timeout {
+                    endpoint: self.endpoint.clone(),
+                    waited: self.timeout,
+                }),
+            }
+        })
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        json: Option<Vec<u8>>,
+    ) -> Result<Request<Full<Bytes>>, CtlError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(HOST, self.endpoint.host_header())
+            .header(ACCEPT, "application/json");
+        if let Some(token) = &self.token {
+            builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match json {
+            Some(bytes) => {
+                builder = builder.header(CONTENT_TYPE, "application/json");
+                Bytes::from(bytes)
+            }
+            None => Bytes::new(),
+        };
+        builder
+            .body(Full::new(body))
+            .map_err(|e| CtlError::Transport {
+                endpoint: self.endpoint.clone(),
+                reason: format!("cannot build the request for {path_and_query}: {e}"),
+            })
+    }
+
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<Reply, CtlError> {
+        match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let stream = self.connect(UnixStream::connect(path)).await?;
+                self.over(TokioIo::new(stream), request).await
+            }
+            Endpoint::Tcp { authority } => {
+                let stream = self.connect(TcpStream::connect(authority.as_str())).await?;
+                self.over(TokioIo::new(stream), request).await
+            }
+        }
+    }
+
+    async fn connect<S>(
+        &self,
+        connecting: impl std::future::Future<Output = io::Result<S>>,
+    ) -> Result<S, CtlError> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(self.unreachable(&e)),
+            Err(_) => Err(CtlError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                reason: format!(
+                    "no connection within {}s (a firewall, or the wrong host?)",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            }),
+        }
+    }
+
+    async fn over<I>(&self, io: I, request: Request<Full<Bytes>>) -> Result<Reply, CtlError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let transport = |e: hyper::Error| CtlError::Transport {
+            endpoint: self.endpoint.clone(),
+            reason: e.to_string(),
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(transport)?;
+        // The connection future drives the socket; it ends when the exchange does, and
+        // its own error (if any) surfaces through `send_request` as well.
+        tokio::spawn(connection);
+        let response = sender.send_request(request).await.map_err(transport)?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(transport)?
+            .to_bytes()
+            .to_vec();
+        Ok(Reply { status, body })
+    }
+
+    fn unreachable(&self, error: &io::Error) -> CtlError {
+        let place = match &self.endpoint {
+            Endpoint::Unix(path) => path.display().to_string(),
+            Endpoint::Tcp { authority } => authority.clone(),
+        };
+        let reason = match error.kind() {
+            io::ErrorKind::NotFound => format!("{place} does not exist"),
+            io::ErrorKind::ConnectionRefused => match self.endpoint {
+                Endpoint::Unix(_) => format!(
+                    "nothing is listening on {place} (a socket left behind by a service that stopped?)"
+                ),
+                Endpoint::Tcp { .. } => format!("nothing is listening on {place}"),
+            },
+            io::ErrorKind::PermissionDenied => format!(
+                "permission denied on {place}: run as root or as a member of the group that owns the socket"
+            ),
+            _ => format!("connecting to {place} failed: {error}"),
+        };
+        CtlError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_service_urls() {
+        assert_eq!(
+            Endpoint::from_url("http://10.0.0.5:7070").unwrap(),
+            Endpoint::Tcp {
+                authority: "10.0.0.5:7070".into()
+            }
+        );
+        assert_eq!(
+            Endpoint::from_url("http://gpu-host-3:7070/").unwrap(),
+            Endpoint::Tcp {
+                authority: "gpu-host-3:7070".into()
+            }
+        );
+        assert_eq!(
+            Endpoint::from_url("http://gpu-host-3").unwrap(),
+            Endpoint::Tcp {
+                authority: "gpu-host-3:80".into()
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_urls_it_cannot_honour() {
+        for (url, says) in [
+            ("https://host:7070", "https scheme is not supported"),
+            ("host:7070", "http://HOST:PORT"),
+            ("http://host:7070/v1", "has a path"),
+            ("http://user:pw@host:7070", "--token-file"),
+            ("not a url", "not a URL"),
+        ] {
+            let err = Endpoint::from_url(url).unwrap_err();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_socket_says_how_to_start_the_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("absent.sock");
+        let client = Client::new(Endpoint::Unix(socket.clone()), None, Duration::from_secs(5));
+        let err = client.send(Method::GET, "/v1/ping", None).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, CtlError::Unreachable { .. }), "{err:?}");
+        assert!(text.contains("does not exist"), "{text}");
+        assert!(text.contains("vmm-service serve"), "{text}");
+        assert!(text.contains(&socket.display().to_string()), "{text}");
+    }
+}

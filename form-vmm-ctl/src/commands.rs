@@ -1,0 +1,322 @@
+//! Runs one parsed command: builds the request, calls the service, prints the answer
+//! as a table or, with `--json`, as the service's JSON.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper::Method;
+use serde::Serialize;
+use vmm_service::api::types::{
+    AddGpuRequest, DoctorResponse, GpuOptions, GpuRequest, VmInfo, VmInstanceConfig, DEFAULT_MEMORY,
+};
+use vmm_service::gpu::Bdf;
+
+use crate::api::{decode, segment, Api};
+use crate::cli::{
+    AddDeviceArgs, Cli, Command, ConnectionArgs, CreateArgs, GpuCommand, RemoveDeviceArgs,
+};
+use crate::client::{Client, Endpoint};
+use crate::error::CtlError;
+use crate::exit::Exit;
+use crate::render;
+
+/// The environment variable holding the bearer token itself, for --url without
+/// --token-file.
+pub const TOKEN_ENV: &str = "FORM_VMM_TOKEN";
+
+/// The body of `POST /v1/gpus/{bdf}/bind`.
+// Not (yet) among the service's shared types: docs/service-api.md has no bind routes.
+#[derive(Serialize)]
+struct BindRequest {
+    force: bool,
+}
+
+/// Where the output goes and in which form.
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    /// Prints a success body: verbatim with --json, else what `human` makes of it.
+    fn show<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        body: &[u8],
+        human: impl FnOnce(&T) -> String,
+    ) -> Result<(), CtlError> {
+        if self.json {
+            print_raw(body);
+            return Ok(());
+        }
+        let value: T = decode(what, body)?;
+        print!("{}", human(&value));
+        Ok(())
+    }
+}
+
+pub fn run(cli: Cli) -> Result<Exit, CtlError> {
+    let api = Api::new(client(&cli.connection)?);
+    let out = Output { json: cli.json };
+    match cli.command {
+        Command::Create(args) => {
+            let config = create_config(&args)?;
+            let body = api.call(Method::POST, "/vms", Some(&config))?;
+            out.show("the created VM", &body, |vm: &VmInfo| {
+                format!("created {}\n{}", vm.name, render::vm_details(vm))
+            })?;
+        }
+        Command::List => {
+            let body = api.get("/vms")?;
+            out.show("the VM list", &body, render::vm_list)?;
+        }
+        Command::Info(vm) => {
+            let body = api.get(&vm_path(&vm.name, ""))?;
+            out.show("the VM", &body, render::vm_details)?;
+        }
+        Command::Boot(vm) => vm_action(&api, &out, &vm.name, "boot")?,
+        Command::Shutdown(vm) => vm_action(&api, &out, &vm.name, "shutdown")?,
+        Command::Reboot(vm) => vm_action(&api, &out, &vm.name, "reboot")?,
+        Command::Delete(vm) => {
+            api.call(Method::DELETE, &vm_path(&vm.name, ""), None::<&()>)?;
+            if !out.json {
+                println!("deleted {}", vm.name);
+            }
+        }
+        Command::AddDevice(args) => add_device(&api, &out, &args)?,
+        Command::RemoveDevice(args) => remove_device(&api, &out, &args)?,
+        Command::Gpu { action } => gpu(&api, &out, action)?,
+        Command::Doctor { memory } => {
+            let path = match memory {
+                Some(bytes) => format!("/doctor?memory={bytes}"),
+                None => "/doctor".to_string(),
+            };
+            let body = api.get(&path)?;
+            let report: DoctorResponse = decode("the doctor report", &body)?;
+            if out.json {
+                print_raw(&body);
+            } else {
+                print!("{}", render::doctor(&report));
+            }
+            if report.worst == "error" {
+                return Ok(Exit::Failure);
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// The client for the endpoint the options name: TCP with a token when --url is
+/// given, else the unix socket.
+fn client(options: &ConnectionArgs) -> Result<Client, CtlError> {
+    let timeout = Duration::from_secs(options.timeout);
+    let Some(url) = &options.url else {
+        return Ok(Client::new(
+            Endpoint::Unix(options.socket.clone()),
+            None,
+            timeout,
+        ));
+    };
+    let endpoint = Endpoint::from_url(url).map_err(CtlError::Usage)?;
+    let token = match &options.token_file {
+        Some(path) => read_token(path)?,
+        None => std::env::var(TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                CtlError::Usage(format!(
+                    "--url needs the service's bearer token: pass --token-file FILE or set {TOKEN_ENV}"
+                ))
+            })?,
+    };
+    Ok(Client::new(endpoint, Some(token), timeout))
+}
+
+/// The token is the file's content without the trailing newline, as the service
+/// reads its own token file.
+fn read_token(path: &Path) -> Result<String, CtlError> {
+    let text = fs::read_to_string(path).map_err(|source| CtlError::TokenFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let token = text.trim_end_matches(['\n', '\r']);
+    if token.is_empty() {
+        return Err(CtlError::EmptyToken {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(token.to_string())
+}
+
+/// The create request. Relative payload paths are made absolute here, since the
+/// service does not share this shell's working directory.
+pub fn create_config(args: &CreateArgs) -> Result<VmInstanceConfig, CtlError> {
+    let gpu_request = args.gpu_model.as_ref().map(|model| GpuRequest {
+        model: model.clone(),
+        count: args.gpu_count.unwrap_or(1),
+    });
+    let gpu_options = GpuOptions {
+        enable_nvidia_gpudirect: args.nvidia_gpudirect_clique.is_some(),
+        nvidia_gpudirect_clique: args.nvidia_gpudirect_clique.unwrap_or(0),
+        unbind_on_shutdown: !args.no_unbind_on_shutdown,
+    };
+    Ok(VmInstanceConfig {
+        name: args.name.clone(),
+        kernel: payload_path("--kernel", &args.kernel)?,
+        initramfs: args
+            .initramfs
+            .as_ref()
+            .map(|path| payload_path("--initramfs", path))
+            .transpose()?,
+        cmdline: args.cmdline.clone(),
+        vcpus: args.cpus.unwrap_or(1),
+        memory: args.memory.unwrap_or(DEFAULT_MEMORY),
+        gpu_devices: args.gpu.iter().map(Bdf::to_string).collect(),
+        gpu_request,
+        gpu_options,
+        boot: args.boot,
+    })
+}
+
+fn payload_path(flag: &str, path: &Path) -> Result<String, CtlError> {
+    let absolute: PathBuf = std::path::absolute(path)
+        .map_err(|e| CtlError::Usage(format!("{flag} {}: {e}", path.display())))?;
+    absolute.into_os_string().into_string().map_err(|raw| {
+        CtlError::Usage(format!(
+            "{flag} {}: the path is not UTF-8, which the service API cannot carry",
+            PathBuf::from(raw).display()
+        ))
+    })
+}
+
+fn vm_path(name: &str, rest: &str) -> String {
+    format!("/vms/{}{rest}", segment(name))
+}
+
+fn vm_action(api: &Api, out: &Output, name: &str, action: &str) -> Result<(), CtlError> {
+    let body = api.call(
+        Method::POST,
+        &vm_path(name, &format!("/{action}")),
+        None::<&()>,
+    )?;
+    out.show("the VM", &body, |vm: &VmInfo| {
+        format!("{}: {}\n", vm.name, render::state(vm.state))
+    })
+}
+
+fn add_device(api: &Api, out: &Output, args: &AddDeviceArgs) -> Result<(), CtlError> {
+    let request = AddGpuRequest {
+        device: args.gpu.map(|bdf| bdf.to_string()),
+        model: args.gpu_model.clone(),
+        count: args.gpu_model.as_ref().map(|_| args.gpu_count.unwrap_or(1)),
+    };
+    let body = api.call(Method::POST, &vm_path(&args.name, "/gpus"), Some(&request))?;
+    out.show("the VM", &body, render::vm_gpus)
+}
+
+fn remove_device(api: &Api, out: &Output, args: &RemoveDeviceArgs) -> Result<(), CtlError> {
+    let bdf = match (&args.gpu, &args.id) {
+        (Some(bdf), _) => bdf.to_string(),
+        (None, Some(id)) => bdf_of_device_id(api, &args.name, id)?,
+        (None, None) => {
+            return Err(CtlError::Usage(
+                "remove-device needs --gpu BDF or --id ID".to_string(),
+            ))
+        }
+    };
+    let path = vm_path(&args.name, &format!("/gpus/{}", segment(&bdf)));
+    let body = api.call(Method::DELETE, &path, None::<&()>)?;
+    out.show("the VM", &body, render::vm_gpus)
+}
+
+/// The address of the GPU a VM knows as `id`: the service's routes take addresses.
+fn bdf_of_device_id(api: &Api, name: &str, id: &str) -> Result<String, CtlError> {
+    let vm: VmInfo = decode("the VM", &api.get(&vm_path(name, ""))?)?;
+    if let Some(gpu) = vm.gpus.iter().find(|gpu| gpu.device_id == id) {
+        return Ok(gpu.bdf.clone());
+    }
+    let known: Vec<String> = vm
+        .gpus
+        .iter()
+        .map(|gpu| format!("{} ({})", gpu.device_id, gpu.bdf))
+        .collect();
+    Err(CtlError::NoSuchDeviceId {
+        vm: vm.name,
+        id: id.to_string(),
+        known: if known.is_empty() {
+            "no GPUs".to_string()
+        } else {
+            known.join(", ")
+        },
+    })
+}
+
+fn gpu(api: &Api, out: &Output, action: GpuCommand) -> Result<(), CtlError> {
+    match action {
+        GpuCommand::List => {
+            let body = api.get("/gpus")?;
+            out.show("the GPU list", &body, render::gpu_list)
+        }
+        GpuCommand::Bind { device, force } => {
+            let path = format!("/gpus/{}/bind", segment(&device.to_string()));
+            let body = api
+                .call(Method::POST, &path, Some(&BindRequest { force }))
+                .map_err(|e| local_hint(e, "bind", &device))?;
+            finish_gpu_change(out, &body, &format!("{device}: bound to vfio-pci"));
+            Ok(())
+        }
+        GpuCommand::Unbind { device } => {
+            let path = format!("/gpus/{}/unbind", segment(&device.to_string()));
+            let body = api
+                .call(Method::POST, &path, None::<&()>)
+                .map_err(|e| local_hint(e, "unbind", &device))?;
+            finish_gpu_change(
+                out,
+                &body,
+                &format!("{device}: returned to its host driver"),
+            );
+            Ok(())
+        }
+    }
+}
+
+fn finish_gpu_change(out: &Output, body: &[u8], summary: &str) {
+    if out.json {
+        print_raw(body);
+    } else {
+        println!("{summary}");
+    }
+}
+
+/// A service without the bind routes still has the local command.
+fn local_hint(error: CtlError, action: &str, device: &Bdf) -> CtlError {
+    match error {
+        CtlError::Service {
+            status: 404 | 405,
+            code: None,
+            message,
+            body,
+        } => CtlError::Service {
+            status: 404,
+            code: None,
+            message: format!(
+                "{message}; on the GPU host, `vmm-service gpu {action} {device}` does the same locally"
+            ),
+            body,
+        },
+        other => other,
+    }
+}
+
+/// The service's JSON as it came, ending in a newline; nothing for an empty body.
+pub fn print_raw(body: &[u8]) {
+    if body.is_empty() {
+        return;
+    }
+    let mut stdout = io::stdout().lock();
+    let _ = stdout.write_all(body);
+    if !body.ends_with(b"\n") {
+        let _ = stdout.write_all(b"\n");
+    }
+}

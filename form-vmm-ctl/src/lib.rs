@@ -1,0 +1,13 @@
+//! `form-vmm-ctl`: the operator's command line for the Formation VMM service.
+//!
+//! The request and response bodies are `vmm_service::api::types`, shared with the
+//! service, so the two cannot drift apart without a compile error.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod error;
+pub mod exit;
+pub mod render;
+pub mod table;

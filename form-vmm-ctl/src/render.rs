@@ -1,0 +1,335 @@
+//! How answers look to people. Pure functions from the service's types to text, so
+//! every view is tested without a service.
+
+use std::fmt::Write as _;
+
+use vmm_service::api::types::{DoctorResponse, GpuList, VmInfo, VmInstanceConfig, VmList, VmState};
+use vmm_service::gpu::format_bytes;
+
+use crate::table::{or_none, Table, NONE};
+
+pub fn state(state: VmState) -> &'static str {
+    match state {
+        VmState::Stopped => "stopped",
+        VmState::Created => "created",
+        VmState::Running => "running",
+    }
+}
+
+/// `list`: one row per VM.
+pub fn vm_list(list: &VmList) -> String {
+    if list.vms.is_empty() {
+        return "no VMs; create one with `form-vmm-ctl create`\n".to_string();
+    }
+    let mut table = Table::new(&["NAME", "STATE", "VCPUS", "MEMORY", "GPUS", "PID"]);
+    for vm in &list.vms {
+        table.row(vec![
+            vm.name.clone(),
+            state(vm.state).to_string(),
+            vm.config.vcpus.to_string(),
+            format_bytes(vm.config.memory),
+            vm.gpus.len().to_string(),
+            or_none(vm.pid),
+        ]);
+    }
+    table.render()
+}
+
+/// `info` and `create`: everything about one VM.
+pub fn vm_details(vm: &VmInfo) -> String {
+    let config = &vm.config;
+    let mut fields: Vec<(&str, String)> = vec![
+        ("name", vm.name.clone()),
+        ("state", state(vm.state).to_string()),
+        ("vcpus", config.vcpus.to_string()),
+        ("memory", format_bytes(config.memory)),
+        ("kernel", config.kernel.clone()),
+        ("initramfs", or_none(config.initramfs.as_ref())),
+        ("cmdline", or_none(config.cmdline.as_ref())),
+        ("gpu request", gpu_request(config)),
+        ("gpudirect", gpudirect(config)),
+        (
+            "unbind on shutdown",
+            yes_no(config.gpu_options.unbind_on_shutdown).to_string(),
+        ),
+        ("pid", or_none(vm.pid)),
+        ("api socket", or_none(vm.api_socket.as_ref())),
+        ("serial log", vm.serial_log.clone()),
+    ];
+    if let Some(exit) = &vm.last_exit {
+        fields.push((
+            "last exit",
+            format!("{} ({})", exit.reason, timestamp(exit.at)),
+        ));
+    }
+    fields.push(("created", timestamp(vm.created_at)));
+    fields.push(("updated", timestamp(vm.updated_at)));
+
+    let width = fields.iter().map(|(key, _)| key.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (key, value) in &fields {
+        let label = format!("{key}:");
+        let _ = writeln!(out, "{label:<width$} {value}");
+    }
+    out.push_str(&vm_gpus(vm));
+    out
+}
+
+/// The GPUs a VM holds, as a table under a heading.
+pub fn vm_gpus(vm: &VmInfo) -> String {
+    if vm.gpus.is_empty() {
+        return "gpus: none\n".to_string();
+    }
+    let mut table = Table::new(&["DEVICE", "BDF", "NAME", "NUMA"]);
+    for gpu in &vm.gpus {
+        table.row(vec![
+            gpu.device_id.clone(),
+            gpu.bdf.clone(),
+            or_none(gpu.name.as_ref()),
+            or_none(gpu.numa_node),
+        ]);
+    }
+    let mut out = "gpus:\n".to_string();
+    for line in table.render().lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
+}
+
+fn gpu_request(config: &VmInstanceConfig) -> String {
+    match &config.gpu_request {
+        Some(request) => format!("{} x {}", request.model, request.count),
+        None if config.gpu_devices.is_empty() => NONE.to_string(),
+        None => config.gpu_devices.join(", "),
+    }
+}
+
+fn gpudirect(config: &VmInstanceConfig) -> String {
+    let options = &config.gpu_options;
+    if options.enable_nvidia_gpudirect {
+        format!("clique {}", options.nvidia_gpudirect_clique)
+    } else {
+        "off".to_string()
+    }
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// `gpu list`.
+pub fn gpu_list(list: &GpuList) -> String {
+    if list.gpus.is_empty() {
+        return "no GPUs or accelerators on this host\n".to_string();
+    }
+    let mut table = Table::new(&["BDF", "NAME", "DRIVER", "IOMMU", "NUMA", "OWNER"]);
+    for gpu in &list.gpus {
+        let name = if gpu.boot_vga {
+            format!("{} (console)", gpu.name)
+        } else {
+            gpu.name.clone()
+        };
+        table.row(vec![
+            gpu.bdf.clone(),
+            name,
+            or_none(gpu.driver.as_ref()),
+            or_none(gpu.iommu_group),
+            or_none(gpu.numa_node),
+            or_none(gpu.owner.as_ref()),
+        ]);
+    }
+    table.render()
+}
+
+/// `doctor`: one line per check, with the remedy under anything not fine.
+pub fn doctor(report: &DoctorResponse) -> String {
+    let mut out = String::new();
+    for finding in &report.findings {
+        let tag = match finding.severity.as_str() {
+            "ok" => "ok".to_string(),
+            "unknown" => "unknown".to_string(),
+            other => other.to_ascii_uppercase(),
+        };
+        let _ = writeln!(out, "[{tag:^7}] {}: {}", finding.check, finding.summary);
+        if let Some(remedy) = &finding.remedy {
+            let _ = writeln!(out, "          fix: {remedy}");
+        }
+    }
+    out
+}
+
+/// Seconds since the epoch as a UTC date and time (`2026-11-22 02:50:00 UTC`).
+pub fn timestamp(seconds: u64) -> String {
+    let days = seconds / 86_400;
+    let rest = seconds % 86_400;
+    let (year, month, day) = civil_date(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01, counted in 400-year eras
+/// that begin on 1 March so the leap day falls at the end of each year.
+fn civil_date(days: u64) -> (u64, u64, u64) {
+    let shifted = days + 719_468; // days from 0000-03-01 to 1970-01-01
+    let era = shifted / 146_097;
+    let day_of_era = shifted % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm_json() -> serde_json::Value {
+        serde_json::json!({
+            "name": "train-1",
+            "state": "running",
+            "config": {
+                "name": "train-1", "kernel": "/srv/vmlinux", "initramfs": "/srv/initrd",
+                "cmdline": "console=ttyS0", "vcpus": 8, "memory": 68719476736u64,
+                "gpu_request": {"model": "H100", "count": 2},
+                "gpu_options": {"enable_nvidia_gpudirect": true, "nvidia_gpudirect_clique": 3,
+                                "unbind_on_shutdown": true},
+                "boot": true
+            },
+            "gpus": [
+                {"bdf": "0000:19:00.0", "device_id": "gpu0",
+                 "name": "NVIDIA GH100 [H100 SXM5 80GB]", "numa_node": 0},
+                {"bdf": "0000:3b:00.0", "device_id": "gpu1", "name": null, "numa_node": null}
+            ],
+            "pid": 4242,
+            "api_socket": "/run/form-vmm/vms/train-1/api.sock",
+            "serial_log": "/var/lib/form-vmm/vms/train-1/serial.log",
+            "last_exit": {"code": 0, "signal": null, "reason": "exited with status 0",
+                          "at": 1790000000u64},
+            "created_at": 1790000000u64,
+            "updated_at": 1790000061u64
+        })
+    }
+
+    fn vm() -> VmInfo {
+        serde_json::from_value(vm_json()).unwrap()
+    }
+
+    #[test]
+    fn lists_vms_as_a_table() {
+        let mut stopped = vm();
+        stopped.name = "idle".into();
+        stopped.state = VmState::Stopped;
+        stopped.pid = None;
+        stopped.gpus.clear();
+        stopped.config.memory = 512 << 20;
+        stopped.config.vcpus = 1;
+        let list = VmList {
+            vms: vec![vm(), stopped],
+        };
+        assert_eq!(
+            vm_list(&list),
+            "NAME     STATE    VCPUS  MEMORY   GPUS  PID\n\
+             train-1  running  8      64 GiB   2     4242\n\
+             idle     stopped  1      512 MiB  0     -\n"
+        );
+        assert!(vm_list(&VmList { vms: vec![] }).contains("no VMs"));
+    }
+
+    #[test]
+    fn details_show_configuration_process_and_gpus() {
+        let text = vm_details(&vm());
+        for line in [
+            "name:               train-1\n",
+            "state:              running\n",
+            "memory:             64 GiB\n",
+            "gpu request:        H100 x 2\n",
+            "gpudirect:          clique 3\n",
+            "unbind on shutdown: yes\n",
+            "pid:                4242\n",
+            "last exit:          exited with status 0 (2026-09-21 14:13:20 UTC)\n",
+            "updated:            2026-09-21 14:14:21 UTC\n",
+            "gpus:\n  DEVICE  BDF           NAME                           NUMA\n",
+            "  gpu0    0000:19:00.0  NVIDIA GH100 [H100 SXM5 80GB]  0\n",
+            "  gpu1    0000:3b:00.0  -                              -\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        let mut plain = vm();
+        plain.config.gpu_request = None;
+        plain.config.gpu_devices = vec!["0000:19:00.0".into()];
+        plain.config.gpu_options.enable_nvidia_gpudirect = false;
+        plain.last_exit = None;
+        plain.gpus.clear();
+        let text = vm_details(&plain);
+        assert!(
+            text.contains("gpu request:        0000:19:00.0\n"),
+            "{text}"
+        );
+        assert!(text.contains("gpudirect:          off\n"), "{text}");
+        assert!(!text.contains("last exit"), "{text}");
+        assert!(text.ends_with("gpus: none\n"), "{text}");
+    }
+
+    #[test]
+    fn lists_gpus_with_owner_and_console_mark() {
+        let list: GpuList = serde_json::from_value(serde_json::json!({"gpus": [
+            {"bdf": "0000:19:00.0", "name": "NVIDIA GH100 [H100 SXM5 80GB]", "vendor_id": 4318,
+             "device_id": 8996, "driver": "vfio-pci", "iommu_group": 12, "numa_node": 0,
+             "parent_bridge": "0000:18:00.0", "boot_vga": false, "owner": "train-1"},
+            {"bdf": "0000:c1:00.0", "name": "ASPEED Graphics", "vendor_id": 6688,
+             "device_id": 8192, "driver": null, "iommu_group": null, "numa_node": null,
+             "parent_bridge": null, "boot_vga": true, "owner": null}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            gpu_list(&list),
+            "BDF           NAME                           DRIVER    IOMMU  NUMA  OWNER\n\
+             0000:19:00.0  NVIDIA GH100 [H100 SXM5 80GB]  vfio-pci  12     0     train-1\n\
+             0000:c1:00.0  ASPEED Graphics (console)      -         -      -     -\n"
+        );
+        assert!(gpu_list(&GpuList { gpus: vec![] }).contains("no GPUs"));
+    }
+
+    #[test]
+    fn doctor_findings_with_remedies() {
+        let report: DoctorResponse = serde_json::from_value(serde_json::json!({
+            "worst": "error",
+            "findings": [
+                {"check": "iommu", "severity": "ok", "summary": "IOMMU on", "remedy": null},
+                {"check": "vfio_pci", "severity": "error", "summary": "vfio-pci not loaded",
+                 "remedy": "modprobe vfio-pci"}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            doctor(&report),
+            "[  ok   ] iommu: IOMMU on\n\
+             [ ERROR ] vfio_pci: vfio-pci not loaded\n\
+             \x20         fix: modprobe vfio-pci\n"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_utc_dates() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(timestamp(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(timestamp(1_790_000_000), "2026-09-21 14:13:20 UTC");
+        assert_eq!(timestamp(4_102_444_799), "2099-12-31 23:59:59 UTC");
+    }
+}
