@@ -11,7 +11,7 @@ use crate::exit::Exit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
-    #[error("cannot reach vmm-service: {reason}. Is vmm-service running? Start it with `vmm-service serve`; {endpoint}")]
+    #[error("cannot reach vmm-service: {reason}; is vmm-service running? start it with `vmm-service serve`; {endpoint}")]
     Unreachable { endpoint: Endpoint, reason: String },
 
     #[error("no answer from vmm-service at {endpoint} within {}s; the operation may still complete: check with `form-vmm-ctl list`, or raise --timeout", waited.as_secs())]

@@ -1,0 +1,628 @@
+//! The binary against a fake service: what it sends, what it prints, how it exits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ctl, temp_file, FakeService};
+use serde_json::json;
+
+fn vm(name: &str, state: &str) -> serde_json::Value {
+    json!({
+        "name": name,
+        "state": state,
+        "config": {"name": name, "kernel": "/srv/vmlinux", "vcpus": 4, "memory": 17179869184u64,
+                   "gpu_devices": ["0000:19:00.0", "0000:3b:00.0"],
+                   "gpu_options": {"enable_nvidia_gpudirect": false, "nvidia_gpudirect_clique": 0,
+                                   "unbind_on_shutdown": true},
+                   "boot": false},
+        "gpus": [
+            {"bdf": "0000:19:00.0", "device_id": "gpu0", "name": "NVIDIA H100", "numa_node": 0},
+            {"bdf": "0000:3b:00.0", "device_id": "gpu1", "name": "NVIDIA H100", "numa_node": 1}
+        ],
+        "pid": if state == "stopped" { json!(null) } else { json!(4242) },
+        "api_socket": null,
+        "serial_log": format!("/var/lib/form-vmm/vms/{name}/serial.log"),
+        "last_exit": null,
+        "created_at": 1790000000u64,
+        "updated_at": 1790000000u64
+    })
+}
+
+fn gpus() -> serde_json::Value {
+    json!({"gpus": [
+        {"bdf": "0000:19:00.0", "name": "NVIDIA GH100 [H100 SXM5 80GB]", "vendor_id": 4318,
+         "device_id": 8996, "driver": "vfio-pci", "iommu_group": 12, "numa_node": 0,
+         "parent_bridge": "0000:18:00.0", "boot_vga": false, "owner": "train-1"},
+        {"bdf": "0000:3b:00.0", "name": "NVIDIA GH100 [H100 SXM5 80GB]", "vendor_id": 4318,
+         "device_id": 8996, "driver": "nvidia", "iommu_group": 30, "numa_node": 1,
+         "parent_bridge": null, "boot_vga": false, "owner": null}
+    ]})
+}
+
+#[test]
+fn gpu_list_prints_a_table_and_json_verbatim() {
+    let service = FakeService::unix();
+    service.route("GET", "/v1/gpus", 200, gpus());
+
+    let run = service.ctl(&["gpu", "list"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        "BDF           NAME                           DRIVER    IOMMU  NUMA  OWNER\n\
+         0000:19:00.0  NVIDIA GH100 [H100 SXM5 80GB]  vfio-pci  12     0     train-1\n\
+         0000:3b:00.0  NVIDIA GH100 [H100 SXM5 80GB]  nvidia    30     1     -\n"
+    );
+
+    let run = service.ctl(&["gpu", "list", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, format!("{}\n", gpus()));
+
+    let requests = service.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests
+        .iter()
+        .all(|r| r.method == "GET" && r.target == "/v1/gpus" && r.body.is_empty()));
+}
+
+#[test]
+fn create_sends_the_whole_configuration() {
+    let service = FakeService::unix();
+    service.route("POST", "/v1/vms", 201, vm("vm1", "running"));
+
+    let run = service.ctl(&[
+        "create",
+        "--name",
+        "vm1",
+        "--kernel",
+        "/srv/vmlinux",
+        "--initramfs",
+        "relative/initrd",
+        "--cmdline",
+        "console=ttyS0",
+        "--cpus",
+        "4",
+        "--memory",
+        "16G",
+        "--gpu",
+        "19:00.0",
+        "--gpu",
+        "/sys/bus/pci/devices/0000:3b:00.0",
+        "--nvidia-gpudirect-clique",
+        "2",
+        "--no-unbind-on-shutdown",
+        "--boot",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("created vm1\n"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("state:              running\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("  gpu1    0000:3b:00.0  NVIDIA H100  1\n"),
+        "{}",
+        run.stdout
+    );
+
+    let requests = service.requests();
+    assert_eq!(requests.len(), 1);
+    let sent = &requests[0];
+    assert_eq!(
+        (sent.method.as_str(), sent.target.as_str()),
+        ("POST", "/v1/vms")
+    );
+    assert_eq!(sent.content_type.as_deref(), Some("application/json"));
+    assert_eq!(sent.authorization, None, "no token over the socket");
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(
+        sent.json(),
+        json!({
+            "name": "vm1",
+            "kernel": "/srv/vmlinux",
+            "initramfs": cwd.join("relative/initrd").to_str().unwrap(),
+            "cmdline": "console=ttyS0",
+            "vcpus": 4,
+            "memory": 17179869184u64,
+            "gpu_devices": ["0000:19:00.0", "0000:3b:00.0"],
+            "gpu_options": {"enable_nvidia_gpudirect": true, "nvidia_gpudirect_clique": 2,
+                            "unbind_on_shutdown": false},
+            "boot": true
+        })
+    );
+}
+
+#[test]
+fn create_by_model_uses_the_defaults_the_service_documents() {
+    let service = FakeService::unix();
+    service.route("POST", "/v1/vms", 201, vm("t", "created"));
+    let run = service.ctl(&[
+        "create",
+        "--name",
+        "t",
+        "--kernel",
+        "/k",
+        "--gpu-model",
+        "h100",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, format!("{}\n", vm("t", "created")));
+    assert_eq!(
+        service.requests()[0].json(),
+        json!({
+            "name": "t", "kernel": "/k", "vcpus": 1, "memory": 536870912u64,
+            "gpu_request": {"model": "h100", "count": 1},
+            "gpu_options": {"enable_nvidia_gpudirect": false, "nvidia_gpudirect_clique": 0,
+                            "unbind_on_shutdown": true},
+            "boot": false
+        })
+    );
+}
+
+#[test]
+fn bad_input_fails_before_any_request() {
+    let service = FakeService::unix();
+    for (args, says) in [
+        (
+            &["create", "--name", "a", "--kernel", "/k", "--gpu", "1:00.0"][..],
+            "not a PCI address",
+        ),
+        (
+            &[
+                "create",
+                "--name",
+                "a",
+                "--kernel",
+                "/k",
+                "--gpu-count",
+                "2",
+            ],
+            "--gpu-model",
+        ),
+        (
+            &["create", "--name", "a", "--kernel", "/k", "--memory", "12X"],
+            "unknown unit",
+        ),
+        (&["gpu", "bind", "0000:01:00.9"], "out of range"),
+        (&["frobnicate"], "unrecognized subcommand"),
+    ] {
+        let run = service.ctl(args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty());
+    }
+    assert!(service.requests().is_empty());
+}
+
+#[test]
+fn service_errors_map_to_exit_statuses() {
+    let service = FakeService::unix();
+    service.error(
+        "GET",
+        "/v1/vms/ghost",
+        404,
+        "vm_not_found",
+        "no VM named ghost",
+    );
+    service.error(
+        "POST",
+        "/v1/vms/vm1/boot",
+        409,
+        "invalid_state",
+        "vm1 is running",
+    );
+    service.error(
+        "POST",
+        "/v1/vms/vm1/reboot",
+        502,
+        "vmm_failed",
+        "form-vmm refused vm.reboot",
+    );
+    service.error(
+        "POST",
+        "/v1/vms",
+        400,
+        "payload_not_found",
+        "/k does not exist",
+    );
+    for (args, code, message) in [
+        (&["info", "ghost"][..], 4, "error: no VM named ghost\n"),
+        (&["boot", "vm1"], 5, "error: vm1 is running\n"),
+        (&["reboot", "vm1"], 1, "error: form-vmm refused vm.reboot\n"),
+        (
+            &["create", "--name", "vm1", "--kernel", "/k"],
+            2,
+            "error: /k does not exist\n",
+        ),
+    ] {
+        let run = service.ctl(args);
+        assert_eq!(run.code, code, "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr, message, "{args:?}");
+        assert!(run.stdout.is_empty(), "{args:?}: {}", run.stdout);
+    }
+
+    // Scripts using --json get the error body on stdout too.
+    let run = service.ctl(&["--json", "info", "ghost"]);
+    assert_eq!(run.code, 4);
+    let body: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(body["error"]["code"], "vm_not_found");
+}
+
+#[test]
+fn conflicts_exit_5() {
+    let service = FakeService::unix();
+    service.error(
+        "POST",
+        "/v1/vms",
+        409,
+        "gpu_in_use",
+        "GPU 0000:19:00.0 belongs to VM train-1",
+    );
+    let run = service.ctl(&[
+        "create", "--name", "b", "--kernel", "/k", "--gpu", "19:00.0",
+    ]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("belongs to VM train-1"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn vm_lifecycle_commands_hit_their_routes() {
+    let service = FakeService::unix();
+    service.route(
+        "GET",
+        "/v1/vms",
+        200,
+        json!({"vms": [vm("vm1", "running"), vm("old", "stopped")]}),
+    );
+    service.route("GET", "/v1/vms/vm1", 200, vm("vm1", "running"));
+    service.route("POST", "/v1/vms/vm1/boot", 200, vm("vm1", "running"));
+    service.route("POST", "/v1/vms/vm1/shutdown", 200, vm("vm1", "stopped"));
+    service.route("POST", "/v1/vms/vm1/reboot", 200, vm("vm1", "running"));
+    service.route_raw("DELETE", "/v1/vms/vm1", 204, "", Duration::ZERO);
+
+    let run = service.ctl(&["list"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        "NAME  STATE    VCPUS  MEMORY  GPUS  PID\n\
+         vm1   running  4      16 GiB  2     4242\n\
+         old   stopped  4      16 GiB  2     -\n"
+    );
+    let run = service.ctl(&["info", "vm1"]);
+    assert!(
+        run.stdout
+            .contains("serial log:         /var/lib/form-vmm/vms/vm1/serial.log\n"),
+        "{}",
+        run.stdout
+    );
+    for (command, printed) in [
+        ("boot", "vm1: running\n"),
+        ("shutdown", "vm1: stopped\n"),
+        ("reboot", "vm1: running\n"),
+        ("delete", "deleted vm1\n"),
+    ] {
+        let run = service.ctl(&[command, "vm1"]);
+        assert_eq!(
+            (run.code, run.stdout.as_str()),
+            (0, printed),
+            "{command}: {}",
+            run.stderr
+        );
+    }
+    let run = service.ctl(&["--json", "delete", "vm1"]);
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, ""),
+        "204 prints nothing"
+    );
+
+    let sent: Vec<(String, String)> = service
+        .requests()
+        .into_iter()
+        .map(|r| (r.method, r.target))
+        .collect();
+    let expected = [
+        ("GET", "/v1/vms"),
+        ("GET", "/v1/vms/vm1"),
+        ("POST", "/v1/vms/vm1/boot"),
+        ("POST", "/v1/vms/vm1/shutdown"),
+        ("POST", "/v1/vms/vm1/reboot"),
+        ("DELETE", "/v1/vms/vm1"),
+        ("DELETE", "/v1/vms/vm1"),
+    ]
+    .map(|(m, t)| (m.to_string(), t.to_string()));
+    assert_eq!(sent, expected);
+}
+
+#[test]
+fn names_cannot_reach_other_routes() {
+    let service = FakeService::unix();
+    let run = service.ctl(&["info", "../gpus"]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert_eq!(service.requests()[0].target, "/v1/vms/..%2Fgpus");
+}
+
+#[test]
+fn device_commands_send_addresses() {
+    let service = FakeService::unix();
+    service.route("POST", "/v1/vms/vm1/gpus", 200, vm("vm1", "created"));
+    service.route("GET", "/v1/vms/vm1", 200, vm("vm1", "created"));
+    service.route(
+        "DELETE",
+        "/v1/vms/vm1/gpus/0000:3b:00.0",
+        200,
+        vm("vm1", "created"),
+    );
+
+    let run = service.ctl(&["add-device", "vm1", "--gpu", "3b:00.0"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("gpus:\n  DEVICE  BDF"),
+        "{}",
+        run.stdout
+    );
+    let run = service.ctl(&[
+        "add-device",
+        "vm1",
+        "--gpu-model",
+        "H100",
+        "--gpu-count",
+        "2",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = service.ctl(&["remove-device", "vm1", "--id", "gpu1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = service.ctl(&["remove-device", "vm1", "--gpu", "0000:3b:00.0"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = service.ctl(&["remove-device", "vm1", "--id", "gpu7"]);
+    assert_eq!(run.code, 4);
+    assert!(
+        run.stderr.contains(
+            "no GPU with device id 'gpu7'; it has: gpu0 (0000:19:00.0), gpu1 (0000:3b:00.0)"
+        ),
+        "{}",
+        run.stderr
+    );
+
+    let requests = service.requests();
+    assert_eq!(requests[0].json(), json!({"device": "0000:3b:00.0"}));
+    assert_eq!(requests[1].json(), json!({"model": "H100", "count": 2}));
+    let targets: Vec<&str> = requests.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(
+        targets,
+        [
+            "/v1/vms/vm1/gpus",
+            "/v1/vms/vm1/gpus",
+            "/v1/vms/vm1",
+            "/v1/vms/vm1/gpus/0000:3b:00.0",
+            "/v1/vms/vm1/gpus/0000:3b:00.0",
+            "/v1/vms/vm1",
+        ]
+    );
+}
+
+#[test]
+fn doctor_passes_memory_and_exits_1_on_errors() {
+    let service = FakeService::unix();
+    let report = json!({"worst": "error", "findings": [
+        {"check": "iommu", "severity": "ok", "summary": "IOMMU groups present", "remedy": null},
+        {"check": "memlock", "severity": "error", "summary": "locked memory limit 8 MiB",
+         "remedy": "raise LimitMEMLOCK"}
+    ]});
+    service.route("GET", "/v1/doctor?memory=68719476736", 200, report.clone());
+    service.route(
+        "GET",
+        "/v1/doctor",
+        200,
+        json!({"worst": "warning", "findings": [
+            {"check": "hugepages", "severity": "warning", "summary": "none reserved", "remedy": null}
+        ]}),
+    );
+
+    let run = service.ctl(&["doctor", "--memory", "64G"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        "[  ok   ] iommu: IOMMU groups present\n\
+         [ ERROR ] memlock: locked memory limit 8 MiB\n\
+         \x20         fix: raise LimitMEMLOCK\n"
+    );
+    let run = service.ctl(&["doctor", "--memory", "64G", "--json"]);
+    assert_eq!((run.code, run.stdout), (1, format!("{report}\n")));
+    let run = service.ctl(&["doctor"]);
+    assert_eq!(run.code, 0, "warnings alone pass");
+    assert!(
+        run.stdout.contains("[WARNING] hugepages: none reserved"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn gpu_bind_and_unbind() {
+    let service = FakeService::unix();
+    service.route("POST", "/v1/gpus/0000:19:00.0/bind", 200, json!({}));
+    let run = service.ctl(&["gpu", "bind", "19:00.0", "--force"]);
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "0000:19:00.0: bound to vfio-pci\n"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(service.requests()[0].json(), json!({"force": true}));
+
+    // A service without the route: exit 4 and a pointer to the local command.
+    let run = service.ctl(&["gpu", "unbind", "0000:19:00.0"]);
+    assert_eq!(run.code, 4);
+    assert!(
+        run.stderr
+            .contains("no route POST /v1/gpus/0000:19:00.0/unbind"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("`vmm-service gpu unbind 0000:19:00.0`"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn unreachable_service_exits_3_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nothing.sock");
+    let run = ctl(&["--socket", socket.to_str().unwrap(), "list"], None);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("start it with `vmm-service serve`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("socket: {}", socket.display())),
+        "{}",
+        run.stderr
+    );
+
+    // The socket comes from the environment when --socket is not given.
+    let run = ctl(
+        &["list"],
+        Some(("FORM_VMM_SOCKET", socket.to_str().unwrap())),
+    );
+    assert_eq!(run.code, 3);
+    assert!(
+        run.stderr.contains(socket.to_str().unwrap()),
+        "{}",
+        run.stderr
+    );
+
+    // A socket file nobody listens on.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let run = ctl(&["--socket", stale.to_str().unwrap(), "list"], None);
+    assert_eq!(run.code, 3);
+    assert!(
+        run.stderr.contains("nothing is listening"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn tcp_sends_the_token_and_a_refused_token_exits_6() {
+    let (service, url) = FakeService::tcp();
+    service.route("GET", "/v1/vms", 200, json!({"vms": []}));
+    let (_dir, token_file) = temp_file("token", "s3cret\n");
+
+    let run = ctl(
+        &[
+            "--url",
+            &url,
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "list",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("no VMs"), "{}", run.stdout);
+    let run = ctl(
+        &["--url", &url, "list"],
+        Some(("FORM_VMM_TOKEN", "from-env")),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let tokens: Vec<Option<String>> = service
+        .requests()
+        .into_iter()
+        .map(|r| r.authorization)
+        .collect();
+    assert_eq!(
+        tokens,
+        [
+            Some("Bearer s3cret".to_string()),
+            Some("Bearer from-env".to_string())
+        ]
+    );
+
+    service.error(
+        "GET",
+        "/v1/gpus",
+        401,
+        "unauthorized",
+        "missing or wrong bearer token",
+    );
+    let run = ctl(
+        &["--url", &url, "gpu", "list"],
+        Some(("FORM_VMM_TOKEN", "wrong")),
+    );
+    assert_eq!(run.code, 6, "{}", run.stderr);
+
+    let run = ctl(&["--url", &url, "list"], None);
+    assert_eq!(run.code, 2, "no token is a usage error");
+    assert!(run.stderr.contains("--token-file"), "{}", run.stderr);
+    let (_empty_dir, empty) = temp_file("token", "\n");
+    let run = ctl(
+        &[
+            "--url",
+            &url,
+            "--token-file",
+            empty.to_str().unwrap(),
+            "list",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("is empty"), "{}", run.stderr);
+    let run = ctl(
+        &["--url", "https://h:1", "list"],
+        Some(("FORM_VMM_TOKEN", "t")),
+    );
+    assert_eq!(run.code, 2);
+}
+
+#[test]
+fn slow_and_broken_answers_exit_1() {
+    let service = FakeService::unix();
+    service.route_raw(
+        "GET",
+        "/v1/vms",
+        200,
+        "{\"vms\": []}",
+        Duration::from_secs(5),
+    );
+    service.route_raw(
+        "GET",
+        "/v1/gpus",
+        200,
+        "{\"not\": \"a gpu list\"}",
+        Duration::ZERO,
+    );
+    service.route_raw("GET", "/v1/doctor", 500, "oops", Duration::ZERO);
+
+    let run = service.ctl(&["--timeout", "1", "list"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no answer from vmm-service"),
+        "{}",
+        run.stderr
+    );
+    let run = service.ctl(&["gpu", "list"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("cannot read"), "{}", run.stderr);
+    let run = service.ctl(&["doctor"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("HTTP 500 to GET /v1/doctor: oops"),
+        "{}",
+        run.stderr
+    );
+}

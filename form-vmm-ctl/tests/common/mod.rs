@@ -1,0 +1,231 @@
+//! A stand-in for vmm-service: answers canned JSON per route on a unix socket (or TCP)
+//! and records every request, so tests can check what the CLI sent and how it showed
+//! the answer.
+
+use std::collections::HashMap;
+use std::future::IntoFuture;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query, as sent.
+    pub target: String,
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+impl Recorded {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).expect("request body is JSON")
+    }
+}
+
+#[derive(Clone)]
+struct Canned {
+    status: u16,
+    body: String,
+    delay: Duration,
+}
+
+#[derive(Default)]
+struct Shared {
+    routes: HashMap<(String, String), Canned>,
+    requests: Vec<Recorded>,
+}
+
+pub struct FakeService {
+    shared: Arc<Mutex<Shared>>,
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl FakeService {
+    /// A fake listening on a fresh unix socket.
+    pub fn unix() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("service.sock");
+        let service = Self::new(dir, socket.clone());
+        let _entered = service.runtime.enter();
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        service
+            .runtime
+            .spawn(axum::serve(listener, service.router()).into_future());
+        service
+    }
+
+    /// A fake listening on TCP; returns it with its `http://127.0.0.1:PORT` URL.
+    pub fn tcp() -> (Self, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let unused = dir.path().join("no.sock");
+        let service = Self::new(dir, unused);
+        let listener = service
+            .runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        service
+            .runtime
+            .spawn(axum::serve(listener, service.router()).into_future());
+        (service, url)
+    }
+
+    fn new(dir: tempfile::TempDir, socket: PathBuf) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        Self {
+            shared: Arc::default(),
+            runtime,
+            _dir: dir,
+            socket,
+        }
+    }
+
+    fn router(&self) -> Router {
+        Router::new()
+            .fallback(answer)
+            .with_state(self.shared.clone())
+    }
+
+    /// Answers `method target` (path and query) with `status` and `body`.
+    pub fn route(&self, method: &str, target: &str, status: u16, body: serde_json::Value) {
+        self.route_raw(method, target, status, &body.to_string(), Duration::ZERO);
+    }
+
+    pub fn route_raw(&self, method: &str, target: &str, status: u16, body: &str, delay: Duration) {
+        self.shared.lock().unwrap().routes.insert(
+            (method.to_string(), target.to_string()),
+            Canned {
+                status,
+                body: body.to_string(),
+                delay,
+            },
+        );
+    }
+
+    /// Answers with the service's error body for `code`.
+    pub fn error(&self, method: &str, target: &str, status: u16, code: &str, message: &str) {
+        self.route(
+            method,
+            target,
+            status,
+            serde_json::json!({"error": {"code": code, "message": message}}),
+        );
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.lock().unwrap().requests.clone()
+    }
+
+    /// Runs the CLI against this fake's socket.
+    pub fn ctl(&self, args: &[&str]) -> Run {
+        let mut full = vec!["--socket", self.socket.to_str().unwrap()];
+        full.extend_from_slice(args);
+        ctl(&full, None)
+    }
+}
+
+async fn answer(State(shared): State<Arc<Mutex<Shared>>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let body = to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let method = parts.method.to_string();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |pq| pq.to_string());
+    let canned = {
+        let mut shared = shared.lock().unwrap();
+        shared.requests.push(Recorded {
+            method: method.clone(),
+            target: target.clone(),
+            authorization: header("authorization"),
+            content_type: header("content-type"),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+        shared.routes.get(&(method, target)).cloned()
+    };
+    let Some(canned) = canned else {
+        // What an axum server says for a route it does not have.
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    tokio::time::sleep(canned.delay).await;
+    let status = StatusCode::from_u16(canned.status).unwrap();
+    if canned.body.is_empty() {
+        return status.into_response();
+    }
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(canned.body))
+        .unwrap()
+}
+
+/// One run of the binary.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().expect("exited, not killed"),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `form-vmm-ctl` with only the environment a test names (`env`), so the
+/// developer's own FORM_VMM_* settings cannot leak in.
+pub fn ctl(args: &[&str], env: Option<(&str, &str)>) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_form-vmm-ctl"));
+    command.args(args);
+    for name in [
+        "FORM_VMM_SOCKET",
+        "FORM_VMM_URL",
+        "FORM_VMM_TOKEN",
+        "FORM_VMM_TOKEN_FILE",
+    ] {
+        command.env_remove(name);
+    }
+    if let Some((name, value)) = env {
+        command.env(name, value);
+    }
+    Run::from(command.output().expect("form-vmm-ctl runs"))
+}
+
+/// A file in a fresh directory, kept alive by the returned guard.
+pub fn temp_file(name: &str, content: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, content).unwrap();
+    (dir, path)
+}
+
+#[allow(dead_code)]
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
