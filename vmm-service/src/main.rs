@@ -1,5 +1,4 @@
-//! `vmm-service`: local administration of the host's GPUs (the API server comes later
-//! as another subcommand).
+//! `vmm-service`: the API server (`serve`) and local administration of the host's GPUs.
 //!
 //! Exit status: 0 success, 1 failure (including `doctor` finding an error), 2 usage.
 
@@ -10,6 +9,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use vmm_service::instances::{HostLimits, Manager, ServiceConfig};
+use vmm_service::state::Store;
+
+use vmm_service::api::{self, Listen};
 use vmm_service::gpu::{
     self, Bdf, BindOptions, DoctorInputs, GpuBinder, GpuError, GpuInfo, HostPaths, JsonFileRecords,
     KernelSysfs, MemlockLimit, NoOwners, Severity,
@@ -24,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the API server: VMs, their GPUs and form-vmm processes.
+    Serve(ServeArgs),
     /// List GPUs, and bind them to vfio-pci or give them back to the host.
     Gpu {
         #[command(subcommand)]
@@ -39,6 +44,41 @@ enum Command {
         #[command(flatten)]
         host: HostArgs,
     },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// unix:/PATH (mode --socket-mode) or tcp:HOST:PORT (needs --token-file).
+    #[arg(
+        long,
+        value_name = "ADDRESS",
+        default_value = "unix:/run/form-vmm/service.sock"
+    )]
+    listen: Listen,
+    /// File holding the bearer token TCP clients must send (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Permissions of the unix socket, in octal.
+    #[arg(long, value_name = "MODE", default_value = "660", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Where the database and the VMs' logs are kept.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/form-vmm")]
+    state_dir: PathBuf,
+    /// Where the VMMs' API sockets are created.
+    #[arg(long, value_name = "DIR", default_value = "/run/form-vmm")]
+    run_dir: PathBuf,
+    /// The form-vmm executable (default: next to vmm-service, else on PATH).
+    #[arg(long, value_name = "FILE")]
+    vmm_binary: Option<PathBuf>,
+    #[command(flatten)]
+    host: HostArgs,
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| format!("'{text}' is not an octal file mode like 660"))
 }
 
 #[derive(Subcommand)]
@@ -127,6 +167,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, GpuError> {
     match cli.command {
+        Command::Serve(args) => Ok(serve(args)),
         Command::Gpu { action } => run_gpu(action),
         Command::Doctor { memory, json, host } => {
             let paths = host.paths();
@@ -147,6 +188,58 @@ fn run(cli: Cli) -> Result<ExitCode, GpuError> {
             })
         }
     }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    if std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve_async(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_async(args: ServeArgs) -> Result<(), String> {
+    let host = args.host.paths();
+    std::fs::create_dir_all(&args.state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.state_dir.display()))?;
+    let database = args.state_dir.join("service.db");
+    let store = Store::open(&database).map_err(|e| e.to_string())?;
+    let config = ServiceConfig {
+        limits: HostLimits::probe(&host.procfs),
+        host,
+        state_dir: args.state_dir,
+        run_dir: args.run_dir,
+        vmm_binary: args
+            .vmm_binary
+            .unwrap_or_else(vmm_service::supervisor::default_vmm_binary),
+        bind: BindOptions::default(),
+    };
+    let manager = Manager::new(config, store, Box::new(KernelSysfs));
+    let adopted = manager.reconcile().await.map_err(|e| e.to_string())?;
+    if !adopted.is_empty() {
+        eprintln!("re-adopted VMs: {}", adopted.join(", "));
+    }
+    let router = api::router(manager);
+    api::serve(
+        router,
+        &args.listen,
+        args.token_file.as_deref(),
+        args.socket_mode,
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 fn run_gpu(action: GpuCommand) -> Result<ExitCode, GpuError> {

@@ -1,0 +1,181 @@
+//! Checks on a VM configuration that need no lock: shape, ranges, files, GPU syntax.
+//! What depends on other VMs (names, GPU owners) is checked under the manager's lock.
+
+use std::path::Path;
+
+use crate::api::types::{GpuRequest, VmInstanceConfig};
+use crate::gpu::Bdf;
+
+use super::error::InstanceError;
+
+pub const MAX_NAME_LEN: usize = 63;
+/// Below this no kernel boots; it also catches sizes given in MiB instead of bytes.
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// form-vmm numbers vCPUs with 8-bit APIC ids.
+pub const MAX_VCPUS: u32 = 255;
+pub const MAX_CMDLINE_LEN: usize = 4096;
+/// NVIDIA's driver reads the clique id from a 4-bit field.
+pub const MAX_GPUDIRECT_CLIQUE: u8 = 15;
+pub const MAX_GPUS_PER_VM: u32 = 16;
+const PAGE: u64 = 4096;
+
+/// What the host offers, read once at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    pub memory_bytes: u64,
+    pub cpus: u32,
+}
+
+impl HostLimits {
+    /// `MemTotal` from `<procfs>/meminfo` and the CPUs this process may run on.
+    pub fn probe(procfs: &Path) -> Self {
+        let memory_bytes = std::fs::read_to_string(procfs.join("meminfo"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix("MemTotal:"))
+                    .and_then(|rest| {
+                        rest.trim()
+                            .trim_end_matches("kB")
+                            .trim()
+                            .parse::<u64>()
+                            .ok()
+                    })
+            })
+            .map_or(u64::MAX, |kib| kib.saturating_mul(1024));
+        let cpus = std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+        Self { memory_bytes, cpus }
+    }
+}
+
+/// How a VM asks for GPUs, once parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuSelection {
+    None,
+    Devices(Vec<Bdf>),
+    Model(GpuRequest),
+}
+
+/// Checks everything about `config` that does not depend on other VMs, and parses its
+/// GPU addresses.
+pub fn validate(
+    config: &VmInstanceConfig,
+    host: &HostLimits,
+) -> Result<GpuSelection, InstanceError> {
+    validate_name(&config.name)?;
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS.min(host.cpus) {
+        return Err(InstanceError::Invalid(format!(
+            "vcpus is {}: it must be between 1 and {} (this host has {} CPUs)",
+            config.vcpus,
+            MAX_VCPUS.min(host.cpus),
+            host.cpus
+        )));
+    }
+    if config.memory < MIN_MEMORY || config.memory & (PAGE - 1) != 0 {
+        return Err(InstanceError::Invalid(format!(
+            "memory is {} bytes: it must be a multiple of 4096 and at least {} bytes (16 MiB)",
+            config.memory, MIN_MEMORY
+        )));
+    }
+    if config.memory > host.memory_bytes {
+        return Err(InstanceError::InsufficientMemory {
+            asked: config.memory,
+            host: host.memory_bytes,
+        });
+    }
+    check_payload("kernel", &config.kernel)?;
+    if let Some(initramfs) = &config.initramfs {
+        check_payload("initramfs", initramfs)?;
+    }
+    if let Some(cmdline) = &config.cmdline {
+        if cmdline.len() > MAX_CMDLINE_LEN || cmdline.contains('\0') {
+            return Err(InstanceError::Invalid(format!(
+                "cmdline must be at most {MAX_CMDLINE_LEN} bytes without NUL characters"
+            )));
+        }
+    }
+    if config.gpu_options.nvidia_gpudirect_clique > MAX_GPUDIRECT_CLIQUE {
+        return Err(InstanceError::Invalid(format!(
+            "nvidia_gpudirect_clique is {}: it must be between 0 and {MAX_GPUDIRECT_CLIQUE}",
+            config.gpu_options.nvidia_gpudirect_clique
+        )));
+    }
+    match (&config.gpu_devices[..], &config.gpu_request) {
+        ([], None) => Ok(GpuSelection::None),
+        ([], Some(request)) => {
+            validate_request(request)?;
+            Ok(GpuSelection::Model(request.clone()))
+        }
+        (devices, None) => Ok(GpuSelection::Devices(parse_devices(devices)?)),
+        (_, Some(_)) => Err(InstanceError::Invalid(
+            "give either gpu_devices or gpu_request, not both: with both, which GPUs the VM gets is ambiguous".into(),
+        )),
+    }
+}
+
+pub fn validate_name(name: &str) -> Result<(), InstanceError> {
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let all_ok = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !first_ok || !all_ok {
+        return Err(InstanceError::Invalid(format!(
+            "VM name '{}' is not allowed: use 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 _ . -, beginning with a letter or digit",
+            name.escape_default()
+        )));
+    }
+    Ok(())
+}
+
+pub fn validate_request(request: &GpuRequest) -> Result<(), InstanceError> {
+    if request.model.trim().is_empty() {
+        return Err(InstanceError::Invalid("gpu_request.model is empty".into()));
+    }
+    if request.count == 0 || request.count > MAX_GPUS_PER_VM {
+        return Err(InstanceError::Invalid(format!(
+            "gpu_request.count is {}: it must be between 1 and {MAX_GPUS_PER_VM}",
+            request.count
+        )));
+    }
+    Ok(())
+}
+
+/// Parses GPU addresses or sysfs paths; the gpu module's parser refuses paths that
+/// leave sysfs, so nothing here ever opens a path the caller chose.
+pub fn parse_devices(devices: &[String]) -> Result<Vec<Bdf>, InstanceError> {
+    if devices.len() > MAX_GPUS_PER_VM as usize {
+        return Err(InstanceError::Invalid(format!(
+            "{} GPUs asked for: at most {MAX_GPUS_PER_VM} per VM",
+            devices.len()
+        )));
+    }
+    let mut out: Vec<Bdf> = Vec::with_capacity(devices.len());
+    for device in devices {
+        let bdf = Bdf::from_user_input(device).map_err(InstanceError::BadDevice)?;
+        if out.contains(&bdf) {
+            return Err(InstanceError::Invalid(format!("GPU {bdf} is listed twice")));
+        }
+        out.push(bdf);
+    }
+    Ok(out)
+}
+
+fn check_payload(what: &str, path: &str) -> Result<(), InstanceError> {
+    let file = Path::new(path);
+    if !file.is_absolute() {
+        return Err(InstanceError::Payload(format!(
+            "{what} '{path}' is not an absolute path; the service does not share your working directory"
+        )));
+    }
+    match std::fs::metadata(file) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(InstanceError::Payload(format!(
+            "{what} '{path}' is not a regular file"
+        ))),
+        Err(e) => Err(InstanceError::Payload(format!("{what} '{path}': {e}"))),
+    }
+}

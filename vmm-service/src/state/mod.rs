@@ -1,0 +1,413 @@
+//! The service's records in an embedded SQLite database: VMs, which GPU each holds,
+//! and the host driver each bound PCI function came from.
+//!
+//! Every change that must not be half-done (a VM and its GPUs, a release) runs in one
+//! transaction, and a GPU's address is the primary key of its assignment row, so no
+//! two VMs can ever be recorded as holding the same GPU, whatever the callers do.
+
+mod records;
+mod schema;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use crate::api::types::{ExitInfo, VmInstanceConfig, VmState};
+use crate::gpu::Bdf;
+
+pub use records::SqliteDriverRecords;
+pub use schema::SCHEMA_VERSION;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state database holds schema version {found}, newer than this service's {supported}; run the newer vmm-service or restore a backup")]
+    TooNew { found: i64, supported: i64 },
+    #[error("state database row for VM {name} is damaged: {reason}")]
+    Corrupt { name: String, reason: String },
+    #[error("GPU {bdf} belongs to VM {owner}")]
+    GpuTaken { bdf: Bdf, owner: String },
+    #[error("a VM named {0} exists")]
+    NameTaken(String),
+}
+
+/// The VMM process a VM runs in, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmProcess {
+    pub pid: u32,
+    /// Start time from `/proc/PID/stat` (clock ticks since boot), to tell a reused pid.
+    pub start_time: u64,
+    pub api_socket: String,
+}
+
+/// One VM as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub config: VmInstanceConfig,
+    pub state: VmState,
+    pub vmm: Option<VmmProcess>,
+    pub serial_log: String,
+    pub last_exit: Option<ExitInfo>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// One GPU held by a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuAssignment {
+    pub bdf: Bdf,
+    pub instance: String,
+    pub device_id: String,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The database.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let conn = Connection::open(path)?;
+        Self::with_connection(conn)
+    }
+
+    pub fn in_memory() -> Result<Self, StateError> {
+        Self::with_connection(Connection::open_in_memory()?)
+    }
+
+    fn with_connection(mut conn: Connection) -> Result<Self, StateError> {
+        // WAL keeps readers (the API) off writers' backs; a crash mid-write leaves the
+        // last committed transaction intact either way.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&mut conn)?;
+        Ok(Self { conn })
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Records a new VM with its GPUs, or nothing if the name or any GPU is taken.
+    pub fn insert_instance(
+        &mut self,
+        record: &InstanceRecord,
+        gpus: &[GpuAssignment],
+    ) -> Result<(), StateError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let name = &record.config.name;
+        let exists: bool = tx
+            .query_row(
+                "SELECT 1 FROM instances WHERE name = ?1",
+                params![name],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if exists {
+            return Err(StateError::NameTaken(name.clone()));
+        }
+        let config = serde_json::to_string(&record.config).map_err(|e| StateError::Corrupt {
+            name: name.clone(),
+            reason: e.to_string(),
+        })?;
+        tx.execute(
+            "INSERT INTO instances (name, config, state, serial_log, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                name,
+                config,
+                state_name(record.state),
+                record.serial_log,
+                record.created_at as i64,
+                record.updated_at as i64
+            ],
+        )?;
+        insert_gpus(&tx, gpus)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Gives more GPUs to a recorded VM, all or none.
+    pub fn assign_gpus(&mut self, gpus: &[GpuAssignment]) -> Result<(), StateError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        insert_gpus(&tx, gpus)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn unassign_gpu(&mut self, bdf: &Bdf) -> Result<(), StateError> {
+        self.conn.execute(
+            "DELETE FROM gpu_assignments WHERE bdf = ?1",
+            params![bdf.to_string()],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_instance(&mut self, name: &str) -> Result<(), StateError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "DELETE FROM gpu_assignments WHERE instance = ?1",
+            params![name],
+        )?;
+        tx.execute("DELETE FROM instances WHERE name = ?1", params![name])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, StateError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE name = ?1"),
+                params![name],
+                read_instance,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    pub fn instances(&self) -> Result<Vec<InstanceRecord>, StateError> {
+        let mut statement = self.conn.prepare(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY name"
+        ))?;
+        let rows = statement.query_map([], read_instance)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row??);
+        }
+        Ok(out)
+    }
+
+    pub fn set_config(&mut self, config: &VmInstanceConfig) -> Result<(), StateError> {
+        let text = serde_json::to_string(config).map_err(|e| StateError::Corrupt {
+            name: config.name.clone(),
+            reason: e.to_string(),
+        })?;
+        self.conn.execute(
+            "UPDATE instances SET config = ?2, updated_at = ?3 WHERE name = ?1",
+            params![config.name, text, now() as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Records that a VMM runs the VM, in `state`.
+    pub fn set_running(
+        &mut self,
+        name: &str,
+        state: VmState,
+        vmm: &VmmProcess,
+    ) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE instances SET state = ?2, pid = ?3, pid_start_time = ?4, api_socket = ?5,
+                 updated_at = ?6 WHERE name = ?1",
+            params![
+                name,
+                state_name(state),
+                vmm.pid,
+                vmm.start_time as i64,
+                vmm.api_socket,
+                now() as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_state(&mut self, name: &str, state: VmState) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE instances SET state = ?2, updated_at = ?3 WHERE name = ?1",
+            params![name, state_name(state), now() as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Records that the VM's VMM ended: stopped, no process, how it ended, and its GPU
+    /// assignments gone, in one transaction.
+    pub fn record_exit(&mut self, name: &str, exit: &ExitInfo) -> Result<(), StateError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE instances SET state = 'stopped', pid = NULL, pid_start_time = NULL,
+                 api_socket = NULL, exit_code = ?2, exit_signal = ?3, exit_reason = ?4,
+                 exit_at = ?5, updated_at = ?5 WHERE name = ?1",
+            params![name, exit.code, exit.signal, exit.reason, exit.at as i64],
+        )?;
+        tx.execute(
+            "DELETE FROM gpu_assignments WHERE instance = ?1",
+            params![name],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn gpus_of(&self, name: &str) -> Result<Vec<GpuAssignment>, StateError> {
+        self.query_gpus(
+            "SELECT bdf, instance, device_id FROM gpu_assignments WHERE instance = ?1
+             ORDER BY device_id",
+            params![name],
+        )
+    }
+
+    pub fn all_gpus(&self) -> Result<Vec<GpuAssignment>, StateError> {
+        self.query_gpus(
+            "SELECT bdf, instance, device_id FROM gpu_assignments ORDER BY bdf",
+            params![],
+        )
+    }
+
+    pub fn owner_of(&self, bdf: &Bdf) -> Result<Option<String>, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT instance FROM gpu_assignments WHERE bdf = ?1",
+                params![bdf.to_string()],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn query_gpus(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<GpuAssignment>, StateError> {
+        let mut statement = self.conn.prepare(sql)?;
+        let rows = statement.query_map(args, |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (bdf, instance, device_id) = row?;
+            let bdf = bdf.parse().map_err(|_| StateError::Corrupt {
+                name: instance.clone(),
+                reason: format!("GPU address '{bdf}'"),
+            })?;
+            out.push(GpuAssignment {
+                bdf,
+                instance,
+                device_id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The driver records of bound functions, for [`crate::gpu::GpuBinder`].
+    pub fn driver_records(&mut self) -> SqliteDriverRecords<'_> {
+        SqliteDriverRecords::new(&self.conn)
+    }
+}
+
+fn insert_gpus(tx: &rusqlite::Transaction<'_>, gpus: &[GpuAssignment]) -> Result<(), StateError> {
+    for gpu in gpus {
+        let owner: Option<String> = tx
+            .query_row(
+                "SELECT instance FROM gpu_assignments WHERE bdf = ?1",
+                params![gpu.bdf.to_string()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(owner) = owner {
+            return Err(StateError::GpuTaken {
+                bdf: gpu.bdf,
+                owner,
+            });
+        }
+        tx.execute(
+            "INSERT INTO gpu_assignments (bdf, instance, device_id, assigned_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                gpu.bdf.to_string(),
+                gpu.instance,
+                gpu.device_id,
+                now() as i64
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+const INSTANCE_COLUMNS: &str = "name, config, state, pid, pid_start_time, api_socket, serial_log,
+    exit_code, exit_signal, exit_reason, exit_at, created_at, updated_at";
+
+fn state_name(state: VmState) -> &'static str {
+    match state {
+        VmState::Stopped => "stopped",
+        VmState::Created => "created",
+        VmState::Running => "running",
+    }
+}
+
+type InstanceRow = Result<InstanceRecord, StateError>;
+
+fn read_instance(row: &Row<'_>) -> rusqlite::Result<InstanceRow> {
+    let name: String = row.get(0)?;
+    let config_text: String = row.get(1)?;
+    let state_text: String = row.get(2)?;
+    let pid: Option<u32> = row.get(3)?;
+    let start_time: Option<i64> = row.get(4)?;
+    let api_socket: Option<String> = row.get(5)?;
+    let serial_log: String = row.get(6)?;
+    let exit_code: Option<i32> = row.get(7)?;
+    let exit_signal: Option<i32> = row.get(8)?;
+    let exit_reason: Option<String> = row.get(9)?;
+    let exit_at: Option<i64> = row.get(10)?;
+    let created_at: i64 = row.get(11)?;
+    let updated_at: i64 = row.get(12)?;
+    let corrupt = |reason: String| StateError::Corrupt {
+        name: name.clone(),
+        reason,
+    };
+    let config: VmInstanceConfig = match serde_json::from_str(&config_text) {
+        Ok(config) => config,
+        Err(e) => return Ok(Err(corrupt(format!("configuration: {e}")))),
+    };
+    let state = match state_text.as_str() {
+        "stopped" => VmState::Stopped,
+        "created" => VmState::Created,
+        "running" => VmState::Running,
+        other => return Ok(Err(corrupt(format!("state '{other}'")))),
+    };
+    let vmm = match (pid, start_time, api_socket) {
+        (Some(pid), Some(start_time), Some(api_socket)) => Some(VmmProcess {
+            pid,
+            start_time: start_time as u64,
+            api_socket,
+        }),
+        _ => None,
+    };
+    let last_exit = exit_reason.map(|reason| ExitInfo {
+        code: exit_code,
+        signal: exit_signal,
+        reason,
+        at: exit_at.unwrap_or(0) as u64,
+    });
+    Ok(Ok(InstanceRecord {
+        config,
+        state,
+        vmm,
+        serial_log,
+        last_exit,
+        created_at: created_at as u64,
+        updated_at: updated_at as u64,
+    }))
+}

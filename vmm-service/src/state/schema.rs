@@ -1,0 +1,54 @@
+//! Schema versions, kept in SQLite's `user_version`; each step upgrades by one.
+
+use rusqlite::Connection;
+
+use super::StateError;
+
+/// Steps from version N-1 to N, at index N-1.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE instances (
+        name           TEXT PRIMARY KEY,
+        config         TEXT NOT NULL,
+        state          TEXT NOT NULL CHECK (state IN ('stopped', 'created', 'running')),
+        pid            INTEGER,
+        pid_start_time INTEGER,
+        api_socket     TEXT,
+        serial_log     TEXT NOT NULL,
+        exit_code      INTEGER,
+        exit_signal    INTEGER,
+        exit_reason    TEXT,
+        exit_at        INTEGER,
+        created_at     INTEGER NOT NULL,
+        updated_at     INTEGER NOT NULL
+    );
+    CREATE TABLE gpu_assignments (
+        bdf         TEXT PRIMARY KEY,
+        instance    TEXT NOT NULL REFERENCES instances(name),
+        device_id   TEXT NOT NULL,
+        assigned_at INTEGER NOT NULL,
+        UNIQUE (instance, device_id)
+    );
+    CREATE TABLE driver_records (
+        bdf             TEXT PRIMARY KEY,
+        original_driver TEXT
+    );
+"];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StateError> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StateError::TooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (index, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

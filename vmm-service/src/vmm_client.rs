@@ -1,0 +1,232 @@
+//! A client for form-vmm's HTTP API on its unix socket (`docs/api.md`).
+//!
+//! One connection per request: form-vmm answers requests one at a time anyway, and a
+//! fresh connection cannot be left half-read by an earlier failure.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixStream;
+
+/// How long one request may take; building a large VM's memory can take a while.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmClientError {
+    #[error("cannot connect to the VMM's API socket {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("talking to the VMM's API socket {path}: {reason}")]
+    Http { path: PathBuf, reason: String },
+    #[error("the VMM answered {endpoint} with {status}: {message}")]
+    Refused {
+        endpoint: String,
+        status: u16,
+        message: String,
+    },
+    #[error("the VMM did not answer {endpoint} within {0:?}", REQUEST_TIMEOUT)]
+    Timeout { endpoint: String },
+}
+
+/// form-vmm's `DeviceConfig`, as the service sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceConfig {
+    pub path: String,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x_nv_gpudirect_clique: Option<u8>,
+}
+
+/// The subset of form-vmm's `VmConfig` the service fills in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmConfig {
+    pub cpus: CpusConfig,
+    pub memory: MemoryConfig,
+    pub payload: PayloadConfig,
+    pub serial: ConsoleConfig,
+    pub console: ConsoleConfig,
+    pub devices: Vec<DeviceConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CpusConfig {
+    pub boot_vcpus: u32,
+    pub max_vcpus: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemoryConfig {
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PayloadConfig {
+    pub kernel: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsoleConfig {
+    pub mode: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// form-vmm's `vmm.ping` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct VmmPing {
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmmClient {
+    socket: PathBuf,
+}
+
+impl VmmClient {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub async fn ping(&self) -> Result<VmmPing, VmmClientError> {
+        let body = self.request(Method::GET, "vmm.ping", None).await?;
+        serde_json::from_slice(&body).map_err(|e| self.http_error(format!("vmm.ping answer: {e}")))
+    }
+
+    pub async fn create(&self, config: &VmConfig) -> Result<(), VmmClientError> {
+        self.put_json("vm.create", config).await
+    }
+
+    pub async fn boot(&self) -> Result<(), VmmClientError> {
+        self.request(Method::PUT, "vm.boot", None).await.map(drop)
+    }
+
+    pub async fn reboot(&self) -> Result<(), VmmClientError> {
+        self.request(Method::PUT, "vm.reboot", None).await.map(drop)
+    }
+
+    pub async fn shutdown_vmm(&self) -> Result<(), VmmClientError> {
+        self.request(Method::PUT, "vmm.shutdown", None)
+            .await
+            .map(drop)
+    }
+
+    pub async fn add_device(&self, device: &DeviceConfig) -> Result<(), VmmClientError> {
+        self.put_json("vm.add-device", device).await
+    }
+
+    pub async fn remove_device(&self, id: &str) -> Result<(), VmmClientError> {
+        self.put_json("vm.remove-device", &serde_json::json!({ "id": id }))
+            .await
+    }
+
+    async fn put_json<T: Serialize>(&self, endpoint: &str, body: &T) -> Result<(), VmmClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| self.http_error(e.to_string()))?;
+        self.request(Method::PUT, endpoint, Some(body))
+            .await
+            .map(drop)
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        endpoint: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, VmmClientError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, endpoint, body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(VmmClientError::Timeout {
+                    endpoint: endpoint.to_string(),
+                })
+            })
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        endpoint: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, VmmClientError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| VmmClientError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.http_error(e.to_string()))?;
+        let driver = tokio::spawn(connection);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("/api/v1/{endpoint}"))
+            .header(hyper::header::HOST, "localhost");
+        if body.is_some() {
+            builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| self.http_error(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.http_error(e.to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.http_error(e.to_string()))?
+            .to_bytes();
+        driver.abort();
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(VmmClientError::Refused {
+            endpoint: endpoint.to_string(),
+            status: status.as_u16(),
+            message: error_message(status, &bytes),
+        })
+    }
+
+    fn http_error(&self, reason: String) -> VmmClientError {
+        VmmClientError::Http {
+            path: self.socket.clone(),
+            reason,
+        }
+    }
+}
+
+/// form-vmm's error bodies are `{"error": "message"}`; fall back to the raw text.
+fn error_message(status: StatusCode, body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: String,
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(parsed) => parsed.error,
+        Err(_) if body.is_empty() => status.canonical_reason().unwrap_or("error").to_string(),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    }
+}
