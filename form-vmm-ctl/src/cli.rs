@@ -46,7 +46,7 @@ pub struct Cli {
     pub connection: ConnectionArgs,
 
     /// Print the service's JSON answer instead of tables (for scripts).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Output")]
     pub json: bool,
 
     #[command(subcommand)]
@@ -54,6 +54,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Connection")]
 pub struct ConnectionArgs {
     /// The service's unix socket (ignored when --url is given).
     #[arg(
