@@ -1,0 +1,219 @@
+//! A service on a fixture host: the manager with a simulated kernel, the API router,
+//! and the fake form-vmm (`tests/support/fake-form-vmm`) as its VMM.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+use vmm_service::api;
+use vmm_service::gpu::{BindOptions, SysfsWriter};
+use vmm_service::instances::{HostLimits, Manager, ServiceConfig};
+use vmm_service::state::Store;
+
+use crate::common::{Fixture, HostBuilder};
+
+/// The simulated kernel behind a lock, so the manager can share it across tasks.
+#[derive(Clone)]
+pub struct SharedKernel(pub Arc<Mutex<Fixture>>);
+
+impl SysfsWriter for SharedKernel {
+    fn write(&self, path: &Path, value: &str) -> std::io::Result<()> {
+        self.0.lock().unwrap().kernel.write(path, value)
+    }
+}
+
+pub const HOST_MEMORY: u64 = 64 << 30;
+pub const HOST_CPUS: u32 = 8;
+
+pub struct Harness {
+    pub fixture: Arc<Mutex<Fixture>>,
+    pub manager: Arc<Manager>,
+    pub router: Router,
+    pub dir: TempDir,
+    pub kernel: String,
+}
+
+pub fn fake_vmm() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fake-form-vmm")
+}
+
+/// Whether python3 (which runs the fake VMM) is here; prints why not, fails under CI.
+pub fn have_python() -> bool {
+    let found = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 is needed for the fake form-vmm"
+        );
+        eprintln!("skipping: python3 (the fake form-vmm's interpreter) not found");
+    }
+    found
+}
+
+impl Harness {
+    pub fn new(host: HostBuilder) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::with_dir(host.build(), dir, fake_vmm())
+    }
+
+    /// A service on `fixture`, keeping its database and files in `dir`.
+    pub fn with_dir(fixture: Fixture, dir: TempDir, vmm_binary: PathBuf) -> Self {
+        let kernel = dir.path().join("vmlinux");
+        if !kernel.exists() {
+            std::fs::write(&kernel, b"\x7fELF not really").unwrap();
+        }
+        let host = fixture.host.clone();
+        let fixture = Arc::new(Mutex::new(fixture));
+        let manager = Self::manager_on(&fixture, dir.path(), host, vmm_binary);
+        Self {
+            router: api::router(Arc::clone(&manager)),
+            fixture,
+            manager,
+            kernel: kernel.display().to_string(),
+            dir,
+        }
+    }
+
+    fn manager_on(
+        fixture: &Arc<Mutex<Fixture>>,
+        dir: &Path,
+        host: vmm_service::gpu::HostPaths,
+        vmm_binary: PathBuf,
+    ) -> Arc<Manager> {
+        let store = Store::open(&dir.join("service.db")).unwrap();
+        let config = ServiceConfig {
+            host,
+            state_dir: dir.join("state"),
+            run_dir: dir.join("run"),
+            vmm_binary,
+            limits: HostLimits {
+                memory_bytes: HOST_MEMORY,
+                cpus: HOST_CPUS,
+            },
+            bind: BindOptions {
+                force: false,
+                vfio_node_timeout: Duration::from_millis(200),
+            },
+        };
+        Manager::new(config, store, Box::new(SharedKernel(Arc::clone(fixture))))
+    }
+
+    /// A second service on the same database and host, as after a restart.
+    pub fn restarted(&self) -> Arc<Manager> {
+        let host = self.fixture.lock().unwrap().host.clone();
+        Self::manager_on(&self.fixture, self.dir.path(), host, fake_vmm())
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        call(&self.router, method, path, body).await
+    }
+
+    /// A create body with this service's kernel.
+    pub fn vm(&self, name: &str) -> Value {
+        serde_json::json!({"name": name, "kernel": self.kernel, "memory": 256u64 << 20})
+    }
+
+    /// Every row of every table, to show that a refused request changed nothing.
+    pub fn db_snapshot(&self) -> Vec<String> {
+        let store = self.manager.store();
+        let conn = store.connection();
+        let mut rows = Vec::new();
+        for table in ["instances", "gpu_assignments", "driver_records"] {
+            let mut statement = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
+            let columns = statement.column_count();
+            let mut query = statement.query([]).unwrap();
+            while let Some(row) = query.next().unwrap() {
+                let cells: Vec<String> = (0..columns)
+                    .map(|i| format!("{:?}", row.get_ref(i).unwrap()))
+                    .collect();
+                rows.push(format!("{table}: {}", cells.join(" | ")));
+            }
+        }
+        rows
+    }
+
+    pub fn writes(&self) -> Vec<(String, String)> {
+        self.fixture.lock().unwrap().writes()
+    }
+
+    pub fn driver_of(&self, address: &str) -> Option<String> {
+        self.fixture.lock().unwrap().driver_of(address)
+    }
+
+    /// Waits until `check` holds, for up to 10 s.
+    pub async fn eventually(&self, what: &str, mut check: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// The requests the fake VMM of `name` received, oldest first.
+    pub fn vmm_requests(&self, name: &str) -> Vec<Value> {
+        let path = self
+            .dir
+            .path()
+            .join(format!("run/vms/{name}/api.sock.requests"));
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+pub async fn call(
+    router: &Router,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    let body = match body {
+        Some(value) => {
+            request = request.header("content-type", "application/json");
+            Body::from(value.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = router
+        .clone()
+        .oneshot(request.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, value)
+}
+
+/// The error code of an error response.
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
+}
