@@ -2,9 +2,11 @@
 //! and records every request, so tests can check what the CLI sent and how it showed
 //! the answer.
 
+#![allow(dead_code)] // each test binary uses a different part
+
 use std::collections::HashMap;
 use std::future::IntoFuture;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -223,9 +225,4 @@ pub fn temp_file(name: &str, content: &str) -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join(name);
     std::fs::write(&path, content).unwrap();
     (dir, path)
-}
-
-#[allow(dead_code)]
-pub fn path_str(path: &Path) -> &str {
-    path.to_str().unwrap()
 }

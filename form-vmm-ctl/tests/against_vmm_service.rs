@@ -1,0 +1,213 @@
+//! The CLI against the real `vmm-service serve`, on a temporary socket and a fixture
+//! sysfs with one GPU. Needs the vmm-service binary: it is looked for next to
+//! form-vmm-ctl (any workspace build puts it there) or at $VMM_SERVICE_BIN.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::ctl;
+use vmm_service::api::types::{DoctorResponse, GpuList, VmList};
+
+const GPU: &str = "0000:19:00.0";
+
+/// The vmm-service executable, or `None` (after saying why) when the test must skip.
+fn service_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("VMM_SERVICE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_BIN_EXE_form-vmm-ctl")).with_file_name("vmm-service")
+        });
+    if path.is_file() {
+        return Some(path);
+    }
+    let reason = format!(
+        "{} is missing: build it with `cargo build -p vmm-service` (same target dir) or set VMM_SERVICE_BIN",
+        path.display()
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{reason}");
+    }
+    eprintln!("skipping: {reason}");
+    None
+}
+
+/// sysfs with one H100 behind a switch port, alone in IOMMU group 12, on no driver.
+fn fixture_sysfs(root: &Path) {
+    let device = root.join("devices/pci0000:00/0000:18:00.0").join(GPU);
+    fs::create_dir_all(&device).unwrap();
+    for (name, value) in [
+        ("class", "0x030200"),
+        ("vendor", "0x10de"),
+        ("device", "0x2330"),
+        ("numa_node", "0"),
+    ] {
+        fs::write(device.join(name), format!("{value}\n")).unwrap();
+    }
+    let group = root.join("kernel/iommu_groups/12/devices");
+    fs::create_dir_all(&group).unwrap();
+    fs::create_dir_all(root.join("bus/pci/devices")).unwrap();
+    fs::create_dir_all(root.join("bus/pci/drivers/vfio-pci")).unwrap();
+    symlink(
+        "../../../../../kernel/iommu_groups/12",
+        device.join("iommu_group"),
+    )
+    .unwrap();
+    symlink(
+        format!("../../../devices/pci0000:00/0000:18:00.0/{GPU}"),
+        root.join("bus/pci/devices").join(GPU),
+    )
+    .unwrap();
+    symlink(
+        format!("../../../../bus/pci/devices/{GPU}"),
+        group.join(GPU),
+    )
+    .unwrap();
+}
+
+/// A running `vmm-service serve`, stopped when dropped.
+struct Service {
+    child: Child,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Service {
+    fn start(binary: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sysfs = dir.path().join("sys");
+        fixture_sysfs(&sysfs);
+        let socket = dir.path().join("service.sock");
+        for sub in ["state", "run"] {
+            fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--run-dir")
+            .arg(dir.path().join("run"))
+            .arg("--sysfs-root")
+            .arg(&sysfs)
+            .arg("--vmm-binary")
+            .arg("/bin/false")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("vmm-service starts");
+        let service = Self { child, socket, dir };
+        service.wait_until_listening();
+        service
+    }
+
+    fn wait_until_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "vmm-service did not listen on {} within 20 s",
+                self.socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> common::Run {
+        let mut full = vec!["--socket", self.socket.to_str().unwrap()];
+        full.extend_from_slice(args);
+        ctl(&full, None)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn cli_and_service_agree() {
+    let Some(binary) = service_binary() else {
+        return;
+    };
+    let service = Service::start(&binary);
+
+    let run = service.ctl(&["gpu", "list", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let list: GpuList = serde_json::from_str(&run.stdout).expect("a GpuList");
+    assert_eq!(list.gpus.len(), 1, "{}", run.stdout);
+    let gpu = &list.gpus[0];
+    assert_eq!(gpu.bdf, GPU);
+    assert_eq!((gpu.vendor_id, gpu.device_id), (0x10de, 0x2330));
+    assert_eq!((gpu.iommu_group, gpu.numa_node), (Some(12), Some(0)));
+    assert_eq!(gpu.parent_bridge.as_deref(), Some("0000:18:00.0"));
+    assert_eq!(gpu.owner, None);
+
+    let run = service.ctl(&["gpu", "list"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stdout);
+    assert!(lines[0].starts_with("BDF "), "{}", run.stdout);
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(cells.first(), Some(&GPU), "{}", run.stdout);
+    assert_eq!(
+        &cells[cells.len() - 4..],
+        ["-", "12", "0", "-"],
+        "{}",
+        run.stdout
+    );
+
+    // A malformed address never leaves the CLI.
+    let kernel = service.dir.path().join("vmlinux");
+    fs::write(&kernel, b"not really a kernel").unwrap();
+    let kernel = kernel.to_str().unwrap();
+    let run = service.ctl(&[
+        "create", "--name", "a", "--kernel", kernel, "--gpu", "19:0.0",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("'19:0.0' is not a PCI address"),
+        "{}",
+        run.stderr
+    );
+
+    // A well-formed address the host does not have is the service's unknown_gpu.
+    let run = service.ctl(&[
+        "create", "--name", "a", "--kernel", kernel, "--gpu", "42:00.0",
+    ]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(run.stderr.contains("0000:42:00.0"), "{}", run.stderr);
+
+    // payload_not_found is an invalid request: exit 2.
+    let run = service.ctl(&["create", "--name", "a", "--kernel", "/no/such/vmlinux"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("/no/such/vmlinux"), "{}", run.stderr);
+
+    let run = service.ctl(&["--json", "info", "a"]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let body: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(body["error"]["code"], "vm_not_found");
+
+    // Refused requests changed nothing.
+    let run = service.ctl(&["--json", "list"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let vms: VmList = serde_json::from_str(&run.stdout).unwrap();
+    assert!(vms.vms.is_empty(), "{}", run.stdout);
+
+    let run = service.ctl(&["--json", "doctor", "--memory", "1G"]);
+    assert!(matches!(run.code, 0 | 1), "{}", run.stderr);
+    let report: DoctorResponse = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(run.code == 1, report.worst == "error");
+    assert!(
+        report.findings.iter().any(|f| f.check == "iommu"),
+        "{}",
+        run.stdout
+    );
+}
