@@ -10,6 +10,7 @@ pub mod host_bridge;
 pub mod interrupt;
 pub mod msi;
 pub mod msix;
+pub mod vfio;
 
 pub use bus::{BarReprogramHandler, PciBus, PciBusError};
 pub use config::{BarKind, BarReprogram, PciBar, PciConfiguration};

@@ -1,0 +1,277 @@
+//! One VFIO container per VM: the IOMMU domain every passed-through device of the
+//! VM shares.
+//!
+//! - Groups: a device's group is attached to the container when its first device is
+//!   opened and detached when its last device is dropped (vfio-ioctls counts the
+//!   users); each attached group is also added to the KVM-VFIO pseudo device (so
+//!   KVM handles non-coherent DMA and posted interrupts) when the container was
+//!   created with it. Before a group is touched, [`crate::vfio::group::check_group`]
+//!   refuses groups that are shared with devices outside this VM.
+//! - DMA: all guest RAM is mapped once (IOVA = guest physical address), pinning it.
+//!   Pinning counts against `RLIMIT_MEMLOCK`; a refusal is reported with the bytes
+//!   needed and the limit in force.
+//! - IOVA ranges: read from the IOMMU once a group is attached, for the VMM to clamp
+//!   its guest layout.
+//!
+//! Order the VMM follows: [`VfioDmaContainer::new`] → [`VfioDmaContainer::open_device`]
+//! for every device → [`VfioDmaContainer::iova_ranges`] → guest layout and RAM →
+//! [`VfioDmaContainer::map_guest_memory`] → BAR placement and
+//! [`VfioPciDevice::new`](super::VfioPciDevice::new).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use form_vm_allocator::IovaRange;
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::vfio::group::{check_group, GroupError};
+use crate::vfio::iova::{parse_iova_ranges, requested_argsz, IovaError, INFO_LEN};
+use crate::vfio::kernel::KernelVfioDevice;
+
+vmm_sys_util::ioctl_io_nr!(
+    VFIO_IOMMU_GET_INFO,
+    vfio_bindings::bindings::vfio::VFIO_TYPE as u32,
+    vfio_bindings::bindings::vfio::VFIO_BASE + 12
+);
+
+/// How many times the kernel may ask for a bigger info buffer.
+const MAX_INFO_TRIES: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(
+        "opening the VFIO container /dev/vfio/vfio: {0}; is vfio-pci loaded and the IOMMU on?"
+    )]
+    Open(#[source] VfioError),
+    #[error("{0} is not a PCI device path (expected /sys/bus/pci/devices/<domain:bus:dev.fn>)")]
+    BadDevicePath(PathBuf),
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    #[error("opening VFIO device {path}: {source}")]
+    OpenDevice {
+        path: PathBuf,
+        #[source]
+        source: VfioError,
+    },
+    #[error("reading the device: {0}")]
+    Device(#[from] crate::vfio::ops::VfioOpsError),
+    #[error("VFIO_IOMMU_GET_INFO failed: {0}; attach a device before asking for IOVA ranges")]
+    IommuInfo(#[source] std::io::Error),
+    #[error("the kernel's IOMMU info: {0}")]
+    IommuInfoFormat(#[from] IovaError),
+    #[error("{0}")]
+    Memlock(String),
+    #[error("mapping guest RAM {iova:#x}+{size:#x} for device DMA: {source}")]
+    DmaMap {
+        iova: u64,
+        size: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("guest memory region at {0:#x} has no host mapping")]
+    HostAddress(u64),
+}
+
+/// The message for a DMA map refused with `errno` after pinning `mapped` of the
+/// `needed` bytes, with the process's locked-memory limit `limit` (`None`:
+/// unlimited or unknown).
+pub fn dma_map_failure(errno: i32, needed: u64, limit: Option<u64>) -> Option<String> {
+    if errno != libc::ENOMEM && errno != libc::EPERM {
+        return None;
+    }
+    let limit = match limit {
+        Some(l) => format!("{l} bytes"),
+        None => "unlimited".to_string(),
+    };
+    Some(format!(
+        "pinning guest RAM for device DMA was refused ({}): the VM needs {needed} bytes \
+         ({} MiB) locked but RLIMIT_MEMLOCK is {limit}; raise it to at least {needed} \
+         (ulimit -l {}, LimitMEMLOCK= in the service unit, or grant CAP_IPC_LOCK)",
+        std::io::Error::from_raw_os_error(errno),
+        needed >> 20,
+        needed.div_ceil(1024),
+    ))
+}
+
+fn memlock_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
+/// The PCI address a sysfs device path ends in.
+pub fn bdf_of(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let valid = name.len() == 12
+        && name.as_bytes()[4] == b':'
+        && name.as_bytes()[7] == b':'
+        && name.as_bytes()[10] == b'.';
+    valid.then(|| name.to_string())
+}
+
+pub struct VfioDmaContainer {
+    inner: Arc<VfioContainer>,
+    sysfs_root: PathBuf,
+    /// Every device this VM passes through (for the group check), by BDF.
+    vm_devices: Mutex<BTreeSet<String>>,
+    mapped: Mutex<Option<Vec<(u64, u64)>>>,
+}
+
+impl VfioDmaContainer {
+    /// Opens a container. `kvm_vfio` is the VM's KVM-VFIO pseudo device
+    /// (`hypervisor::Vm::create_vfio_device`); groups are added to it as they
+    /// attach.
+    pub fn new(kvm_vfio: Option<hypervisor::DeviceFd>) -> Result<Self, ContainerError> {
+        let device = kvm_vfio.map(|fd| Arc::new(VfioDeviceFd::new_from_kvm(fd)));
+        let inner = VfioContainer::new(device).map_err(ContainerError::Open)?;
+        Ok(Self {
+            inner: Arc::new(inner),
+            sysfs_root: PathBuf::from("/sys"),
+            vm_devices: Mutex::new(BTreeSet::new()),
+            mapped: Mutex::new(None),
+        })
+    }
+
+    /// Declares the devices the VM will pass through, so that a group holding
+    /// several of them is accepted whichever is opened first.
+    pub fn declare_vm_devices<'a>(&self, bdfs: impl IntoIterator<Item = &'a str>) {
+        let mut devices = self.vm_devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices.extend(bdfs.into_iter().map(str::to_string));
+    }
+
+    /// Checks the device's group and opens the device (attaching its group).
+    pub fn open_device(&self, sysfs_path: &Path) -> Result<KernelVfioDevice, ContainerError> {
+        let bdf =
+            bdf_of(sysfs_path).ok_or_else(|| ContainerError::BadDevicePath(sysfs_path.into()))?;
+        {
+            let mut devices = self.vm_devices.lock().unwrap_or_else(|e| e.into_inner());
+            devices.insert(bdf.clone());
+            check_group(&self.sysfs_root, &bdf, &devices)?;
+        }
+        let device = VfioDevice::new(sysfs_path, self.inner.clone(), false).map_err(|source| {
+            ContainerError::OpenDevice {
+                path: sysfs_path.into(),
+                source,
+            }
+        })?;
+        Ok(KernelVfioDevice::new(device, bdf)?)
+    }
+
+    /// The IOVA ranges the IOMMU translates; `None` when the kernel does not say
+    /// (before Linux 5.4). Needs an attached group.
+    pub fn iova_ranges(&self) -> Result<Option<Vec<IovaRange>>, ContainerError> {
+        let mut len = INFO_LEN;
+        for _ in 0..MAX_INFO_TRIES {
+            // u64 elements keep the buffer 8-byte aligned, as the structs need.
+            let mut buf = vec![0u64; len.div_ceil(8)];
+            let argsz = (buf.len() * 8) as u32;
+            buf[0] = u64::from(argsz);
+            // SAFETY: the kernel writes at most `argsz` bytes into `buf`, which is
+            // that long.
+            let rc = unsafe {
+                vmm_sys_util::ioctl::ioctl_with_mut_ptr(
+                    &*self.inner,
+                    VFIO_IOMMU_GET_INFO(),
+                    buf.as_mut_ptr(),
+                )
+            };
+            if rc < 0 {
+                return Err(ContainerError::IommuInfo(std::io::Error::last_os_error()));
+            }
+            let bytes: Vec<u8> = buf.iter().flat_map(|q| q.to_le_bytes()).collect();
+            match requested_argsz(&bytes) {
+                Some(want) if want > bytes.len() => len = want,
+                _ => return Ok(parse_iova_ranges(&bytes)?),
+            }
+        }
+        Err(ContainerError::IommuInfoFormat(IovaError::Truncated {
+            offset: 0,
+            len,
+        }))
+    }
+
+    /// Maps every region of guest RAM for device DMA, once per container; later
+    /// calls do nothing.
+    pub fn map_guest_memory(&self, memory: &GuestMemoryMmap) -> Result<(), ContainerError> {
+        let mut mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
+        if mapped.is_some() {
+            return Ok(());
+        }
+        let needed: u64 = memory.iter().map(|r| r.len()).sum();
+        let mut done = Vec::new();
+        for region in memory.iter() {
+            let iova = region.start_addr().0;
+            let size = region.len();
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|_| ContainerError::HostAddress(iova))?;
+            // SAFETY: guest RAM stays mapped for the VM's lifetime, which outlives
+            // the container; the device only reaches it through the IOMMU.
+            let result = unsafe { self.inner.vfio_dma_map(iova, size as usize, host) };
+            if let Err(e) = result {
+                for (i, s) in done.drain(..) {
+                    let _ = self.inner.vfio_dma_unmap(i, s as usize);
+                }
+                let source = match e {
+                    VfioError::IommuDmaMap(errno) => {
+                        std::io::Error::from_raw_os_error(errno.errno())
+                    }
+                    other => std::io::Error::other(other.to_string()),
+                };
+                if let Some(msg) = source
+                    .raw_os_error()
+                    .and_then(|errno| dma_map_failure(errno, needed, memlock_limit()))
+                {
+                    return Err(ContainerError::Memlock(msg));
+                }
+                return Err(ContainerError::DmaMap { iova, size, source });
+            }
+            done.push((iova, size));
+        }
+        *mapped = Some(done);
+        Ok(())
+    }
+
+    /// Guest RAM mapped for DMA, `(iova, size)`.
+    pub fn mapped_memory(&self) -> Vec<(u64, u64)> {
+        self.mapped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memlock_message_names_the_bytes_and_the_limit() {
+        let msg = dma_map_failure(libc::ENOMEM, 8 << 30, Some(8 << 20)).unwrap();
+        assert!(msg.contains("8589934592 bytes"), "{msg}");
+        assert!(msg.contains("8192 MiB"), "{msg}");
+        assert!(msg.contains("RLIMIT_MEMLOCK is 8388608 bytes"), "{msg}");
+        assert!(msg.contains("ulimit -l 8388608"), "{msg}");
+        assert!(dma_map_failure(libc::EPERM, 4096, None)
+            .unwrap()
+            .contains("unlimited"));
+        assert_eq!(dma_map_failure(libc::EINVAL, 4096, None), None);
+    }
+
+    #[test]
+    fn bdf_comes_from_the_path() {
+        assert_eq!(
+            bdf_of(Path::new("/sys/bus/pci/devices/0000:01:00.0")).as_deref(),
+            Some("0000:01:00.0")
+        );
+        assert_eq!(bdf_of(Path::new("/sys/bus/pci/devices/")), None);
+        assert_eq!(bdf_of(Path::new("/tmp/gpu")), None);
+    }
+}

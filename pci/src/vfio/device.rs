@@ -1,0 +1,420 @@
+//! [`VfioPciDevice`]: a host PCI function on the guest's PCI bus.
+
+use std::any::Any;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use log::{debug, warn};
+
+use crate::config::{BarKind, PciBar, COMMAND_MEMORY_SPACE, CONFIG_SPACE_SIZE};
+use crate::device::{BarMoveError, PciDevice};
+use crate::msix::MsixRegion;
+use crate::vfio::bars::{mappable_areas, BarMapper, GuestMemorySlots, HostBar, PAGE_SIZE};
+use crate::vfio::config::{ConfigHardware, ConfigOptions, VfioConfig, VfioConfigError};
+use crate::vfio::counters::VfioCounters;
+use crate::vfio::interrupts::{InterruptRouting, VfioIntx, VfioMsiRoute};
+use crate::vfio::ops::{IrqIndex, VfioDeviceOps, VfioOpsError, BAR0_REGION, CONFIG_REGION};
+use crate::BarReprogram;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VfioPciError {
+    #[error("reading the device's config space: {0}")]
+    ReadConfig(#[source] VfioOpsError),
+    #[error("the device has no config region")]
+    NoConfigRegion,
+    #[error(transparent)]
+    Config(#[from] VfioConfigError),
+    #[error("resetting the device: {0}")]
+    Reset(#[source] VfioOpsError),
+    #[error("setting up INTx on GSI {gsi}: {source}")]
+    Intx {
+        gsi: u32,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// What the VMM lends a device.
+pub struct VfioResources {
+    pub slots: Arc<dyn GuestMemorySlots>,
+    pub routing: Arc<dyn InterruptRouting>,
+    /// The IOAPIC GSI of the slot's INTx line; `None` leaves INTx unwired.
+    pub intx_gsi: Option<u32>,
+}
+
+/// Reads the device's config region: 4 KiB for PCIe functions, 256 bytes else.
+pub fn read_raw_config(ops: &dyn VfioDeviceOps) -> Result<Vec<u8>, VfioPciError> {
+    let region = ops
+        .region_info(CONFIG_REGION)
+        .ok_or(VfioPciError::NoConfigRegion)?;
+    let len = (region.size as usize).min(CONFIG_SPACE_SIZE);
+    let mut raw = vec![0u8; len];
+    ops.region_read(CONFIG_REGION, 0, &mut raw)
+        .map_err(VfioPciError::ReadConfig)?;
+    Ok(raw)
+}
+
+struct Hardware<'a>(&'a dyn VfioDeviceOps);
+
+impl ConfigHardware for Hardware<'_> {
+    fn read(&self, offset: usize, data: &mut [u8]) {
+        if let Err(e) = self.0.region_read(CONFIG_REGION, offset as u64, data) {
+            debug!("vfio: config read at {offset:#x}: {e}");
+            data.fill(0xff);
+        }
+    }
+
+    fn write(&self, offset: usize, data: &[u8]) {
+        if let Err(e) = self.0.region_write(CONFIG_REGION, offset as u64, data) {
+            warn!("vfio: config write at {offset:#x}: {e}");
+        }
+    }
+}
+
+pub struct VfioPciDevice {
+    name: String,
+    ops: Arc<dyn VfioDeviceOps>,
+    config: VfioConfig,
+    host_bars: Vec<HostBar>,
+    mapper: BarMapper,
+    msi_route: Arc<VfioMsiRoute>,
+    msix_route: Arc<VfioMsiRoute>,
+    intx: Option<VfioIntx>,
+    counters: Arc<VfioCounters>,
+    released: bool,
+}
+
+impl VfioPciDevice {
+    /// Builds the device over `ops` with its BARs at `placed` (from
+    /// [`place_bars`](super::place_bars) over `host_bars`). Resets the device first
+    /// when it supports reset; wires INTx when the device has it and a GSI is given.
+    pub fn new(
+        name: impl Into<String>,
+        ops: Arc<dyn VfioDeviceOps>,
+        host_bars: Vec<HostBar>,
+        placed: &[PciBar],
+        resources: VfioResources,
+        options: &ConfigOptions,
+    ) -> Result<Self, VfioPciError> {
+        let name = name.into();
+        if ops.device_info().reset {
+            ops.reset().map_err(VfioPciError::Reset)?;
+        }
+        let raw = read_raw_config(&*ops)?;
+        let counters = Arc::new(VfioCounters::default());
+        let vectors = |index| ops.irq_info(index).map_or(0, |i| i.count as usize);
+        let msi_route = Arc::new(VfioMsiRoute::new(
+            IrqIndex::Msi,
+            vectors(IrqIndex::Msi),
+            ops.clone(),
+            resources.routing.clone(),
+            counters.clone(),
+        ));
+        let msix_route = Arc::new(VfioMsiRoute::new(
+            IrqIndex::Msix,
+            vectors(IrqIndex::Msix),
+            ops.clone(),
+            resources.routing.clone(),
+            counters.clone(),
+        ));
+        let has_intx = vectors(IrqIndex::Intx) > 0;
+        let config = VfioConfig::build(
+            &raw,
+            placed,
+            has_intx && resources.intx_gsi.is_some(),
+            msi_route.clone(),
+            msix_route.clone(),
+            options,
+        )?;
+        let plan: Vec<_> = placed
+            .iter()
+            .filter(|b| b.kind != BarKind::Io)
+            .filter_map(|bar| {
+                let host = host_bars.iter().find(|h| h.index == bar.index)?;
+                let holes = config
+                    .msix()
+                    .map(|m| msix_holes(m.layout(), bar.index))
+                    .unwrap_or_default();
+                Some((*bar, mappable_areas(&host.region, &holes, PAGE_SIZE)))
+            })
+            .collect();
+        let mapper = BarMapper::new(ops.clone(), resources.slots.clone(), &plan);
+        let mut intx = None;
+        if let (true, Some(gsi)) = (has_intx, resources.intx_gsi) {
+            let mut line =
+                VfioIntx::new(gsi, ops.clone(), resources.routing.clone()).map_err(|e| {
+                    VfioPciError::Intx {
+                        gsi,
+                        source: e.into(),
+                    }
+                })?;
+            line.enable()
+                .map_err(|source| VfioPciError::Intx { gsi, source })?;
+            intx = Some(line);
+        }
+        let mut device = Self {
+            name,
+            ops,
+            config,
+            host_bars,
+            mapper,
+            msi_route,
+            msix_route,
+            intx,
+            counters,
+            released: false,
+        };
+        if let Some(gsi) = resources.intx_gsi {
+            device
+                .config
+                .config_mut()
+                .set_interrupt_line(gsi.try_into().unwrap_or(0xff));
+        }
+        Ok(device)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn counters(&self) -> Arc<VfioCounters> {
+        self.counters.clone()
+    }
+
+    pub fn config(&self) -> &VfioConfig {
+        &self.config
+    }
+
+    pub fn mapper(&self) -> &BarMapper {
+        &self.mapper
+    }
+
+    pub fn msix_route(&self) -> &VfioMsiRoute {
+        &self.msix_route
+    }
+
+    pub fn msi_route(&self) -> &VfioMsiRoute {
+        &self.msi_route
+    }
+
+    pub fn intx(&self) -> Option<&VfioIntx> {
+        self.intx.as_ref()
+    }
+
+    /// Releases everything the device holds: interrupts (host side, irqfds, routes,
+    /// GSIs), memory slots and BAR mappings; resets the device when it can so the
+    /// next user finds it quiet. Idempotent; also run on drop. The VMM then drops
+    /// the device (closing the VFIO fd, which releases the group when it was the
+    /// last), removes its trapped BAR regions from its buses and frees the BAR
+    /// ranges.
+    pub fn detach(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        if let Some(mut intx) = self.intx.take() {
+            if let Err(e) = intx.disable() {
+                warn!("vfio {}: turning INTx off: {e}", self.name);
+            }
+        }
+        self.msix_route.release();
+        self.msi_route.release();
+        self.mapper.release();
+        if self.ops.device_info().reset {
+            if let Err(e) = self.ops.reset() {
+                warn!("vfio {}: reset on detach: {e}", self.name);
+            }
+        }
+    }
+
+    /// Brings the host's interrupt setup in line with what the guest enabled.
+    fn sync_interrupts(&mut self) {
+        let msi = self.config.msi_enabled_vectors() as u32;
+        if let Err(e) = self.msi_route.vfio_enable(msi) {
+            warn!("vfio {}: MSI with {msi} vectors: {e}", self.name);
+        }
+        let msix = if self.config.msix_enabled() {
+            self.config.msix().map_or(0, |m| m.layout().vectors as u32)
+        } else {
+            0
+        };
+        if let Err(e) = self.msix_route.vfio_enable(msix) {
+            warn!("vfio {}: MSI-X with {msix} vectors: {e}", self.name);
+        }
+        if let Some(intx) = self.intx.as_mut() {
+            let want = msi == 0 && msix == 0;
+            let result = if want { intx.enable() } else { intx.disable() };
+            if let Err(e) = result {
+                warn!("vfio {}: INTx: {e}", self.name);
+            }
+        }
+    }
+
+    /// Latches interrupts that arrived on masked MSI-X vectors into the PBA.
+    fn sync_pending(&mut self) {
+        let fired = self.msix_route.take_fired_while_masked();
+        if let Some(msix) = self.config.msix_mut() {
+            for vector in fired {
+                self.counters
+                    .interrupts_while_masked
+                    .fetch_add(1, Ordering::Relaxed);
+                msix.trigger(vector);
+            }
+        }
+    }
+
+    fn bar_at(&self, base: u64) -> Option<PciBar> {
+        self.config.config().bars().find(|b| b.addr == base)
+    }
+
+    fn count_access(&self, kind: BarKind, write: bool) {
+        let c = &self.counters;
+        let counter = match (kind, write) {
+            (BarKind::Io, false) => &c.pio_reads,
+            (BarKind::Io, true) => &c.pio_writes,
+            (_, false) => &c.mmio_reads,
+            (_, true) => &c.mmio_writes,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn msix_region(&self, bar: &PciBar, offset: u64) -> Option<MsixRegion> {
+        self.config.msix()?.layout().locate(bar.index as u8, offset)
+    }
+}
+
+/// The MSI-X table and PBA parts of BAR `index`, as `(offset, len)`.
+fn msix_holes(layout: &crate::msix::MsixLayout, index: usize) -> Vec<(u64, u64)> {
+    let mut holes = Vec::new();
+    if usize::from(layout.table_bar) == index {
+        holes.push((u64::from(layout.table_offset), layout.table_len()));
+    }
+    if usize::from(layout.pba_bar) == index {
+        holes.push((u64::from(layout.pba_offset), layout.pba_len()));
+    }
+    holes
+}
+
+impl PciDevice for VfioPciDevice {
+    fn read_config_register(&mut self, reg_idx: usize) -> u32 {
+        self.counters.config_reads.fetch_add(1, Ordering::Relaxed);
+        self.config.read(reg_idx, &Hardware(&*self.ops))
+    }
+
+    fn write_config_register(
+        &mut self,
+        reg_idx: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> Option<BarReprogram> {
+        self.counters.config_writes.fetch_add(1, Ordering::Relaxed);
+        if self.released {
+            return None;
+        }
+        let effect = self
+            .config
+            .write(reg_idx, offset, data, &Hardware(&*self.ops));
+        if let Some(command) = effect.command {
+            self.mapper
+                .set_memory_enabled(command & COMMAND_MEMORY_SPACE != 0);
+        }
+        if effect.msi_touched || effect.msix_touched {
+            self.sync_interrupts();
+        }
+        effect.bar_moved
+    }
+
+    fn bars(&self) -> Vec<PciBar> {
+        self.config.config().bars().collect()
+    }
+
+    fn move_bar(&mut self, reprogram: &BarReprogram) -> Result<(), BarMoveError> {
+        if reprogram.kind != BarKind::Io {
+            self.mapper.move_bar(reprogram.index, reprogram.new);
+        }
+        Ok(())
+    }
+
+    fn read_bar(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        let Some(bar) = self.bar_at(base) else {
+            data.fill(0xff);
+            return;
+        };
+        self.count_access(bar.kind, false);
+        match self.msix_region(&bar, offset) {
+            Some(MsixRegion::Table(o)) => {
+                self.counters
+                    .msix_table_accesses
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(msix) = self.config.msix() {
+                    msix.read_table(o, data);
+                }
+            }
+            Some(MsixRegion::Pba(o)) => {
+                self.counters
+                    .msix_table_accesses
+                    .fetch_add(1, Ordering::Relaxed);
+                self.sync_pending();
+                if let Some(msix) = self.config.msix() {
+                    msix.read_pba(o, data);
+                }
+            }
+            None => {
+                let region = BAR0_REGION + bar.index as u32;
+                if let Err(e) = self.ops.region_read(region, offset, data) {
+                    debug!(
+                        "vfio {}: BAR {} read at {offset:#x}: {e}",
+                        self.name, bar.index
+                    );
+                    data.fill(0xff);
+                }
+            }
+        }
+    }
+
+    fn write_bar(&mut self, base: u64, offset: u64, data: &[u8]) {
+        let Some(bar) = self.bar_at(base) else {
+            return;
+        };
+        self.count_access(bar.kind, true);
+        match self.msix_region(&bar, offset) {
+            Some(region) => {
+                self.counters
+                    .msix_table_accesses
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(msix) = self.config.msix_mut() {
+                    match region {
+                        MsixRegion::Table(o) => msix.write_table(o, data),
+                        MsixRegion::Pba(o) => msix.write_pba(o, data),
+                    }
+                }
+            }
+            None => {
+                let region = BAR0_REGION + bar.index as u32;
+                if let Err(e) = self.ops.region_write(region, offset, data) {
+                    debug!(
+                        "vfio {}: BAR {} write at {offset:#x}: {e}",
+                        self.name, bar.index
+                    );
+                }
+            }
+        }
+    }
+
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl Drop for VfioPciDevice {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+impl VfioPciDevice {
+    /// The BARs as the hardware has them.
+    pub fn host_bars(&self) -> &[HostBar] {
+        &self.host_bars
+    }
+}
