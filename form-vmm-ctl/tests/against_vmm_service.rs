@@ -5,7 +5,8 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,18 +78,59 @@ struct Service {
 }
 
 impl Service {
+    /// Serves on a unix socket in a fresh directory.
     fn start(binary: &Path) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("service.sock");
+        let listen = format!("unix:{}", socket.display());
+        let mut service = Self::spawn(binary, dir, socket.clone(), &listen, None);
+        service.wait_until(|| std::os::unix::net::UnixStream::connect(&socket).is_ok());
+        service
+    }
+
+    /// Serves on TCP with a token; returns the service and its URL.
+    fn start_tcp(binary: &Path, token: &str) -> (Self, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        fs::write(&token_file, format!("{token}\n")).unwrap();
+        fs::set_permissions(&token_file, fs::Permissions::from_mode(0o600)).unwrap();
+        // A port the kernel just handed out is very likely still free a moment later.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let unused = dir.path().join("no.sock");
+        let mut service = Self::spawn(
+            binary,
+            dir,
+            unused,
+            &format!("tcp:{address}"),
+            Some(&token_file),
+        );
+        service.wait_until(|| TcpStream::connect(&address).is_ok());
+        (service, format!("http://{address}"))
+    }
+
+    fn spawn(
+        binary: &Path,
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        listen: &str,
+        token_file: Option<&Path>,
+    ) -> Self {
         let sysfs = dir.path().join("sys");
         fixture_sysfs(&sysfs);
-        let socket = dir.path().join("service.sock");
         for sub in ["state", "run"] {
             fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
-        let child = Command::new(binary)
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
+        let mut command = Command::new(binary);
+        command.arg("serve").arg("--listen").arg(listen);
+        if let Some(file) = token_file {
+            command.arg("--token-file").arg(file);
+        }
+        let child = command
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .arg("--run-dir")
@@ -98,22 +140,21 @@ impl Service {
             .arg("--vmm-binary")
             .arg("/bin/false")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(dir.path().join("service.log")).unwrap())
             .spawn()
             .expect("vmm-service starts");
-        let service = Self { child, socket, dir };
-        service.wait_until_listening();
-        service
+        Self { child, socket, dir }
     }
 
-    fn wait_until_listening(&self) {
+    fn wait_until(&mut self, listening: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "vmm-service did not listen on {} within 20 s",
-                self.socket.display()
-            );
+        while !listening() {
+            let exited = self.child.try_wait().unwrap();
+            if exited.is_some() || Instant::now() >= deadline {
+                let log =
+                    fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default();
+                panic!("vmm-service is not listening ({exited:?}); its log:\n{log}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -210,4 +251,26 @@ fn cli_and_service_agree() {
         "{}",
         run.stdout
     );
+}
+
+#[test]
+fn tcp_with_the_services_token() {
+    let Some(binary) = service_binary() else {
+        return;
+    };
+    let (_service, url) = Service::start_tcp(&binary, "tok-0123456789abcdef");
+
+    let run = ctl(
+        &["--url", &url, "gpu", "list"],
+        Some(("FORM_VMM_TOKEN", "tok-0123456789abcdef")),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains(GPU), "{}", run.stdout);
+
+    let run = ctl(
+        &["--url", &url, "list"],
+        Some(("FORM_VMM_TOKEN", "tok-0123456789abcdeX")),
+    );
+    assert_eq!(run.code, 6, "{}", run.stderr);
+    assert!(run.stderr.contains("Bearer"), "{}", run.stderr);
 }
