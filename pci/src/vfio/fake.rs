@@ -191,7 +191,8 @@ impl FakeVfioDevice {
     }
 
     /// A GPU: 16 MiB BAR0 with the MSI-X table (16 vectors) at 0xb_0000 and PBA at
-    /// 0xb_1000 and sparse areas around them, 128 GiB 64-bit prefetchable BAR1,
+    /// 0xb_1000 and sparse areas around them (PM 0x40, MSI 0x48, PCIe 0x60, MSI-X
+    /// 0xa0, VPD 0xb0), 128 GiB 64-bit prefetchable BAR1,
     /// 32 MiB 64-bit prefetchable BAR3, I/O BAR5; PM, MSI, PCIe, MSI-X, a VPD
     /// capability to hide; extended AER (hidden), DSN (kept), SR-IOV (hidden).
     pub fn gpu() -> Self {
@@ -215,11 +216,11 @@ impl FakeVfioDevice {
         msix.extend_from_slice(&0xb_0000u32.to_le_bytes());
         msix.extend_from_slice(&0xb_1000u32.to_le_bytes());
         raw.caps(&[
-            (0x60, 0x01, &pm),
-            (0x68, 0x05, &msi_body(0)),
-            (0x78, 0x10, &pcie),
-            (0xb4, 0x11, &msix),
-            (0xc0, 0x03, &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66]),
+            (0x40, 0x01, &pm),
+            (0x48, 0x05, &msi_body(0)),
+            (0x60, 0x10, &pcie),
+            (0xa0, 0x11, &msix),
+            (0xb0, 0x03, &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66]),
         ]);
         raw.ext_caps(&[(0x100, 0x0001), (0x148, 0x0003), (0x1b4, 0x0010)]);
         let sparse = vec![
