@@ -51,7 +51,7 @@ impl Output {
             return Ok(());
         }
         let value: T = decode(what, body)?;
-        print!("{}", human(&value));
+        emit(human(&value).as_bytes());
         Ok(())
     }
 }
@@ -81,7 +81,7 @@ pub fn run(cli: Cli) -> Result<Exit, CtlError> {
         Command::Delete(vm) => {
             api.call(Method::DELETE, &vm_path(&vm.name, ""), None::<&()>)?;
             if !out.json {
-                println!("deleted {}", vm.name);
+                emit(format!("deleted {}\n", vm.name).as_bytes());
             }
         }
         Command::AddDevice(args) => add_device(&api, &out, &args)?,
@@ -97,7 +97,7 @@ pub fn run(cli: Cli) -> Result<Exit, CtlError> {
             if out.json {
                 print_raw(&body);
             } else {
-                print!("{}", render::doctor(&report));
+                emit(render::doctor(&report).as_bytes());
             }
             if report.worst == "error" {
                 return Ok(Exit::Failure);
@@ -285,7 +285,7 @@ fn finish_gpu_change(out: &Output, body: &[u8], summary: &str) {
     if out.json {
         print_raw(body);
     } else {
-        println!("{summary}");
+        emit(format!("{summary}\n").as_bytes());
     }
 }
 
@@ -314,9 +314,16 @@ pub fn print_raw(body: &[u8]) {
     if body.is_empty() {
         return;
     }
-    let mut stdout = io::stdout().lock();
-    let _ = stdout.write_all(body);
+    emit(body);
     if !body.ends_with(b"\n") {
-        let _ = stdout.write_all(b"\n");
+        emit(b"\n");
     }
+}
+
+/// Writes to stdout. A reader that went away (`| head`) is not an error of the
+/// command: the request already succeeded, and the exit status must say so, where
+/// `print!` would panic.
+fn emit(text: &[u8]) {
+    let mut stdout = io::stdout().lock();
+    let _ = stdout.write_all(text).and_then(|()| stdout.flush());
 }

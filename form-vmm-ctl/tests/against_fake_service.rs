@@ -626,3 +626,25 @@ fn slow_and_broken_answers_exit_1() {
         run.stderr
     );
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_failure() {
+    let service = FakeService::unix();
+    service.route("GET", "/v1/gpus", 200, gpus());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_form-vmm-ctl"))
+        .args(["--socket", service.socket.to_str().unwrap(), "gpu", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the answer can have arrived, as with `| head -0`.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(service.requests().len(), 1);
+}
