@@ -244,7 +244,7 @@ fn large_and_small_bars_place() {
         assert_eq!((b3.size, b3.addr % (32 * MIB)), (32 * MIB, 0));
         let b0 = r.bar(0);
         assert!(
-            b0.addr < 4 * GIB && b0.addr % (16 * MIB) == 0,
+            b0.addr < 4 * GIB && b0.addr.is_multiple_of(16 * MIB),
             "32-bit hole"
         );
     }
@@ -346,7 +346,7 @@ fn msix_vectors_route_mask_latch_and_deliver() {
         fds: vec![false; 16]
     }));
     assert!(
-        r.routing.snapshot().irqfds.get(&10).is_none(),
+        !r.routing.snapshot().irqfds.contains_key(&10),
         "INTx off with MSI-X"
     );
     // Program and unmask vector 3.

@@ -50,13 +50,9 @@ const STATUS: usize = 0x06;
 const REVISION: usize = 0x08;
 const CLASS: usize = 0x09;
 const HEADER_TYPE: usize = 0x0e;
-const BAR0: usize = 0x10;
-const BARS_END: usize = 0x28;
 const SUBSYSTEM_VENDOR: usize = 0x2c;
 const SUBSYSTEM_ID: usize = 0x2e;
-const ROM_BAR: usize = 0x30;
 const CAP_POINTER: usize = 0x34;
-const INTERRUPT_LINE: usize = 0x3c;
 const INTERRUPT_PIN: usize = 0x3d;
 const FIRST_CAP: usize = 0x40;
 const HEADER_LAYOUT_MASK: u8 = 0x7f;
@@ -566,7 +562,7 @@ impl VfioConfig {
                 let left = i + run - j;
                 let width = [4usize, 2, 1]
                     .into_iter()
-                    .find(|w| *w <= left && at % w == 0)
+                    .find(|w| *w <= left && at.is_multiple_of(*w))
                     .unwrap_or(1);
                 hw.write(at, &data[j..j + width]);
                 j += width;
@@ -578,12 +574,3 @@ impl VfioConfig {
 
 /// PCI vendor ID of NVIDIA.
 pub const NVIDIA_VENDOR_ID: u16 = 0x10de;
-
-/// Offsets of the BAR registers and the ROM BAR, which are never read from the
-/// hardware.
-pub fn is_bar_register(offset: usize) -> bool {
-    (BAR0..BARS_END).contains(&offset) || (ROM_BAR..ROM_BAR + 4).contains(&offset)
-}
-
-/// Interrupt line register offset, for the VMM's view.
-pub const INTERRUPT_LINE_OFFSET: usize = INTERRUPT_LINE;
