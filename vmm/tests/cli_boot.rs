@@ -1,7 +1,7 @@
 //! form-vmm booting real guests on KVM: the test guest's scenarios from the command
-//! line, and the API flow a Cloud Hypervisor client drives. These skip with a
-//! printed reason where /dev/kvm or the guest toolchain is missing, or while the
-//! boot path is not built yet; with CI=true they fail instead.
+//! line, the API flow a Cloud Hypervisor client drives, and the host-dependent
+//! refusals that only `Vm::new` can make. These skip with a printed reason where
+//! /dev/kvm or the guest toolchain is missing; with CI=true they fail instead.
 
 mod api_support;
 
@@ -12,9 +12,6 @@ use std::process::Command;
 use std::time::Duration;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(60);
-
-/// What `Vm::new` says while the boot path is a stub (vm.rs, VmError::NotImplemented).
-const NOT_BUILT: &str = "the VM boot path is not built yet";
 
 /// Skips (returns `None` after saying why) or, under CI, fails.
 fn skip<T>(reason: &str) -> Option<T> {
@@ -48,11 +45,6 @@ fn test_guest() -> Option<PathBuf> {
     ))
 }
 
-/// Whether the run failed only because the boot path is still a stub.
-fn boot_path_missing(stderr: &str) -> bool {
-    stderr.contains(NOT_BUILT)
-}
-
 /// Asserts the guest ran `scenario` to a PASS and powered off, exiting 0.
 fn assert_guest_passed(finished: &Finished, scenario: &str) {
     let serial = &finished.stdout;
@@ -66,8 +58,8 @@ fn assert_guest_passed(finished: &Finished, scenario: &str) {
     assert!(!finished.stderr.contains("panicked"), "{finished:?}");
 }
 
-fn boot_scenario(guest: &Path, cmdline: &str, cpus: &str) -> Option<Finished> {
-    let finished = Running::spawn(api_support::form_vmm().args([
+fn boot_scenario(guest: &Path, cmdline: &str, cpus: &str) -> Finished {
+    Running::spawn(api_support::form_vmm().args([
         "--kernel",
         guest.to_str().expect("UTF-8 guest path"),
         "--cmdline",
@@ -79,19 +71,13 @@ fn boot_scenario(guest: &Path, cmdline: &str, cpus: &str) -> Option<Finished> {
         "--serial",
         "tty",
     ]))
-    .finish(BOOT_LIMIT);
-    if boot_path_missing(&finished.stderr) {
-        return skip("Vm::new is not implemented yet (vmm/src/vm.rs)");
-    }
-    Some(finished)
+    .finish(BOOT_LIMIT)
 }
 
 #[test]
 fn hello_prints_the_banner_and_exits_0() {
     let Some(guest) = test_guest() else { return };
-    let Some(finished) = boot_scenario(&guest, "hello", "boot=1") else {
-        return;
-    };
+    let finished = boot_scenario(&guest, "hello", "boot=1");
     assert!(
         finished
             .stdout
@@ -104,9 +90,7 @@ fn hello_prints_the_banner_and_exits_0() {
 #[test]
 fn smp_sees_four_vcpus() {
     let Some(guest) = test_guest() else { return };
-    let Some(finished) = boot_scenario(&guest, "smp expect=4", "boot=4") else {
-        return;
-    };
+    let finished = boot_scenario(&guest, "smp expect=4", "boot=4");
     assert!(finished.stdout.contains("cpus: 4\n"), "{finished:?}");
     assert_guest_passed(&finished, "smp");
 }
@@ -161,7 +145,7 @@ fn start_api(dir: &TempDir) -> (Running, PathBuf) {
     (running, socket)
 }
 
-fn vm_create(socket: &Path, kernel: &Path, cmdline: &str) -> Option<()> {
+fn vm_create(socket: &Path, kernel: &Path, cmdline: &str) {
     let body = json!({
         "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
         "memory": {"size": 64u64 << 20},
@@ -170,11 +154,7 @@ fn vm_create(socket: &Path, kernel: &Path, cmdline: &str) -> Option<()> {
     })
     .to_string();
     let reply = request(socket, "PUT", "/api/v1/vm.create", Some(&body));
-    if reply.status == 500 && reply.body.contains(NOT_BUILT) {
-        return skip("Vm::new is not implemented yet (vmm/src/vm.rs)");
-    }
     assert_eq!(reply.status, 204, "vm.create: {reply:?}");
-    Some(())
 }
 
 #[test]
@@ -186,9 +166,7 @@ fn api_create_boot_info_shutdown() {
     let kernel = dir.join("idle.elf");
     write_idle_guest(&kernel);
     let (running, socket) = start_api(&dir);
-    if vm_create(&socket, &kernel, "idle").is_none() {
-        return;
-    }
+    vm_create(&socket, &kernel, "idle");
     let put = |endpoint: &str| request(&socket, "PUT", &format!("/api/v1/{endpoint}"), None);
     let info = || request(&socket, "GET", "/api/v1/vm.info", None);
 
@@ -218,12 +196,72 @@ fn api_booted_guest_powers_off_and_the_vmm_exits_0() {
     let Some(guest) = test_guest() else { return };
     let dir = TempDir::new("boot-api-hello");
     let (running, socket) = start_api(&dir);
-    if vm_create(&socket, &guest, "hello").is_none() {
-        return;
-    }
+    vm_create(&socket, &guest, "hello");
     let reply = request(&socket, "PUT", "/api/v1/vm.boot", None);
     assert_eq!(reply.status, 204, "vm.boot: {reply:?}");
     let finished = running.finish(BOOT_LIMIT);
     assert_guest_passed(&finished, "hello");
     assert!(!socket.exists(), "socket left behind");
+}
+
+/// Asserts form-vmm refused to boot with `message` from `Vm::new`.
+fn assert_vm_refused(args: &[&str], message: &str) {
+    let finished = Running::spawn(api_support::form_vmm().args(args)).finish(BOOT_LIMIT);
+    assert_eq!(finished.code, Some(1), "{finished:?}");
+    assert!(
+        finished
+            .stderr
+            .contains(&format!("form-vmm: error: {message}")),
+        "stderr lacks {message:?}: {finished:?}"
+    );
+    assert!(!finished.stderr.contains("panicked"), "{finished:?}");
+}
+
+#[test]
+fn memory_beyond_the_host_is_refused() {
+    let Some(guest) = test_guest() else { return };
+    assert_vm_refused(
+        &[
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--memory",
+            "size=1024T",
+        ],
+        "memory size 1125899906842624 bytes is more than this host has",
+    );
+}
+
+#[test]
+fn a_kernel_that_is_not_elf_or_bzimage_is_refused() {
+    if test_guest().is_none() {
+        return;
+    }
+    let dir = TempDir::new("boot-notelf");
+    let kernel = dir.join("vmlinux");
+    std::fs::write(&kernel, b"not a kernel at all\n").unwrap();
+    assert_vm_refused(
+        &["--kernel", kernel.to_str().unwrap(), "--memory", "size=64M"],
+        "boot: kernel ",
+    );
+}
+
+#[test]
+fn api_reports_host_limits_as_500() {
+    let Some(guest) = test_guest() else { return };
+    let dir = TempDir::new("boot-api-limit");
+    let (running, socket) = start_api(&dir);
+    let body = json!({"memory": {"size": 1u64 << 50}, "payload": {"kernel": guest}}).to_string();
+    let reply = request(&socket, "PUT", "/api/v1/vm.create", Some(&body));
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(
+        reply.error().contains("more than this host has"),
+        "{reply:?}"
+    );
+    // The refusal left no VM behind.
+    assert_eq!(request(&socket, "GET", "/api/v1/vm.info", None).status, 404);
+    assert_eq!(
+        request(&socket, "PUT", "/api/v1/vmm.shutdown", None).status,
+        204
+    );
+    assert_eq!(running.finish(BOOT_LIMIT).code, Some(0));
 }
