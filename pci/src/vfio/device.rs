@@ -228,24 +228,36 @@ impl VfioPciDevice {
     }
 
     /// Brings the host's interrupt setup in line with what the guest enabled.
+    /// VFIO allows one of INTx, MSI and MSI-X at a time, so whatever turns off goes
+    /// first.
     fn sync_interrupts(&mut self) {
         let msi = self.config.msi_enabled_vectors() as u32;
-        if let Err(e) = self.msi_route.vfio_enable(msi) {
-            warn!("vfio {}: MSI with {msi} vectors: {e}", self.name);
-        }
         let msix = if self.config.msix_enabled() {
             self.config.msix().map_or(0, |m| m.layout().vectors as u32)
         } else {
             0
         };
-        if let Err(e) = self.msix_route.vfio_enable(msix) {
-            warn!("vfio {}: MSI-X with {msix} vectors: {e}", self.name);
+        let want_intx = msi == 0 && msix == 0;
+        if let (false, Some(intx)) = (want_intx, self.intx.as_mut()) {
+            if let Err(e) = intx.disable() {
+                warn!("vfio {}: turning INTx off: {e}", self.name);
+            }
         }
-        if let Some(intx) = self.intx.as_mut() {
-            let want = msi == 0 && msix == 0;
-            let result = if want { intx.enable() } else { intx.disable() };
-            if let Err(e) = result {
-                warn!("vfio {}: INTx: {e}", self.name);
+        let order = [(msi == 0, true), (msix == 0, false)];
+        let (offs, ons): (Vec<_>, Vec<_>) = order.iter().partition(|(off, _)| *off);
+        for (_, is_msi) in offs.into_iter().chain(ons) {
+            let (route, count, what) = if is_msi {
+                (&self.msi_route, msi, "MSI")
+            } else {
+                (&self.msix_route, msix, "MSI-X")
+            };
+            if let Err(e) = route.vfio_enable(count) {
+                warn!("vfio {}: {what} with {count} vectors: {e}", self.name);
+            }
+        }
+        if let (true, Some(intx)) = (want_intx, self.intx.as_mut()) {
+            if let Err(e) = intx.enable() {
+                warn!("vfio {}: turning INTx on: {e}", self.name);
             }
         }
     }
