@@ -183,6 +183,21 @@ impl Harness {
     }
 }
 
+impl Drop for Harness {
+    /// Stops the VMMs the test left running: nobody else would.
+    fn drop(&mut self) {
+        let Ok(instances) = self.manager.store().instances() else {
+            return;
+        };
+        for vmm in instances.into_iter().filter_map(|r| r.vmm) {
+            if vmm_service::supervisor::is_alive(vmm.pid, vmm.start_time) {
+                // SAFETY: kill(2) on a pid whose start time matched just now.
+                unsafe { libc::kill(vmm.pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 pub async fn call(
     router: &Router,
     method: Method,
