@@ -1,7 +1,8 @@
 //! [`VfioDeviceOps`] on a real vfio-pci device (vfio-ioctls' `VfioDevice`).
 //!
-//! Region reads and writes use the device fd at the region's offset directly (to
-//! get errors back), interrupts are set with our own `VFIO_DEVICE_SET_IRQS` calls
+//! Region info is asked for here (vfio-ioctls' cached list loses track of indices
+//! when a region's query fails); region reads and writes use the device fd at the
+//! region's offset directly (to get errors back); interrupts are set with our own `VFIO_DEVICE_SET_IRQS` calls
 //! (per-vector ranges and `-1` detaching, which vfio-ioctls does not offer), and
 //! reset and device info use their ioctls.
 
@@ -12,25 +13,58 @@ use std::os::unix::io::{AsRawFd, FromRawFd};
 
 use vfio_bindings::bindings::vfio::{
     VFIO_BASE, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_NORESIZE, VFIO_IRQ_SET_ACTION_TRIGGER,
-    VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
-    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE, VFIO_TYPE,
+    VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_TYPE,
 };
-use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
+use vfio_ioctls::VfioDevice;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::vfio::ops::{
-    DeviceInfo, IrqIndex, IrqInfo, OpsResult, RegionInfo, SparseArea, VfioDeviceOps, VfioOpsError,
+    DeviceInfo, IrqIndex, IrqInfo, OpsResult, RegionInfo, VfioDeviceOps, VfioOpsError,
 };
+use crate::vfio::region_info::{self, parse_region_info, REGION_INFO_LEN};
 
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 7);
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO_TYPE as u32, VFIO_BASE + 8);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO_TYPE as u32, VFIO_BASE + 9);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE as u32, VFIO_BASE + 10);
 vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
 
 /// `struct vfio_irq_set` without its data: argsz, flags, index, start, count.
 const IRQ_SET_HEADER_WORDS: usize = 5;
+/// How many times the kernel may ask for a bigger region info buffer.
+const MAX_INFO_TRIES: usize = 4;
 /// Regions a vfio-pci device has at most that we look at (BARs, ROM, config, VGA).
 const PCI_REGIONS: u32 = 9;
+
+/// Asks the kernel about region `index`, growing the buffer when it has
+/// capabilities; `None` when the region does not exist or is empty.
+fn region_info(device: &VfioDevice, index: u32) -> Option<(RegionInfo, u64)> {
+    let mut len = REGION_INFO_LEN;
+    for _ in 0..MAX_INFO_TRIES {
+        // u64 elements keep the buffer aligned for the kernel's u64 fields.
+        let mut buf = vec![0u64; len.div_ceil(8)];
+        let argsz = (buf.len() * 8) as u64;
+        buf[0] = argsz;
+        buf[1] = u64::from(index);
+        // SAFETY: the kernel writes at most argsz bytes into `buf`.
+        let rc = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_mut_ptr(
+                device,
+                VFIO_DEVICE_GET_REGION_INFO(),
+                buf.as_mut_ptr(),
+            )
+        };
+        if rc < 0 {
+            return None;
+        }
+        let bytes: Vec<u8> = buf.iter().flat_map(|q| q.to_le_bytes()).collect();
+        match region_info::requested_argsz(&bytes) {
+            Some(want) if want > bytes.len() => len = want,
+            _ => return parse_region_info(&bytes).filter(|(r, _)| r.size > 0),
+        }
+    }
+    None
+}
 
 pub struct KernelVfioDevice {
     device: VfioDevice,
@@ -66,33 +100,7 @@ impl KernelVfioDevice {
             num_irqs: raw[3],
         };
         let regions = (0..PCI_REGIONS.min(info.num_regions))
-            .map(|i| {
-                let size = device.get_region_size(i);
-                if size == 0 {
-                    return None;
-                }
-                let flags = device.get_region_flags(i);
-                let sparse_areas = device.get_region_caps(i).into_iter().find_map(|c| match c {
-                    VfioRegionInfoCap::SparseMmap(s) => Some(
-                        s.areas
-                            .iter()
-                            .map(|a| SparseArea {
-                                offset: a.offset,
-                                size: a.size,
-                            })
-                            .collect(),
-                    ),
-                    _ => None,
-                });
-                let region = RegionInfo {
-                    size,
-                    readable: flags & VFIO_REGION_INFO_FLAG_READ != 0,
-                    writable: flags & VFIO_REGION_INFO_FLAG_WRITE != 0,
-                    mappable: flags & VFIO_REGION_INFO_FLAG_MMAP != 0,
-                    sparse_areas,
-                };
-                Some((region, device.get_region_offset(i)))
-            })
+            .map(|index| region_info(&device, index))
             .collect();
         let irq = |index: IrqIndex| -> Option<IrqInfo> {
             // struct vfio_irq_info: argsz, flags, index, count.

@@ -43,6 +43,7 @@ pub mod interrupts;
 pub mod iova;
 pub mod kernel;
 pub mod ops;
+pub mod region_info;
 
 pub use bars::{
     discover_bars, mappable_areas, place_bars, release_bars, BarAllocators, GuestMemorySlots,
