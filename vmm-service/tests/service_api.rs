@@ -287,3 +287,40 @@ async fn concurrent_creates_for_one_gpu_have_one_winner() {
     assert_eq!(h.driver_of(H100_0).as_deref(), Some("nvidia"));
     assert!(h.manager.store().all_gpus().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn free_gpus_bind_and_unbind_but_a_vms_gpu_does_not() {
+    if !have_python() {
+        return;
+    }
+    let h = Harness::new(hgx_h100());
+    let path = format!("/v1/gpus/{H100_0}/bind");
+    let (status, outcome) = h.call(Method::POST, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{outcome}");
+    assert_eq!(outcome["moved"][0]["from"], "nvidia");
+    assert_eq!(h.driver_of(H100_0).as_deref(), Some("vfio-pci"));
+    let (status, body) = h
+        .call(Method::POST, "/v1/gpus/0000:03:00.0/bind", Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "the console VGA: {body}");
+    assert_eq!(code(&body), "gpu_not_assignable");
+
+    let mut vm = h.vm("holder");
+    vm["gpu_devices"] = json!([H100_0]);
+    let (status, body) = h.call(Method::POST, "/v1/vms", Some(vm)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let unbind = format!("/v1/gpus/{H100_0}/unbind");
+    let (status, body) = h.call(Method::POST, &unbind, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(code(&body), "gpu_in_use");
+    assert_eq!(h.driver_of(H100_0).as_deref(), Some("vfio-pci"));
+    // Deleting the VM returns the GPU to the driver recorded by the first bind.
+    let (status, _) = h.call(Method::DELETE, "/v1/vms/holder", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(h.driver_of(H100_0).as_deref(), Some("nvidia"));
+    let (status, body) = h
+        .call(Method::POST, "/v1/gpus/0000:18:00/unbind", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(code(&body), "invalid_device");
+}

@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::types::{
-    AddGpuRequest, DoctorFinding, DoctorResponse, GpuList, PingResponse, VmInfo, VmInstanceConfig,
-    VmList,
+    AddGpuRequest, BindGpuRequest, DoctorFinding, DoctorResponse, GpuList, PingResponse, VmInfo,
+    VmInstanceConfig, VmList,
 };
 use crate::gpu::{self, DoctorInputs, MemlockLimit, Severity};
 use crate::instances::Manager;
@@ -32,6 +32,8 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/vms/{name}/gpus", post(add_gpu))
         .route("/v1/vms/{name}/gpus/{device}", delete(remove_gpu))
         .route("/v1/gpus", get(list_gpus))
+        .route("/v1/gpus/{device}/bind", post(bind_gpu))
+        .route("/v1/gpus/{device}/unbind", post(unbind_gpu))
         .route("/v1/doctor", get(doctor))
         .with_state(manager)
 }
@@ -102,6 +104,22 @@ async fn list_gpus(State(manager): Shared) -> Reply<GpuList> {
     Ok(Json(GpuList {
         gpus: manager.gpus()?,
     }))
+}
+
+async fn bind_gpu(
+    State(manager): Shared,
+    Path(device): Path<String>,
+    body: Option<Json<BindGpuRequest>>,
+) -> Reply<serde_json::Value> {
+    let force = body.is_some_and(|Json(request)| request.force);
+    Ok(Json(manager.bind_free_gpu(&device, force).await?))
+}
+
+async fn unbind_gpu(
+    State(manager): Shared,
+    Path(device): Path<String>,
+) -> Reply<serde_json::Value> {
+    Ok(Json(manager.unbind_free_gpu(&device).await?))
 }
 
 #[derive(Deserialize)]

@@ -158,6 +158,16 @@ pub struct AddGpuRequest {
     pub count: Option<u32>,
 }
 
+/// `POST /v1/gpus/{bdf}/bind` (the body may be left out): moves a GPU nobody holds to
+/// vfio-pci ahead of time. The answer is the gpu module's bind outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindGpuRequest {
+    /// Also bind the console GPU or a group shared with devices the host uses.
+    #[serde(default)]
+    pub force: bool,
+}
+
 /// One GPU of the host: `GET /v1/gpus`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuEntry {

@@ -638,6 +638,53 @@ impl Manager {
         self.info(name)
     }
 
+    // ----- GPUs no VM holds -----------------------------------------------------------
+
+    /// Binds a GPU that no VM holds to vfio-pci (operators do this ahead of time to
+    /// check a host); the driver it leaves is recorded like a VM's.
+    pub async fn bind_free_gpu(
+        &self,
+        device: &str,
+        force: bool,
+    ) -> Result<serde_json::Value, InstanceError> {
+        let _changes = self.changes.lock().await;
+        let bdf = self.free_gpu(device)?;
+        let mut store = self.store();
+        let mut records = store.driver_records();
+        let options = BindOptions {
+            force,
+            ..self.config.bind
+        };
+        let outcome = GpuBinder::new(&self.config.host, self.writer.as_ref(), &mut records)
+            .bind(&bdf, &options)
+            .map_err(InstanceError::from_bind)?;
+        serde_json::to_value(outcome).map_err(|e| InstanceError::Internal(e.to_string()))
+    }
+
+    /// Returns a GPU that no VM holds from vfio-pci to its recorded driver.
+    pub async fn unbind_free_gpu(&self, device: &str) -> Result<serde_json::Value, InstanceError> {
+        let _changes = self.changes.lock().await;
+        let bdf = self.free_gpu(device)?;
+        let mut store = self.store();
+        let mut records = store.driver_records();
+        let outcome = GpuBinder::new(&self.config.host, self.writer.as_ref(), &mut records)
+            .release(&bdf)
+            .map_err(InstanceError::from_bind)?;
+        serde_json::to_value(outcome).map_err(|e| InstanceError::Internal(e.to_string()))
+    }
+
+    fn free_gpu(&self, device: &str) -> Result<Bdf, InstanceError> {
+        let bdf = parse_devices(&[device.to_string()])?
+            .into_iter()
+            .next()
+            .ok_or_else(|| InstanceError::Invalid("no GPU given".into()))?;
+        self.check_gpu(&bdf)?;
+        if let Some(owner) = self.store().owner_of(&bdf)? {
+            return Err(InstanceError::GpuInUse { bdf, owner });
+        }
+        Ok(bdf)
+    }
+
     fn paths(&self, name: &str) -> VmPaths {
         VmPaths::new(&self.config.run_dir, &self.config.state_dir, name)
     }
