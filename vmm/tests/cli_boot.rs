@@ -95,14 +95,12 @@ fn smp_sees_four_vcpus() {
     assert_guest_passed(&finished, "smp");
 }
 
-/// A guest that never powers off: an ELF whose entry halts in a loop, so the API
-/// flow can look at a running VM without racing the guest's own power-off. It
-/// has no PVH note, so the VMM enters it in 64-bit mode (docs/platform.md).
-fn write_idle_guest(path: &Path) {
+/// Writes a minimal x86_64 ELF: one PT_LOAD at 1 MiB holding the headers and
+/// `code`, entered at `code`. It has no PVH note, so the VMM enters it in 64-bit
+/// mode (docs/platform.md).
+fn write_guest_elf(path: &Path, code: &[u8]) {
     const LOAD_ADDR: u64 = 0x10_0000;
     const HEADERS: u64 = 64 + 56;
-    // hlt; jmp back to the hlt
-    let code = [0xf4u8, 0xeb, 0xfd];
     let mut elf = Vec::new();
     elf.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
     elf.extend_from_slice(&[0; 8]);
@@ -129,9 +127,29 @@ fn write_idle_guest(path: &Path) {
     elf.extend_from_slice(&size.to_le_bytes()); // p_memsz
     elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
     assert_eq!(elf.len() as u64, HEADERS);
-    elf.extend_from_slice(&code);
-    std::fs::write(path, elf).expect("write the idle guest");
+    elf.extend_from_slice(code);
+    std::fs::write(path, elf).expect("write the guest ELF");
 }
+
+/// A guest that never powers off, so the API flow can look at a running VM
+/// without racing the guest's own power-off.
+const IDLE_GUEST: &[u8] = &[
+    0xf4, // hlt
+    0xeb, 0xfd, // jmp back to the hlt
+];
+
+/// A guest that prints "R" on COM1 and resets the machine through the i8042.
+const RESETTING_GUEST: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xb0, b'R', // mov al, 'R'
+    0xee, // out dx, al
+    0xb0, b'\n', // mov al, '\n'
+    0xee,  // out dx, al
+    0xb0, 0xfe, // mov al, 0xfe (pulse reset)
+    0xe6, 0x64, // out 0x64, al
+    0xf4, // hlt, in case the reset is not immediate
+    0xeb, 0xfd, // jmp back to the hlt
+];
 
 /// form-vmm with only an API socket, as an orchestrator starts it.
 fn start_api(dir: &TempDir) -> (Running, PathBuf) {
@@ -164,7 +182,7 @@ fn api_create_boot_info_shutdown() {
     }
     let dir = TempDir::new("boot-api");
     let kernel = dir.join("idle.elf");
-    write_idle_guest(&kernel);
+    write_guest_elf(&kernel, IDLE_GUEST);
     let (running, socket) = start_api(&dir);
     vm_create(&socket, &kernel, "idle");
     let put = |endpoint: &str| request(&socket, "PUT", &format!("/api/v1/{endpoint}"), None);
@@ -264,4 +282,36 @@ fn api_reports_host_limits_as_500() {
         204
     );
     assert_eq!(running.finish(BOOT_LIMIT).code, Some(0));
+}
+
+#[test]
+fn guest_reset_reboots_the_vm() {
+    if test_guest().is_none() {
+        return;
+    }
+    let dir = TempDir::new("boot-reset");
+    let kernel = dir.join("reset.elf");
+    write_guest_elf(&kernel, RESETTING_GUEST);
+    let serial = dir.join("serial.out");
+    let running = Running::spawn_with_stdout(
+        api_support::form_vmm().args([
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "size=64M",
+            "--serial",
+            "tty",
+        ]),
+        std::fs::File::create(&serial).unwrap(),
+    );
+    // Each boot prints one line before resetting: three lines, three boots.
+    wait_for("three boots", BOOT_LIMIT, || {
+        std::fs::read_to_string(&serial).is_ok_and(|s| s.matches("R\n").count() >= 3)
+    });
+    let pid = libc::pid_t::try_from(running.pid()).unwrap();
+    // SAFETY: signals the child this test started and still owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let finished = running.finish(BOOT_LIMIT);
+    assert_eq!(finished.code, Some(128 + libc::SIGTERM), "{finished:?}");
+    assert!(!finished.stderr.contains("panicked"), "{finished:?}");
 }

@@ -165,10 +165,19 @@ fn collect(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Stri
 
 impl Running {
     pub fn spawn(command: &mut std::process::Command) -> Running {
+        Running::spawn_with_stdout(command, std::process::Stdio::piped())
+    }
+
+    /// Like [`Running::spawn`], with standard output going to `stdout` (a file the
+    /// test can watch while the process runs) instead of being collected.
+    pub fn spawn_with_stdout(
+        command: &mut std::process::Command,
+        stdout: impl Into<std::process::Stdio>,
+    ) -> Running {
         use std::process::Stdio;
         let mut child = command
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start form-vmm");
