@@ -149,3 +149,61 @@ proptest! {
         prop_assert_eq!(routing.snapshot(), Default::default());
     }
 }
+
+/// A route that accepts everything.
+struct NullRoute;
+
+impl pci::MsiInterruptRoute for NullRoute {
+    fn enable(&self, _: usize, _: pci::MsiMessage) -> Result<(), pci::MsiRouteError> {
+        Ok(())
+    }
+    fn disable(&self, _: usize) -> Result<(), pci::MsiRouteError> {
+        Ok(())
+    }
+    fn trigger(&self, _: usize) -> Result<(), pci::MsiRouteError> {
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Whatever bytes a device's config region holds, building the guest's view
+    /// either fails with an error or yields a space whose guest capability list is
+    /// walkable, and whose MSI/MSI-X registers take any guest write.
+    #[test]
+    fn any_hardware_config_builds_or_is_refused(
+        mut raw in prop::collection::vec(any::<u8>(), 256..=4096),
+        caps in any::<bool>(),
+        clique in prop::option::of(0u8..20),
+        writes in prop::collection::vec((0usize..1024, 0u64..4, prop::collection::vec(any::<u8>(), 1..5)), 0..40),
+    ) {
+        raw[0x0e] &= 0x7f;
+        if caps {
+            raw[0x06] |= 0x10;
+        }
+        let route: Arc<dyn pci::MsiInterruptRoute> = Arc::new(NullRoute);
+        let built = pci::vfio::config::VfioConfig::build(
+            &raw,
+            &[],
+            true,
+            route.clone(),
+            route,
+            &ConfigOptions { gpudirect_clique: clique },
+        );
+        if let Ok(mut config) = built {
+            prop_assert!(config.config().capabilities().len() <= 48);
+            struct Hw;
+            impl pci::vfio::config::ConfigHardware for Hw {
+                fn read(&self, _: usize, data: &mut [u8]) {
+                    data.fill(0xa5);
+                }
+                fn write(&self, _: usize, _: &[u8]) {}
+            }
+            for (reg, offset, data) in writes {
+                config.write(reg, offset, &data, &Hw);
+                let _ = config.read(reg, &Hw);
+            }
+        }
+    }
+}

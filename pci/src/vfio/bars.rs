@@ -419,6 +419,12 @@ impl BarMapper {
     }
 }
 
+impl Drop for BarMapper {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -574,3 +574,110 @@ impl VfioConfig {
 
 /// PCI vendor ID of NVIDIA.
 pub const NVIDIA_VENDOR_ID: u16 = 0x10de;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interrupt::testing::RecordingRoute;
+
+    fn raw(vendor: u16) -> Vec<u8> {
+        let mut raw = vec![0u8; LEGACY_CONFIG_SPACE_SIZE];
+        raw[..2].copy_from_slice(&vendor.to_le_bytes());
+        raw
+    }
+
+    fn with_caps(mut raw: Vec<u8>, caps: &[(usize, u8, usize)]) -> Vec<u8> {
+        raw[STATUS] |= STATUS_CAPABILITIES_LIST as u8;
+        raw[CAP_POINTER] = caps.first().map_or(0, |c| c.0 as u8);
+        for (i, &(off, id, len)) in caps.iter().enumerate() {
+            raw[off] = id;
+            raw[off + 1] = caps.get(i + 1).map_or(0, |c| c.0 as u8);
+            raw[off + 2] = len as u8;
+        }
+        raw
+    }
+
+    fn build(raw: &[u8], clique: Option<u8>) -> Result<VfioConfig, VfioConfigError> {
+        let route = Arc::new(RecordingRoute::default());
+        VfioConfig::build(
+            raw,
+            &[],
+            true,
+            route.clone(),
+            route,
+            &ConfigOptions {
+                gpudirect_clique: clique,
+            },
+        )
+    }
+
+    #[test]
+    fn malformed_spaces_are_refused() {
+        assert!(matches!(
+            build(&[0; 64], None),
+            Err(VfioConfigError::TooShort(64))
+        ));
+        let mut bridge = raw(0x8086);
+        bridge[HEADER_TYPE] = 0x81;
+        assert!(matches!(
+            build(&bridge, None),
+            Err(VfioConfigError::NotEndpoint(0x81))
+        ));
+    }
+
+    #[test]
+    fn broken_capability_lists_end_the_walk() {
+        let looped = with_caps(raw(0x10de), &[(0x40, 0x09, 4)]);
+        let mut looped = looped;
+        looped[0x41] = 0x40;
+        assert_eq!(hardware_capabilities(&looped).len(), 1);
+        let mut outside = with_caps(raw(0x10de), &[]);
+        outside[CAP_POINTER] = 0x20;
+        assert!(hardware_capabilities(&outside).is_empty());
+        let c = build(&looped, None).unwrap();
+        assert_eq!(c.config().capabilities().len(), 1);
+    }
+
+    #[test]
+    fn clique_goes_to_the_first_free_place() {
+        // No capabilities at all: the clique capability is the whole list.
+        let c = build(&raw(NVIDIA_VENDOR_ID), Some(2)).unwrap();
+        assert_eq!(c.clique_offset(), Some(0xc8));
+        assert_eq!(c.config().read_u8(CAP_POINTER), 0xc8);
+        assert_ne!(c.config().status() & STATUS_CAPABILITIES_LIST, 0);
+        // A vendor capability covering 0xc0..0xd0 pushes it to 0xd4.
+        let c = build(
+            &with_caps(raw(NVIDIA_VENDOR_ID), &[(0xc0, 0x09, 0x10)]),
+            Some(2),
+        )
+        .unwrap();
+        assert_eq!(c.clique_offset(), Some(0xd4));
+        assert_eq!(c.config().read_u8(0xc1), 0xd4, "linked after the last one");
+        // Everything taken.
+        let full = with_caps(raw(NVIDIA_VENDOR_ID), &[(0x40, 0x09, 0xc0)]);
+        assert!(matches!(
+            build(&full, Some(2)),
+            Err(VfioConfigError::NoRoomForClique)
+        ));
+    }
+
+    #[test]
+    fn hidden_only_list_clears_the_capability_bit() {
+        let c = build(&with_caps(raw(0x1234), &[(0x40, 0x03, 8)]), None).unwrap();
+        assert_eq!(c.config().status() & STATUS_CAPABILITIES_LIST, 0);
+        assert_eq!(c.config().read_u8(CAP_POINTER), 0);
+        assert_eq!(c.hidden_capabilities().len(), 1);
+    }
+
+    #[test]
+    fn extended_space_without_kept_capabilities_reads_empty() {
+        let mut raw = raw(0x1234);
+        raw.resize(CONFIG_SPACE_SIZE, 0);
+        // AER at 0x100 → ACS at 0x140, both hidden.
+        raw[0x100..0x104].copy_from_slice(&(0x0001u32 | (1 << 16) | (0x140 << 20)).to_le_bytes());
+        raw[0x140..0x144].copy_from_slice(&(0x000du32 | (1 << 16)).to_le_bytes());
+        let c = build(&raw, None).unwrap();
+        assert_eq!(c.config().read_u32(0x100), 0);
+        assert!(c.config().extended_capabilities().is_empty());
+    }
+}

@@ -234,6 +234,12 @@ impl VfioMsiRoute {
     }
 }
 
+impl Drop for VfioMsiRoute {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 impl MsiInterruptRoute for VfioMsiRoute {
     fn enable(&self, vector: usize, msg: MsiMessage) -> Result<(), MsiRouteError> {
         let mut state = self.lock();
@@ -339,5 +345,13 @@ impl VfioIntx {
         self.routing.unregister_irqfd(&self.trigger, self.gsi)?;
         host?;
         Ok(())
+    }
+}
+
+impl Drop for VfioIntx {
+    fn drop(&mut self) {
+        if let Err(e) = self.disable() {
+            warn!("vfio: turning INTx off: {e}");
+        }
     }
 }
