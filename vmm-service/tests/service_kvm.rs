@@ -1,0 +1,101 @@
+//! The service driving the real form-vmm with the test guest under KVM: create, boot,
+//! the guest runs its scenario and powers off, and the service records the exit.
+//! Skips without /dev/kvm, a built form-vmm or the test guest, unless CI=true.
+
+mod common;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+
+use common::HostBuilder;
+use support::Harness;
+use vmm_service::api::types::VmState;
+
+fn skip(reason: &str) -> bool {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true and {reason}"
+    );
+    eprintln!("skipping: {reason}");
+    true
+}
+
+/// form-vmm from the same target directory as this test (`cargo test --workspace`
+/// builds it), or `$FORM_VMM`.
+fn form_vmm() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("FORM_VMM") {
+        return Some(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let profile_dir = exe.parent()?.parent()?;
+    let candidate = profile_dir.join("form-vmm");
+    candidate.is_file().then_some(candidate)
+}
+
+fn test_guest() -> Option<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-guest");
+    let output = Command::new(script).output().ok()?;
+    if !output.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+        return None;
+    }
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    path.is_file().then_some(path)
+}
+
+fn setup() -> Option<Harness> {
+    if !Path::new("/dev/kvm").exists() {
+        skip("/dev/kvm is absent");
+        return None;
+    }
+    let Some(vmm) = form_vmm() else {
+        skip("form-vmm is not built (cargo build -p vmm, or set FORM_VMM)");
+        return None;
+    };
+    let Some(guest) = test_guest() else {
+        skip("the test guest cannot be built (scripts/test-guest)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&guest, dir.path().join("vmlinux")).unwrap();
+    Some(Harness::with_dir(HostBuilder::new().build(), dir, vmm))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_guest_runs_powers_off_and_the_exit_is_recorded() {
+    let Some(h) = setup() else {
+        return;
+    };
+    let mut body = h.vm("guest");
+    body["cmdline"] = json!("hello");
+    body["memory"] = json!(64u64 << 20);
+    let (status, vm) = h.call(Method::POST, "/v1/vms", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{vm}");
+    assert_eq!(vm["state"], "created");
+    let (status, vm) = h.call(Method::POST, "/v1/vms/guest/boot", None).await;
+    assert_eq!(status, StatusCode::OK, "{vm}");
+    h.eventually("the guest to power off", || {
+        h.manager.store().instance("guest").unwrap().unwrap().state == VmState::Stopped
+    })
+    .await;
+    let record = h.manager.store().instance("guest").unwrap().unwrap();
+    let exit = record.last_exit.expect("the exit is recorded");
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+    let serial = std::fs::read_to_string(&record.serial_log).unwrap();
+    assert!(serial.contains("form-test-guest: PASS"), "serial: {serial}");
+    assert!(!serial.contains("FAIL"), "serial: {serial}");
+
+    // A stopped VM boots again in a new VMM.
+    let (status, vm) = h.call(Method::POST, "/v1/vms/guest/boot", None).await;
+    assert_eq!(status, StatusCode::OK, "{vm}");
+    h.eventually("the guest to power off again", || {
+        h.manager.store().instance("guest").unwrap().unwrap().state == VmState::Stopped
+    })
+    .await;
+    let (status, _) = h.call(Method::DELETE, "/v1/vms/guest", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
