@@ -538,3 +538,28 @@ fn iommu_groups_go_to_one_vm_whole() {
         Err(GroupError::NoGroup { .. })
     ));
 }
+
+#[test]
+fn masked_msi_vector_shows_pending_and_delivers_on_unmask() {
+    let mut r = rig(FakeVfioDevice::edu());
+    // 64-bit MSI with per-vector masking at 0x40: mask 0x50, pending 0x54.
+    r.write(0x44, &0xfee0_0000u32.to_le_bytes());
+    r.write(0x4c, &0x30u16.to_le_bytes());
+    r.write(0x42, &1u16.to_le_bytes());
+    let gsi = r.dev.msi_route().gsi(0).unwrap();
+    assert!(r.routing.snapshot().irqfds.contains_key(&gsi));
+    r.write(0x50, &1u32.to_le_bytes());
+    assert!(!r.routing.snapshot().irqfds.contains_key(&gsi));
+    assert!(r.fake.fire(IrqIndex::Msi, 0));
+    assert_eq!(
+        r.dev.read_config_register(0x54 / 4),
+        1,
+        "pending while masked"
+    );
+    r.write(0x50, &0u32.to_le_bytes());
+    assert!(r.routing.snapshot().irqfds.contains_key(&gsi));
+    assert_eq!(r.dev.read_config_register(0x54 / 4), 0);
+    let counters: std::collections::BTreeMap<_, _> =
+        r.dev.counters().snapshot().into_iter().collect();
+    assert_eq!(counters["interrupts_injected"], 1);
+}

@@ -115,6 +115,77 @@ pub fn bdf_of(path: &Path) -> Option<String> {
     valid.then(|| name.to_string())
 }
 
+/// The IOMMU map and unmap calls, so the mapping logic runs in tests.
+pub trait IommuDma {
+    /// # Safety
+    /// `host..host + size` stays mapped until unmapped here; the device may read
+    /// and write it at any time.
+    unsafe fn map(&self, iova: u64, size: u64, host: *mut u8) -> std::io::Result<()>;
+    fn unmap(&self, iova: u64, size: u64) -> std::io::Result<()>;
+}
+
+impl IommuDma for VfioContainer {
+    unsafe fn map(&self, iova: u64, size: u64, host: *mut u8) -> std::io::Result<()> {
+        let size = usize::try_from(size).map_err(std::io::Error::other)?;
+        // SAFETY: the caller's contract is the one vfio_dma_map asks for.
+        unsafe { self.vfio_dma_map(iova, size, host) }.map_err(|e| match e {
+            VfioError::IommuDmaMap(errno) => std::io::Error::from_raw_os_error(errno.errno()),
+            other => std::io::Error::other(other.to_string()),
+        })
+    }
+
+    fn unmap(&self, iova: u64, size: u64) -> std::io::Result<()> {
+        let size = usize::try_from(size).map_err(std::io::Error::other)?;
+        self.vfio_dma_unmap(iova, size)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+/// One range of guest RAM to map: IOVA (= guest physical address), size, host
+/// address.
+#[derive(Debug, Clone, Copy)]
+pub struct DmaRegion {
+    pub iova: u64,
+    pub size: u64,
+    pub host: *mut u8,
+}
+
+/// Maps every region, or none: on a failure the ones already mapped are unmapped
+/// again. A refusal for lack of lockable memory names the bytes needed and
+/// `memlock_limit`.
+///
+/// # Safety
+/// Each region satisfies [`IommuDma::map`]'s contract.
+pub unsafe fn map_regions(
+    dma: &dyn IommuDma,
+    regions: &[DmaRegion],
+    memlock_limit: Option<u64>,
+) -> Result<(), ContainerError> {
+    let needed: u64 = regions.iter().map(|r| r.size).sum();
+    for (i, r) in regions.iter().enumerate() {
+        // SAFETY: passed on from the caller.
+        if let Err(source) = unsafe { dma.map(r.iova, r.size, r.host) } {
+            for done in regions.iter().take(i) {
+                if let Err(e) = dma.unmap(done.iova, done.size) {
+                    log::warn!("vfio: unmapping {:#x}+{:#x}: {e}", done.iova, done.size);
+                }
+            }
+            if let Some(msg) = source
+                .raw_os_error()
+                .and_then(|errno| dma_map_failure(errno, needed, memlock_limit))
+            {
+                return Err(ContainerError::Memlock(msg));
+            }
+            return Err(ContainerError::DmaMap {
+                iova: r.iova,
+                size: r.size,
+                source,
+            });
+        }
+    }
+    Ok(())
+}
+
 pub struct VfioDmaContainer {
     inner: Arc<VfioContainer>,
     sysfs_root: PathBuf,
@@ -203,38 +274,22 @@ impl VfioDmaContainer {
         if mapped.is_some() {
             return Ok(());
         }
-        let needed: u64 = memory.iter().map(|r| r.len()).sum();
-        let mut done = Vec::new();
+        let mut regions = Vec::new();
         for region in memory.iter() {
             let iova = region.start_addr().0;
-            let size = region.len();
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .map_err(|_| ContainerError::HostAddress(iova))?;
-            // SAFETY: guest RAM stays mapped for the VM's lifetime, which outlives
-            // the container; the device only reaches it through the IOMMU.
-            let result = unsafe { self.inner.vfio_dma_map(iova, size as usize, host) };
-            if let Err(e) = result {
-                for (i, s) in done.drain(..) {
-                    let _ = self.inner.vfio_dma_unmap(i, s as usize);
-                }
-                let source = match e {
-                    VfioError::IommuDmaMap(errno) => {
-                        std::io::Error::from_raw_os_error(errno.errno())
-                    }
-                    other => std::io::Error::other(other.to_string()),
-                };
-                if let Some(msg) = source
-                    .raw_os_error()
-                    .and_then(|errno| dma_map_failure(errno, needed, memlock_limit()))
-                {
-                    return Err(ContainerError::Memlock(msg));
-                }
-                return Err(ContainerError::DmaMap { iova, size, source });
-            }
-            done.push((iova, size));
+            regions.push(DmaRegion {
+                iova,
+                size: region.len(),
+                host,
+            });
         }
-        *mapped = Some(done);
+        // SAFETY: guest RAM stays mapped for the VM's lifetime, which outlives the
+        // container; the device only reaches it through the IOMMU.
+        unsafe { map_regions(&*self.inner, &regions, memlock_limit())? };
+        *mapped = Some(regions.iter().map(|r| (r.iova, r.size)).collect());
         Ok(())
     }
 
@@ -263,6 +318,77 @@ mod tests {
             .unwrap()
             .contains("unlimited"));
         assert_eq!(dma_map_failure(libc::EINVAL, 4096, None), None);
+    }
+
+    #[derive(Default)]
+    struct FakeDma {
+        mapped: std::cell::RefCell<Vec<(u64, u64)>>,
+        fail_at: Option<(u64, i32)>,
+    }
+
+    impl IommuDma for FakeDma {
+        unsafe fn map(&self, iova: u64, size: u64, _host: *mut u8) -> std::io::Result<()> {
+            if let Some((at, errno)) = self.fail_at.filter(|f| f.0 == iova) {
+                let _ = at;
+                return Err(std::io::Error::from_raw_os_error(errno));
+            }
+            self.mapped.borrow_mut().push((iova, size));
+            Ok(())
+        }
+        fn unmap(&self, iova: u64, size: u64) -> std::io::Result<()> {
+            let mut m = self.mapped.borrow_mut();
+            let i = m.iter().position(|r| *r == (iova, size)).unwrap();
+            m.remove(i);
+            Ok(())
+        }
+    }
+
+    fn ram() -> Vec<DmaRegion> {
+        vec![
+            DmaRegion {
+                iova: 0,
+                size: 3 << 30,
+                host: std::ptr::null_mut(),
+            },
+            DmaRegion {
+                iova: 4 << 30,
+                size: 1 << 30,
+                host: std::ptr::null_mut(),
+            },
+        ]
+    }
+
+    #[test]
+    fn all_ram_maps_or_none_does() {
+        let dma = FakeDma::default();
+        // SAFETY: the fake never touches the addresses.
+        unsafe { map_regions(&dma, &ram(), None) }.unwrap();
+        assert_eq!(*dma.mapped.borrow(), vec![(0, 3 << 30), (4 << 30, 1 << 30)]);
+
+        let dma = FakeDma {
+            fail_at: Some((4 << 30, libc::ENOMEM)),
+            ..Default::default()
+        };
+        // SAFETY: as above.
+        let err = unsafe { map_regions(&dma, &ram(), Some(64 << 10)) }.unwrap_err();
+        assert!(
+            dma.mapped.borrow().is_empty(),
+            "the first region was unmapped again"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("needs 4294967296 bytes"), "{msg}");
+        assert!(msg.contains("RLIMIT_MEMLOCK is 65536 bytes"), "{msg}");
+
+        let dma = FakeDma {
+            fail_at: Some((0, libc::EINVAL)),
+            ..Default::default()
+        };
+        // SAFETY: as above.
+        let err = unsafe { map_regions(&dma, &ram(), None) }.unwrap_err();
+        assert!(
+            matches!(err, ContainerError::DmaMap { iova: 0, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]

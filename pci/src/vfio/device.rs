@@ -262,6 +262,16 @@ impl VfioPciDevice {
         }
     }
 
+    /// Latches interrupts that arrived on masked MSI vectors into the pending bits.
+    fn sync_msi_pending(&mut self) {
+        for vector in self.msi_route.take_fired_while_masked() {
+            self.counters
+                .interrupts_while_masked
+                .fetch_add(1, Ordering::Relaxed);
+            self.config.trigger_msi(vector);
+        }
+    }
+
     /// Latches interrupts that arrived on masked MSI-X vectors into the PBA.
     fn sync_pending(&mut self) {
         let fired = self.msix_route.take_fired_while_masked();
@@ -310,6 +320,9 @@ fn msix_holes(layout: &crate::msix::MsixLayout, index: usize) -> Vec<(u64, u64)>
 impl PciDevice for VfioPciDevice {
     fn read_config_register(&mut self, reg_idx: usize) -> u32 {
         self.counters.config_reads.fetch_add(1, Ordering::Relaxed);
+        if self.config.msi().is_some_and(|m| m.covers(reg_idx)) {
+            self.sync_msi_pending();
+        }
         self.config.read(reg_idx, &Hardware(&*self.ops))
     }
 

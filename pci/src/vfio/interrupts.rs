@@ -12,8 +12,8 @@
 //!   interrupt: nothing is lost.
 //! - unmask (`enable` again): re-registering the irqfd makes KVM look at the
 //!   counter and inject at once if the device fired while masked.
-//! - The pending bits the guest can read (MSI-X PBA) are brought up to date from the
-//!   counters of undelivering vectors before each PBA read
+//! - The pending bits the guest can read (MSI-X PBA, MSI pending register) are
+//!   brought up to date from the counters of undelivering vectors before each read
 //!   ([`VfioMsiRoute::take_fired_while_masked`]), and a vector found pending that
 //!   way is delivered by [`MsiInterruptRoute::trigger`] (a write to the eventfd) on
 //!   unmask. A device that fires again after such a read may see one extra
