@@ -191,9 +191,11 @@ fn run(cli: Cli) -> Result<ExitCode, GpuError> {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    if std::env::var_os("RUST_LOG").is_none() {
-        log::set_max_level(log::LevelFilter::Info);
-    }
+    // Info by default: the service's log is the record of VMs starting and ending.
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .parse_env("RUST_LOG")
+        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

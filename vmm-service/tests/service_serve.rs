@@ -1,0 +1,204 @@
+//! `vmm-service serve` as a process: socket permissions, the TCP token, and a service
+//! killed with SIGKILL and started again finding its VM and the VMM still running.
+
+mod common;
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::{hgx_h100, Fixture};
+use support::{fake_vmm, have_python};
+
+struct Service {
+    child: Child,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path, fixture: &Fixture, listen: &str, extra: &[&str]) -> Service {
+    let child = Command::new(env!("CARGO_BIN_EXE_vmm-service"))
+        .arg("serve")
+        .args(["--listen", listen])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("--vmm-binary")
+        .arg(fake_vmm())
+        .arg("--sysfs-root")
+        .arg(&fixture.host.sysfs)
+        .arg("--proc-root")
+        .arg(&fixture.host.procfs)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Service { child }
+}
+
+/// One request over a fresh connection; returns the status and the JSON body.
+fn request(
+    stream: &mut dyn ReadWrite,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let json = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| {
+            // The body may be chunked; take the JSON object inside.
+            let start = rest.find(['{', '['])?;
+            let end = rest.rfind(['}', ']'])?;
+            serde_json::from_str(&rest[start..=end]).ok()
+        })
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn unix(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    request(&mut stream, method, path, body, None)
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn kernel(dir: &Path) -> String {
+    let path = dir.join("vmlinux");
+    std::fs::write(&path, b"not a kernel").unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn a_killed_service_restarts_with_its_vm_and_the_vmm_readopted() {
+    if !have_python() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = hgx_h100().build();
+    let socket: PathBuf = dir.path().join("service.sock");
+    let listen = format!("unix:{}", socket.display());
+    let mut service = serve(dir.path(), &fixture, &listen, &[]);
+    wait_for("the service socket", || {
+        UnixStream::connect(&socket).is_ok()
+    });
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+
+    let body =
+        json!({"name": "web", "kernel": kernel(dir.path()), "memory": 268435456, "boot": true});
+    let (status, vm) = unix(&socket, "POST", "/v1/vms", Some(&body));
+    assert_eq!(status, 201, "{vm}");
+    let pid = vm["pid"].as_u64().unwrap();
+
+    // SIGKILL: no chance to clean anything up.
+    service.child.kill().unwrap();
+    service.child.wait().unwrap();
+    let _service = serve(dir.path(), &fixture, &listen, &["--socket-mode", "600"]);
+    wait_for("the restarted service", || {
+        UnixStream::connect(&socket).is_ok()
+    });
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let (status, vm) = unix(&socket, "GET", "/v1/vms/web", None);
+    assert_eq!(status, 200, "{vm}");
+    assert_eq!(vm["state"], "running");
+    assert_eq!(vm["pid"].as_u64(), Some(pid), "the same VMM, re-adopted");
+
+    // The adopted VMM dies: the restarted service notices and records it.
+    // SAFETY: kill(2) on the fake VMM this test started through the service.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    wait_for("the adopted VMM's death to be recorded", || {
+        unix(&socket, "GET", "/v1/vms/web", None).1["state"] == "stopped"
+    });
+    let (_, vm) = unix(&socket, "GET", "/v1/vms/web", None);
+    assert!(
+        vm["last_exit"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("adopted"),
+        "{vm}"
+    );
+}
+
+#[test]
+fn tcp_needs_a_token_file_and_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = hgx_h100().build();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let listen = format!("tcp:127.0.0.1:{port}");
+    let mut refused = serve(dir.path(), &fixture, &listen, &[]);
+    let status = refused.child.wait().unwrap();
+    assert!(!status.success(), "TCP without --token-file must not start");
+
+    let token = "0123456789abcdef-secret";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let token_arg = token_file.display().to_string();
+    let mut loose = serve(dir.path(), &fixture, &listen, &["--token-file", &token_arg]);
+    assert!(
+        !loose.child.wait().unwrap().success(),
+        "a world-readable token file is refused"
+    );
+
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _service = serve(dir.path(), &fixture, &listen, &["--token-file", &token_arg]);
+    let address = format!("127.0.0.1:{port}");
+    wait_for("the TCP listener", || TcpStream::connect(&address).is_ok());
+    let tcp = |token: Option<&str>| {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        request(&mut stream, "GET", "/v1/gpus", None, token)
+    };
+    let (status, body) = tcp(None);
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert_eq!(tcp(Some("wrong-token-wrong-token")).0, 401);
+    let (status, body) = tcp(Some(token));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["gpus"].as_array().unwrap().len(), 9);
+}
