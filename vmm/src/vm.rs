@@ -77,8 +77,6 @@ pub enum VmError {
     Device(#[from] DeviceError),
     #[error("ACPI tables: {0}")]
     Acpi(#[from] AcpiError),
-    #[error("address allocator: {0}")]
-    Allocator(#[from] form_vm_allocator::AllocError),
     #[error("cannot start a vCPU thread: {0}")]
     VcpuThread(std::io::Error),
     #[error("cannot {action}: the VM is {state:?}")]
@@ -177,7 +175,7 @@ impl Vm {
         let exit_evt = events.exit.try_clone().map_err(VmError::EventFd)?;
         let reset_evt = events.reset.try_clone().map_err(VmError::EventFd)?;
         let exit = Arc::new(ExitSignal::new(exit_evt, reset_evt, requests));
-        let pci = PciDevices::new(&layout)?;
+        let pci = PciDevices::attach(&layout, &buses)?;
 
         let supported = hv.supported_cpuid()?;
         let mut vcpus = Vec::with_capacity(vcpu_count as usize);

@@ -142,3 +142,27 @@ fn smp_sees_four_cpus_in_the_madt() {
     assert!(run.serial.contains("cpus: 4"), "serial:\n{}", run.serial);
     assert_passed(&run);
 }
+
+#[test]
+fn pci_scan_finds_the_host_bridge_through_mcfg() {
+    if !kvm_or_skip("pci_scan_finds_the_host_bridge_through_mcfg") {
+        return;
+    }
+    let run = boot("pci-scan", 1);
+    assert!(
+        run.serial.contains("ecam: 0xe8000000 (MCFG"),
+        "serial:\n{}",
+        run.serial
+    );
+    assert!(
+        run.serial.contains("pci 00:00.0 1b36:0008 class 060000"),
+        "serial:\n{}",
+        run.serial
+    );
+    assert!(
+        run.serial.contains("pci-devices: 1"),
+        "serial:\n{}",
+        run.serial
+    );
+    assert_passed(&run);
+}

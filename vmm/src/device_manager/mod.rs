@@ -34,6 +34,8 @@ pub enum DeviceError {
     },
     #[error("serial mode {0:?} is not supported; use Tty, File, Off or Null")]
     SerialModeUnsupported(crate::config::ConsoleOutputMode),
+    #[error("PCI address pools: {0}")]
+    Allocator(#[from] form_vm_allocator::AllocError),
     #[error("cannot start the {what} thread: {source}")]
     Thread {
         what: &'static str,
