@@ -37,11 +37,23 @@ fn scratch_dir() -> PathBuf {
 }
 
 /// A minimal x86_64 ELF executable: one PT_LOAD segment holding `code`, loaded
-/// and entered at 1 MiB, no notes (so the 64-bit Linux entry is used).
-fn write_elf(path: &Path, code: &[u8]) {
+/// and entered at 1 MiB. Without `pvh` there are no notes (so the 64-bit Linux
+/// entry is used); with it, a Xen PHYS32_ENTRY note names the code as PVH entry.
+fn write_elf_with(path: &Path, code: &[u8], pvh: bool) {
     const EHDR: usize = 64;
     const PHDR: usize = 56;
-    let offset = (EHDR + PHDR) as u64;
+    const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+    let phnum = if pvh { 2 } else { 1 };
+    let mut note = Vec::new();
+    if pvh {
+        note.extend_from_slice(&4u32.to_le_bytes()); // namesz
+        note.extend_from_slice(&4u32.to_le_bytes()); // descsz
+        note.extend_from_slice(&XEN_ELFNOTE_PHYS32_ENTRY.to_le_bytes());
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&(LOAD_ADDR as u32).to_le_bytes());
+    }
+    let note_offset = (EHDR + PHDR * phnum) as u64;
+    let code_offset = note_offset + note.len() as u64;
     let mut f = Vec::new();
     f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
     f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
@@ -53,19 +65,30 @@ fn write_elf(path: &Path, code: &[u8]) {
     f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
     f.extend_from_slice(&(EHDR as u16).to_le_bytes());
     f.extend_from_slice(&(PHDR as u16).to_le_bytes());
-    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    f.extend_from_slice(&(phnum as u16).to_le_bytes());
     f.extend_from_slice(&[0; 6]); // no section headers
-    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
-    f.extend_from_slice(&offset.to_le_bytes());
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr
-    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
-    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
-    f.extend_from_slice(&0x1000u64.to_le_bytes());
-    assert_eq!(f.len(), EHDR + PHDR);
+    let mut phdr = |kind: u32, offset: u64, addr: u64, size: u64| {
+        f.extend_from_slice(&kind.to_le_bytes());
+        f.extend_from_slice(&7u32.to_le_bytes()); // RWX
+        f.extend_from_slice(&offset.to_le_bytes());
+        f.extend_from_slice(&addr.to_le_bytes()); // p_vaddr
+        f.extend_from_slice(&addr.to_le_bytes()); // p_paddr
+        f.extend_from_slice(&size.to_le_bytes());
+        f.extend_from_slice(&size.to_le_bytes());
+        f.extend_from_slice(&4u64.to_le_bytes());
+    };
+    phdr(1, code_offset, LOAD_ADDR, code.len() as u64); // PT_LOAD
+    if pvh {
+        phdr(4, note_offset, 0, note.len() as u64); // PT_NOTE
+    }
+    assert_eq!(f.len() as u64, note_offset);
+    f.extend_from_slice(&note);
     f.extend_from_slice(code);
     std::fs::write(path, f).unwrap();
+}
+
+fn write_elf(path: &Path, code: &[u8]) {
+    write_elf_with(path, code, false)
 }
 
 fn config(kernel: PathBuf, serial: PathBuf) -> VmConfig {
@@ -121,9 +144,13 @@ struct Outcome {
 }
 
 fn run_code(code: &[u8]) -> Outcome {
+    run_elf(code, false)
+}
+
+fn run_elf(code: &[u8], pvh: bool) -> Outcome {
     let dir = scratch_dir();
     let kernel = dir.join("guest.elf");
-    write_elf(&kernel, code);
+    write_elf_with(&kernel, code, pvh);
     let serial = dir.join("serial");
     let (events, exit, reset) = events();
     let mut vm = Vm::new(&config(kernel, serial.clone()), events).expect("create VM");
@@ -223,6 +250,29 @@ fn unclaimed_port_reads_as_all_ones() {
     let out = run_code(&code);
     assert_eq!(out.reason, Some(VmExitReason::PowerOff));
     assert_eq!(out.serial, [0xff]);
+}
+
+#[test]
+fn pvh_entry_gets_hvm_start_info_in_ebx() {
+    if !kvm_or_skip("pvh_entry_gets_hvm_start_info_in_ebx") {
+        return;
+    }
+    #[rustfmt::skip]
+    let code = [
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0x8a, 0x03,             // mov al, [ebx]  (32-bit code: the start info's magic)
+        0xee,                   // out dx, al
+        0x8a, 0x43, 0x04,       // mov al, [ebx + 4]  (version)
+        0xee,                   // out dx, al
+        0x66, 0xba, 0x00, 0x06, // mov dx, 0x600
+        0xb0, 0x34,             // mov al, 0x34
+        0xee,                   // out dx, al
+        0xf4,
+    ];
+    let out = run_elf(&code, true);
+    assert_eq!(out.reason, Some(VmExitReason::PowerOff));
+    // XEN_HVM_START_MAGIC is 0x336ec578; version 1.
+    assert_eq!(out.serial, [0x78, 0x01]);
 }
 
 fn new_error(cfg: &VmConfig) -> String {

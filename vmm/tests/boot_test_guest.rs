@@ -5,7 +5,9 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-use vmm::config::{ConsoleConfig, ConsoleOutputMode, CpusConfig, PayloadConfig, VmConfig};
+use vmm::config::{
+    ConsoleConfig, ConsoleOutputMode, CpusConfig, MemoryConfig, PayloadConfig, VmConfig,
+};
 use vmm::vm::{Vm, VmEvents, VmExitReason};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -54,6 +56,10 @@ struct Run {
 }
 
 fn boot(cmdline: &str, vcpus: u8) -> Run {
+    boot_with(cmdline, vcpus, MemoryConfig::default())
+}
+
+fn boot_with(cmdline: &str, vcpus: u8, memory: MemoryConfig) -> Run {
     let dir = tempdir();
     let serial_path = dir.join("serial.log");
     let config = VmConfig {
@@ -61,6 +67,7 @@ fn boot(cmdline: &str, vcpus: u8) -> Run {
             boot_vcpus: vcpus,
             max_vcpus: vcpus,
         },
+        memory,
         payload: PayloadConfig {
             kernel: Some(test_guest()),
             cmdline: Some(cmdline.into()),
@@ -164,5 +171,19 @@ fn pci_scan_finds_the_host_bridge_through_mcfg() {
         "serial:\n{}",
         run.serial
     );
+    assert_passed(&run);
+}
+
+#[test]
+fn shared_memory_boots() {
+    if !kvm_or_skip("shared_memory_boots") {
+        return;
+    }
+    let memory = MemoryConfig {
+        size: 256 << 20,
+        shared: true,
+        hugepages: false,
+    };
+    let run = boot_with("hello", 1, memory);
     assert_passed(&run);
 }
