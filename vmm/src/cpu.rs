@@ -32,10 +32,16 @@ fn id_bits(count: u32) -> u32 {
 /// as one socket of single-threaded cores.
 pub fn vcpu_cpuid(supported: &CpuId, apic_id: u32, count: u32) -> CpuId {
     let mut cpuid = supported.clone();
+    // "AuthenticAMD" and "HygonGenuine" both start their vendor string in EBX so.
+    let amd = cpuid.as_slice().iter().any(|e| {
+        e.function == 0
+            && (e.ebx == u32::from_le_bytes(*b"Auth") || e.ebx == u32::from_le_bytes(*b"Hygo"))
+    });
+    let logical_ids = count.next_power_of_two().min(0x80);
     for e in cpuid.as_mut_slice() {
         match e.function {
             1 => {
-                e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((count & 0xff) << 16);
+                e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | (logical_ids << 16);
                 e.ecx |= LEAF1_ECX_HYPERVISOR;
                 if count > 1 {
                     e.edx |= LEAF1_EDX_HTT;
@@ -43,7 +49,8 @@ pub fn vcpu_cpuid(supported: &CpuId, apic_id: u32, count: u32) -> CpuId {
                     e.edx &= !LEAF1_EDX_HTT;
                 }
             }
-            4 => {
+            // A leaf 4 entry with cache type 0 ends the list; leave it alone.
+            4 if e.eax & 0x1f != 0 => {
                 // Cores per package - 1 in 31:26; threads sharing the cache - 1 in
                 // 25:14: the L3 (level 3) is shared by all vCPUs, lower levels by one.
                 let level = (e.eax >> 5) & 0x7;
@@ -70,11 +77,11 @@ pub fn vcpu_cpuid(supported: &CpuId, apic_id: u32, count: u32) -> CpuId {
                     }
                 }
             }
-            0x8000_0008 => {
+            0x8000_0008 if amd => {
                 // AMD: number of cores - 1, and the APIC ID bits used for the core.
                 e.ecx = (e.ecx & !0xf0ff) | ((count - 1) & 0xff) | (id_bits(count) << 12);
             }
-            0x8000_001e => {
+            0x8000_001e if amd => {
                 // AMD extended APIC ID; one thread per core, one node.
                 e.eax = apic_id;
                 e.ebx &= !0xffff;
@@ -307,6 +314,11 @@ mod tests {
     #[test]
     fn cpuid_carries_apic_ids_and_topology() {
         let supported = CpuId::from_entries(&[
+            kvm_cpuid_entry2 {
+                ebx: u32::from_le_bytes(*b"Auth"),
+                ..entry(0, 0)
+            },
+            entry(0x8000_0008, 0),
             entry(1, 0),
             kvm_cpuid_entry2 {
                 eax: 3 << 5 | 0x3,
@@ -330,6 +342,10 @@ mod tests {
         };
         assert_eq!(get(1, 0).ebx >> 24, 2);
         assert_eq!((get(1, 0).ebx >> 16) & 0xff, 4);
+        assert_eq!(
+            (vcpu_cpuid(&supported, 0, 3).as_slice()[2].ebx >> 16) & 0xff,
+            4
+        );
         assert_ne!(get(1, 0).ecx & LEAF1_ECX_HYPERVISOR, 0);
         assert_eq!(get(4, 3).eax >> 26, 3);
         assert_eq!((get(4, 3).eax >> 14) & 0xfff, 3);
@@ -340,6 +356,7 @@ mod tests {
         );
         assert_eq!(get(0xb, 0).ebx, 1);
         assert_eq!((get(0xb, 2).ebx, get(0xb, 2).ecx), (0, 2));
+        assert_eq!(get(0x8000_0008, 0).ecx & 0xff, 3);
         assert_eq!(id_bits(1), 0);
         assert_eq!(id_bits(3), 2);
     }
