@@ -227,3 +227,66 @@ pub fn load_payload(
         initramfs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MemoryConfig;
+    use crate::memory::create_guest_memory;
+
+    fn memory(size: u64) -> (GuestLayout, GuestMemoryMmap) {
+        let layout = GuestLayout::new(size, 40).unwrap();
+        let cfg = MemoryConfig {
+            size,
+            ..Default::default()
+        };
+        let mem = create_guest_memory(&layout, &cfg).unwrap();
+        (layout, mem)
+    }
+
+    fn file_with(len: usize) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("form-vmm-initrd-{}-{len}", std::process::id()));
+        std::fs::write(&path, vec![0xa5; len]).unwrap();
+        path
+    }
+
+    #[test]
+    fn initramfs_goes_high_page_aligned_and_below_the_limit() {
+        let (layout, mem) = memory(64 << 20);
+        let path = file_with(10_000);
+        let (addr, size) = load_initramfs(&mem, &layout, &path, 0x20_0000, 0x37ff_ffff).unwrap();
+        assert_eq!(size, 10_000);
+        assert_eq!(addr % PAGE_SIZE, 0);
+        assert!(addr + size <= 64 << 20);
+        assert!(
+            addr + size > (64 << 20) - 2 * PAGE_SIZE,
+            "placed as high as possible"
+        );
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(addr + size - 1)).unwrap(),
+            0xa5
+        );
+        // A kernel limit below the end of RAM wins.
+        let (addr, _) = load_initramfs(&mem, &layout, &path, 0x20_0000, 0x1ff_ffff).unwrap();
+        assert!(addr + 10_000 <= 0x200_0000);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn initramfs_that_does_not_fit_is_refused() {
+        let (layout, mem) = memory(8 << 20);
+        let path = file_with(4 << 20);
+        let err = load_initramfs(&mem, &layout, &path, 6 << 20, 0x37ff_ffff).unwrap_err();
+        assert!(matches!(err, BootError::InitramfsTooBig { .. }), "{err}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn unknown_formats_are_named() {
+        let path = file_with(1024);
+        let err = detect_format(&path).unwrap_err().to_string();
+        assert!(err.contains("ELF") && err.contains("bzImage"), "{err}");
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -5,8 +5,7 @@ use super::kernel::{BootError, LoadedPayload};
 use crate::memory::GuestMemoryMmap;
 use form_vm_allocator::layout::ZERO_PAGE_START;
 use linux_loader::loader::bootparam::{
-    boot_e820_entry, boot_params, CAN_USE_HEAP, E820_MAX_ENTRIES_ZEROPAGE, KEEP_SEGMENTS,
-    LOADED_HIGH,
+    boot_e820_entry, boot_params, E820_MAX_ENTRIES_ZEROPAGE, KEEP_SEGMENTS, LOADED_HIGH,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -33,7 +32,7 @@ pub fn write_zero_page(
         params.hdr.kernel_alignment = DEFAULT_KERNEL_ALIGNMENT;
     }
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
-    params.hdr.loadflags |= LOADED_HIGH | KEEP_SEGMENTS | CAN_USE_HEAP;
+    params.hdr.loadflags |= LOADED_HIGH | KEEP_SEGMENTS;
     // Both are below 4 GiB by construction, so the ext_ fields stay zero.
     params.hdr.cmd_line_ptr = payload.cmdline_addr as u32;
     params.hdr.cmdline_size = payload.cmdline_size.saturating_sub(1) as u32;
