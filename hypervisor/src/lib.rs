@@ -14,7 +14,7 @@ mod vm;
 
 pub use error::{HypervisorError, Result};
 pub use hypervisor::{host_phys_bits, Hypervisor};
-pub use kick::VcpuKicker;
+pub use kick::{kick_signal, VcpuKicker};
 pub use routing::MsiMessage;
 pub use vcpu::{SystemEventKind, Vcpu, VmExit};
 pub use vm::{DataMatch, IoEventAddress, Vm};

@@ -77,7 +77,7 @@ pub const MMIO64_ALIGNMENT: u64 = GIB;
 /// guests that mis-handle BARs ending at the limit.
 pub const MMIO64_TOP_GUARD: u64 = 16 * GIB;
 
-/// The two RAM regions never exceed what fits below the 64-bit window.
+// The fixed pieces of the map abut in the order platform.md lists them.
 const _: () = assert!(LOW_RAM_END < LEGACY_HOLE_START && RSDP_START < ACPI_TABLES_END);
 const _: () = assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE == PCI_ECAM_START);
 const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE == PLATFORM_MMIO_START);
