@@ -275,6 +275,53 @@ fn pvh_entry_gets_hvm_start_info_in_ebx() {
     assert_eq!(out.serial, [0x78, 0x01]);
 }
 
+#[test]
+fn power_button_sets_the_ged_event_register() {
+    if !kvm_or_skip("power_button_sets_the_ged_event_register") {
+        return;
+    }
+    #[rustfmt::skip]
+    let code = [
+        0x48, 0xbb, 0, 0, 0, 0xf0, 0, 0, 0, 0, // mov rbx, 0xf0000000 (GED event register)
+        0x8b, 0x03,                            // poll: mov eax, [rbx]
+        0xa8, 0x01,                            // test al, 1 (power button)
+        0x74, 0xfa,                            // jz poll
+        0x66, 0xba, 0x00, 0x06,                // mov dx, 0x600
+        0xb0, 0x34,                            // mov al, 0x34
+        0xee,                                  // out dx, al
+        0xf4,
+    ];
+    let dir = scratch_dir();
+    let kernel = dir.join("guest.elf");
+    write_elf(&kernel, &code);
+    let (events, exit, reset) = events();
+    let mut vm = Vm::new(&config(kernel, dir.join("serial")), events).unwrap();
+    vm.boot().unwrap();
+    // The guest spins on the register until the button is pressed.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(vm.exit_reason(), None);
+    vm.power_button().unwrap();
+    let (exit_fired, _) = wait_for_exit(&exit, &reset);
+    vm.shutdown().unwrap();
+    assert!(exit_fired);
+    assert_eq!(vm.exit_reason(), Some(VmExitReason::PowerOff));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn executing_from_unbacked_memory_is_a_crash() {
+    if !kvm_or_skip("executing_from_unbacked_memory_is_a_crash") {
+        return;
+    }
+    // mov rax, 0xf1000000 (unclaimed platform MMIO); jmp rax
+    let out = run_code(&[0x48, 0xb8, 0, 0, 0, 0xf1, 0, 0, 0, 0, 0xff, 0xe0]);
+    assert!(out.exit_fired && !out.reset_fired);
+    match out.reason {
+        Some(VmExitReason::Crashed(why)) => assert!(why.contains("vCPU 0"), "{why}"),
+        other => panic!("expected a crash, got {other:?}"),
+    }
+}
+
 fn new_error(cfg: &VmConfig) -> String {
     let (events, _, _) = events();
     match Vm::new(cfg, events) {
