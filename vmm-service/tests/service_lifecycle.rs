@@ -379,3 +379,27 @@ async fn restart_readopts_a_vmm_the_service_started() {
     assert_eq!(record.vmm.map(|v| u64::from(v.pid)), vm["pid"].as_u64());
     assert_eq!(h.driver_of(GPU).as_deref(), Some("vfio-pci"));
 }
+
+#[tokio::test]
+async fn a_failed_boot_of_a_stopped_vm_releases_its_gpu_and_says_why() {
+    if !have_python() {
+        return;
+    }
+    let h = Harness::new(hgx_h100());
+    let mut body = h.vm("again");
+    body["gpu_devices"] = json!([GPU]);
+    create(&h, body).await;
+    let (status, _) = h.call(Method::POST, "/v1/vms/again/shutdown", None).await;
+    assert_eq!(status, StatusCode::OK);
+    std::fs::write(h.dir.path().join("run/vms/again/refuse-create"), "").unwrap();
+    let (status, body) = h.call(Method::POST, "/v1/vms/again/boot", None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(code(&body), "vmm_failed");
+    let vm = info(&h, "again").await;
+    assert_eq!(vm["state"], "stopped");
+    assert!(vm["pid"].is_null());
+    let reason = vm["last_exit"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("start failed"), "{reason}");
+    assert_eq!(vm["gpus"], json!([]));
+    assert_eq!(h.driver_of(GPU).as_deref(), Some("nvidia"));
+}

@@ -177,7 +177,6 @@ impl Manager {
             store.insert_instance(&record, &gpus)?;
         }
         if let Err(e) = self.start(&config, &paths, config.boot).await {
-            self.release_gpus(&name, config.gpu_options.unbind_on_shutdown);
             self.store().delete_instance(&name)?;
             return Err(e);
         }
@@ -204,10 +203,7 @@ impl Manager {
                     store.assign_gpus(&gpus)?;
                 }
                 let paths = self.paths(name);
-                if let Err(e) = self.start(&record.config, &paths, true).await {
-                    self.release_gpus(name, record.config.gpu_options.unbind_on_shutdown);
-                    return Err(e);
-                }
+                self.start(&record.config, &paths, true).await?;
             }
             (state, _) => {
                 return Err(InstanceError::InvalidState(format!(
@@ -238,8 +234,32 @@ impl Manager {
     }
 
     /// Binds the GPUs recorded for the VM, starts its VMM, creates (and boots) the VM.
-    /// On failure the VMM is gone; the caller releases the GPUs.
+    /// On failure the VMM is gone, the GPUs are released and the VM is recorded as
+    /// stopped, with why.
     async fn start(
+        self: &Arc<Self>,
+        config: &VmInstanceConfig,
+        paths: &VmPaths,
+        boot: bool,
+    ) -> Result<(), InstanceError> {
+        let result = self.try_start(config, paths, boot).await;
+        if let Err(e) = &result {
+            let name = &config.name;
+            self.release_gpus(name, config.gpu_options.unbind_on_shutdown);
+            let exit = ExitInfo {
+                code: None,
+                signal: None,
+                reason: format!("start failed: {e}"),
+                at: now(),
+            };
+            if let Err(e) = self.store().record_exit(name, &exit) {
+                log::error!("VM {name}: cannot record the failed start: {e}");
+            }
+        }
+        result
+    }
+
+    async fn try_start(
         self: &Arc<Self>,
         config: &VmInstanceConfig,
         paths: &VmPaths,
@@ -253,6 +273,18 @@ impl Manager {
         let mut started = supervisor::start(&self.config.vmm_binary, paths)
             .await
             .map_err(|e| InstanceError::Vmm(e.to_string()))?;
+        // Recorded before the VMM gets the GPUs: a service killed from here on finds
+        // the process on restart instead of releasing GPUs a live VMM holds.
+        let vmm = VmmProcess {
+            pid: started.pid,
+            start_time: started.start_time,
+            api_socket: paths.api_socket.display().to_string(),
+        };
+        let recorded = self.store().set_running(name, VmState::Created, &vmm);
+        if let Err(e) = recorded {
+            supervisor::stop_child(&mut started.child).await;
+            return Err(e.into());
+        }
         let client = VmmClient::new(&paths.api_socket);
         let vm_config = vmm_config(config, paths, &gpus, &self.config.host);
         let setup = async {
@@ -266,17 +298,9 @@ impl Manager {
             supervisor::stop_child(&mut started.child).await;
             return Err(vmm_error(e));
         }
-        let vmm = VmmProcess {
-            pid: started.pid,
-            start_time: started.start_time,
-            api_socket: paths.api_socket.display().to_string(),
-        };
-        let state = if boot {
-            VmState::Running
-        } else {
-            VmState::Created
-        };
-        self.store().set_running(name, state, &vmm)?;
+        if boot {
+            self.store().set_state(name, VmState::Running)?;
+        }
         self.watch_child(name.clone(), started.pid, started.child);
         Ok(())
     }
