@@ -411,3 +411,116 @@ fn read_instance(row: &Row<'_>) -> rusqlite::Result<InstanceRow> {
         updated_at: updated_at as u64,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{DriverRecord, DriverRecords};
+
+    fn config(name: &str) -> VmInstanceConfig {
+        serde_json::from_value(serde_json::json!({"name": name, "kernel": "/k"})).unwrap()
+    }
+
+    fn record(name: &str) -> InstanceRecord {
+        InstanceRecord {
+            config: config(name),
+            state: VmState::Stopped,
+            vmm: None,
+            serial_log: "/l".into(),
+            last_exit: None,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    fn gpu(bdf: &str, instance: &str) -> GpuAssignment {
+        GpuAssignment {
+            bdf: bdf.parse().unwrap(),
+            instance: instance.into(),
+            device_id: "gpu0".into(),
+        }
+    }
+
+    #[test]
+    fn a_gpu_has_one_owner_and_a_refused_insert_leaves_nothing() {
+        let mut store = Store::in_memory().unwrap();
+        store
+            .insert_instance(&record("a"), &[gpu("0000:01:00.0", "a")])
+            .unwrap();
+        let err = store
+            .insert_instance(&record("b"), &[gpu("0000:01:00.0", "b")])
+            .unwrap_err();
+        assert!(matches!(err, StateError::GpuTaken { ref owner, .. } if owner == "a"));
+        assert!(
+            store.instance("b").unwrap().is_none(),
+            "no half-recorded VM"
+        );
+        let err = store.insert_instance(&record("a"), &[]).unwrap_err();
+        assert!(matches!(err, StateError::NameTaken(_)));
+    }
+
+    #[test]
+    fn an_exit_clears_the_process_and_the_gpus_together() {
+        let mut store = Store::in_memory().unwrap();
+        store
+            .insert_instance(&record("a"), &[gpu("0000:01:00.0", "a")])
+            .unwrap();
+        let vmm = VmmProcess {
+            pid: 42,
+            start_time: 7,
+            api_socket: "/s".into(),
+        };
+        store.set_running("a", VmState::Running, &vmm).unwrap();
+        assert_eq!(store.instance("a").unwrap().unwrap().vmm, Some(vmm));
+        let exit = ExitInfo {
+            code: None,
+            signal: Some(9),
+            reason: "killed".into(),
+            at: 5,
+        };
+        store.record_exit("a", &exit).unwrap();
+        let after = store.instance("a").unwrap().unwrap();
+        assert_eq!(after.state, VmState::Stopped);
+        assert_eq!(after.vmm, None);
+        assert_eq!(after.last_exit, Some(exit));
+        assert!(store.all_gpus().unwrap().is_empty());
+    }
+
+    #[test]
+    fn driver_records_round_trip_including_no_driver() {
+        let mut store = Store::in_memory().unwrap();
+        let mut records = store.driver_records();
+        let a: Bdf = "0000:01:00.0".parse().unwrap();
+        let b: Bdf = "0000:01:00.1".parse().unwrap();
+        let nvidia = DriverRecord {
+            original_driver: Some("nvidia".into()),
+        };
+        let none = DriverRecord {
+            original_driver: None,
+        };
+        records.put(a, nvidia.clone()).unwrap();
+        records.put(b, none.clone()).unwrap();
+        assert_eq!(records.get(&a).unwrap(), Some(nvidia));
+        assert_eq!(records.get(&b).unwrap(), Some(none));
+        records.remove(&a).unwrap();
+        assert_eq!(records.get(&a).unwrap(), None);
+    }
+
+    #[test]
+    fn reopening_keeps_records_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        Store::open(&path)
+            .unwrap()
+            .insert_instance(&record("kept"), &[])
+            .unwrap();
+        let store = Store::open(&path).unwrap();
+        assert!(store.instance("kept").unwrap().is_some());
+        store
+            .connection()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(store);
+        assert!(matches!(Store::open(&path), Err(StateError::TooNew { .. })));
+    }
+}
