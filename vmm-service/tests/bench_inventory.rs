@@ -13,16 +13,31 @@ use vmm_service::gpu::{self, NoOwners};
 fn host_with(count: usize) -> HostBuilder {
     let mut host = HostBuilder::new();
     for i in 0..count {
-        // Four buses per GPU (switch upstream, downstream, GPU): 64 GPUs fit in bus 1..=255.
-        let (segment, bus) = ((4 * i + 1) / 256, (4 * i + 1) % 256);
+        // Three buses per GPU (switch upstream port, downstream port, GPU), four apart:
+        // 64 GPUs fit in buses 1..=255 of segment 0.
+        let bus = 4 * i + 1;
         let node = i32::from(i >= count / 2);
         let group = 10 * i as u32;
-        let at = |bus: usize, dev: u8| format!("{segment:04x}:{bus:02x}:{dev:02x}.0");
-        let root = format!("{segment:04x}:00:{:02x}.{}", i / 8 + 1, i % 8);
+        let at = |bus: usize, dev: u8| format!("0000:{bus:02x}:{dev:02x}.0");
+        let root = format!("0000:00:{:02x}.{}", i / 8 + 1, i % 8);
         host = host
-            .function(Function::bridge(&root, 0x8086, 0x352a).group(group).numa(node))
-            .function(Function::bridge(&at(bus, 0), 0x1000, 0xc030).parent(&root).group(group + 1).numa(node))
-            .function(Function::bridge(&at(bus + 1, 0), 0x1000, 0xc030).parent(&at(bus, 0)).group(group + 2).numa(node))
+            .function(
+                Function::bridge(&root, 0x8086, 0x352a)
+                    .group(group)
+                    .numa(node),
+            )
+            .function(
+                Function::bridge(&at(bus, 0), 0x1000, 0xc030)
+                    .parent(&root)
+                    .group(group + 1)
+                    .numa(node),
+            )
+            .function(
+                Function::bridge(&at(bus + 1, 0), 0x1000, 0xc030)
+                    .parent(&at(bus, 0))
+                    .group(group + 2)
+                    .numa(node),
+            )
             .function(
                 Function::new(&at(bus + 2, 0), 0x030200, 0x10de, 0x2330)
                     .subsystem(0x10de, 0x16c1)
