@@ -61,6 +61,8 @@ pub enum VmError {
     MemoryExceedsHost { requested: u64, host: u64 },
     #[error("boot_vcpus is {requested}, but must be between 1 and {max} (this host's KVM limit)")]
     VcpuCount { requested: u8, max: usize },
+    #[error("{0} VFIO device(s) requested, but this form-vmm build cannot pass devices through yet; remove `devices` to boot without them")]
+    DevicesUnsupported(usize),
     #[error("no kernel given (payload.kernel)")]
     NoKernel,
     #[error("kernel file {0} does not exist")]
@@ -123,6 +125,10 @@ fn validate(config: &VmConfig, hv: &Hypervisor) -> Result<PathBuf, VmError> {
             requested: boot_vcpus,
             max,
         });
+    }
+    // Booting without a requested GPU would look like success to the caller.
+    if !config.devices.is_empty() {
+        return Err(VmError::DevicesUnsupported(config.devices.len()));
     }
     let kernel = config.payload.kernel.clone().ok_or(VmError::NoKernel)?;
     if !kernel.exists() {

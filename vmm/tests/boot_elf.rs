@@ -363,6 +363,13 @@ fn host_validation_errors_say_what_is_wrong() {
     let msg = new_error(&cfg);
     assert!(msg.contains("ELF") && msg.contains("bzImage"), "{msg}");
 
+    let mut cfg = good.clone();
+    cfg.devices.push(vmm::config::DeviceConfig {
+        path: "/sys/bus/pci/devices/0000:01:00.0".into(),
+        ..Default::default()
+    });
+    assert!(new_error(&cfg).contains("cannot pass devices through yet"));
+
     let mut cfg = good;
     cfg.payload.kernel = None;
     assert!(new_error(&cfg).contains("no kernel"));
