@@ -4,7 +4,7 @@
 
 # Everything fetched or built for the lab lives here, outside the source tree, so that
 # a second run starts at once and `git clean` never throws it away.
-LAB_CACHE="${FORM_VMM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/form-vmm}"
+LAB_CACHE="${FORM_VMM_CACHE:-${XDG_CACHE_HOME:-${HOME:?set HOME or FORM_VMM_CACHE}/.cache}/form-vmm}"
 
 lab_say() { printf 'lab: %s\n' "$*" >&2; }
 
