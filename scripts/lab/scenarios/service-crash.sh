@@ -9,11 +9,13 @@ gpu=$LAB_DISPLAY_BDF
 sock=$LAB_TMP/service.sock
 export FORM_VMM_SOCKET=$sock
 
+service_up() { form-vmm-ctl gpu list >/dev/null 2>&1; }
+
 start_service() {
     vmm-service serve --listen "unix:$sock" --state-dir "$LAB_TMP/state" \
         --run-dir "$LAB_TMP/run" >>service.log 2>&1 &
     service_pid=$!
-    wait_until 10 form-vmm-ctl gpu list
+    wait_until 10 service_up
 }
 
 # A zombie (the VMM's first parent, the killed service, cannot reap it) counts as dead.
