@@ -6,20 +6,22 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::process::Child;
-
 use crate::api::types::{
-    AddGpuRequest, AssignedGpu, ExitInfo, GpuEntry, GpuRequest, VmInfo, VmInstanceConfig, VmState,
+    AssignedGpu, ExitInfo, GpuEntry, GpuRequest, VmInfo, VmInstanceConfig, VmState,
 };
 use crate::gpu::{self, Bdf, BindOptions, GpuBinder, GpuError, GpuInfo, HostPaths, SysfsWriter};
 use crate::state::{now, GpuAssignment, InstanceRecord, Store, VmmProcess};
 use crate::supervisor::{self, VmPaths};
-use crate::vmm_client::{ConsoleConfig, CpusConfig, MemoryConfig, PayloadConfig};
-use crate::vmm_client::{DeviceConfig, VmConfig, VmmClient, VmmClientError};
+use crate::vmm_client::{VmmClient, VmmClientError};
+
+mod gpus;
+mod vmm_config;
+mod watch;
 
 use super::allocate::{choose, matches_model, Candidate};
 use super::error::InstanceError;
-use super::validate::{parse_devices, validate, validate_request, GpuSelection, HostLimits};
+use super::validate::{validate, GpuSelection, HostLimits};
+use vmm_config::vmm_config;
 
 /// How long a VMM has to exit after `vmm.shutdown` before it gets SIGTERM, then SIGKILL.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -482,243 +484,9 @@ impl Manager {
         let _ = std::fs::remove_file(self.paths(name).api_socket);
     }
 
-    fn watch_child(self: &Arc<Self>, name: String, pid: u32, mut child: Child) {
-        let manager = Arc::clone(self);
-        tokio::spawn(async move {
-            let exit = match child.wait().await {
-                Ok(status) => supervisor::describe_exit(status),
-                Err(e) => ExitInfo {
-                    code: None,
-                    signal: None,
-                    reason: format!("waiting for the VMM failed: {e}"),
-                    at: now(),
-                },
-            };
-            let _changes = manager.changes.lock().await;
-            manager.finish(&name, pid, exit);
-        });
-    }
-
-    fn watch_adopted(self: &Arc<Self>, name: String, vmm: VmmProcess) {
-        let manager = Arc::clone(self);
-        tokio::spawn(async move {
-            while supervisor::is_alive(vmm.pid, vmm.start_time) {
-                tokio::time::sleep(ADOPTED_POLL).await;
-            }
-            let exit = ExitInfo {
-                code: None,
-                signal: None,
-                reason:
-                    "the VMM ended (adopted after a service restart, so its exit status is unknown)"
-                        .to_string(),
-                at: now(),
-            };
-            let _changes = manager.changes.lock().await;
-            manager.finish(&name, vmm.pid, exit);
-        });
-    }
-
-    // ----- restart ------------------------------------------------------------------
-
-    /// After a (re)start: adopts every recorded VMM that still runs, and for those that
-    /// do not, records the exit and releases their GPUs. Returns the names adopted.
-    pub async fn reconcile(self: &Arc<Self>) -> Result<Vec<String>, InstanceError> {
-        let _changes = self.changes.lock().await;
-        let records = self.store().instances()?;
-        let mut adopted = Vec::new();
-        for record in records {
-            let name = record.config.name.clone();
-            match record.vmm.clone() {
-                Some(vmm) if self.vmm_alive(&vmm).await => {
-                    log::info!("VM {name}: re-adopting VMM pid {}", vmm.pid);
-                    self.watch_adopted(name.clone(), vmm);
-                    adopted.push(name);
-                }
-                Some(vmm) => {
-                    let exit = ExitInfo {
-                        code: None,
-                        signal: None,
-                        reason: "the VMM ended while the service was not running".to_string(),
-                        at: now(),
-                    };
-                    self.finish(&name, vmm.pid, exit);
-                }
-                // Stopped, but GPUs still recorded: the service died mid-create or
-                // mid-release.
-                None => self.release_gpus(&name, record.config.gpu_options.unbind_on_shutdown),
-            }
-        }
-        Ok(adopted)
-    }
-
-    /// The recorded process runs (same pid, same start time), or, if the start time was
-    /// not known, its socket answers.
-    async fn vmm_alive(&self, vmm: &VmmProcess) -> bool {
-        if vmm.start_time != 0 {
-            return supervisor::is_alive(vmm.pid, vmm.start_time);
-        }
-        matches!(VmmClient::new(&vmm.api_socket).ping().await, Ok(ping) if ping.pid.is_none_or(|p| p == vmm.pid))
-    }
-
-    // ----- GPUs on a running VM -----------------------------------------------------
-
-    pub async fn add_gpu(
-        self: &Arc<Self>,
-        name: &str,
-        request: AddGpuRequest,
-    ) -> Result<VmInfo, InstanceError> {
-        let _changes = self.changes.lock().await;
-        let record = self.record(name)?;
-        let Some(vmm) = record.vmm.clone() else {
-            return Err(InstanceError::InvalidState(format!(
-                "VM {name} is stopped; GPUs are added to a VM whose VMM runs"
-            )));
-        };
-        let selection = match (request.device, request.model) {
-            (Some(device), None) if request.count.is_none() => {
-                GpuSelection::Devices(parse_devices(&[device])?)
-            }
-            (None, Some(model)) => {
-                let request = GpuRequest {
-                    model,
-                    count: request.count.unwrap_or(1),
-                };
-                validate_request(&request)?;
-                GpuSelection::Model(request)
-            }
-            _ => {
-                return Err(InstanceError::Invalid(
-                    "give either device, or model (with an optional count)".into(),
-                ))
-            }
-        };
-        let gpus = {
-            let mut store = self.store();
-            let first_id = next_device_index(&store.gpus_of(name)?);
-            let gpus = self.pick_gpus(&store, name, &selection, first_id)?;
-            store.assign_gpus(&gpus)?;
-            gpus
-        };
-        let client = VmmClient::new(&vmm.api_socket);
-        let unbind = record.config.gpu_options.unbind_on_shutdown;
-        for (index, assignment) in gpus.iter().enumerate() {
-            let result = match self.bind(&assignment.bdf) {
-                Ok(()) => client
-                    .add_device(&device_config(
-                        assignment,
-                        &record.config,
-                        &self.config.host,
-                    ))
-                    .await
-                    .map_err(vmm_error),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                // Give back this GPU and the ones not yet handed over; earlier ones are
-                // in the guest now and stay.
-                let mut store = self.store();
-                for rest in gpus.iter().skip(index) {
-                    if unbind {
-                        self.unbind(&mut store, &rest.bdf);
-                    }
-                    store.unassign_gpu(&rest.bdf)?;
-                }
-                return Err(e);
-            }
-        }
-        self.info(name)
-    }
-
-    pub async fn remove_gpu(
-        self: &Arc<Self>,
-        name: &str,
-        device: &str,
-    ) -> Result<VmInfo, InstanceError> {
-        let _changes = self.changes.lock().await;
-        let record = self.record(name)?;
-        let bdf = parse_devices(&[device.to_string()])?
-            .into_iter()
-            .next()
-            .ok_or_else(|| InstanceError::Invalid("no GPU given".into()))?;
-        let assignment = self
-            .store()
-            .gpus_of(name)?
-            .into_iter()
-            .find(|a| a.bdf == bdf)
-            .ok_or_else(|| InstanceError::Invalid(format!("VM {name} does not hold GPU {bdf}")))?;
-        let Some(vmm) = record.vmm else {
-            return Err(InstanceError::InvalidState(format!("VM {name} is stopped")));
-        };
-        VmmClient::new(&vmm.api_socket)
-            .remove_device(&assignment.device_id)
-            .await
-            .map_err(vmm_error)?;
-        let mut store = self.store();
-        if record.config.gpu_options.unbind_on_shutdown {
-            self.unbind(&mut store, &bdf);
-        }
-        store.unassign_gpu(&bdf)?;
-        drop(store);
-        self.info(name)
-    }
-
-    // ----- GPUs no VM holds -----------------------------------------------------------
-
-    /// Binds a GPU that no VM holds to vfio-pci (operators do this ahead of time to
-    /// check a host); the driver it leaves is recorded like a VM's.
-    pub async fn bind_free_gpu(
-        &self,
-        device: &str,
-        force: bool,
-    ) -> Result<serde_json::Value, InstanceError> {
-        let _changes = self.changes.lock().await;
-        let bdf = self.free_gpu(device)?;
-        let mut store = self.store();
-        let mut records = store.driver_records();
-        let options = BindOptions {
-            force,
-            ..self.config.bind
-        };
-        let outcome = GpuBinder::new(&self.config.host, self.writer.as_ref(), &mut records)
-            .bind(&bdf, &options)
-            .map_err(InstanceError::from_bind)?;
-        serde_json::to_value(outcome).map_err(|e| InstanceError::Internal(e.to_string()))
-    }
-
-    /// Returns a GPU that no VM holds from vfio-pci to its recorded driver.
-    pub async fn unbind_free_gpu(&self, device: &str) -> Result<serde_json::Value, InstanceError> {
-        let _changes = self.changes.lock().await;
-        let bdf = self.free_gpu(device)?;
-        let mut store = self.store();
-        let mut records = store.driver_records();
-        let outcome = GpuBinder::new(&self.config.host, self.writer.as_ref(), &mut records)
-            .release(&bdf)
-            .map_err(InstanceError::from_bind)?;
-        serde_json::to_value(outcome).map_err(|e| InstanceError::Internal(e.to_string()))
-    }
-
-    fn free_gpu(&self, device: &str) -> Result<Bdf, InstanceError> {
-        let bdf = parse_devices(&[device.to_string()])?
-            .into_iter()
-            .next()
-            .ok_or_else(|| InstanceError::Invalid("no GPU given".into()))?;
-        self.check_gpu(&bdf)?;
-        if let Some(owner) = self.store().owner_of(&bdf)? {
-            return Err(InstanceError::GpuInUse { bdf, owner });
-        }
-        Ok(bdf)
-    }
-
     fn paths(&self, name: &str) -> VmPaths {
         VmPaths::new(&self.config.run_dir, &self.config.state_dir, name)
     }
-}
-
-fn next_device_index(gpus: &[GpuAssignment]) -> usize {
-    gpus.iter()
-        .filter_map(|a| a.device_id.strip_prefix("gpu")?.parse::<usize>().ok())
-        .max()
-        .map_or(0, |max| max + 1)
 }
 
 fn state_word(state: VmState) -> &'static str {
@@ -739,66 +507,5 @@ fn vmm_error(e: VmmClientError) -> InstanceError {
             "the VMM cannot do this yet: {message}; nothing was changed"
         )),
         other => InstanceError::Vmm(other.to_string()),
-    }
-}
-
-fn device_config(
-    assignment: &GpuAssignment,
-    config: &VmInstanceConfig,
-    host: &HostPaths,
-) -> DeviceConfig {
-    let options = &config.gpu_options;
-    DeviceConfig {
-        // The canonical sysfs path on the real host, never one the user typed.
-        path: format!("/sys/bus/pci/devices/{}", assignment.bdf),
-        id: assignment.device_id.clone(),
-        x_nv_gpudirect_clique: options
-            .enable_nvidia_gpudirect
-            .then_some(options.nvidia_gpudirect_clique),
-    }
-    .relative_to(host)
-}
-
-impl DeviceConfig {
-    /// Points the device path at the service's sysfs root (a fixture tree in tests).
-    fn relative_to(mut self, host: &HostPaths) -> Self {
-        if let Some(rest) = self.path.strip_prefix("/sys") {
-            self.path = format!("{}{rest}", host.sysfs.display());
-        }
-        self
-    }
-}
-
-fn vmm_config(
-    config: &VmInstanceConfig,
-    paths: &VmPaths,
-    gpus: &[GpuAssignment],
-    host: &HostPaths,
-) -> VmConfig {
-    VmConfig {
-        cpus: CpusConfig {
-            boot_vcpus: config.vcpus,
-            max_vcpus: config.vcpus,
-        },
-        memory: MemoryConfig {
-            size: config.memory,
-        },
-        payload: PayloadConfig {
-            kernel: config.kernel.clone(),
-            initramfs: config.initramfs.clone(),
-            cmdline: config.cmdline.clone(),
-        },
-        serial: ConsoleConfig {
-            mode: "File".into(),
-            file: Some(paths.serial_log.display().to_string()),
-        },
-        console: ConsoleConfig {
-            mode: "Off".into(),
-            file: None,
-        },
-        devices: gpus
-            .iter()
-            .map(|a| device_config(a, config, host))
-            .collect(),
     }
 }
