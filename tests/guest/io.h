@@ -35,6 +35,21 @@ static inline void mmio_write32(uint64_t addr, uint32_t value)
 	__asm__ volatile("movl %0, (%1)" : : "r"(value), "r"(addr) : "memory");
 }
 
+/* 64-bit MMIO, for device registers that are eight bytes wide (edu's DMA
+ * registers accept 4- or 8-byte accesses). */
+static inline uint64_t mmio_read64(uint64_t addr)
+{
+	uint64_t value;
+
+	__asm__ volatile("movq (%1), %0" : "=r"(value) : "r"(addr) : "memory");
+	return value;
+}
+
+static inline void mmio_write64(uint64_t addr, uint64_t value)
+{
+	__asm__ volatile("movq %0, (%1)" : : "r"(value), "r"(addr) : "memory");
+}
+
 static inline void cpu_relax(void)
 {
 	__asm__ volatile("pause");

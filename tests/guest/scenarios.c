@@ -6,21 +6,10 @@
 #include "format.h"
 #include "pci.h"
 #include "scenario.h"
+#include "scenario_util.h"
+#include "scenarios_pci.h"
 #include "serial.h"
 #include "str.h"
-
-/* Reads an optional numeric parameter. Returns a reason when it is set but
- * not a number; *present says whether it was set. */
-static const char *param_u64(const struct guest_env *env, const char *key, uint64_t *value,
-			     bool *present)
-{
-	const char *text = cmdline_param(env->cmdline, key);
-
-	*present = text != 0;
-	if (text && !parse_u64(text, value))
-		return reasonf("parameter %s=%s is not a number", key, text);
-	return 0;
-}
 
 static const char *scenario_hello(const struct guest_env *env)
 {
@@ -107,6 +96,11 @@ static const struct scenario scenarios[] = {
 	{ "hello", scenario_hello },
 	{ "smp", scenario_smp },
 	{ "pci-scan", scenario_pci_scan },
+	{ "bar-rw", scenario_bar_rw },
+	{ "edu", scenario_edu },
+	{ "msix", scenario_msix },
+	{ "pci-wait", scenario_pci_wait },
+	{ "hotplug-cycle", scenario_hotplug_cycle },
 };
 
 const struct scenario *scenario_find(const char *name)
