@@ -17,7 +17,7 @@ pub use process::{is_alive, start_time, terminate};
 
 /// How long a new form-vmm has to answer `vmm.ping`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
-const READY_POLL: Duration = Duration::from_millis(20);
+const READY_POLL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
