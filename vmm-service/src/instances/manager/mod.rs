@@ -372,18 +372,24 @@ impl Manager {
     }
 
     fn bind(&self, bdf: &Bdf) -> Result<(), InstanceError> {
-        let mut store = self.store();
-        let mut records = store.driver_records();
-        GpuBinder::new(&self.config.host, self.writer.as_ref(), &mut records)
-            .bind(bdf, &self.config.bind)
-            .map(drop)
-            .map_err(InstanceError::from_bind)
+        blocking(|| {
+            let mut store = self.store();
+            let mut records = store.driver_records();
+            GpuBinder::new(&self.config.host, self.writer.as_ref(), &mut records)
+                .bind(bdf, &self.config.bind)
+                .map(drop)
+                .map_err(InstanceError::from_bind)
+        })
     }
 
     /// Gives the VM's GPUs back to their drivers (when asked to) and forgets the
     /// assignments. Failures to unbind are logged: the GPU is free for another VM
     /// either way, as it is still on vfio-pci.
     fn release_gpus(&self, name: &str, unbind: bool) {
+        blocking(|| self.release_gpus_now(name, unbind));
+    }
+
+    fn release_gpus_now(&self, name: &str, unbind: bool) {
         let mut store = self.store();
         let gpus = match store.gpus_of(name) {
             Ok(gpus) => gpus,
@@ -486,6 +492,17 @@ impl Manager {
 
     fn paths(&self, name: &str) -> VmPaths {
         VmPaths::new(&self.config.run_dir, &self.config.state_dir, name)
+    }
+}
+
+/// Runs sysfs work that may sleep (binding waits for the VFIO node; the kernel's unbind
+/// waits for the device to go quiet) without stalling the other tasks of a
+/// multi-threaded runtime. A single-threaded runtime (tests) just runs it.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 
