@@ -101,6 +101,52 @@ check 'pci-scan, ECAM beyond 4 GiB' '--ecam 0x100000000' 'pci-scan' \
 check 'unknown scenario' '' 'frobnicate' \
 	"${P}scenario frobnicate" "${P}FAIL unknown scenario 'frobnicate'" "$OFF600"
 
+# The VFIO scenarios against the harness's model of the lab's devices:
+# RAM-backed BARs (one 8 GiB above 4 GiB), an edu with DMA and MSI.
+LAB='--lab-devices'
+check 'bar-rw, VGA framebuffer' "$LAB" 'bar-rw vendor=0x1234 device=0x1111 bar=0' \
+	'found 00:01\.0 1234:1111 class 030000' \
+	'bar 0 at 0xc0000000 size 0x1000000 \(32-bit, prefetchable\)' \
+	'bar 0: wrote and read back 0x1000 bytes at offset 0x0' "$PASS" "$NOFAIL"
+check 'bar-rw, far end of an 8 GiB BAR above 4 GiB' "$LAB" \
+	'bar-rw vendor=0x1af4 device=0x1110 bar=2 offset=0x1fffff000 len=0x1000' \
+	'bar 2 at 0x200000000 size 0x200000000 \(64-bit, prefetchable\)' \
+	'mapped 0x3fffff000-0x3ffffffff above 4 GiB' \
+	'bar 2: wrote and read back 0x1000 bytes at offset 0x1fffff000' "$PASS" "$NOFAIL"
+check 'bar-rw, window beyond the BAR' "$LAB" \
+	'bar-rw vendor=0x1234 device=0x1111 offset=0xfff000 len=0x2000' \
+	"${P}FAIL offset 0xfff000 \+ length 0x2000 is beyond BAR 0's 0x1000000 bytes"
+check 'bar-rw, BAR not implemented' "$LAB" 'bar-rw vendor=0x1234 device=0x1111 bar=1' \
+	"${P}FAIL BAR 1 is not implemented"
+check 'bar-rw, no such device' "$LAB" 'bar-rw vendor=0x10de device=0x2330' \
+	"${P}FAIL no 10de:2330 on bus 0 after 0 s"
+check 'bar-rw, hold' "$LAB" 'bar-rw vendor=0x1234 device=0x1111 hold=1' \
+	'holding 1 s' "$PASS" "$NOFAIL"
+check edu "$LAB" 'edu' 'edu: id 0x010000ed' 'edu: liveness wrote 0x12345678 read 0xedcba987' \
+	'dma: 1024 bytes RAM -> device -> RAM at 0x[0-9a-f]+: match' \
+	'msi: capability at 0x40, address 0xfee00000, data 0x40, 64-bit' \
+	'msi: received vector 0x40' 'msi: DMA completion on vector 0x40, status 0x100' \
+	"$PASS" "$NOFAIL"
+check 'edu, vector=' "$LAB" 'edu vector=0x51' 'msi: received vector 0x51' "$PASS" "$NOFAIL"
+check 'edu, exception vector refused' "$LAB" 'edu vector=0x0e' \
+	"${P}FAIL vector=0xe is an exception vector; use 0x20-0xfe"
+check 'edu, no local APIC' '' 'edu' \
+	"${P}FAIL the local APIC timer does not count \(stuck at 0x[0-9a-f]+\)"
+check 'msix, no MSI-X capability' "$LAB" 'msix vendor=0x1234 device=0x11e8' \
+	"${P}FAIL the device has no MSI-X capability"
+check 'pci-wait, present' "$LAB" 'pci-wait vendor=0x1234 device=0x11e8' \
+	'found 00:02\.0 1234:11e8 class 00ff00 after [0-9]+ ms' "$PASS" "$NOFAIL"
+check 'pci-wait, never appears' "$LAB" 'pci-wait vendor=0x1234 device=0x9999 wait=1' \
+	"${P}FAIL 1234:9999 still absent after 1 s"
+check 'pci-wait gone=1' "$LAB" 'pci-wait vendor=0x1234 device=0x9999 gone=1' \
+	'gone after [0-9]+ ms' "$PASS" "$NOFAIL"
+check 'hotplug-cycle' "$LAB --hotplug-cycle 300" 'hotplug-cycle vendor=0x1234 device=0x11e8 wait=3' \
+	'waiting for 1234:11e8 to appear' 'found 00:02\.0 1234:11e8 class 00ff00 after [0-9]+ ms' \
+	'gone after [0-9]+ ms' 'found again 00:02\.0 1234:11e8 class 00ff00 after [0-9]+ ms' \
+	"$PASS" "$NOFAIL"
+check 'hotplug-cycle, never removed' "$LAB" 'hotplug-cycle vendor=0x1234 device=0x11e8 wait=1' \
+	'found 00:02\.0 .*' "${P}FAIL 1234:11e8 still present after 1 s"
+
 # Power-off goes where the FADT says, found directly or by scanning.
 check 'power-off through the FADT' '--sleep-port 0x604' 'hello' \
 	"$PASS" "$NOFAIL" 'harness: power-off via port 0x604'

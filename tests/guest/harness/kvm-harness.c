@@ -27,6 +27,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <elf.h>
 
@@ -76,10 +77,14 @@ struct options {
 	unsigned sleep_port;
 	uint64_t ecam;
 	bool no_devices;
+	bool lab_devices;
+	bool irqchip;
+	unsigned hotplug_ms;
 	unsigned timeout;
 };
 
 static uint8_t *mem;
+static int vm_fd;
 static bool at_line_start = true;
 static uint8_t uart_lcr;
 
@@ -154,6 +159,12 @@ static void usage(void)
 		"  --sleep-port P    FADT SLEEP_CONTROL_REG port (default 0x600)\n"
 		"  --ecam A          ECAM base in the MCFG and for the fake devices\n"
 		"  --no-devices      ECAM reads return all ones\n"
+		"  --irqchip         in-kernel LAPIC/IOAPIC (HLT then never exits)\n"
+		"  --lab-devices     the VFIO lab's devices instead: RAM-backed BARs (VGA BAR0,\n"
+		"                    ivshmem's 8 GiB BAR2 above 4 GiB) and an edu with DMA and\n"
+		"                    MSI; implies --irqchip\n"
+		"  --hotplug-cycle MS with --lab-devices: edu is absent for MS ms, present for\n"
+		"                    MS ms, absent for MS ms, then present (add/remove/add)\n"
 		"  --timeout S       give up after S seconds (default 10)\n",
 		RSDP_SCAN_ADDR, ACPI_ADDR, BOOT_PARAMS_ADDR);
 	exit(1);
@@ -177,6 +188,10 @@ static void parse_args(int argc, char **argv, struct options *o)
 			o->rsdp_scan = true, takes_arg = false;
 		else if (!strcmp(opt, "--no-devices"))
 			o->no_devices = true, takes_arg = false;
+		else if (!strcmp(opt, "--lab-devices"))
+			o->lab_devices = true, o->irqchip = true, takes_arg = false;
+		else if (!strcmp(opt, "--irqchip"))
+			o->irqchip = true, takes_arg = false;
 		else if (!arg)
 			usage();
 		else if (!strcmp(opt, "--cpus"))
@@ -197,6 +212,8 @@ static void parse_args(int argc, char **argv, struct options *o)
 			o->sleep_port = parse_num(opt, arg);
 		else if (!strcmp(opt, "--ecam"))
 			o->ecam = parse_num(opt, arg);
+		else if (!strcmp(opt, "--hotplug-cycle"))
+			o->hotplug_ms = parse_num(opt, arg);
 		else if (!strcmp(opt, "--timeout"))
 			o->timeout = parse_num(opt, arg);
 		else
@@ -505,49 +522,304 @@ static void setup_vcpu(int kvm, int vcpu, uint64_t entry, const struct options *
 
 /* --- devices ----------------------------------------------------------- */
 
+#define FAKE_BARS 6
+#define FAKE_CONFIG_DWORDS 1024
+#define EDU_BUFFER_ADDR 0x40000
+#define EDU_BUFFER_SIZE 4096
+
+struct fake_bar {
+	uint64_t addr;    /* where it is placed and backed (or trapped) */
+	uint64_t size;    /* 0: no BAR here (or the upper half of a 64-bit one) */
+	bool is_64;
+	bool prefetchable;
+	bool ram;         /* backed by a memory slot; otherwise trapped */
+};
+
 struct fake_function {
 	unsigned dev, fn;
 	uint32_t id;        /* device << 16 | vendor */
 	uint32_t class_rev; /* class << 8 | revision */
 	uint8_t header_type;
 	bool all_functions; /* decodes every function number, as some devices do */
+	struct fake_bar bars[FAKE_BARS];
+	bool msi;           /* a 64-bit MSI capability at 0x40 */
+	uint64_t bar_value[FAKE_BARS]; /* what the guest last wrote */
+	uint32_t config[FAKE_CONFIG_DWORDS]; /* command, MSI registers */
 };
 
 /* Bus 0: a host bridge, a single-function device that answers on every
  * function number (the guest must still list it once), and a multifunction
  * device with a gap at function 1. */
-static const struct fake_function fake_functions[] = {
-	{ 0x00, 0, 0x0D578086, 0x06000000, 0x00, false },
-	{ 0x01, 0, 0x11E81234, 0x00FF0010, 0x00, true },
-	{ 0x1F, 0, 0x29188086, 0x06010002, 0x80, false },
-	{ 0x1F, 2, 0x29228086, 0x01060102, 0x00, false },
-	{ 0x1F, 3, 0x29308086, 0x0C050002, 0x00, false },
+static struct fake_function plain_functions[] = {
+	{ .dev = 0x00, .fn = 0, .id = 0x0D578086, .class_rev = 0x06000000, .header_type = 0x00, .all_functions = false },
+	{ .dev = 0x01, .fn = 0, .id = 0x11E81234, .class_rev = 0x00FF0010, .header_type = 0x00, .all_functions = true },
+	{ .dev = 0x1F, .fn = 0, .id = 0x29188086, .class_rev = 0x06010002, .header_type = 0x80, .all_functions = false },
+	{ .dev = 0x1F, .fn = 2, .id = 0x29228086, .class_rev = 0x01060102, .header_type = 0x00, .all_functions = false },
+	{ .dev = 0x1F, .fn = 3, .id = 0x29308086, .class_rev = 0x0C050002, .header_type = 0x00, .all_functions = false },
 };
+
+#define LAB_VGA_BAR0 0xC0000000ULL
+#define LAB_VGA_BAR0_SIZE (16ULL << 20)
+#define LAB_EDU_BAR0 0xC1000000ULL
+#define LAB_EDU_BAR0_SIZE (1ULL << 20)
+#define LAB_IVSHMEM_BAR2 0x200000000ULL
+#define LAB_IVSHMEM_BAR2_SIZE (8ULL << 30)
+
+/* What the VFIO lab passes through, as the VMM would present it: the std
+ * VGA's framebuffer, edu, and ivshmem's 8 GiB BAR2 above 4 GiB. */
+static struct fake_function lab_functions[] = {
+	{ .dev = 0x00, .fn = 0, .id = 0x0D578086, .class_rev = 0x06000000, .header_type = 0x00, .all_functions = false },
+	{ 0x01, 0, 0x11111234, 0x03000002, 0x00, false,
+	  .bars = { [0] = { LAB_VGA_BAR0, LAB_VGA_BAR0_SIZE, false, true, true } } },
+	{ 0x02, 0, 0x11E81234, 0x00FF0010, 0x00, false,
+	  .bars = { [0] = { LAB_EDU_BAR0, LAB_EDU_BAR0_SIZE, false, false, false } },
+	  .msi = true },
+	{ 0x03, 0, 0x11101AF4, 0x05000001, 0x00, false,
+	  .bars = { [2] = { LAB_IVSHMEM_BAR2, LAB_IVSHMEM_BAR2_SIZE, true, true, true } } },
+};
+
+static struct fake_function *functions = plain_functions;
+static size_t function_count = sizeof(plain_functions) / sizeof(plain_functions[0]);
+
+#define MSI_CAP 0x40
+#define MSI_CONTROL_64BIT (1U << 7)
+#define MSI_CONTROL_ENABLE 1U
+#define STATUS_CAP_LIST (1U << 4)
+#define COMMAND_BUS_MASTER (1U << 2)
+
+static void map_ram(int vm, unsigned slot, uint64_t addr, uint64_t size)
+{
+	void *backing = mmap(NULL, size, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	struct kvm_userspace_memory_region region;
+
+	if (backing == MAP_FAILED)
+		die("cannot allocate 0x%llx bytes for a BAR: %s", (unsigned long long)size,
+		    strerror(errno));
+	region = (struct kvm_userspace_memory_region){
+		.slot = slot, .guest_phys_addr = addr, .memory_size = size,
+		.userspace_addr = (uintptr_t)backing,
+	};
+	if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region))
+		die("mapping a BAR at 0x%llx: %s", (unsigned long long)addr, strerror(errno));
+}
+
+static void lab_devices_init(int vm)
+{
+	unsigned slot = 1;
+
+	functions = lab_functions;
+	function_count = sizeof(lab_functions) / sizeof(lab_functions[0]);
+	for (size_t i = 0; i < function_count; i++) {
+		for (unsigned b = 0; b < FAKE_BARS; b++) {
+			struct fake_bar *bar = &functions[i].bars[b];
+
+			functions[i].bar_value[b] = bar->addr;
+			if (bar->is_64 && b + 1 < FAKE_BARS)
+				functions[i].bar_value[b + 1] = 0;
+			if (bar->size && bar->ram)
+				map_ram(vm, slot++, bar->addr, bar->size);
+		}
+	}
+}
+
+static struct timespec started;
+
+/* With --hotplug-cycle, whether edu is on the bus now: phases of MS ms. */
+static bool hotplugged_present(const struct options *o)
+{
+	struct timespec now;
+	uint64_t ms;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	ms = (uint64_t)(now.tv_sec - started.tv_sec) * 1000 +
+	     (uint64_t)(now.tv_nsec / 1000000) - (uint64_t)(started.tv_nsec / 1000000);
+	ms /= o->hotplug_ms;
+	return ms == 1 || ms >= 3;
+}
+
+static struct fake_function *function_at(const struct options *o, uint64_t offset)
+{
+	unsigned dev = (offset >> 15) & 0x1F, fn = (offset >> 12) & 0x7;
+
+	if (o->no_devices)
+		return NULL;
+	for (size_t i = 0; i < function_count; i++) {
+		struct fake_function *f = &functions[i];
+
+		if (o->hotplug_ms && f == &lab_functions[2] && !hotplugged_present(o))
+			continue;
+
+		if (f->dev == dev && (f->fn == fn || f->all_functions))
+			return f;
+	}
+	return NULL;
+}
+
+static uint32_t bar_read(const struct fake_function *f, unsigned index)
+{
+	const struct fake_bar *bar = &f->bars[index];
+
+	if (!bar->size) {
+		/* The upper half of a 64-bit BAR. */
+		if (index > 0 && f->bars[index - 1].is_64)
+			return (uint32_t)((f->bar_value[index - 1] &
+					   ~(f->bars[index - 1].size - 1)) >> 32);
+		return 0;
+	}
+	return (uint32_t)(f->bar_value[index] & ~(bar->size - 1) & 0xFFFFFFF0U) |
+	       (bar->is_64 ? 0x4 : 0) | (bar->prefetchable ? 0x8 : 0);
+}
+
+static void bar_write(struct fake_function *f, unsigned index, uint32_t value)
+{
+	if (f->bars[index].size) {
+		f->bar_value[index] = (f->bar_value[index] & ~0xFFFFFFFFULL) | (value & 0xFFFFFFF0U);
+	} else if (index > 0 && f->bars[index - 1].is_64) {
+		f->bar_value[index - 1] = (f->bar_value[index - 1] & 0xFFFFFFFFULL) |
+					  ((uint64_t)value << 32);
+	}
+}
 
 static uint32_t ecam_read_dword(const struct options *o, uint64_t offset)
 {
-	unsigned dev = (offset >> 15) & 0x1F, fn = (offset >> 12) & 0x7;
+	struct fake_function *f = function_at(o, offset);
 	unsigned reg = offset & 0xFFC;
 
-	if (o->no_devices)
+	if (!f)
 		return 0xFFFFFFFF;
-	for (size_t i = 0; i < sizeof(fake_functions) / sizeof(fake_functions[0]); i++) {
-		const struct fake_function *f = &fake_functions[i];
-
-		if (f->dev != dev || (f->fn != fn && !f->all_functions))
-			continue;
-		switch (reg) {
-		case 0x00:
-			return f->id;
-		case 0x08:
-			return f->class_rev;
-		case 0x0C:
-			return (uint32_t)f->header_type << 16;
-		default:
+	switch (reg) {
+	case 0x00:
+		return f->id;
+	case 0x04:
+		return (f->config[1] & 0xFFFF) | (f->msi ? STATUS_CAP_LIST << 16 : 0);
+	case 0x08:
+		return f->class_rev;
+	case 0x0C:
+		return (uint32_t)f->header_type << 16;
+	case 0x10 ... 0x24:
+		return bar_read(f, (reg - 0x10) / 4);
+	case 0x34:
+		return f->msi ? MSI_CAP : 0;
+	case MSI_CAP:
+		if (!f->msi)
 			return 0;
-		}
+		return 0x05 | ((MSI_CONTROL_64BIT | (f->config[MSI_CAP / 4] >> 16 &
+						     MSI_CONTROL_ENABLE)) << 16);
+	case MSI_CAP + 4 ... MSI_CAP + 12:
+		return f->msi ? f->config[reg / 4] : 0;
+	default:
+		return 0;
 	}
-	return 0xFFFFFFFF;
+}
+
+static void ecam_write_dword(const struct options *o, uint64_t offset, uint32_t value)
+{
+	struct fake_function *f = function_at(o, offset);
+	unsigned reg = offset & 0xFFC;
+
+	if (!f || functions == plain_functions)
+		return;
+	if (reg == 0x04 || (reg >= MSI_CAP && reg <= MSI_CAP + 12 && f->msi))
+		f->config[reg / 4] = value;
+	else if (reg >= 0x10 && reg <= 0x24)
+		bar_write(f, (reg - 0x10) / 4, value);
+}
+
+/* edu (QEMU's docs/specs/edu.rst): identification, liveness, interrupt
+ * raise/acknowledge, and a DMA engine that finishes at once. */
+static struct {
+	uint32_t liveness;
+	uint32_t irq_status;
+	uint64_t dma_src, dma_dst, dma_count, dma_cmd;
+	uint8_t buffer[EDU_BUFFER_SIZE];
+} edu;
+
+static void edu_signal(const struct fake_function *f)
+{
+	struct kvm_msi msi;
+
+	if (!(f->config[MSI_CAP / 4] >> 16 & MSI_CONTROL_ENABLE) ||
+	    !(f->config[1] & COMMAND_BUS_MASTER)) {
+		report("edu: interrupt raised without MSI and bus mastering enabled");
+		return;
+	}
+	msi = (struct kvm_msi){
+		.address_lo = f->config[MSI_CAP / 4 + 1],
+		.address_hi = f->config[MSI_CAP / 4 + 2],
+		.data = f->config[MSI_CAP / 4 + 3] & 0xFFFF,
+	};
+	if (ioctl(vm_fd, KVM_SIGNAL_MSI, &msi) < 0)
+		report("edu: KVM_SIGNAL_MSI: %s", strerror(errno));
+}
+
+/* Copies between guest RAM and the device buffer; out-of-range requests are
+ * reported and dropped, as a real device would fault them. */
+static void edu_dma(const struct fake_function *f)
+{
+	bool to_ram = edu.dma_cmd & 2;
+	uint64_t ram = to_ram ? edu.dma_dst : edu.dma_src;
+	uint64_t dev = (to_ram ? edu.dma_src : edu.dma_dst) - EDU_BUFFER_ADDR;
+
+	if (!(f->config[1] & COMMAND_BUS_MASTER))
+		report("edu: DMA without bus mastering enabled");
+	else if (dev > EDU_BUFFER_SIZE || edu.dma_count > EDU_BUFFER_SIZE - dev ||
+		 ram > MEM_SIZE || edu.dma_count > MEM_SIZE - ram)
+		report("edu: DMA out of range: ram 0x%llx, buffer offset 0x%llx, 0x%llx bytes",
+		       (unsigned long long)ram, (unsigned long long)dev,
+		       (unsigned long long)edu.dma_count);
+	else if (to_ram)
+		memcpy(mem + ram, edu.buffer + dev, edu.dma_count);
+	else
+		memcpy(edu.buffer + dev, mem + ram, edu.dma_count);
+	edu.dma_cmd &= ~1ULL;
+	if (edu.dma_cmd & 4) {
+		edu.irq_status |= 0x100;
+		edu_signal(f);
+	}
+}
+
+static void edu_access(const struct fake_function *f, uint64_t reg, bool write, uint8_t *data,
+		       uint32_t len)
+{
+	uint64_t value = 0, *wide = NULL;
+
+	memcpy(&value, data, len < 8 ? len : 8);
+	switch (reg) {
+	case 0x80: wide = &edu.dma_src; break;
+	case 0x88: wide = &edu.dma_dst; break;
+	case 0x90: wide = &edu.dma_count; break;
+	case 0x98: wide = &edu.dma_cmd; break;
+	}
+	if (wide) {
+		if (write) {
+			*wide = value;
+			if (reg == 0x98 && (value & 1))
+				edu_dma(f);
+		} else {
+			memcpy(data, wide, len < 8 ? len : 8);
+		}
+		return;
+	}
+	if (len != 4) {
+		report("edu: %u-byte access at 0x%llx (only 4 below 0x80)", len,
+		       (unsigned long long)reg);
+		return;
+	}
+	if (!write) {
+		uint32_t out = reg == 0x00 ? 0x010000ED : reg == 0x04 ? edu.liveness :
+			       reg == 0x24 ? edu.irq_status : 0;
+
+		memcpy(data, &out, 4);
+		return;
+	}
+	if (reg == 0x04)
+		edu.liveness = ~(uint32_t)value;
+	else if (reg == 0x60) {
+		edu.irq_status |= (uint32_t)value;
+		edu_signal(f);
+	} else if (reg == 0x64)
+		edu.irq_status &= ~(uint32_t)value;
 }
 
 static void handle_mmio(struct kvm_run *run, const struct options *o, unsigned *bad_accesses)
@@ -555,12 +827,11 @@ static void handle_mmio(struct kvm_run *run, const struct options *o, unsigned *
 	uint64_t addr = run->mmio.phys_addr;
 	uint32_t len = run->mmio.len;
 
-	if (run->mmio.is_write)
-		return; /* config writes are ignored; no scenario makes them yet */
-	memset(run->mmio.data, 0xFF, sizeof(run->mmio.data));
+	if (!run->mmio.is_write)
+		memset(run->mmio.data, 0xFF, sizeof(run->mmio.data));
 	if (addr >= o->ecam && addr - o->ecam < ECAM_SIZE) {
 		uint64_t off = addr - o->ecam;
-		uint32_t dword = ecam_read_dword(o, off & ~3ULL);
+		uint32_t dword;
 
 		if (len != 4 || (off & 3)) {
 			/* The guest promises aligned dword accesses. */
@@ -568,7 +839,22 @@ static void handle_mmio(struct kvm_run *run, const struct options *o, unsigned *
 			report("unexpected ECAM access: %u bytes at 0x%llx", len,
 			       (unsigned long long)addr);
 		}
-		memcpy(run->mmio.data, &dword, 4);
+		if (run->mmio.is_write) {
+			memcpy(&dword, run->mmio.data, 4);
+			ecam_write_dword(o, off & ~3ULL, dword);
+		} else {
+			dword = ecam_read_dword(o, off & ~3ULL);
+			memcpy(run->mmio.data, &dword, 4);
+		}
+		return;
+	}
+	if (functions == lab_functions) {
+		const struct fake_function *f = &lab_functions[2];
+
+		if ((f->config[1] & 2) && addr >= f->bar_value[0] &&
+		    addr - f->bar_value[0] < LAB_EDU_BAR0_SIZE)
+			edu_access(f, addr - f->bar_value[0], run->mmio.is_write, run->mmio.data,
+				   len);
 	}
 }
 
@@ -638,6 +924,12 @@ int main(int argc, char **argv)
 	if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region))
 		die("KVM_SET_USER_MEMORY_REGION: %s", strerror(errno));
 
+	if (o.irqchip && ioctl(vm, KVM_CREATE_IRQCHIP, 0))
+		die("KVM_CREATE_IRQCHIP: %s", strerror(errno));
+	vm_fd = vm;
+	if (o.lab_devices)
+		lab_devices_init(vm);
+
 	entry = load_elf(o.elf);
 	build_boot(&o);
 
@@ -652,6 +944,7 @@ int main(int argc, char **argv)
 		die("cannot map kvm_run: %s", strerror(errno));
 	setup_vcpu(kvm, vcpu, entry, &o);
 
+	clock_gettime(CLOCK_MONOTONIC, &started);
 	signal(SIGALRM, on_timeout);
 	alarm(o.timeout);
 	for (;;) {
