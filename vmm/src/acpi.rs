@@ -1,13 +1,14 @@
 //! ACPI tables: RSDP → XSDT → FADT (→ DSDT), MADT, MCFG, written into the BIOS
 //! area of guest memory. The platform is hardware-reduced: no PM1 blocks, a sleep
-//! control/reset register at port 0x600, and a GED for the power button.
+//! control/reset register at port 0x600, and a GED for the power button and PCI
+//! hotplug (the slot objects are in [`crate::acpi_pci`]).
 
 use crate::device_manager::legacy::GED_GSI;
 use crate::memory::GuestMemoryMmap;
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, And, Device, EISAName, Equal, Field,
     FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, Local, Method,
-    Name, Notify, OpRegion, OpRegionSpace, Package, ResourceTemplate, Store, IO,
+    MethodCall, Name, Notify, OpRegion, OpRegionSpace, Package, ResourceTemplate, Store, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
@@ -17,7 +18,8 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use devices::acpi::{
-    ACPI_PM_PORT, ACPI_RESET_VALUE, GED_EVENT_POWER_BUTTON, GED_EVENT_REG_OFFSET, SLP_TYP_S5,
+    ACPI_PM_PORT, ACPI_RESET_VALUE, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON,
+    GED_EVENT_REG_OFFSET, SLP_TYP_S5,
 };
 use devices::serial::{COM1_GSI, COM1_PORT, SERIAL_PORT_LEN};
 use form_vm_allocator::layout::{
@@ -116,6 +118,8 @@ fn dsdt(platform: &AcpiPlatform<'_>) -> Vec<u8> {
         ],
     )));
 
+    sdt.append_slice(&crate::acpi_pci::pci_slots_aml());
+
     sdt.append_slice(&bytes(&Device::new(
         "_SB_.COM1".into(),
         vec![
@@ -140,10 +144,13 @@ fn dsdt(platform: &AcpiPlatform<'_>) -> Vec<u8> {
     )));
 
     // The GED: an edge interrupt on GSI 5; _EVT reads (and so clears) the event
-    // register once and notifies the power button if its bit is set.
+    // register once, notifies the power button if its bit is set and lets PCNT
+    // notify the PCI slots that changed if the hotplug bit is.
     let reg_addr = GED_MMIO_START + GED_EVENT_REG_OFFSET;
     let reg_len = devices::acpi::GED_EVENT_REG_SIZE;
     let power_bit = GED_EVENT_POWER_BUTTON;
+    let hotplug_bit = GED_EVENT_PCI_HOTPLUG;
+    let pcnt = MethodCall::new("\\_SB_.PCI0.PCNT".into(), vec![]);
     let pwrb = aml::Path::new("\\_SB_.PWRB");
     let gdat = aml::Path::new("GDAT");
     sdt.append_slice(&bytes(&Device::new(
@@ -177,6 +184,10 @@ fn dsdt(platform: &AcpiPlatform<'_>) -> Vec<u8> {
                     &If::new(
                         &Equal::new(&And::new(&aml::ZERO, &Local(0), &power_bit), &power_bit),
                         vec![&Notify::new(&pwrb, &0x80u8)],
+                    ),
+                    &If::new(
+                        &Equal::new(&And::new(&aml::ZERO, &Local(0), &hotplug_bit), &hotplug_bit),
+                        vec![&pcnt],
                     ),
                 ],
             ),
@@ -329,6 +340,9 @@ mod tests {
             b"PWRB",
             b"ACPI0013",
             b"_EVT",
+            b"PCNT",
+            b"_PRT",
+            b"SL1F",
         ] {
             assert!(has(name), "{}", String::from_utf8_lossy(name));
         }

@@ -125,6 +125,27 @@ impl<B: VmBackend> Controller<B> {
                         .map_or(0, |managed| managed.vm.memory_actual_size()),
                 }))
             }
+            ApiRequest::VmAddDevice(device) => {
+                let managed = self.live_vm("add a device")?;
+                let info = managed.vm.add_device(*device)?;
+                self.config = Some(managed.vm.config().clone());
+                Ok(ApiResponse::PciDeviceInfo(info))
+            }
+            ApiRequest::VmRemoveDevice(data) => {
+                let managed = self.live_vm("remove a device")?;
+                managed.vm.remove_device(&data.id)?;
+                self.config = Some(managed.vm.config().clone());
+                Ok(ApiResponse::Done)
+            }
+            ApiRequest::VmCounters => {
+                self.state()?;
+                Ok(ApiResponse::Counters(
+                    self.vm
+                        .as_ref()
+                        .map(|managed| managed.vm.counters())
+                        .unwrap_or_default(),
+                ))
+            }
             ApiRequest::VmmPing => Ok(ApiResponse::VmmPing(VmmPing::for_this_process())),
             ApiRequest::VmmShutdown => {
                 if let Err(e) = self.stop_vm() {
@@ -145,6 +166,20 @@ impl<B: VmBackend> Controller<B> {
             .vm
             .as_ref()
             .map_or(VmState::Shutdown, |managed| managed.vm.state()))
+    }
+
+    /// The VM, when one is built (created or running): devices are added to and
+    /// removed from a live VM, whose configuration then follows.
+    fn live_vm(&mut self, action: &'static str) -> Result<&mut ManagedVm<B::Vm>, ApiError> {
+        let state = self.state()?;
+        match self.vm.as_mut() {
+            Some(managed) if state != VmState::Shutdown => Ok(managed),
+            _ => Err(ApiError::WrongState {
+                action,
+                state,
+                needed: "Created or Running",
+            }),
+        }
     }
 
     fn require_state(

@@ -1,6 +1,7 @@
 //! form-vmm: one process per VM, KVM underneath, an HTTP API on a unix socket.
 
 pub mod acpi;
+pub mod acpi_pci;
 pub mod api;
 pub mod boot;
 pub mod cli;

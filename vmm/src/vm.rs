@@ -12,21 +12,28 @@
 
 use crate::acpi::{create_acpi_tables, AcpiError, AcpiPlatform};
 use crate::boot::{self, BootCpuError, BootError, EntryPoint, PayloadRequest};
+use crate::config::DeviceConfig;
 use crate::config::VmConfig;
 use crate::cpu::{configure_vcpu, spawn_vcpu_thread, DeviceRequests, ExitSignal, IoBuses};
+use crate::device_manager::hotplug::{attach_hotplug_controller, EjectOutcome};
 use crate::device_manager::legacy::attach_legacy_devices;
 use crate::device_manager::pci::PciDevices;
+use crate::device_manager::vfio::{PciDeviceInfo, VfioDevices, VfioError, VmResources};
+use crate::device_manager::vfio_host::{KernelVfioHost, VfioHost};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::memory::{
     create_guest_memory, meminfo_field, register_guest_memory, GuestMemoryMmap, MemoryError,
 };
+use devices::acpi::GedEvent;
 use devices::Bus;
 use form_vm_allocator::{GuestLayout, LayoutError};
 use hypervisor::{host_phys_bits, Hypervisor, HypervisorError, Vcpu};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -61,8 +68,8 @@ pub enum VmError {
     MemoryExceedsHost { requested: u64, host: u64 },
     #[error("boot_vcpus is {requested}, but must be between 1 and {max} (this host's KVM limit)")]
     VcpuCount { requested: u8, max: usize },
-    #[error("{0} VFIO device(s) requested, but this form-vmm build cannot pass devices through yet; remove `devices` to boot without them")]
-    DevicesUnsupported(usize),
+    #[error("{0}")]
+    Vfio(#[from] VfioError),
     #[error("no kernel given (payload.kernel)")]
     NoKernel,
     #[error("kernel file {0} does not exist")]
@@ -99,7 +106,7 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     exit: Arc<ExitSignal>,
     devices: DeviceManager,
-    _kvm_vm: Arc<hypervisor::Vm>,
+    kvm_vm: Arc<hypervisor::Vm>,
     memory: GuestMemoryMmap,
     _events: VmEvents,
 }
@@ -126,10 +133,6 @@ fn validate(config: &VmConfig, hv: &Hypervisor) -> Result<PathBuf, VmError> {
             max,
         });
     }
-    // Booting without a requested GPU would look like success to the caller.
-    if !config.devices.is_empty() {
-        return Err(VmError::DevicesUnsupported(config.devices.len()));
-    }
     let kernel = config.payload.kernel.clone().ok_or(VmError::NoKernel)?;
     if !kernel.exists() {
         return Err(VmError::KernelMissing(kernel));
@@ -138,13 +141,50 @@ fn validate(config: &VmConfig, hv: &Hypervisor) -> Result<PathBuf, VmError> {
     Ok(kernel)
 }
 
+/// How long remove-device waits for a guest that does not even read the removal
+/// request (no ACPI PCI hotplug: the test guest, a guest without acpiphp) before
+/// detaching the device anyway.
+const EJECT_IGNORED_AFTER: Duration = Duration::from_secs(1);
+/// How long it waits for a guest that read the request to run the slot's `_EJ0`
+/// (its driver unbinding the device first).
+const EJECT_GIVE_UP_AFTER: Duration = Duration::from_secs(10);
+
 impl Vm {
     pub fn new(config: &VmConfig, events: VmEvents) -> Result<Vm, VmError> {
+        Vm::with_vfio_host(config, events, Arc::new(KernelVfioHost::default()))
+    }
+
+    /// Like [`Vm::new`], with VFIO devices found and opened through `vfio_host`
+    /// (tests pass fakes).
+    pub fn with_vfio_host(
+        config: &VmConfig,
+        events: VmEvents,
+        vfio_host: Arc<dyn VfioHost>,
+    ) -> Result<Vm, VmError> {
         let hv = Hypervisor::new()?;
         let kernel = validate(config, &hv)?;
-        let layout = GuestLayout::new(config.memory.size, host_phys_bits().min(52))?;
-        let memory = create_guest_memory(&layout, &config.memory)?;
         let kvm_vm = Arc::new(hv.create_vm()?);
+        // VFIO first: the IOMMU's IOVA ranges, readable only once a group is
+        // attached, bound where guest RAM and the 64-bit BAR window may go.
+        let gsis = PciDevices::gsi_pool();
+        let mut vfio = VfioDevices::on_kvm(vfio_host, &kvm_vm, gsis.clone());
+        let opened = if config.devices.is_empty() {
+            Vec::new()
+        } else {
+            vfio.open(Some(&kvm_vm), &config.devices)?
+        };
+        let (iova_ranges, mmio64_needed) = vfio.layout_constraints(&opened)?;
+        let phys_bits = host_phys_bits().min(52);
+        let layout = match iova_ranges {
+            Some(ranges) => GuestLayout::with_iova_ranges(
+                config.memory.size,
+                phys_bits,
+                &ranges,
+                mmio64_needed,
+            )?,
+            None => GuestLayout::new(config.memory.size, phys_bits)?,
+        };
+        let memory = create_guest_memory(&layout, &config.memory)?;
         register_guest_memory(&kvm_vm, &memory)?;
 
         let request = PayloadRequest {
@@ -181,7 +221,22 @@ impl Vm {
         let exit_evt = events.exit.try_clone().map_err(VmError::EventFd)?;
         let reset_evt = events.reset.try_clone().map_err(VmError::EventFd)?;
         let exit = Arc::new(ExitSignal::new(exit_evt, reset_evt, requests));
-        let pci = PciDevices::attach(&layout, &buses)?;
+        let hotplug = attach_hotplug_controller(&buses)?;
+        let mut pci = PciDevices::attach(&layout, &buses, gsis)?;
+        let attached = vfio.attach(
+            opened,
+            &mut VmResources {
+                memory: &memory,
+                pci: &mut pci,
+                buses: &buses,
+            },
+        )?;
+        // The configuration says which id each device got, so vm.info and a
+        // reboot see the same ids.
+        let mut config = config.clone();
+        for (device, info) in config.devices.iter_mut().zip(&attached) {
+            device.id = Some(info.id.clone());
+        }
 
         let supported = hv.supported_cpuid()?;
         let mut vcpus = Vec::with_capacity(vcpu_count as usize);
@@ -194,13 +249,19 @@ impl Vm {
         boot::setup_boot_vcpu(&memory, &vcpus[0], payload.entry, boot_info)?;
 
         Ok(Vm {
-            config: config.clone(),
+            config,
             state: VmState::Created,
             vcpu_threads: Vec::new(),
             vcpus,
             exit,
-            devices: DeviceManager { buses, legacy, pci },
-            _kvm_vm: kvm_vm,
+            devices: DeviceManager {
+                buses,
+                legacy,
+                pci,
+                vfio,
+                hotplug,
+            },
+            kvm_vm,
             memory,
             _events: events,
         })
@@ -271,6 +332,109 @@ impl Vm {
     /// Bytes of guest RAM actually mapped.
     pub fn memory_actual_size(&self) -> u64 {
         self.memory.iter().map(|r| r.len()).sum()
+    }
+
+    fn vm_resources(&mut self) -> (&mut VfioDevices, VmResources<'_>) {
+        let devices = &mut self.devices;
+        (
+            &mut devices.vfio,
+            VmResources {
+                memory: &self.memory,
+                pci: &mut devices.pci,
+                buses: &devices.buses,
+            },
+        )
+    }
+
+    /// Passes a host device through to the VM. A running guest is told through
+    /// ACPI (the GED's hotplug event, then a device check on the slot); a guest
+    /// without ACPI hotplug finds it by rescanning bus 0.
+    pub fn add_device(&mut self, config: DeviceConfig) -> Result<PciDeviceInfo, VmError> {
+        if self.state == VmState::Shutdown {
+            return Err(VmError::InvalidState {
+                action: "add a device",
+                state: self.state,
+            });
+        }
+        let opened = self
+            .devices
+            .vfio
+            .open(Some(&self.kvm_vm), std::slice::from_ref(&config))?;
+        let (vfio, mut resources) = self.vm_resources();
+        let info = vfio
+            .attach(opened, &mut resources)?
+            .pop()
+            .ok_or_else(|| VfioError::UnknownId(config.id.clone().unwrap_or_default()))?;
+        let mut recorded = config;
+        recorded.id = Some(info.id.clone());
+        self.config.devices.push(recorded);
+        if self.state == VmState::Running {
+            if let Some(slot) = self.devices.vfio.slot_of(&info.id) {
+                self.devices.hotplug.slot_added(slot);
+                self.notify_hotplug();
+            }
+        }
+        Ok(info)
+    }
+
+    /// Takes a passed-through device away. A running guest is asked to eject it
+    /// first and given [`EJECT_IGNORED_AFTER`] to react (or
+    /// [`EJECT_GIVE_UP_AFTER`] once it did); the device is then detached whether
+    /// the guest ejected it or not, as when a device is pulled.
+    pub fn remove_device(&mut self, id: &str) -> Result<PciDeviceInfo, VmError> {
+        let slot = self
+            .devices
+            .vfio
+            .slot_of(id)
+            .ok_or_else(|| VfioError::UnknownId(id.to_string()))?;
+        if self.state == VmState::Running {
+            self.devices.hotplug.request_removal(slot);
+            self.notify_hotplug();
+            let outcome =
+                self.devices
+                    .hotplug
+                    .wait_for_eject(slot, EJECT_IGNORED_AFTER, EJECT_GIVE_UP_AFTER);
+            match outcome {
+                EjectOutcome::Ejected => log::info!("vfio: the guest ejected {id}"),
+                EjectOutcome::Ignored => {
+                    log::info!("vfio: the guest did not react to the eject request for {id}; detaching it anyway")
+                }
+                EjectOutcome::TimedOut => log::warn!(
+                    "vfio: the guest did not eject {id} within {}s; detaching it anyway",
+                    EJECT_GIVE_UP_AFTER.as_secs()
+                ),
+            }
+        }
+        let (vfio, mut resources) = self.vm_resources();
+        let info = vfio
+            .detach(id, &mut resources)
+            .ok_or_else(|| VfioError::UnknownId(id.to_string()))?;
+        self.config.devices.retain(|d| d.id.as_deref() != Some(id));
+        Ok(info)
+    }
+
+    fn notify_hotplug(&self) {
+        self.devices
+            .legacy
+            .ged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .notify(GedEvent::PciHotplug);
+    }
+
+    /// Passed-through devices with their guest addresses, in slot order.
+    pub fn pci_devices(&self) -> Vec<PciDeviceInfo> {
+        self.devices
+            .vfio
+            .list()
+            .into_iter()
+            .map(|(info, _)| info)
+            .collect()
+    }
+
+    /// Every passed-through device's counters, by device id.
+    pub fn counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.devices.vfio.counters()
     }
 }
 

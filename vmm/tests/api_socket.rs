@@ -171,18 +171,29 @@ fn wrong_method_is_405_with_allow() {
 }
 
 #[test]
-fn hotplug_is_501() {
+fn device_endpoints_need_a_vm_and_a_well_formed_body() {
     let vmm = Vmm::start();
-    for endpoint in ["vm.add-device", "vm.remove-device"] {
-        let reply = vmm.put(
-            endpoint,
-            Some("{\"path\": \"/sys/bus/pci/devices/0000:01:00.0\"}"),
-        );
-        assert_eq!(reply.status, 501, "{endpoint}: {reply:?}");
-        assert!(reply
+    let reply = vmm.put(
+        "vm.add-device",
+        Some("{\"path\": \"/sys/bus/pci/devices/0000:01:00.0\"}"),
+    );
+    assert_eq!(reply.status, 404, "{reply:?}");
+    assert!(
+        reply.error().contains("no VM has been created"),
+        "{reply:?}"
+    );
+    let reply = vmm.put("vm.remove-device", Some("{\"id\": \"gpu0\"}"));
+    assert_eq!(reply.status, 404, "{reply:?}");
+    let reply = vmm.get("vm.counters");
+    assert_eq!(reply.status, 404, "{reply:?}");
+    let reply = vmm.put("vm.remove-device", Some("{\"name\": \"gpu0\"}"));
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(
+        reply
             .error()
-            .contains("PCI/VFIO hotplug is not available yet"));
-    }
+            .contains("malformed request body for vm.remove-device"),
+        "{reply:?}"
+    );
     vmm.shutdown();
 }
 

@@ -365,10 +365,16 @@ fn host_validation_errors_say_what_is_wrong() {
 
     let mut cfg = good.clone();
     cfg.devices.push(vmm::config::DeviceConfig {
-        path: "/sys/bus/pci/devices/0000:01:00.0".into(),
+        path: "/sys/bus/pci/devices/0000:7e:1f.7".into(),
         ..Default::default()
     });
-    assert!(new_error(&cfg).contains("cannot pass devices through yet"));
+    let msg = new_error(&cfg);
+    assert!(
+        msg.contains("there is no PCI device 0000:7e:1f.7 on this host"),
+        "{msg}"
+    );
+    cfg.devices[0].path = "/tmp/gpu".into();
+    assert!(new_error(&cfg).contains("is not a PCI device path"));
 
     let mut cfg = good;
     cfg.payload.kernel = None;

@@ -216,6 +216,13 @@ impl VfioDmaContainer {
         devices.extend(bdfs.into_iter().map(str::to_string));
     }
 
+    /// Forgets a device the VM no longer passes through (hot-unplug), so its group
+    /// members are judged without it from now on.
+    pub fn forget_vm_device(&self, bdf: &str) {
+        let mut devices = self.vm_devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices.remove(bdf);
+    }
+
     /// Checks the device's group and opens the device (attaching its group).
     pub fn open_device(&self, sysfs_path: &Path) -> Result<KernelVfioDevice, ContainerError> {
         let bdf =

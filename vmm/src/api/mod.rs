@@ -8,9 +8,11 @@
 pub mod routes;
 pub mod server;
 
-use crate::config::{ConfigError, VmConfig};
+use crate::config::{ConfigError, DeviceConfig, VmConfig};
+use crate::device_manager::vfio::{PciDeviceInfo, VfioError};
 use crate::vm::{VmError, VmState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::mpsc::{self, Receiver, Sender};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -27,7 +29,20 @@ pub enum ApiRequest {
     VmInfo,
     VmmPing,
     VmmShutdown,
+    VmAddDevice(Box<DeviceConfig>),
+    VmRemoveDevice(VmRemoveDeviceData),
+    VmCounters,
 }
+
+/// The body of vm.remove-device (Cloud Hypervisor's VmRemoveDeviceData).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmRemoveDeviceData {
+    pub id: String,
+}
+
+/// vm.counters: device id → counter name → value.
+pub type VmCounters = BTreeMap<String, BTreeMap<String, u64>>;
 
 /// A successful answer; each variant has one HTTP rendering.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,6 +51,10 @@ pub enum ApiResponse {
     Done,
     VmInfo(VmInfo),
     VmmPing(VmmPing),
+    /// 200 with the device's id and guest address (vm.add-device).
+    PciDeviceInfo(PciDeviceInfo),
+    /// 200 with every device's counters (vm.counters).
+    Counters(VmCounters),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -100,8 +119,6 @@ pub enum ApiError {
     },
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
-    #[error("{0}: PCI/VFIO hotplug is not available yet; pass devices in vm.create instead")]
-    HotplugUnavailable(&'static str),
     #[error("the VMM is shutting down")]
     ShuttingDown,
 }
@@ -110,12 +127,13 @@ impl ApiError {
     pub fn status_code(&self) -> u16 {
         match self {
             ApiError::InvalidConfig(_) | ApiError::BadBody { .. } => 400,
+            ApiError::Vm(VmError::Vfio(VfioError::UnknownId(_))) => 404,
+            ApiError::Vm(VmError::Vfio(e)) if e.is_bad_request() => 400,
             ApiError::NoVm | ApiError::UnknownPath(_) => 404,
             ApiError::WrongState { .. } | ApiError::MethodNotAllowed { .. } => 405,
             ApiError::AlreadyCreated => 409,
             ApiError::BodyTooLarge { .. } => 413,
             ApiError::Vm(_) | ApiError::EventFd(_) => 500,
-            ApiError::HotplugUnavailable(_) => 501,
             ApiError::ShuttingDown => 503,
         }
     }
@@ -216,10 +234,14 @@ mod tests {
             },
             ApiError::InvalidConfig(ConfigError::NoVcpus),
             ApiError::Vm(VmError::NotImplemented),
-            ApiError::HotplugUnavailable("vm.add-device"),
+            ApiError::Vm(VmError::Vfio(VfioError::DuplicateId("gpu0".into()))),
+            ApiError::Vm(VmError::Vfio(VfioError::UnknownId("gpu0".into()))),
+            ApiError::Vm(VmError::Vfio(VfioError::Unavailable(
+                "/dev/vfio/vfio".into(),
+            ))),
             ApiError::ShuttingDown,
         ];
         let codes: Vec<u16> = errors.iter().map(ApiError::status_code).collect();
-        assert_eq!(codes, [404, 409, 405, 400, 500, 501, 503]);
+        assert_eq!(codes, [404, 409, 405, 400, 500, 400, 404, 500, 503]);
     }
 }

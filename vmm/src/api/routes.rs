@@ -1,8 +1,9 @@
 //! Maps an HTTP method, path and body to an [`ApiRequest`], or to the error the
 //! client gets back. Kept apart from the server so it can be tested without sockets.
 
-use super::{ApiError, ApiRequest};
-use crate::config::VmConfig;
+use super::{ApiError, ApiRequest, VmRemoveDeviceData};
+use crate::config::{DeviceConfig, VmConfig};
+use serde::de::DeserializeOwned;
 
 pub const API_PREFIX: &str = "/api/v1/";
 
@@ -26,7 +27,8 @@ impl Method {
 enum Action {
     Plain(fn() -> ApiRequest),
     CreateVm,
-    Hotplug,
+    AddDevice,
+    RemoveDevice,
 }
 
 struct Endpoint {
@@ -84,12 +86,17 @@ const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         name: "vm.add-device",
         method: Method::Put,
-        action: Action::Hotplug,
+        action: Action::AddDevice,
     },
     Endpoint {
         name: "vm.remove-device",
         method: Method::Put,
-        action: Action::Hotplug,
+        action: Action::RemoveDevice,
+    },
+    Endpoint {
+        name: "vm.counters",
+        method: Method::Get,
+        action: Action::Plain(|| ApiRequest::VmCounters),
     },
 ];
 
@@ -110,14 +117,22 @@ pub fn route(method: &str, url: &str, body: &[u8]) -> Result<ApiRequest, ApiErro
     }
     match endpoint.action {
         Action::Plain(make) => Ok(make()),
-        Action::Hotplug => Err(ApiError::HotplugUnavailable(endpoint.name)),
-        Action::CreateVm => serde_json::from_slice::<VmConfig>(body)
-            .map(|config| ApiRequest::VmCreate(Box::new(config)))
-            .map_err(|e| ApiError::BadBody {
-                endpoint: endpoint.name,
-                reason: e.to_string(),
-            }),
+        Action::CreateVm => {
+            parse::<VmConfig>(endpoint, body).map(|config| ApiRequest::VmCreate(Box::new(config)))
+        }
+        Action::AddDevice => parse::<DeviceConfig>(endpoint, body)
+            .map(|device| ApiRequest::VmAddDevice(Box::new(device))),
+        Action::RemoveDevice => {
+            parse::<VmRemoveDeviceData>(endpoint, body).map(ApiRequest::VmRemoveDevice)
+        }
     }
+}
+
+fn parse<T: DeserializeOwned>(endpoint: &Endpoint, body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadBody {
+        endpoint: endpoint.name,
+        reason: e.to_string(),
+    })
 }
 
 /// The method an existing path accepts, for the `Allow` header of a 405.
@@ -152,6 +167,9 @@ mod tests {
             ("GET", "vmm.ping", |r| matches!(r, ApiRequest::VmmPing)),
             ("PUT", "vmm.shutdown", |r| {
                 matches!(r, ApiRequest::VmmShutdown)
+            }),
+            ("GET", "vm.counters", |r| {
+                matches!(r, ApiRequest::VmCounters)
             }),
         ];
         for (method, name, expected) in cases {
@@ -204,11 +222,27 @@ mod tests {
     }
 
     #[test]
-    fn hotplug_is_not_available_yet() {
-        for name in ["vm.add-device", "vm.remove-device"] {
-            let err = route("PUT", &format!("{API_PREFIX}{name}"), b"{}").unwrap_err();
-            assert_eq!(err.status_code(), 501);
-            assert!(err.to_string().contains("hotplug is not available yet"));
+    fn add_and_remove_device_parse_their_bodies() {
+        let body = br#"{"path":"/sys/bus/pci/devices/0000:01:00.0","id":"gpu0","x_nv_gpudirect_clique":2}"#;
+        match route("PUT", "/api/v1/vm.add-device", body).unwrap() {
+            ApiRequest::VmAddDevice(device) => {
+                assert_eq!(device.id.as_deref(), Some("gpu0"));
+                assert_eq!(device.x_nv_gpudirect_clique, Some(2));
+            }
+            other => panic!("routed to {other:?}"),
+        }
+        match route("PUT", "/api/v1/vm.remove-device", br#"{"id":"gpu0"}"#).unwrap() {
+            ApiRequest::VmRemoveDevice(data) => assert_eq!(data.id, "gpu0"),
+            other => panic!("routed to {other:?}"),
+        }
+        for (name, body) in [
+            ("vm.add-device", &b"{}"[..]),
+            ("vm.remove-device", b"{}"),
+            ("vm.remove-device", br#"{"id":"a","extra":1}"#),
+        ] {
+            let err = route("PUT", &format!("{API_PREFIX}{name}"), body).unwrap_err();
+            assert_eq!(err.status_code(), 400, "{name} {err}");
+            assert!(err.to_string().contains(name), "{err}");
         }
     }
 

@@ -176,6 +176,8 @@ fn render(url: &str, result: ApiResult) -> Response<io::Cursor<Vec<u8>>> {
         Ok(ApiResponse::Done) => Response::from_data(Vec::new()).with_status_code(204),
         Ok(ApiResponse::VmInfo(info)) => json_response(200, &info),
         Ok(ApiResponse::VmmPing(ping)) => json_response(200, &ping),
+        Ok(ApiResponse::PciDeviceInfo(info)) => json_response(200, &info),
+        Ok(ApiResponse::Counters(counters)) => json_response(200, &counters),
         Err(error) => {
             let mut response = json_response(
                 error.status_code(),

@@ -2,7 +2,9 @@
 //! [`crate::vm::Vm`] on KVM; tests substitute a fake so the API and the state machine
 //! run on hosts without /dev/kvm.
 
-use crate::config::VmConfig;
+use crate::api::VmCounters;
+use crate::config::{DeviceConfig, VmConfig};
+use crate::device_manager::vfio::PciDeviceInfo;
 use crate::vm::{Vm, VmError, VmEvents, VmExitReason, VmState};
 
 /// One VM as the controller sees it: the operations of the `vm::Vm` facade.
@@ -14,6 +16,10 @@ pub trait VmInstance {
     fn config(&self) -> &VmConfig;
     fn exit_reason(&self) -> Option<VmExitReason>;
     fn memory_actual_size(&self) -> u64;
+    /// Passes a device through (cold if the VM has not booted, hot if it runs).
+    fn add_device(&mut self, device: DeviceConfig) -> Result<PciDeviceInfo, VmError>;
+    fn remove_device(&mut self, id: &str) -> Result<PciDeviceInfo, VmError>;
+    fn counters(&self) -> VmCounters;
 }
 
 /// Makes VMs. `events` are the fds the VM signals exit and reset on; the controller
@@ -61,5 +67,17 @@ impl VmInstance for Vm {
 
     fn memory_actual_size(&self) -> u64 {
         Vm::memory_actual_size(self)
+    }
+
+    fn add_device(&mut self, device: DeviceConfig) -> Result<PciDeviceInfo, VmError> {
+        Vm::add_device(self, device)
+    }
+
+    fn remove_device(&mut self, id: &str) -> Result<PciDeviceInfo, VmError> {
+        Vm::remove_device(self, id)
+    }
+
+    fn counters(&self) -> VmCounters {
+        Vm::counters(self)
     }
 }

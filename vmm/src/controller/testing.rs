@@ -3,7 +3,9 @@
 //! or crash, through the same event fds a real VM uses.
 
 use super::backend::{VmBackend, VmInstance};
-use crate::config::VmConfig;
+use crate::api::VmCounters;
+use crate::config::{DeviceConfig, VmConfig};
+use crate::device_manager::vfio::{guest_bdf, PciDeviceInfo, VfioError};
 use crate::vm::{VmError, VmEvents, VmExitReason, VmState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -19,6 +21,10 @@ pub struct FakeState {
     pub fail_create: bool,
     /// `boot` fails while set.
     pub fail_boot: bool,
+    /// Counters every device reports, by counter name.
+    pub device_counters: std::collections::BTreeMap<String, u64>,
+    /// Devices removed, by id, in order.
+    pub removed_devices: Vec<String>,
     exit_reason: Option<VmExitReason>,
     events: Option<VmEvents>,
 }
@@ -75,6 +81,8 @@ impl FakeBackend {
 pub struct FakeVm {
     config: VmConfig,
     vm_state: VmState,
+    /// Device id → guest slot, as the real VM places them (lowest free from 1).
+    slots: std::collections::BTreeMap<String, u8>,
     shared: Arc<Mutex<FakeState>>,
 }
 
@@ -97,11 +105,26 @@ impl VmBackend for FakeBackend {
         state.created += 1;
         state.exit_reason = None;
         state.events = Some(events);
-        Ok(FakeVm {
+        let mut vm = FakeVm {
             config: config.clone(),
             vm_state: VmState::Created,
+            slots: Default::default(),
             shared: Arc::clone(&self.state),
-        })
+        };
+        drop(state);
+        let devices = std::mem::take(&mut vm.config.devices);
+        for device in devices {
+            vm.add_device(device)?;
+        }
+        Ok(vm)
+    }
+}
+
+impl FakeVm {
+    fn unused_slot(&self) -> u8 {
+        (1u8..32)
+            .find(|s| !self.slots.values().any(|used| used == s))
+            .unwrap_or(32)
     }
 }
 
@@ -144,5 +167,57 @@ impl VmInstance for FakeVm {
 
     fn memory_actual_size(&self) -> u64 {
         self.config.memory.size
+    }
+
+    fn add_device(&mut self, mut device: DeviceConfig) -> Result<PciDeviceInfo, VmError> {
+        let bdf = pci::vfio::container::bdf_of(&device.path)
+            .ok_or_else(|| VfioError::NotAPciDevice(device.path.clone()))?;
+        if let Some(other) = self.config.devices.iter().find(|d| d.path == device.path) {
+            return Err(VfioError::DuplicateDevice {
+                path: device.path.clone(),
+                bdf,
+                id: other.id.clone().unwrap_or_default(),
+            }
+            .into());
+        }
+        let id = match device.id.clone() {
+            Some(id) if self.slots.contains_key(&id) => {
+                return Err(VfioError::DuplicateId(id).into())
+            }
+            Some(id) => id,
+            None => (0..)
+                .map(|n| format!("_vfio{n}"))
+                .find(|id| !self.slots.contains_key(id))
+                .unwrap_or_default(),
+        };
+        let slot = self.unused_slot();
+        self.slots.insert(id.clone(), slot);
+        device.id = Some(id.clone());
+        self.config.devices.push(device);
+        Ok(PciDeviceInfo {
+            id,
+            bdf: guest_bdf(slot),
+        })
+    }
+
+    fn remove_device(&mut self, id: &str) -> Result<PciDeviceInfo, VmError> {
+        let slot = self
+            .slots
+            .remove(id)
+            .ok_or_else(|| VfioError::UnknownId(id.to_string()))?;
+        self.config.devices.retain(|d| d.id.as_deref() != Some(id));
+        self.shared().removed_devices.push(id.to_string());
+        Ok(PciDeviceInfo {
+            id: id.to_string(),
+            bdf: guest_bdf(slot),
+        })
+    }
+
+    fn counters(&self) -> VmCounters {
+        let counters = self.shared().device_counters.clone();
+        self.slots
+            .keys()
+            .map(|id| (id.clone(), counters.clone()))
+            .collect()
     }
 }

@@ -287,3 +287,112 @@ fn exit_without_a_reason_counts_as_a_crash() {
     assert!(matches!(exit, Exit::GuestCrashed(_)), "{exit:?}");
     drop(client);
 }
+
+fn add_device(path: &str, id: Option<&str>) -> ApiRequest {
+    ApiRequest::VmAddDevice(Box::new(crate::config::DeviceConfig {
+        path: path.into(),
+        id: id.map(str::to_string),
+        ..Default::default()
+    }))
+}
+
+fn remove_device(id: &str) -> ApiRequest {
+    ApiRequest::VmRemoveDevice(api::VmRemoveDeviceData { id: id.into() })
+}
+
+#[test]
+fn devices_come_and_go_on_a_running_vm_and_survive_a_reboot() {
+    let backend = FakeBackend::default();
+    let mut controller = Controller::new(backend.clone(), None);
+    assert_eq!(
+        status(controller.handle(add_device("/sys/bus/pci/devices/0000:01:00.0", None))),
+        404,
+        "no VM yet"
+    );
+    controller.handle(create(config())).unwrap();
+    controller.handle(ApiRequest::VmBoot).unwrap();
+
+    let added = controller
+        .handle(add_device("/sys/bus/pci/devices/0000:01:00.0", None))
+        .unwrap();
+    let ApiResponse::PciDeviceInfo(info) = added else {
+        panic!("vm.add-device answered {added:?}");
+    };
+    assert_eq!(info.id, "_vfio0");
+    assert_eq!(info.bdf, "0000:00:01.0");
+    let second = controller
+        .handle(add_device(
+            "/sys/bus/pci/devices/0000:02:00.0",
+            Some("gpu1"),
+        ))
+        .unwrap();
+    assert!(matches!(second, ApiResponse::PciDeviceInfo(ref i) if i.bdf == "0000:00:02.0"));
+
+    // Duplicates are the client's mistake.
+    let err = controller
+        .handle(add_device(
+            "/sys/bus/pci/devices/0000:03:00.0",
+            Some("gpu1"),
+        ))
+        .unwrap_err();
+    assert_eq!(err.status_code(), 400, "{err}");
+    assert!(
+        err.to_string().contains("\"gpu1\" is already in use"),
+        "{err}"
+    );
+    let err = controller
+        .handle(add_device("/sys/bus/pci/devices/0000:01:00.0", None))
+        .unwrap_err();
+    assert_eq!(err.status_code(), 400, "{err}");
+
+    backend
+        .state()
+        .device_counters
+        .insert("mmio_reads".into(), 7);
+    match controller.handle(ApiRequest::VmCounters).unwrap() {
+        ApiResponse::Counters(c) => {
+            assert_eq!(c.len(), 2);
+            assert_eq!(c["gpu1"]["mmio_reads"], 7);
+        }
+        other => panic!("vm.counters answered {other:?}"),
+    }
+
+    // The configuration follows, so a reboot brings the devices back.
+    let devices = |controller: &mut Controller<FakeBackend>| match controller
+        .handle(ApiRequest::VmInfo)
+        .unwrap()
+    {
+        ApiResponse::VmInfo(info) => info
+            .config
+            .devices
+            .iter()
+            .map(|d| d.id.clone().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        other => panic!("vm.info answered {other:?}"),
+    };
+    assert_eq!(devices(&mut controller), ["_vfio0", "gpu1"]);
+    assert_eq!(
+        controller.handle(remove_device("_vfio0")).unwrap(),
+        ApiResponse::Done
+    );
+    assert_eq!(backend.state().removed_devices, ["_vfio0"]);
+    assert_eq!(devices(&mut controller), ["gpu1"]);
+    let err = controller.handle(remove_device("_vfio0")).unwrap_err();
+    assert_eq!(err.status_code(), 404, "{err}");
+    assert!(
+        err.to_string().contains("no device with id \"_vfio0\""),
+        "{err}"
+    );
+
+    controller.handle(ApiRequest::VmReboot).unwrap();
+    assert_eq!(devices(&mut controller), ["gpu1"]);
+    match controller.handle(ApiRequest::VmCounters).unwrap() {
+        ApiResponse::Counters(c) => assert_eq!(c.keys().collect::<Vec<_>>(), ["gpu1"]),
+        other => panic!("vm.counters answered {other:?}"),
+    }
+
+    // A shut-down VM has no devices to change.
+    controller.handle(ApiRequest::VmShutdown).unwrap();
+    let err = controller.handle(remove_device("gpu1")).unwrap_err();
+    assert_eq!(err.status_code(), 405, "{err}");
+}

@@ -1,8 +1,13 @@
 //! Creates the VM's devices and puts them on the I/O buses, one file per
-//! attachment family (legacy platform devices, PCI).
+//! attachment family (legacy platform devices, PCI, VFIO passthrough, the PCI
+//! hotplug controller).
 
+pub mod hotplug;
 pub mod legacy;
 pub mod pci;
+pub mod vfio;
+pub mod vfio_host;
+pub mod vfio_resources;
 
 use crate::cpu::IoBuses;
 use vmm_sys_util::eventfd::EventFd;
@@ -52,4 +57,6 @@ pub struct DeviceManager {
     pub buses: IoBuses,
     pub legacy: legacy::LegacyDevices,
     pub pci: pci::PciDevices,
+    pub vfio: vfio::VfioDevices,
+    pub hotplug: std::sync::Arc<hotplug::HotplugState>,
 }

@@ -2,6 +2,7 @@
 //! mechanism #1 (ports 0xCF8-0xCFF) and ECAM, plus the address and GSI pools that
 //! PCI devices' BARs and MSI routes are drawn from.
 
+use super::vfio::BarRegionMover;
 use super::DeviceError;
 use crate::cpu::IoBuses;
 use form_vm_allocator::layout::{
@@ -11,6 +12,7 @@ use form_vm_allocator::layout::{
 use form_vm_allocator::{AddressAllocator, GsiAllocator, GuestLayout};
 use pci::config_io::PciConfigIo;
 use pci::config_mmio::PciConfigMmio;
+use pci::vfio::BarAllocators;
 use pci::PciBus;
 use std::sync::{Arc, Mutex};
 
@@ -22,14 +24,23 @@ pub struct PciDevices {
     pub mmio64: AddressAllocator,
     /// Port I/O for I/O BARs.
     pub io: AddressAllocator,
-    /// GSIs for MSI/MSI-X routes.
-    pub gsis: GsiAllocator,
+    /// GSIs for MSI/MSI-X routes, shared with the devices that route interrupts
+    /// from vCPU threads.
+    pub gsis: Arc<Mutex<GsiAllocator>>,
 }
 
 impl PciDevices {
     /// Creates bus 0 with the host bridge and puts both config mechanisms on the buses.
-    pub fn attach(layout: &GuestLayout, buses: &IoBuses) -> Result<PciDevices, DeviceError> {
-        let bus = Arc::new(Mutex::new(PciBus::new()));
+    pub fn attach(
+        layout: &GuestLayout,
+        buses: &IoBuses,
+        gsis: Arc<Mutex<GsiAllocator>>,
+    ) -> Result<PciDevices, DeviceError> {
+        let mut pci_bus = PciBus::new();
+        pci_bus.set_bar_reprogram_handler(Arc::new(BarRegionMover {
+            buses: buses.clone(),
+        }));
+        let bus = Arc::new(Mutex::new(pci_bus));
         buses
             .pio
             .insert(
@@ -61,8 +72,24 @@ impl PciDevices {
             mmio32: AddressAllocator::new(m32.start, m32.size)?,
             mmio64: AddressAllocator::new(m64.start, m64.size)?,
             io: AddressAllocator::new(PCI_IO_START, PCI_IO_SIZE)?,
-            gsis: GsiAllocator::new(hypervisor::bindings::KVM_MAX_IRQ_ROUTES as u32 - 1),
+            gsis,
         })
+    }
+
+    /// The pool MSI/MSI-X GSIs come from: 24 up to KVM's routing table size.
+    pub fn gsi_pool() -> Arc<Mutex<GsiAllocator>> {
+        Arc::new(Mutex::new(GsiAllocator::new(
+            hypervisor::bindings::KVM_MAX_IRQ_ROUTES as u32 - 1,
+        )))
+    }
+
+    /// The BAR windows, as the VFIO placement wants them.
+    pub fn bar_allocators(&mut self) -> BarAllocators<'_> {
+        BarAllocators {
+            mmio32: &mut self.mmio32,
+            mmio64: &mut self.mmio64,
+            io: &mut self.io,
+        }
     }
 }
 
@@ -86,7 +113,7 @@ mod tests {
             pio: Arc::new(Bus::new()),
             mmio: Arc::new(Bus::new()),
         };
-        let pci = PciDevices::attach(&layout, &buses).unwrap();
+        let pci = PciDevices::attach(&layout, &buses, PciDevices::gsi_pool()).unwrap();
         let id = config_dword(&buses, 0, 0);
         assert_ne!(id, 0xffff_ffff, "the host bridge is at 00:00.0");
         let mut data = [0u8; 4];

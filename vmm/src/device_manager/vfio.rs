@@ -1,0 +1,696 @@
+//! VFIO passthrough devices of one VM: attach and detach, the same code for
+//! cold-plug (at VM creation) and hotplug (over the API); hotplug only adds the
+//! guest's notification, which the VM does.
+//!
+//! - One container per VM, opened with the first device and dropped with the last
+//!   (which unmaps guest RAM from the IOMMU and unpins it).
+//! - All guest RAM is DMA-mapped once per container, IOVA = guest physical address,
+//!   so RAM must lie in the IOMMU's IOVA ranges. At creation the layout is clamped
+//!   to them ([`VfioDevices::open_for_layout`] runs before guest RAM exists); on
+//!   hotplug into a VM laid out without them, RAM is checked instead.
+//! - BARs are not mapped into the IOMMU: peer-to-peer DMA between passed-through
+//!   devices is not offered yet (the 64-bit window is still clamped to the IOVA
+//!   ranges so that it can be).
+
+use super::pci::PciDevices;
+use super::vfio_host::{VfioContainerOps, VfioHost};
+use super::vfio_resources::{KvmInterruptRouting, KvmMemorySlots};
+use crate::acpi_pci::intx_gsi;
+use crate::config::DeviceConfig;
+use crate::cpu::IoBuses;
+use crate::memory::GuestMemoryMmap;
+use form_vm_allocator::{IovaRange, LayoutError};
+use pci::device::PciBarRegion;
+use pci::vfio::bars::BarError;
+use pci::vfio::container::ContainerError;
+use pci::vfio::{
+    discover_bars, place_bars, read_raw_config, release_bars, ConfigOptions, GuestMemorySlots,
+    HostBar, InterruptRouting, VfioDeviceOps, VfioPciDevice, VfioPciError, VfioResources,
+};
+use pci::{BarKind, PciBar, PciBusError, PciDevice, SharedPciDevice};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+/// Offset of the interrupt pin register in config space.
+const INTERRUPT_PIN: usize = 0x3d;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VfioError {
+    #[error("VFIO is not available on this host (load vfio-pci): {0} does not exist")]
+    Unavailable(PathBuf),
+    #[error("{0} is not a PCI device path; give /sys/bus/pci/devices/<domain:bus:dev.fn>")]
+    NotAPciDevice(PathBuf),
+    #[error("{path}: there is no PCI device {bdf} on this host")]
+    NoSuchDevice { path: PathBuf, bdf: String },
+    #[error("{bdf} is on {}, not vfio-pci: bind it to vfio-pci first: vmm-service gpu bind {bdf}", driver.as_deref().unwrap_or("no driver"))]
+    NotVfioBound { bdf: String, driver: Option<String> },
+    #[error("device id {0:?} is already in use; pick another id or remove that device first")]
+    DuplicateId(String),
+    #[error("{path} ({bdf}) is already passed through to this VM as {id:?}")]
+    DuplicateDevice {
+        path: PathBuf,
+        bdf: String,
+        id: String,
+    },
+    #[error("no device with id {0:?} is attached to this VM")]
+    UnknownId(String),
+    #[error("VFIO: {0}")]
+    Container(#[source] ContainerError),
+    #[error("device {id}: {source}")]
+    Device {
+        id: String,
+        #[source]
+        source: VfioPciError,
+    },
+    #[error("device {id}: {source}")]
+    Bars {
+        id: String,
+        #[source]
+        source: BarError,
+    },
+    #[error("device {id}: {source}")]
+    Slot {
+        id: String,
+        #[source]
+        source: PciBusError,
+    },
+    #[error("device {id}: cannot trap BAR {index} at {addr:#x}: {source}")]
+    BarRegion {
+        id: String,
+        index: usize,
+        addr: u64,
+        #[source]
+        source: devices::BusError,
+    },
+    #[error("guest address layout for passthrough: {0}")]
+    Layout(#[from] LayoutError),
+    #[error("guest RAM {start:#x}-{end:#x} lies outside the host IOMMU's usable IOVA ranges [{ranges}], so the device could not reach it; create the VM with the device (its layout then follows the IOMMU) or with less RAM")]
+    RamOutsideIova {
+        start: u64,
+        end: u64,
+        ranges: String,
+    },
+}
+
+impl VfioError {
+    /// Whether the request itself was wrong (a client error), not the host.
+    pub fn is_bad_request(&self) -> bool {
+        matches!(
+            self,
+            VfioError::NotAPciDevice(_)
+                | VfioError::NoSuchDevice { .. }
+                | VfioError::NotVfioBound { .. }
+                | VfioError::DuplicateId(_)
+                | VfioError::DuplicateDevice { .. }
+        )
+    }
+}
+
+/// Where a device landed, as the API reports it (Cloud Hypervisor's PciDeviceInfo).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PciDeviceInfo {
+    pub id: String,
+    pub bdf: String,
+}
+
+/// A device opened (its group attached) but not yet on the bus.
+pub struct OpenedDevice {
+    id: String,
+    bdf: String,
+    path: PathBuf,
+    ops: Arc<dyn VfioDeviceOps>,
+    raw_config: Vec<u8>,
+    host_bars: Vec<HostBar>,
+    options: ConfigOptions,
+}
+
+impl OpenedDevice {
+    /// Bytes the device's 64-bit BARs need in the 64-bit window.
+    fn mmio64_bytes(&self) -> u64 {
+        self.host_bars
+            .iter()
+            .filter(|b| b.kind == BarKind::Memory64)
+            .map(|b| b.size)
+            .sum()
+    }
+}
+
+struct AttachedDevice {
+    bdf: String,
+    path: PathBuf,
+    slot: u8,
+    device: Arc<Mutex<VfioPciDevice>>,
+    /// As allocated (the allocators know these addresses, not the guest's moves).
+    placed: Vec<PciBar>,
+}
+
+/// What attaching needs from the VM.
+pub struct VmResources<'a> {
+    pub memory: &'a GuestMemoryMmap,
+    pub pci: &'a mut PciDevices,
+    pub buses: &'a IoBuses,
+}
+
+/// The VM's VFIO devices and their container.
+pub struct VfioDevices {
+    host: Arc<dyn VfioHost>,
+    container: Option<Box<dyn VfioContainerOps>>,
+    devices: BTreeMap<String, AttachedDevice>,
+    /// Lent to every device: KVM memory slots and interrupt routes.
+    slots: Arc<dyn GuestMemorySlots>,
+    routing: Arc<dyn InterruptRouting>,
+}
+
+fn describe(ranges: &[IovaRange]) -> String {
+    ranges
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl VfioDevices {
+    pub fn new(
+        host: Arc<dyn VfioHost>,
+        slots: Arc<dyn GuestMemorySlots>,
+        routing: Arc<dyn InterruptRouting>,
+    ) -> Self {
+        Self {
+            host,
+            container: None,
+            devices: BTreeMap::new(),
+            slots,
+            routing,
+        }
+    }
+
+    /// Over KVM: the VM's memory slots, its routing table and GSI pool.
+    pub fn on_kvm(
+        host: Arc<dyn VfioHost>,
+        kvm: &Arc<hypervisor::Vm>,
+        gsis: Arc<Mutex<form_vm_allocator::GsiAllocator>>,
+    ) -> Self {
+        Self::new(
+            host,
+            Arc::new(KvmMemorySlots::new(kvm.clone())),
+            Arc::new(KvmInterruptRouting::new(kvm.clone(), gsis)),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// Ids and BDFs in slot order.
+    pub fn list(&self) -> Vec<(PciDeviceInfo, u8)> {
+        let mut all: Vec<_> = self
+            .devices
+            .iter()
+            .map(|(id, d)| (guest_info(id, d.slot), d.slot))
+            .collect();
+        all.sort_by_key(|(_, slot)| *slot);
+        all
+    }
+
+    pub fn slot_of(&self, id: &str) -> Option<u8> {
+        self.devices.get(id).map(|d| d.slot)
+    }
+
+    /// The id and BDF each config gets, after checking the paths and that no id or
+    /// device is given twice (in `configs` or already attached).
+    fn resolve(&self, configs: &[DeviceConfig]) -> Result<Vec<(String, String)>, VfioError> {
+        let mut taken: BTreeMap<String, (String, PathBuf)> = self
+            .devices
+            .iter()
+            .map(|(id, d)| (id.clone(), (d.bdf.clone(), d.path.clone())))
+            .collect();
+        let mut out = Vec::with_capacity(configs.len());
+        for config in configs {
+            let bdf = self.host.check_device(&config.path)?;
+            if let Some((id, _)) = taken.iter().find(|(_, (b, _))| *b == bdf) {
+                return Err(VfioError::DuplicateDevice {
+                    path: config.path.clone(),
+                    bdf,
+                    id: id.clone(),
+                });
+            }
+            let id = match &config.id {
+                Some(id) if taken.contains_key(id) => {
+                    return Err(VfioError::DuplicateId(id.clone()))
+                }
+                Some(id) => id.clone(),
+                None => (0..)
+                    .map(|n| format!("_vfio{n}"))
+                    .find(|id| !taken.contains_key(id))
+                    .unwrap_or_default(),
+            };
+            taken.insert(id.clone(), (bdf.clone(), config.path.clone()));
+            out.push((id, bdf));
+        }
+        Ok(out)
+    }
+
+    /// Opens the container (if needed) and `configs`' devices, reading what placing
+    /// them needs. Nothing is on the guest's bus yet. `kvm` gets the container's
+    /// groups registered with its KVM-VFIO device.
+    pub fn open(
+        &mut self,
+        kvm: Option<&hypervisor::Vm>,
+        configs: &[DeviceConfig],
+    ) -> Result<Vec<OpenedDevice>, VfioError> {
+        let names = self.resolve(configs)?;
+        let fresh_container = self.container.is_none();
+        if fresh_container {
+            self.container = Some(self.host.open_container(kvm)?);
+        }
+        let result = self.open_in_container(configs, &names);
+        if result.is_err() && fresh_container && self.devices.is_empty() {
+            self.container = None;
+        }
+        result
+    }
+
+    fn open_in_container(
+        &self,
+        configs: &[DeviceConfig],
+        names: &[(String, String)],
+    ) -> Result<Vec<OpenedDevice>, VfioError> {
+        let Some(container) = self.container.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let bdfs: Vec<String> = names.iter().map(|(_, bdf)| bdf.clone()).collect();
+        container.declare_vm_devices(&bdfs);
+        let mut opened = Vec::with_capacity(configs.len());
+        for (config, (id, bdf)) in configs.iter().zip(names) {
+            let opening = || -> Result<OpenedDevice, VfioError> {
+                let ops = container.open_device(&config.path)?;
+                let device_err = |source| VfioError::Device {
+                    id: id.clone(),
+                    source,
+                };
+                let raw_config = read_raw_config(&*ops).map_err(device_err)?;
+                let host_bars =
+                    discover_bars(&*ops, &raw_config).map_err(|source| VfioError::Bars {
+                        id: id.clone(),
+                        source,
+                    })?;
+                Ok(OpenedDevice {
+                    id: id.clone(),
+                    bdf: bdf.clone(),
+                    path: config.path.clone(),
+                    ops,
+                    raw_config,
+                    host_bars,
+                    options: ConfigOptions {
+                        gpudirect_clique: config.x_nv_gpudirect_clique,
+                    },
+                })
+            };
+            match opening() {
+                Ok(device) => opened.push(device),
+                Err(e) => {
+                    for bdf in &bdfs {
+                        if !self.devices.values().any(|d| &d.bdf == bdf) {
+                            container.forget_vm_device(bdf);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(opened)
+    }
+
+    /// For VM creation: the IOVA ranges guest RAM and the 64-bit window must fit,
+    /// and the 64-bit window size `opened` needs.
+    pub fn layout_constraints(
+        &self,
+        opened: &[OpenedDevice],
+    ) -> Result<(Option<Vec<IovaRange>>, u64), VfioError> {
+        let Some(container) = self.container.as_ref() else {
+            return Ok((None, 0));
+        };
+        let needed = opened.iter().map(OpenedDevice::mmio64_bytes).sum();
+        Ok((container.iova_ranges()?, needed))
+    }
+
+    /// Maps guest RAM for DMA (once per container), after checking on hotplug that
+    /// it lies where the IOMMU translates.
+    fn map_memory(&self, memory: &GuestMemoryMmap) -> Result<(), VfioError> {
+        let Some(container) = self.container.as_ref() else {
+            return Ok(());
+        };
+        if let Some(ranges) = container.iova_ranges()? {
+            for region in memory.iter() {
+                let start = region.start_addr().0;
+                let end = start + region.len() - 1;
+                if !ranges.iter().any(|r| r.start <= start && end <= r.end) {
+                    return Err(VfioError::RamOutsideIova {
+                        start,
+                        end,
+                        ranges: describe(&ranges),
+                    });
+                }
+            }
+        }
+        container.map_guest_memory(memory)
+    }
+
+    /// Puts opened devices on the guest's bus. On a failure, the devices of this
+    /// call that were attached are detached again.
+    pub fn attach(
+        &mut self,
+        opened: Vec<OpenedDevice>,
+        vm: &mut VmResources<'_>,
+    ) -> Result<Vec<PciDeviceInfo>, VfioError> {
+        let names: Vec<(String, String)> = opened
+            .iter()
+            .map(|d| (d.id.clone(), d.bdf.clone()))
+            .collect();
+        let result = self.map_memory(vm.memory).and_then(|()| {
+            let mut infos = Vec::with_capacity(opened.len());
+            for device in opened {
+                infos.push(self.attach_one(device, vm)?);
+            }
+            Ok(infos)
+        });
+        if result.is_err() {
+            for (id, bdf) in &names {
+                if self.devices.contains_key(id) {
+                    self.detach(id, vm);
+                } else if let Some(container) = &self.container {
+                    container.forget_vm_device(bdf);
+                }
+            }
+            if self.devices.is_empty() {
+                self.container = None;
+            }
+        }
+        result
+    }
+
+    fn attach_one(
+        &mut self,
+        opened: OpenedDevice,
+        vm: &mut VmResources<'_>,
+    ) -> Result<PciDeviceInfo, VfioError> {
+        let id = opened.id.clone();
+        let slot = lock(&vm.pci.bus)
+            .next_free_slot()
+            .ok_or_else(|| VfioError::Slot {
+                id: id.clone(),
+                source: PciBusError::Full,
+            })?;
+        let pin = opened
+            .raw_config
+            .get(INTERRUPT_PIN)
+            .copied()
+            .filter(|p| (1..=4).contains(p));
+        let intx = pin.map(|p| intx_gsi(slot, p - 1));
+        let placed = {
+            let mut allocators = vm.pci.bar_allocators();
+            place_bars(&opened.host_bars, &mut allocators).map_err(|source| VfioError::Bars {
+                id: id.clone(),
+                source,
+            })?
+        };
+        let built = VfioPciDevice::new(
+            id.clone(),
+            opened.ops,
+            opened.host_bars,
+            &placed,
+            VfioResources {
+                slots: self.slots.clone(),
+                routing: self.routing.clone(),
+                intx_gsi: intx,
+            },
+            &opened.options,
+        );
+        let device = match built {
+            Ok(device) => Arc::new(Mutex::new(device)),
+            Err(source) => {
+                release_bars(&placed, &mut vm.pci.bar_allocators());
+                return Err(VfioError::Device { id, source });
+            }
+        };
+        let shared: SharedPciDevice = device.clone();
+        let mut trapped = Vec::new();
+        let mut failure = None;
+        for bar in &placed {
+            let bus = bus_for(vm.buses, bar.kind);
+            let region = Arc::new(Mutex::new(PciBarRegion::new(shared.clone())));
+            match bus.insert(region, bar.addr, bar.size) {
+                Ok(()) => trapped.push(*bar),
+                Err(source) => {
+                    failure = Some(VfioError::BarRegion {
+                        id: id.clone(),
+                        index: bar.index,
+                        addr: bar.addr,
+                        source,
+                    });
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            if let Err(source) = lock(&vm.pci.bus).add_device(slot, shared) {
+                failure = Some(VfioError::Slot {
+                    id: id.clone(),
+                    source,
+                });
+            }
+        }
+        if let Some(e) = failure {
+            for bar in &trapped {
+                let _ = bus_for(vm.buses, bar.kind).remove(bar.addr);
+            }
+            lock(&device).detach();
+            drop(device);
+            release_bars(&placed, &mut vm.pci.bar_allocators());
+            return Err(e);
+        }
+        log::info!(
+            "vfio: {id} ({}) attached at {}",
+            opened.bdf,
+            guest_bdf(slot)
+        );
+        self.devices.insert(
+            id.clone(),
+            AttachedDevice {
+                bdf: opened.bdf,
+                path: opened.path,
+                slot,
+                device,
+                placed,
+            },
+        );
+        Ok(guest_info(&id, slot))
+    }
+
+    /// Takes the device off the bus and gives back everything it held: trapped BAR
+    /// regions, interrupts, memory slots, BAR ranges; the container with the last
+    /// device.
+    pub fn detach(&mut self, id: &str, vm: &mut VmResources<'_>) -> Option<PciDeviceInfo> {
+        let attached = self.devices.remove(id)?;
+        if let Err(e) = lock(&vm.pci.bus).remove_device(attached.slot) {
+            log::warn!("vfio: {id}: taking slot {} off the bus: {e}", attached.slot);
+        }
+        let current = lock(&attached.device).bars();
+        for (bar, original) in current.iter().zip(&attached.placed) {
+            let bus = bus_for(vm.buses, bar.kind);
+            if bus.remove(bar.addr).is_err() && bus.remove(original.addr).is_err() {
+                log::warn!("vfio: {id}: BAR {} was not on the bus", bar.index);
+            }
+        }
+        lock(&attached.device).detach();
+        drop(attached.device);
+        release_bars(&attached.placed, &mut vm.pci.bar_allocators());
+        if let Some(container) = &self.container {
+            container.forget_vm_device(&attached.bdf);
+        }
+        if self.devices.is_empty() {
+            // Closing the container unmaps and unpins guest RAM.
+            self.container = None;
+        }
+        log::info!("vfio: {id} ({}) detached", attached.bdf);
+        Some(guest_info(id, attached.slot))
+    }
+
+    /// Every device's counters, by id.
+    pub fn counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.devices
+            .iter()
+            .map(|(id, d)| {
+                let counters = lock(&d.device).counters().snapshot();
+                let map = counters
+                    .into_iter()
+                    .map(|(name, value)| (name.to_string(), value))
+                    .collect();
+                (id.clone(), map)
+            })
+            .collect()
+    }
+
+    pub fn has_container(&self) -> bool {
+        self.container.is_some()
+    }
+
+    /// The guest-visible device behind `id`, for tests and diagnostics.
+    pub fn device(&self, id: &str) -> Option<Arc<Mutex<VfioPciDevice>>> {
+        self.devices.get(id).map(|d| d.device.clone())
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bus_for(buses: &IoBuses, kind: BarKind) -> &devices::Bus {
+    match kind {
+        BarKind::Io => &buses.pio,
+        BarKind::Memory32 | BarKind::Memory64 => &buses.mmio,
+    }
+}
+
+/// The guest's address of a bus-0 slot.
+pub fn guest_bdf(slot: u8) -> String {
+    format!("0000:00:{slot:02x}.0")
+}
+
+fn guest_info(id: &str, slot: u8) -> PciDeviceInfo {
+    PciDeviceInfo {
+        id: id.to_string(),
+        bdf: guest_bdf(slot),
+    }
+}
+
+/// Moves a trapped BAR's bus region when the guest reprograms the BAR (the device
+/// already moved its memory slots).
+pub struct BarRegionMover {
+    pub buses: IoBuses,
+}
+
+impl pci::BarReprogramHandler for BarRegionMover {
+    fn bar_moved(&self, slot: u8, _device: &SharedPciDevice, reprogram: &pci::BarReprogram) {
+        let bus = bus_for(&self.buses, reprogram.kind);
+        if let Err(e) = bus.relocate(reprogram.old, reprogram.new) {
+            log::warn!(
+                "pci: slot {slot} BAR {} moved {:#x} -> {:#x}, but its region did not follow: {e}",
+                reprogram.index,
+                reprogram.old,
+                reprogram.new
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[doc(hidden)]
+pub mod testing {
+    //! A [`VfioHost`] over `pci::vfio::fake` devices, for tests here and in
+    //! `vmm/tests`.
+
+    use super::*;
+    use form_vm_allocator::IovaRange;
+    use pci::vfio::fake::FakeVfioDevice;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A host whose devices are fakes, by path. Paths must still end in a BDF.
+    #[derive(Default)]
+    pub struct FakeVfioHost {
+        pub devices: Mutex<BTreeMap<PathBuf, Arc<FakeVfioDevice>>>,
+        pub iova: Option<Vec<IovaRange>>,
+        pub containers_open: Arc<AtomicUsize>,
+        pub containers_opened: Arc<AtomicUsize>,
+        pub declared: Arc<Mutex<Vec<String>>>,
+        pub mapped: Arc<AtomicUsize>,
+    }
+
+    impl FakeVfioHost {
+        pub fn with(devices: Vec<(&str, FakeVfioDevice)>) -> Self {
+            let host = FakeVfioHost::default();
+            for (path, device) in devices {
+                lock(&host.devices).insert(PathBuf::from(path), Arc::new(device));
+            }
+            host
+        }
+    }
+
+    impl VfioHost for FakeVfioHost {
+        fn check_device(&self, path: &Path) -> Result<String, VfioError> {
+            let bdf = pci::vfio::container::bdf_of(path)
+                .ok_or_else(|| VfioError::NotAPciDevice(path.into()))?;
+            if !lock(&self.devices).contains_key(path) {
+                return Err(VfioError::NotVfioBound { bdf, driver: None });
+            }
+            Ok(bdf)
+        }
+
+        fn open_container(
+            &self,
+            _vm: Option<&hypervisor::Vm>,
+        ) -> Result<Box<dyn VfioContainerOps>, VfioError> {
+            self.containers_open.fetch_add(1, Ordering::SeqCst);
+            self.containers_opened.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(FakeContainer {
+                devices: lock(&self.devices).clone(),
+                iova: self.iova.clone(),
+                open: self.containers_open.clone(),
+                declared: self.declared.clone(),
+                mapped: self.mapped.clone(),
+            }))
+        }
+    }
+
+    struct FakeContainer {
+        devices: BTreeMap<PathBuf, Arc<FakeVfioDevice>>,
+        iova: Option<Vec<IovaRange>>,
+        open: Arc<AtomicUsize>,
+        declared: Arc<Mutex<Vec<String>>>,
+        mapped: Arc<AtomicUsize>,
+    }
+
+    impl Drop for FakeContainer {
+        fn drop(&mut self) {
+            self.open.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl VfioContainerOps for FakeContainer {
+        fn declare_vm_devices(&self, bdfs: &[String]) {
+            let mut declared = lock(&self.declared);
+            for bdf in bdfs {
+                if !declared.contains(bdf) {
+                    declared.push(bdf.clone());
+                }
+            }
+        }
+
+        fn forget_vm_device(&self, bdf: &str) {
+            lock(&self.declared).retain(|b| b != bdf);
+        }
+
+        fn open_device(&self, path: &Path) -> Result<Arc<dyn VfioDeviceOps>, VfioError> {
+            let device = self
+                .devices
+                .get(path)
+                .cloned()
+                .ok_or_else(|| VfioError::NotAPciDevice(path.into()))?;
+            Ok(device)
+        }
+
+        fn iova_ranges(&self) -> Result<Option<Vec<IovaRange>>, VfioError> {
+            Ok(self.iova.clone())
+        }
+
+        fn map_guest_memory(&self, _memory: &GuestMemoryMmap) -> Result<(), VfioError> {
+            self.mapped.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Attach and detach against `pci::vfio::fake` devices: no KVM, no VFIO.
+
+use super::testing::FakeVfioHost;
+use super::*;
+use devices::Bus;
+use form_vm_allocator::GuestLayout;
+use pci::bus::{config_read, config_write};
+use pci::vfio::fake::{FakeRouting, FakeSlots, FakeVfioDevice};
+use std::sync::atomic::Ordering;
+use vm_memory::GuestAddress;
+
+const EDU: &str = "/sys/bus/pci/devices/0000:00:03.0";
+const GPU: &str = "/sys/bus/pci/devices/0000:01:00.0";
+const BARE: &str = "/sys/bus/pci/devices/0000:02:00.0";
+
+struct Rig {
+    host: Arc<FakeVfioHost>,
+    slots: Arc<FakeSlots>,
+    routing: Arc<FakeRouting>,
+    vfio: VfioDevices,
+    pci: PciDevices,
+    buses: IoBuses,
+    memory: GuestMemoryMmap,
+}
+
+impl Rig {
+    fn new(host: FakeVfioHost) -> Rig {
+        let host = Arc::new(host);
+        let slots = Arc::new(FakeSlots::default());
+        let routing = Arc::new(FakeRouting::default());
+        let buses = IoBuses {
+            pio: Arc::new(Bus::new()),
+            mmio: Arc::new(Bus::new()),
+        };
+        let layout = GuestLayout::new(1 << 30, 40).unwrap();
+        let pci = PciDevices::attach(&layout, &buses, PciDevices::gsi_pool()).unwrap();
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let vfio = VfioDevices::new(host.clone(), slots.clone(), routing.clone());
+        Rig {
+            host,
+            slots,
+            routing,
+            vfio,
+            pci,
+            buses,
+            memory,
+        }
+    }
+
+    fn add(&mut self, path: &str, id: Option<&str>) -> Result<PciDeviceInfo, VfioError> {
+        let config = DeviceConfig {
+            path: path.into(),
+            id: id.map(str::to_string),
+            iommu: false,
+            pci_segment: 0,
+            x_nv_gpudirect_clique: None,
+        };
+        let opened = self.vfio.open(None, &[config])?;
+        let mut vm = VmResources {
+            memory: &self.memory,
+            pci: &mut self.pci,
+            buses: &self.buses,
+        };
+        Ok(self.vfio.attach(opened, &mut vm)?.remove(0))
+    }
+
+    fn remove(&mut self, id: &str) -> Option<PciDeviceInfo> {
+        let mut vm = VmResources {
+            memory: &self.memory,
+            pci: &mut self.pci,
+            buses: &self.buses,
+        };
+        self.vfio.detach(id, &mut vm)
+    }
+
+    fn open_containers(&self) -> usize {
+        self.host.containers_open.load(Ordering::SeqCst)
+    }
+}
+
+fn lab_host() -> FakeVfioHost {
+    FakeVfioHost::with(vec![
+        (EDU, FakeVfioDevice::edu()),
+        (GPU, FakeVfioDevice::gpu_with_bar1(1 << 30)),
+        (BARE, FakeVfioDevice::bare()),
+    ])
+}
+
+#[test]
+fn an_attached_device_answers_on_the_bus_with_its_bars_trapped() {
+    let mut rig = Rig::new(lab_host());
+    let info = rig.add(EDU, Some("edu0")).unwrap();
+    assert_eq!(
+        info,
+        PciDeviceInfo {
+            id: "edu0".into(),
+            bdf: "0000:00:01.0".into()
+        }
+    );
+    assert_eq!(rig.open_containers(), 1);
+    assert_eq!(
+        rig.host.mapped.load(Ordering::SeqCst),
+        1,
+        "guest RAM mapped"
+    );
+    assert_eq!(config_read(&rig.pci.bus, 1, 0, 0), 0x11e8_1234);
+
+    // BAR0 sits in the 32-bit window and a read of it reaches the device.
+    let bar0 = config_read(&rig.pci.bus, 1, 0, 4) & !0xf;
+    assert!(u64::from(bar0) >= rig.pci.mmio32.base(), "{bar0:#x}");
+    let mut data = [0u8; 4];
+    assert!(rig.buses.mmio.read(u64::from(bar0), &mut data));
+    let counters = rig.vfio.counters();
+    assert_eq!(counters["edu0"]["mmio_reads"], 1, "{counters:?}");
+
+    // INTx is wired to the slot's GSI with a resample fd.
+    let routing = rig.routing.snapshot();
+    let gsi = intx_gsi(1, 0);
+    assert!(routing.resample.contains(&gsi), "{routing:?}");
+    assert_eq!(config_read(&rig.pci.bus, 1, 0, 0xf) & 0xff, gsi);
+}
+
+#[test]
+fn detaching_the_last_device_gives_everything_back() {
+    let mut rig = Rig::new(lab_host());
+    let first = rig.add(GPU, None).unwrap();
+    let second = rig.add(BARE, None).unwrap();
+    assert_eq!(first.id, "_vfio0");
+    assert_eq!(second.id, "_vfio1");
+    assert_eq!(second.bdf, "0000:00:02.0");
+    assert_eq!(rig.host.containers_opened.load(Ordering::SeqCst), 1);
+    let gpu_bar1 = config_read(&rig.pci.bus, 1, 0, 5);
+
+    assert_eq!(rig.remove("_vfio0").unwrap().bdf, "0000:00:01.0");
+    assert_eq!(config_read(&rig.pci.bus, 1, 0, 0), u32::MAX, "slot 1 empty");
+    assert_eq!(rig.open_containers(), 1, "the other device keeps it");
+    assert_eq!(*lock(&rig.host.declared), vec!["0000:02:00.0".to_string()]);
+
+    assert!(rig.remove("_vfio1").is_some());
+    assert_eq!(rig.open_containers(), 0, "closed with the last device");
+    assert!(rig.vfio.is_empty());
+    let routing = rig.routing.snapshot();
+    assert!(
+        routing.irqfds.is_empty() && routing.routes.is_empty(),
+        "{routing:?}"
+    );
+    assert!(rig.slots.snapshot().is_empty());
+    assert!(rig.remove("_vfio1").is_none());
+
+    // The BAR ranges are free again: the same device lands where it was, in a
+    // fresh container.
+    let again = rig.add(GPU, Some("gpu")).unwrap();
+    assert_eq!(again.bdf, "0000:00:01.0");
+    assert_eq!(config_read(&rig.pci.bus, 1, 0, 5), gpu_bar1);
+    assert_eq!(rig.host.containers_opened.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn ids_and_devices_cannot_be_given_twice() {
+    let mut rig = Rig::new(lab_host());
+    rig.add(EDU, Some("a")).unwrap();
+    let err = rig.add(BARE, Some("a")).unwrap_err();
+    assert!(matches!(err, VfioError::DuplicateId(_)), "{err}");
+    assert!(err.is_bad_request());
+    let err = rig.add(EDU, Some("b")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("0000:00:03.0) is already passed through to this VM as \"a\""),
+        "{err}"
+    );
+    let err = rig
+        .add("/sys/bus/pci/devices/0000:09:00.0", None)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("vmm-service gpu bind 0000:09:00.0"),
+        "{err}"
+    );
+    // Nothing the refused requests did stayed behind.
+    assert_eq!(rig.vfio.list().len(), 1);
+    assert_eq!(*lock(&rig.host.declared), vec!["0000:00:03.0".to_string()]);
+}
+
+#[test]
+fn hotplug_refuses_a_vm_whose_ram_the_iommu_cannot_reach() {
+    let mut host = lab_host();
+    host.iova = Some(vec![IovaRange {
+        start: 0x10_0000,
+        end: (1 << 39) - 1,
+    }]);
+    let mut rig = Rig::new(host);
+    let err = rig.add(EDU, None).unwrap_err().to_string();
+    assert!(err.contains("0x0-0xfffff"), "{err}");
+    assert!(err.contains("[0x100000-0x7fffffffff]"), "{err}");
+    assert_eq!(
+        rig.open_containers(),
+        0,
+        "the container went with the failure"
+    );
+    assert!(rig.vfio.is_empty());
+    assert_eq!(config_read(&rig.pci.bus, 1, 0, 0), u32::MAX);
+}
+
+#[test]
+fn layout_constraints_ask_for_the_64_bit_bars() {
+    let mut host = lab_host();
+    host.iova = Some(vec![IovaRange {
+        start: 0,
+        end: (1 << 39) - 1,
+    }]);
+    let mut rig = Rig::new(host);
+    let config = DeviceConfig {
+        path: GPU.into(),
+        id: None,
+        iommu: false,
+        pci_segment: 0,
+        x_nv_gpudirect_clique: Some(3),
+    };
+    let opened = rig.vfio.open(None, &[config]).unwrap();
+    let (ranges, needed) = rig.vfio.layout_constraints(&opened).unwrap();
+    assert_eq!(ranges.unwrap().len(), 1);
+    assert_eq!(needed, (1 << 30) + (32 << 20), "BAR1 and BAR3");
+}
+
+#[test]
+fn a_guest_bar_move_takes_the_trapped_region_along() {
+    let mut rig = Rig::new(lab_host());
+    rig.add(BARE, None).unwrap();
+    // The bare device's only BAR is BAR2 (register 6).
+    let old = u64::from(config_read(&rig.pci.bus, 1, 0, 6) & !0xf);
+    let new = old + 0x10_0000;
+    config_write(&rig.pci.bus, 1, 0, 6, 0, &(new as u32).to_le_bytes());
+    let mut data = [0u8; 4];
+    assert!(
+        rig.buses.mmio.read(new, &mut data),
+        "region at the new address"
+    );
+    assert!(
+        !rig.buses.mmio.read(old, &mut data),
+        "and gone from the old one"
+    );
+    // Detach finds it where the guest put it.
+    rig.remove("_vfio0").unwrap();
+    assert!(!rig.buses.mmio.read(new, &mut data));
+}
