@@ -119,3 +119,104 @@ json_after() {
 expect_output() {
     grep -qE "$2" "$1" || fail "${3:-output} lacks '$2'"
 }
+
+# --- form-vmm's own API and VFIO binding, for the VFIO scenarios ---------------------
+
+# vmm_api SOCKET METHOD ENDPOINT [JSON]: one request to form-vmm's HTTP API on its unix
+# socket (socat, copied into L1 by scripts/vfio-lab). Prints the response body; returns
+# 0 for a 2xx status, 1 otherwise (the status line goes to stderr then).
+vmm_api() {
+    _body=${4:-}
+    printf '%s /api/v1/%s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' \
+        "$2" "$3" "${#_body}" "$_body" |
+        socat -t 10 - "UNIX-CONNECT:$1" >"$LAB_TMP/.api-response" 2>&1
+    _status=$(head -n1 "$LAB_TMP/.api-response" | tr -d '\r')
+    # The body: everything after the first empty line.
+    tr -d '\r' <"$LAB_TMP/.api-response" | awk 'body { print } /^$/ { body = 1 }'
+    case "$_status" in
+    "HTTP/1."?" 2"*) return 0 ;;
+    *)
+        echo "vmm_api $2 $3: ${_status:-no response}" >&2
+        return 1
+        ;;
+    esac
+}
+
+# vmm_api_ready PATH: whether PATH is a socket where form-vmm answers vmm.ping.
+vmm_api_ready() { [ -S "$1" ] && vmm_api "$1" GET vmm.ping >/dev/null 2>&1; }
+
+# json_number FILE OBJECT FIELD: the number FIELD inside the JSON object named OBJECT
+# (e.g. a device id in vm.counters), or nothing.
+json_number() {
+    tr -d ' \n' <"$1" | sed -n "s/.*\"$2\":{\\([^}]*\\)}.*/\\1/p" | tr ',' '\n' |
+        sed -n "s/^\"$3\":\\([0-9][0-9]*\\)\$/\\1/p"
+}
+
+# vfio_bind BDF: puts a non-GPU device on vfio-pci through sysfs (vmm-service binds only
+# GPUs), and waits for its VFIO group node.
+vfio_bind() {
+    _dev=/sys/bus/pci/devices/$1
+    echo vfio-pci >"$_dev/driver_override"
+    [ -e "$_dev/driver" ] && echo "$1" >"$_dev/driver/unbind"
+    echo "$1" >/sys/bus/pci/drivers_probe
+    expect_driver "$1" vfio-pci
+    wait_until 5 test -e "/dev/vfio/$(pci_group "$1")"
+}
+
+# vfio_unbind BDF: takes a device off vfio-pci and lets its native driver (if any) probe.
+vfio_unbind() {
+    _dev=/sys/bus/pci/devices/$1
+    echo >"$_dev/driver_override"
+    [ -e "$_dev/driver" ] && echo "$1" >"$_dev/driver/unbind"
+    echo "$1" >/sys/bus/pci/drivers_probe
+    [ "$(pci_driver "$1")" != vfio-pci ] || fail "$1 is still on vfio-pci after unbind"
+}
+
+# expect_guest_pass FILE: the test guest's output in FILE has its PASS line and no FAIL.
+expect_guest_pass() {
+    if grep -q '^form-test-guest: FAIL' "$1"; then
+        fail "the test guest says: $(grep -m1 '^form-test-guest: FAIL' "$1" | cut -d' ' -f3-)"
+    fi
+    expect_output "$1" '^form-test-guest: PASS' "the test guest's output"
+}
+
+# wait_for_output SECONDS PID FILE PATTERN: waits until a line of FILE matches PATTERN
+# (grep -E) while process PID (form-vmm, started in the background with its output in
+# FILE) runs; fails at once, with the end of FILE, when PID exits first.
+wait_for_output() {
+    _deadline=$(awk -v a="$(lab_uptime)" -v l="$1" 'BEGIN { print a + l }')
+    until grep -qE "$4" "$3"; do
+        if ! kill -0 "$2" 2>/dev/null; then
+            grep -qE "$4" "$3" && return 0
+            tail -n 15 "$3"
+            fail "form-vmm exited before its output showed '$4'"
+        fi
+        if awk -v d="$_deadline" -v n="$(lab_uptime)" 'BEGIN { exit !(n > d) }'; then
+            tail -n 15 "$3"
+            fail "waited ${1}s for '$4' in $3"
+        fi
+        sleep 0.1
+    done
+}
+
+# open_fds PID: how many file descriptors PID holds.
+open_fds() { count_entries "/proc/$1/fd"; }
+
+# l2_initramfs_with OUT CHECK_SCRIPT: the L2 initramfs plus, appended as a second
+# archive, CHECK_SCRIPT as /l2-check.sh (which scripts/lab/l2-init runs before powering
+# off) and L1's own display modules (bochs and the DRM modules before it in L1's load
+# order) under /lib/modules/lab: L2 runs the same kernel, so L1's modules fit it.
+l2_initramfs_with() {
+    _extra=$LAB_TMP/l2-extra
+    rm -rf "$_extra"
+    mkdir -p "$_extra/lib/modules/lab"
+    awk '{ print $1 } $1 == "bochs" { exit }' /lib/modules/lab/load-order >"$_extra/lib/modules/lab/load-order"
+    while read -r _m; do
+        cp "/lib/modules/lab/$_m.ko" "$_extra/lib/modules/lab/" || fail "module $_m is not in L1"
+    done <"$_extra/lib/modules/lab/load-order"
+    cp "$2" "$_extra/l2-check.sh"
+    chmod 0755 "$_extra/l2-check.sh"
+    cp "$LAB_L2_INITRAMFS" "$1"
+    (cd "$_extra" && find . | cpio -o -H newc 2>/dev/null | gzip -c) >>"$1" ||
+        fail "cannot build the L2 initramfs"
+}
