@@ -45,7 +45,7 @@ pub enum VfioError {
     NotAPciDevice(PathBuf),
     #[error("{path}: there is no PCI device {bdf} on this host")]
     NoSuchDevice { path: PathBuf, bdf: String },
-    #[error("{bdf} is on {}, not vfio-pci: bind it to vfio-pci first: vmm-service gpu bind {bdf}", driver.as_deref().unwrap_or("no driver"))]
+    #[error("{bdf} is {}, not to vfio-pci: bind it to vfio-pci first: vmm-service gpu bind {bdf}", bound_to(driver.as_deref()))]
     NotVfioBound { bdf: String, driver: Option<String> },
     #[error("device id {0:?} is already in use; pick another id or remove that device first")]
     DuplicateId(String),
@@ -93,6 +93,13 @@ pub enum VfioError {
         end: u64,
         ranges: String,
     },
+}
+
+fn bound_to(driver: Option<&str>) -> String {
+    match driver {
+        Some(driver) => format!("bound to {driver}"),
+        None => "bound to no driver".to_string(),
+    }
 }
 
 impl VfioError {

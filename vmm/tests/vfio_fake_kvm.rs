@@ -1,0 +1,217 @@
+//! VFIO attach and hotplug through the real `Vm` on /dev/kvm, with the host side
+//! faked (`pci::vfio::fake` devices behind a fake container): the test guest scans
+//! its bus and must see what the device manager put there, when it put it there.
+
+use pci::vfio::fake::FakeVfioDevice;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use vmm::config::{
+    ConsoleConfig, ConsoleOutputMode, DeviceConfig, MemoryConfig, PayloadConfig, VmConfig,
+};
+use vmm::device_manager::vfio::testing::FakeVfioHost;
+use vmm::vm::{Vm, VmEvents, VmExitReason};
+use vmm_sys_util::eventfd::EventFd;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const EDU: &str = "/sys/bus/pci/devices/0000:00:03.0";
+
+fn kvm_or_skip(test: &str) -> bool {
+    if std::path::Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: /dev/kvm is required when CI=true"
+    );
+    eprintln!("skipping {test}: /dev/kvm is not present");
+    false
+}
+
+fn test_guest() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(root.join("scripts/test-guest"))
+        .output()
+        .expect("run scripts/test-guest");
+    assert!(
+        out.status.success(),
+        "scripts/test-guest failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn wait_readable(fd: &EventFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) == 1 }
+}
+
+/// An edu whose BAR is trapped (no mmap), so nothing maps the fake's made-up
+/// host addresses into the guest.
+fn fake_host() -> Arc<FakeVfioHost> {
+    let edu = FakeVfioDevice::edu();
+    edu.mmap_refused.lock().unwrap().insert(0);
+    Arc::new(FakeVfioHost::with(vec![(EDU, edu)]))
+}
+
+fn edu_config(id: &str) -> DeviceConfig {
+    DeviceConfig {
+        path: EDU.into(),
+        id: Some(id.into()),
+        ..Default::default()
+    }
+}
+
+struct Guest {
+    vm: Vm,
+    exit: EventFd,
+    serial: PathBuf,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(cmdline: &str, devices: Vec<DeviceConfig>, host: Arc<FakeVfioHost>) -> Guest {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "form-vmm-vfio-fake-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let serial = dir.join("serial.log");
+    let config = VmConfig {
+        memory: MemoryConfig {
+            size: 64 << 20,
+            ..Default::default()
+        },
+        payload: PayloadConfig {
+            kernel: Some(test_guest()),
+            cmdline: Some(cmdline.into()),
+            initramfs: None,
+        },
+        serial: ConsoleConfig {
+            mode: ConsoleOutputMode::File,
+            file: Some(serial.clone()),
+        },
+        devices,
+        ..Default::default()
+    };
+    let exit = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let events = VmEvents {
+        exit: exit.try_clone().unwrap(),
+        reset: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+    };
+    let mut vm = Vm::with_vfio_host(&config, events, host).expect("create VM");
+    vm.boot().expect("boot");
+    Guest {
+        vm,
+        exit,
+        serial,
+        _dir: TempDir(dir),
+    }
+}
+
+impl Guest {
+    fn serial(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// Waits for the serial output to contain `text`.
+    fn wait_for(&self, text: &str) {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while !self.serial().contains(text) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {text:?} within {TIMEOUT:?}; serial:\n{}",
+                self.serial()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the power-off and checks the guest passed.
+    fn finish(mut self) -> String {
+        let exited = wait_readable(&self.exit, TIMEOUT);
+        self.vm.shutdown().unwrap();
+        let serial = self.serial();
+        assert!(exited, "no power-off within {TIMEOUT:?}; serial:\n{serial}");
+        assert_eq!(
+            self.vm.exit_reason(),
+            Some(VmExitReason::PowerOff),
+            "{serial}"
+        );
+        assert!(serial.contains("form-test-guest: PASS"), "{serial}");
+        assert!(!serial.contains("FAIL"), "{serial}");
+        serial
+    }
+}
+
+#[test]
+fn a_cold_plugged_device_is_on_the_guests_bus() {
+    if !kvm_or_skip("a_cold_plugged_device_is_on_the_guests_bus") {
+        return;
+    }
+    let host = fake_host();
+    let guest = start("pci-scan", vec![edu_config("edu0")], host.clone());
+    assert_eq!(guest.vm.config().devices[0].id.as_deref(), Some("edu0"));
+    let serial = guest.finish();
+    assert!(
+        serial.contains("pci 00:01.0 1234:11e8 class 00ff00"),
+        "{serial}"
+    );
+    assert!(serial.contains("pci-devices: 2"), "{serial}");
+}
+
+#[test]
+fn hotplug_add_remove_add_reaches_a_polling_guest() {
+    if !kvm_or_skip("hotplug_add_remove_add_reaches_a_polling_guest") {
+        return;
+    }
+    let host = fake_host();
+    let mut guest = start(
+        "hotplug-cycle vendor=0x1234 device=0x11e8 wait=30",
+        Vec::new(),
+        host.clone(),
+    );
+    use std::sync::atomic::Ordering;
+    guest.wait_for("waiting for 1234:11e8");
+    let info = guest.vm.add_device(edu_config("edu0")).unwrap();
+    assert_eq!(info.bdf, "0000:00:01.0");
+    assert_eq!(host.containers_open.load(Ordering::SeqCst), 1);
+    guest.wait_for("found");
+
+    // The test guest has no ACPI hotplug: the removal goes ahead after the
+    // short wait for a guest that ignores the request.
+    let started = std::time::Instant::now();
+    guest.vm.remove_device("edu0").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(host.containers_open.load(Ordering::SeqCst), 0);
+    assert!(guest.vm.config().devices.is_empty());
+    assert!(guest.vm.counters().is_empty());
+    guest.wait_for("gone after");
+
+    let again = guest.vm.add_device(edu_config("edu0")).unwrap();
+    assert_eq!(again.bdf, "0000:00:01.0", "the freed slot is reused");
+    let counters = guest.vm.counters();
+    assert!(
+        counters["edu0"].contains_key("config_reads"),
+        "{counters:?}"
+    );
+    guest.finish();
+    assert_eq!(host.containers_opened.load(Ordering::SeqCst), 2);
+}
