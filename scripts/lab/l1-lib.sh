@@ -189,6 +189,9 @@ wait_for_output() {
         if ! kill -0 "$2" 2>/dev/null; then
             grep -qE "$4" "$3" && return 0
             tail -n 15 "$3"
+            if grep -q '^form-test-guest: FAIL' "$3"; then
+                fail "the test guest says: $(grep -m1 '^form-test-guest: FAIL' "$3" | cut -d' ' -f3-)"
+            fi
             fail "form-vmm exited before its output showed '$4'"
         fi
         if awk -v d="$_deadline" -v n="$(lab_uptime)" 'BEGIN { exit !(n > d) }'; then

@@ -144,6 +144,10 @@ check 'hotplug-cycle' "$LAB --hotplug-cycle 300" 'hotplug-cycle vendor=0x1234 de
 	'waiting for 1234:11e8 to appear' 'found 00:02\.0 1234:11e8 class 00ff00 after [0-9]+ ms' \
 	'gone after [0-9]+ ms' 'found again 00:02\.0 1234:11e8 class 00ff00 after [0-9]+ ms' \
 	"$PASS" "$NOFAIL"
+check 'hotplug-cycle, eject=1 answers the removal request' "$LAB --hotplug-cycle 300" \
+	'hotplug-cycle vendor=0x1234 device=0x11e8 wait=3 eject=1' \
+	'eject request for slot 2: ejecting' 'harness: slot 2 ejected' 'gone after [0-9]+ ms' \
+	'found again 00:02\.0 .*' "$PASS" "$NOFAIL"
 check 'hotplug-cycle, never removed' "$LAB" 'hotplug-cycle vendor=0x1234 device=0x11e8 wait=1' \
 	'found 00:02\.0 .*' "${P}FAIL 1234:11e8 still present after 1 s"
 

@@ -4,6 +4,7 @@
 #include <stdbool.h>
 
 #include "format.h"
+#include "io.h"
 #include "lapic.h"
 #include "pci.h"
 #include "scenario_util.h"
@@ -12,16 +13,24 @@
 
 #define DEFAULT_WAIT_S 30
 #define MAX_WAIT_S 3600
+#define POLL_MS 10
+
+/* platform.md: form-vmm's PCI hotplug controller. PCID holds the slots whose
+ * device the VMM wants back (reading clears it); writing a slot number to
+ * PCEJ is what the slot's _EJ0 does. */
+#define HOTPLUG_PCID 0xF0001004ULL
+#define HOTPLUG_PCEJ 0xF0001008ULL
 
 struct watch {
 	struct pci_ecam ecam;
 	uint16_t vendor, device;
 	uint64_t wait_ms;
+	bool eject; /* answer removal requests as the DSDT's _EJ0 would */
 };
 
 static const char *watch_setup(const struct guest_env *env, struct watch *w)
 {
-	uint64_t vendor, device, wait_s;
+	uint64_t vendor, device, wait_s, eject;
 	const char *why;
 
 	why = param_u64_or(env, "vendor", 0, 0xFFFF, &vendor);
@@ -29,8 +38,11 @@ static const char *watch_setup(const struct guest_env *env, struct watch *w)
 		why = param_u64_or(env, "device", 0, 0xFFFF, &device);
 	if (!why)
 		why = param_u64_or(env, "wait", DEFAULT_WAIT_S, MAX_WAIT_S, &wait_s);
+	if (!why)
+		why = param_u64_or(env, "eject", 0, 1, &eject);
 	if (why)
 		return why;
+	w->eject = eject;
 	if (!vendor || vendor == PCI_VENDOR_NONE)
 		return "give the device as vendor=0xVVVV device=0xDDDD";
 	w->vendor = (uint16_t)vendor;
@@ -40,22 +52,53 @@ static const char *watch_setup(const struct guest_env *env, struct watch *w)
 	return why ? why : pci_ecam_find(env->rsdp_hint, &w->ecam);
 }
 
+/* Waits for the device to go, ejecting its slot when the VMM asks for it.
+ * Returns whether it went; *elapsed_ms says when. */
+static bool wait_gone_ejecting(const struct watch *w, uint64_t *elapsed_ms)
+{
+	uint64_t start = lapic_clock_ns();
+	struct pci_function f;
+
+	for (;;) {
+		uint32_t requested;
+
+		*elapsed_ms = (lapic_clock_ns() - start) / 1000000;
+		if (!pci_find(&w->ecam, w->vendor, w->device, &f))
+			return true;
+		requested = mmio_read32(HOTPLUG_PCID);
+		if (requested & (1U << f.dev)) {
+			serial_printf("eject request for slot %u: ejecting\n", f.dev);
+			mmio_write32(HOTPLUG_PCEJ, f.dev);
+		}
+		if (*elapsed_ms >= w->wait_ms)
+			return false;
+		lapic_delay_ms(POLL_MS);
+	}
+}
+
 /* One phase: waits for the device to be present or gone, and says so. */
 static const char *watch_for(const struct watch *w, bool present, const char *label)
 {
 	struct pci_function f;
 	uint64_t elapsed_ms;
+	bool reached;
 
 	serial_printf("waiting for %04x:%04x to %s\n", w->vendor, w->device,
 		      present ? "appear" : "go");
-	if (!pci_wait_for(&w->ecam, w->vendor, w->device, present, w->wait_ms, &f, &elapsed_ms))
+	if (!present && w->eject)
+		reached = wait_gone_ejecting(w, &elapsed_ms);
+	else
+		reached = pci_wait_for(&w->ecam, w->vendor, w->device, present, w->wait_ms, &f,
+				       &elapsed_ms);
+	if (!reached)
 		return reasonf("%04x:%04x still %s after %lu s", w->vendor, w->device,
 			       present ? "absent" : "present", (unsigned long)(w->wait_ms / 1000));
-	if (present)
+	if (present) {
 		serial_printf("%s 00:%02x.%x %04x:%04x class %06x after %lu ms\n", label, f.dev,
 			      f.fn, f.vendor, f.device, f.class_code, (unsigned long)elapsed_ms);
-	else
+	} else {
 		serial_printf("%s after %lu ms\n", label, (unsigned long)elapsed_ms);
+	}
 	return 0;
 }
 

@@ -14,10 +14,10 @@ step "form-vmm runs the edu scenario"
 run_logged vmm.out form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty \
     --cmdline edu --device "path=/sys/bus/pci/devices/$edu,id=edu0" ||
     fail "form-vmm exited with status $?"
+expect_guest_pass vmm.out
 expect_output vmm.out '^edu: id 0x010000ed' "the edu ID register"
 expect_output vmm.out '^dma: 1024 bytes RAM -> device -> RAM at 0x[0-9a-f]+: match' "the DMA round trip"
 expect_output vmm.out '^msi: received vector 0x40' "MSI delivery"
-expect_guest_pass vmm.out
 
 step "unbind edu"
 vfio_unbind "$edu"

@@ -1,6 +1,7 @@
 # vfio-hotplug: edu added to a running guest with vm.add-device, removed with
-# vm.remove-device, and added again. The test guest sees it appear, go and come back on
-# the same slot, and form-vmm holds as many file descriptors after the removal as before
+# vm.remove-device, and added again. The test guest sees it appear, answers the removal
+# request through the hotplug controller's eject register (eject=1), sees it go and come
+# back on the same slot, and form-vmm holds as many file descriptors after the removal as before
 # the first add (no leaked VFIO device, group or eventfd).
 # lab-order: 64
 # lab-timeout: 150
@@ -14,7 +15,7 @@ vfio_bind "$edu"
 
 step "form-vmm boots the test guest without edu"
 form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty --api-socket "$sock" \
-    --cmdline "hotplug-cycle vendor=0x1234 device=0x11e8 wait=60" >vmm.out 2>&1 &
+    --cmdline "hotplug-cycle vendor=0x1234 device=0x11e8 wait=60 eject=1" >vmm.out 2>&1 &
 vmm=$!
 wait_for_output 30 "$vmm" vmm.out '^waiting for 1234:11e8 to appear'
 wait_until 10 vmm_api_ready "$sock"
@@ -31,6 +32,7 @@ step "vm.remove-device: the guest sees it go"
 vmm_api "$sock" PUT vm.remove-device '{"id":"edu0"}' >remove.json ||
     fail "vm.remove-device failed: $(cat remove.json)"
 wait_for_output 60 "$vmm" vmm.out '^gone after '
+expect_output vmm.out '^eject request for slot [0-9]+: ejecting' "the guest's eject"
 fds_after=$(open_fds "$vmm")
 [ "$fds_after" = "$fds_before" ] ||
     fail "form-vmm holds $fds_after fds after the removal, $fds_before before the add"

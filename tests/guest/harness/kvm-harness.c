@@ -163,8 +163,9 @@ static void usage(void)
 		"  --lab-devices     the VFIO lab's devices instead: RAM-backed BARs (VGA BAR0,\n"
 		"                    ivshmem's 8 GiB BAR2 above 4 GiB) and an edu with DMA and\n"
 		"                    MSI; implies --irqchip\n"
-		"  --hotplug-cycle MS with --lab-devices: edu is absent for MS ms, present for\n"
-		"                    MS ms, absent for MS ms, then present (add/remove/add)\n"
+		"  --hotplug-cycle MS with --lab-devices: edu is absent, present, asked back\n"
+		"                    through PCID (gone once ejected or after MS/2), absent,\n"
+		"                    then present, for MS ms each (add/remove/add)\n"
 		"  --timeout S       give up after S seconds (default 10)\n",
 		RSDP_SCAN_ADDR, ACPI_ADDR, BOOT_PARAMS_ADDR);
 	exit(1);
@@ -625,17 +626,37 @@ static void lab_devices_init(int vm)
 
 static struct timespec started;
 
-/* With --hotplug-cycle, whether edu is on the bus now: phases of MS ms. */
-static bool hotplugged_present(const struct options *o)
+#define HOTPLUG_PCID 0xF0001004ULL
+#define HOTPLUG_PCEJ 0xF0001008ULL
+static bool ejected;
+
+
+/* Milliseconds since the guest started. */
+static uint64_t run_ms(void)
 {
 	struct timespec now;
-	uint64_t ms;
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	ms = (uint64_t)(now.tv_sec - started.tv_sec) * 1000 +
-	     (uint64_t)(now.tv_nsec / 1000000) - (uint64_t)(started.tv_nsec / 1000000);
-	ms /= o->hotplug_ms;
-	return ms == 1 || ms >= 3;
+	return (uint64_t)(now.tv_sec - started.tv_sec) * 1000 +
+	       (uint64_t)(now.tv_nsec / 1000000) - (uint64_t)(started.tv_nsec / 1000000);
+}
+
+/* With --hotplug-cycle, the run goes through phases of MS ms: edu absent,
+ * present, asked back (PCID), absent, then present for good. While it is
+ * asked back it stays until the guest ejects it or half the phase passed
+ * (form-vmm, too, takes a device back after a timeout). */
+static uint64_t hotplug_phase(const struct options *o)
+{
+	return run_ms() / o->hotplug_ms;
+}
+
+static bool hotplugged_present(const struct options *o)
+{
+	uint64_t ms = run_ms(), phase = ms / o->hotplug_ms;
+
+	if (phase == 2)
+		return !ejected && ms % o->hotplug_ms < o->hotplug_ms / 2;
+	return phase == 1 || phase >= 4;
 }
 
 static struct fake_function *function_at(const struct options *o, uint64_t offset)
@@ -846,6 +867,23 @@ static void handle_mmio(struct kvm_run *run, const struct options *o, unsigned *
 			dword = ecam_read_dword(o, off & ~3ULL);
 			memcpy(run->mmio.data, &dword, 4);
 		}
+		return;
+	}
+	/* form-vmm's hotplug controller (platform.md): PCID asks for edu's slot
+	 * while --hotplug-cycle has it in its removal phase; PCEJ is reported. */
+	if (o->hotplug_ms && addr == HOTPLUG_PCID && !run->mmio.is_write) {
+		uint32_t requested = hotplug_phase(o) == 2 ? 1U << lab_functions[2].dev : 0;
+
+		memcpy(run->mmio.data, &requested, 4);
+		return;
+	}
+	if (o->hotplug_ms && addr == HOTPLUG_PCEJ && run->mmio.is_write) {
+		uint32_t slot;
+
+		memcpy(&slot, run->mmio.data, 4);
+		if (!ejected)
+			report("slot %u ejected", slot);
+		ejected = true;
 		return;
 	}
 	if (functions == lab_functions) {
