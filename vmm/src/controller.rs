@@ -68,6 +68,7 @@ enum Source {
     Signal,
     VmExit,
     VmReset,
+    VmDevices,
     Api,
 }
 
@@ -297,6 +298,9 @@ impl<B: VmBackend> Controller<B> {
         if let Some(managed) = &self.vm {
             sources.push((Source::VmExit, managed.exit.as_raw_fd()));
             sources.push((Source::VmReset, managed.reset.as_raw_fd()));
+            if let Some(fd) = managed.vm.device_events_fd() {
+                sources.push((Source::VmDevices, fd));
+            }
         }
         if let Some(inbox) = &self.inbox {
             sources.push((Source::Api, inbox.wake.as_raw_fd()));
@@ -351,6 +355,14 @@ impl<B: VmBackend> Controller<B> {
                 Some(Err(e)) => Some(Exit::Failed(format!("reading signals failed: {e}"))),
             },
             Source::VmExit | Source::VmReset => self.on_vm_event(source),
+            Source::VmDevices => {
+                if let Some(managed) = self.vm.as_mut() {
+                    if managed.vm.handle_device_events() {
+                        self.config = Some(managed.vm.config().clone());
+                    }
+                }
+                None
+            }
             Source::Api => self.serve_api(),
         }
     }

@@ -413,6 +413,44 @@ impl Vm {
         Ok(info)
     }
 
+    /// Readable when the guest ejected a device on its own; then call
+    /// [`Vm::handle_guest_ejects`].
+    pub fn device_events_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.devices
+            .hotplug
+            .guest_eject_fd()
+            .map(|fd| fd.as_raw_fd())
+    }
+
+    /// Detaches the devices whose slots the guest ejected without being asked (an
+    /// administrator in the guest powering a slot off); returns them.
+    pub fn handle_guest_ejects(&mut self) -> Vec<PciDeviceInfo> {
+        if let Some(fd) = self.devices.hotplug.guest_eject_fd() {
+            // The count is irrelevant: the bitmap says which slots.
+            let _ = fd.read();
+        }
+        let ejected = self.devices.hotplug.take_unrequested_ejects();
+        let ids: Vec<String> = self
+            .devices
+            .vfio
+            .list()
+            .into_iter()
+            .filter(|(_, slot)| ejected & (1u32 << slot) != 0)
+            .map(|(info, _)| info.id)
+            .collect();
+        let mut removed = Vec::new();
+        for id in ids {
+            let (vfio, mut resources) = self.vm_resources();
+            if let Some(info) = vfio.detach(&id, &mut resources) {
+                log::info!("vfio: the guest ejected {id} ({}) on its own", info.bdf);
+                self.config.devices.retain(|d| d.id.as_deref() != Some(&id));
+                removed.push(info);
+            }
+        }
+        removed
+    }
+
     fn notify_hotplug(&self) {
         self.devices
             .legacy

@@ -20,6 +20,16 @@ pub trait VmInstance {
     fn add_device(&mut self, device: DeviceConfig) -> Result<PciDeviceInfo, VmError>;
     fn remove_device(&mut self, id: &str) -> Result<PciDeviceInfo, VmError>;
     fn counters(&self) -> VmCounters;
+    /// An fd that becomes readable when the VM's devices need the controller
+    /// (the guest ejected one on its own); `None` when there is nothing to watch.
+    fn device_events_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// Handles what [`VmInstance::device_events_fd`] signalled; true when the
+    /// VM's configuration changed.
+    fn handle_device_events(&mut self) -> bool {
+        false
+    }
 }
 
 /// Makes VMs. `events` are the fds the VM signals exit and reset on; the controller
@@ -79,5 +89,13 @@ impl VmInstance for Vm {
 
     fn counters(&self) -> VmCounters {
         Vm::counters(self)
+    }
+
+    fn device_events_fd(&self) -> Option<std::os::fd::RawFd> {
+        Vm::device_events_fd(self)
+    }
+
+    fn handle_device_events(&mut self) -> bool {
+        !Vm::handle_guest_ejects(self).is_empty()
     }
 }

@@ -15,6 +15,7 @@ use devices::BusDevice;
 use form_vm_allocator::layout::{GED_MMIO_SIZE, GED_MMIO_START};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Right after the GED in platform MMIO (platform.md).
 pub const HOTPLUG_MMIO_START: u64 = GED_MMIO_START + GED_MMIO_SIZE;
@@ -27,8 +28,12 @@ pub const PCEJ_OFFSET: u64 = 0x8;
 struct Registers {
     up: u32,
     down: u32,
-    /// Slots the guest ejected and the VMM has not yet taken back.
+    /// Slots whose removal the VMM asked for and is waiting on.
+    awaiting: u32,
+    /// Awaited slots the guest ejected.
     ejected: u32,
+    /// Slots the guest ejected on its own (e.g. `echo 0 > /sys/bus/pci/slots/N/power`).
+    guest_ejected: u32,
     /// The guest read `PCID` since the last removal request: an ACPI-aware guest is
     /// handling it.
     down_seen: bool,
@@ -39,6 +44,8 @@ struct Registers {
 pub struct HotplugState {
     regs: Mutex<Registers>,
     changed: Condvar,
+    /// Written when the guest ejects a slot the VMM did not ask for.
+    guest_eject: Option<EventFd>,
 }
 
 /// How a removal request ended.
@@ -53,6 +60,20 @@ pub enum EjectOutcome {
 }
 
 impl HotplugState {
+    /// A controller that signals `guest_eject` when the guest ejects a slot on its
+    /// own.
+    pub fn new(guest_eject: EventFd) -> Self {
+        Self {
+            guest_eject: Some(guest_eject),
+            ..Default::default()
+        }
+    }
+
+    /// Readable when the guest ejected a slot on its own.
+    pub fn guest_eject_fd(&self) -> Option<&EventFd> {
+        self.guest_eject.as_ref()
+    }
+
     fn regs(&self) -> std::sync::MutexGuard<'_, Registers> {
         self.regs.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -71,6 +92,7 @@ impl HotplugState {
         r.down |= slot_bit(slot);
         r.up &= !slot_bit(slot);
         r.ejected &= !slot_bit(slot);
+        r.awaiting |= slot_bit(slot);
         r.down_seen = false;
     }
 
@@ -87,6 +109,7 @@ impl HotplugState {
         loop {
             if r.ejected & slot_bit(slot) != 0 {
                 r.ejected &= !slot_bit(slot);
+                r.awaiting &= !slot_bit(slot);
                 return EjectOutcome::Ejected;
             }
             let elapsed = start.elapsed();
@@ -98,6 +121,7 @@ impl HotplugState {
             if elapsed >= limit {
                 // The request stands no longer: the VMM removes the device itself.
                 r.down &= !slot_bit(slot);
+                r.awaiting &= !slot_bit(slot);
                 return if r.down_seen {
                     EjectOutcome::TimedOut
                 } else {
@@ -114,7 +138,7 @@ impl HotplugState {
 
     /// Slots ejected by the guest without the VMM asking, taken (and cleared).
     pub fn take_unrequested_ejects(&self) -> u32 {
-        std::mem::take(&mut self.regs().ejected)
+        std::mem::take(&mut self.regs().guest_ejected)
     }
 
     fn read_register(&self, offset: u64) -> u32 {
@@ -136,8 +160,18 @@ impl HotplugState {
         }
         match u8::try_from(value) {
             Ok(slot) if (1..32).contains(&slot) => {
-                self.regs().ejected |= slot_bit(slot);
-                self.changed.notify_all();
+                let mut r = self.regs();
+                if r.awaiting & slot_bit(slot) != 0 {
+                    r.ejected |= slot_bit(slot);
+                    self.changed.notify_all();
+                } else {
+                    r.guest_ejected |= slot_bit(slot);
+                    if let Some(fd) = &self.guest_eject {
+                        if let Err(e) = fd.write(1) {
+                            log::warn!("pci hotplug: cannot signal the eject of slot {slot}: {e}");
+                        }
+                    }
+                }
             }
             _ => log::debug!("pci hotplug: guest ejected invalid slot {value}"),
         }
@@ -152,7 +186,8 @@ fn slot_bit(slot: u8) -> u32 {
 pub fn attach_hotplug_controller(
     buses: &crate::cpu::IoBuses,
 ) -> Result<std::sync::Arc<HotplugState>, super::DeviceError> {
-    let state = std::sync::Arc::new(HotplugState::default());
+    let guest_eject = super::eventfd("guest-initiated PCI ejects")?;
+    let state = std::sync::Arc::new(HotplugState::new(guest_eject));
     let device = PciHotplugController::new(state.clone());
     buses
         .mmio
@@ -247,12 +282,22 @@ mod tests {
         let outcome = state.wait_for_eject(7, Duration::from_secs(5), Duration::from_secs(10));
         guest.join().unwrap();
         assert_eq!(outcome, EjectOutcome::Ejected);
+        assert_eq!(state.take_unrequested_ejects(), 0, "that one was awaited");
         // Invalid slots are ignored.
         dev.write(HOTPLUG_MMIO_START, PCEJ_OFFSET, &0u32.to_le_bytes());
         dev.write(HOTPLUG_MMIO_START, PCEJ_OFFSET, &99u32.to_le_bytes());
         assert_eq!(state.take_unrequested_ejects(), 0);
+    }
+
+    #[test]
+    fn an_eject_nobody_asked_for_is_signalled() {
+        let fd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let state = Arc::new(HotplugState::new(fd.try_clone().unwrap()));
+        let mut dev = PciHotplugController::new(state.clone());
         dev.write(HOTPLUG_MMIO_START, PCEJ_OFFSET, &[9]);
+        assert_eq!(fd.read().unwrap(), 1);
         assert_eq!(state.take_unrequested_ejects(), 1 << 9);
+        assert_eq!(state.take_unrequested_ejects(), 0);
     }
 
     #[test]
