@@ -127,6 +127,8 @@ expect_output() {
 # 0 for a 2xx status, 1 otherwise (the status line goes to stderr then).
 vmm_api() {
     _body=${4:-}
+    command -v socat >/dev/null ||
+        fail "socat is not on L1's PATH (scripts/vfio-lab copies it to /lab/bin)"
     printf '%s /api/v1/%s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' \
         "$2" "$3" "${#_body}" "$_body" |
         socat -t 10 - "UNIX-CONNECT:$1" >"$LAB_TMP/.api-response" 2>&1

@@ -111,10 +111,13 @@ static void msix_enable(const struct pci_ecam *ecam, const struct pci_function *
 	serial_printf("msix: vector 0 -> address 0x%x data 0x%x\n", address, vector);
 }
 
-/* Makes the NIC raise its RxQ0 cause, which IVAR routes to MSI-X vector 0. */
+/* Makes the NIC raise its RxQ0 cause, which IVAR routes to MSI-X vector 0.
+ * The cause is cleared and enabled again first: sending the message clears
+ * it from ICR (EIAC) and, without CTRL_EXT.IAME, from IMS as well. */
 static void nic_raise(uint64_t regs)
 {
 	mmio_write32(regs + NIC_ICR, CAUSE_RXQ0);
+	mmio_write32(regs + NIC_IMS, CAUSE_RXQ0);
 	mmio_write32(regs + NIC_ICS, CAUSE_RXQ0);
 }
 
@@ -177,7 +180,6 @@ const char *scenario_msix(const struct guest_env *env)
 	msix_enable(&ecam, &f, &m, vector);
 	mmio_write32(regs.addr + NIC_IVAR, IVAR_RXQ0_VALID);
 	mmio_write32(regs.addr + NIC_EIAC, CAUSE_RXQ0);
-	mmio_write32(regs.addr + NIC_IMS, CAUSE_RXQ0);
 
 	why = run(regs.addr, &m, vector);
 

@@ -14,7 +14,7 @@ expect_driver "$gpu" vfio-pci
 
 step "form-vmm boots the test guest with the GPU"
 form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty --api-socket "$sock" \
-    --cmdline "bar-rw vendor=0x1234 device=0x1111 bar=0 len=0x100000 hold=5" \
+    --cmdline "bar-rw vendor=0x1234 device=0x1111 bar=0 len=0x100000 hold=3" \
     --device "path=/sys/bus/pci/devices/$gpu,id=gpu0" >vmm.out 2>&1 &
 vmm=$!
 wait_for_output 60 "$vmm" vmm.out '^holding '
