@@ -40,7 +40,7 @@ bdf=$(find_gpu)
 echo "L2-GPU-ADDED $bdf"
 wait_for 300 gpu_bound || { echo "L2-GPU-NOT-BOUND $bdf"; exit 0; }
 echo "L2-GPU-BOUND $bdf"
-wait_for 50 test -e /dev/fb0 && echo "L2-FB0"
+if wait_for 50 test -e /dev/fb0; then echo "L2-FB0"; else echo "L2-NO-FB0"; fi
 wait_for 1200 gpu_absent || { echo "L2-GPU-NEVER-REMOVED $bdf"; exit 0; }
 echo "L2-GPU-REMOVED $bdf"
 CHECK
@@ -65,6 +65,7 @@ cat add.json
 echo
 wait_for_output 60 "$vmm" vmm.out '^L2-GPU-(BOUND|NOT-BOUND|NEVER-ADDED)'
 expect_output vmm.out '^L2-GPU-BOUND ' "bochs-drm binding the hotplugged GPU"
+wait_for_output 30 "$vmm" vmm.out '^L2-(NO-)?FB0'
 expect_output vmm.out '^L2-FB0' "/dev/fb0 after the hotplug"
 
 step "vm.remove-device: gone from the guest, no fds left behind"
