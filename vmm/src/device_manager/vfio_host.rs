@@ -69,6 +69,11 @@ fn driver_of(sysfs: &Path, bdf: &str) -> Option<String> {
 impl VfioHost for KernelVfioHost {
     fn check_device(&self, path: &Path) -> Result<String, VfioError> {
         let bdf = bdf_of(path).ok_or_else(|| VfioError::NotAPciDevice(path.into()))?;
+        // Without the VFIO modules nothing can be bound to vfio-pci, so that is
+        // what to say first.
+        if !self.vfio_dev.exists() {
+            return Err(VfioError::Unavailable(self.vfio_dev.clone()));
+        }
         if !self.sysfs.join("bus/pci/devices").join(&bdf).exists() {
             return Err(VfioError::NoSuchDevice {
                 path: path.into(),
@@ -78,9 +83,6 @@ impl VfioHost for KernelVfioHost {
         match driver_of(&self.sysfs, &bdf) {
             Some(d) if d == "vfio-pci" => {}
             driver => return Err(VfioError::NotVfioBound { bdf, driver }),
-        }
-        if !self.vfio_dev.exists() {
-            return Err(VfioError::Unavailable(self.vfio_dev.clone()));
         }
         Ok(bdf)
     }
