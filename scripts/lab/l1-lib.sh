@@ -132,6 +132,12 @@ vmm_api() {
     printf '%s /api/v1/%s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' \
         "$2" "$3" "${#_body}" "$_body" |
         socat -t 10 - "UNIX-CONNECT:$1" >"$LAB_TMP/.api-response" 2>&1
+    _rc=$?
+    if [ "$_rc" = 126 ] || [ "$_rc" = 127 ]; then
+        # Seen once: socat "not found" although it was copied; say what L1 has.
+        ls -l "$(command -v socat)" /lib64/ld-linux-x86-64.so.2 >&2
+        fail "socat cannot run in L1 (status $_rc): $(head -n1 "$LAB_TMP/.api-response")"
+    fi
     _status=$(head -n1 "$LAB_TMP/.api-response" | tr -d '\r')
     # The body: everything after the first empty line.
     tr -d '\r' <"$LAB_TMP/.api-response" | awk 'body { print } /^$/ { body = 1 }'

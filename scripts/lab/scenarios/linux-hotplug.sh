@@ -43,6 +43,8 @@ echo "L2-GPU-BOUND $bdf"
 if wait_for 50 test -e /dev/fb0; then echo "L2-FB0"; else echo "L2-NO-FB0"; fi
 wait_for 1200 gpu_absent || { echo "L2-GPU-NEVER-REMOVED $bdf"; exit 0; }
 echo "L2-GPU-REMOVED $bdf"
+# Keeps the VM up while L1 counts form-vmm's file descriptors.
+sleep 3
 CHECK
 l2_initramfs_with l2.cpio.gz check.sh
 
