@@ -7,7 +7,6 @@
 #include "io.h"
 #include "lapic.h"
 #include "protocol.h"
-#include "serial.h"
 
 #define IDT_ENTRIES 256
 #define EXCEPTION_VECTORS 32

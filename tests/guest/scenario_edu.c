@@ -11,7 +11,6 @@
 #include "scenario_util.h"
 #include "scenarios_pci.h"
 #include "serial.h"
-#include "str.h"
 
 #define EDU_VENDOR 0x1234
 #define EDU_DEVICE 0x11e8
