@@ -40,6 +40,10 @@ pub enum ConfigError {
     DuplicateDeviceId(String),
     #[error("device {0} is listed more than once")]
     DuplicateDevicePath(PathBuf),
+    #[error("device {path}: PCI segment {segment} does not exist; form-vmm has segment 0 only")]
+    DeviceSegment { path: PathBuf, segment: u16 },
+    #[error("device {0}: iommu=on (a virtual IOMMU in front of the device) is not supported; leave it off")]
+    DeviceIommu(PathBuf),
 }
 
 /// The command line's `key=value` option string was malformed, or parsed into a
@@ -347,6 +351,15 @@ impl DeviceConfig {
         if self.path.as_os_str().is_empty() {
             return Err(ConfigError::EmptyDevicePath);
         }
+        if self.pci_segment != 0 {
+            return Err(ConfigError::DeviceSegment {
+                path: self.path.clone(),
+                segment: self.pci_segment,
+            });
+        }
+        if self.iommu {
+            return Err(ConfigError::DeviceIommu(self.path.clone()));
+        }
         Ok(())
     }
 }
@@ -507,7 +520,7 @@ mod tests {
     #[test]
     fn device_option_parses_every_key() {
         let device = DeviceConfig::parse(
-            "path=/sys/bus/pci/devices/0000:01:00.0,id=gpu0,iommu=on,pci_segment=1,x_nv_gpudirect_clique=7",
+            "path=/sys/bus/pci/devices/0000:01:00.0,id=gpu0,iommu=off,pci_segment=0,x_nv_gpudirect_clique=7",
         )
         .unwrap();
         assert_eq!(
@@ -515,11 +528,20 @@ mod tests {
             DeviceConfig {
                 path: "/sys/bus/pci/devices/0000:01:00.0".into(),
                 id: Some("gpu0".into()),
-                iommu: true,
-                pci_segment: 1,
+                iommu: false,
+                pci_segment: 0,
                 x_nv_gpudirect_clique: Some(7),
             }
         );
+        let err = DeviceConfig::parse("path=/sys/bus/pci/devices/0000:01:00.0,iommu=on")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("iommu=on"), "{err}");
+        assert!(err.contains("is not supported"), "{err}");
+        let err = DeviceConfig::parse("path=/sys/bus/pci/devices/0000:01:00.0,pci_segment=1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PCI segment 1 does not exist"), "{err}");
         assert_eq!(
             DeviceConfig::parse("id=gpu0").unwrap_err().to_string(),
             "--device: option 'path' is required (path=...)"

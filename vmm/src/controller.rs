@@ -127,6 +127,7 @@ impl<B: VmBackend> Controller<B> {
                 }))
             }
             ApiRequest::VmAddDevice(device) => {
+                device.validate()?;
                 let managed = self.live_vm("add a device")?;
                 let info = managed.vm.add_device(*device)?;
                 self.config = Some(managed.vm.config().clone());

@@ -344,6 +344,17 @@ fn devices_come_and_go_on_a_running_vm_and_survive_a_reboot() {
         .handle(add_device("/sys/bus/pci/devices/0000:01:00.0", None))
         .unwrap_err();
     assert_eq!(err.status_code(), 400, "{err}");
+    let err = controller
+        .handle(ApiRequest::VmAddDevice(Box::new(
+            crate::config::DeviceConfig {
+                path: "/sys/bus/pci/devices/0000:04:00.0".into(),
+                pci_segment: 1,
+                ..Default::default()
+            },
+        )))
+        .unwrap_err();
+    assert_eq!(err.status_code(), 400, "{err}");
+    assert!(err.to_string().contains("segment 0 only"), "{err}");
 
     backend
         .state()
