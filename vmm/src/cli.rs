@@ -48,9 +48,9 @@ pub struct Cli {
     #[arg(long, value_name = "PATH|path=PATH")]
     pub api_socket: Option<String>,
 
-    /// A host PCI device to pass through with VFIO (repeatable). Options: path=
-    /// (/sys/bus/pci/devices/BDF, required), id=NAME, iommu=on, pci_segment=N,
-    /// x_nv_gpudirect_clique=N.
+    /// A host PCI device bound to vfio-pci to pass through (repeatable). Options:
+    /// path= (/sys/bus/pci/devices/BDF, required), id=NAME, x_nv_gpudirect_clique=N;
+    /// iommu=off and pci_segment=0 are accepted for Cloud Hypervisor compatibility.
     #[arg(long = "device", value_name = "path=SYSFS_PATH[,...]")]
     pub devices: Vec<String>,
 

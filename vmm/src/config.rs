@@ -331,8 +331,9 @@ impl DeviceConfig {
         "x_nv_gpudirect_clique",
     ];
 
-    /// Parses `--device path=/sys/bus/pci/devices/BDF[,id=NAME][,iommu=on]
-    /// [,pci_segment=N][,x_nv_gpudirect_clique=N]`.
+    /// Parses `--device path=/sys/bus/pci/devices/BDF[,id=NAME][,iommu=off]
+    /// [,pci_segment=0][,x_nv_gpudirect_clique=N]`; what [`DeviceConfig::validate`]
+    /// refuses is a parse error.
     pub fn parse(input: &str) -> Result<DeviceConfig, ParseError> {
         const FLAG: &str = "--device";
         let opts = Options::parse(FLAG, input, Self::OPTIONS)?;
