@@ -418,8 +418,16 @@ impl VfioDevices {
             .filter(|p| (1..=4).contains(p));
         let intx = pin.map(|p| intx_gsi(slot, p - 1));
         let placed = {
-            let mut allocators = vm.pci.bar_allocators();
-            place_bars(&opened.host_bars, &mut allocators).map_err(|source| VfioError::Bars {
+            // The guest may have moved BARs of devices already here to addresses
+            // the windows still count as free; keep the new device off them.
+            let held = self.hold_moved_bars(vm.pci);
+            let placed = place_bars(&opened.host_bars, &mut vm.pci.bar_allocators());
+            for (kind, addr) in held {
+                if let Err(e) = window(vm.pci, kind).free(addr) {
+                    log::warn!("vfio: releasing the hold on {addr:#x}: {e}");
+                }
+            }
+            placed.map_err(|source| VfioError::Bars {
                 id: id.clone(),
                 source,
             })?
@@ -497,6 +505,27 @@ impl VfioDevices {
         Ok(guest_info(&id, slot))
     }
 
+    /// Claims, in the BAR windows, every BAR the guest moved away from where it was
+    /// placed (where that range is free); returns the claims to give back.
+    fn hold_moved_bars(&self, pci: &mut PciDevices) -> Vec<(BarKind, u64)> {
+        let mut held = Vec::new();
+        for attached in self.devices.values() {
+            let current = lock(&attached.device).bars();
+            for (bar, original) in current.iter().zip(&attached.placed) {
+                if bar.addr == original.addr {
+                    continue;
+                }
+                if window(pci, bar.kind)
+                    .allocate_at(bar.addr, bar.size)
+                    .is_ok()
+                {
+                    held.push((bar.kind, bar.addr));
+                }
+            }
+        }
+        held
+    }
+
     /// Takes the device off the bus and gives back everything it held: trapped BAR
     /// regions, interrupts, memory slots, BAR ranges; the container with the last
     /// device.
@@ -553,6 +582,14 @@ impl VfioDevices {
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn window(pci: &mut PciDevices, kind: BarKind) -> &mut form_vm_allocator::AddressAllocator {
+    match kind {
+        BarKind::Io => &mut pci.io,
+        BarKind::Memory32 => &mut pci.mmio32,
+        BarKind::Memory64 => &mut pci.mmio64,
+    }
 }
 
 fn bus_for(buses: &IoBuses, kind: BarKind) -> &devices::Bus {

@@ -243,3 +243,29 @@ fn a_guest_bar_move_takes_the_trapped_region_along() {
     rig.remove("_vfio0").unwrap();
     assert!(!rig.buses.mmio.read(new, &mut data));
 }
+
+#[test]
+fn a_new_device_stays_off_bars_the_guest_moved() {
+    let mut rig = Rig::new(lab_host());
+    rig.add(BARE, None).unwrap();
+    // The guest moves the bare device's 4 KiB BAR2 to where edu's 1 MiB BAR0 would
+    // go next (the first 1 MiB boundary after it).
+    let old = u64::from(config_read(&rig.pci.bus, 1, 0, 6) & !0xf);
+    let next_free = (old + 0x1000).next_multiple_of(1 << 20);
+    config_write(&rig.pci.bus, 1, 0, 6, 0, &(next_free as u32).to_le_bytes());
+    // edu's 1 MiB BAR0 is placed around it, and both stay reachable.
+    rig.add(EDU, None).unwrap();
+    let edu_bar = u64::from(config_read(&rig.pci.bus, 2, 0, 4) & !0xf);
+    assert!(
+        edu_bar + (1 << 20) <= next_free || edu_bar >= next_free + 0x1000,
+        "edu BAR0 {edu_bar:#x} overlaps the moved BAR at {next_free:#x}"
+    );
+    let mut data = [0u8; 4];
+    assert!(rig.buses.mmio.read(next_free, &mut data));
+    assert!(rig.buses.mmio.read(edu_bar, &mut data));
+    // The hold was only for the placement: removing both frees everything.
+    rig.remove("_vfio0").unwrap();
+    rig.remove("_vfio1").unwrap();
+    assert_eq!(rig.pci.mmio32.allocated_size(next_free), None);
+    assert_eq!(rig.pci.mmio32.allocated_size(edu_bar), None);
+}
