@@ -144,10 +144,10 @@ fn validate(config: &VmConfig, hv: &Hypervisor) -> Result<PathBuf, VmError> {
 /// How long remove-device waits for a guest that does not even read the removal
 /// request (no ACPI PCI hotplug: the test guest, a guest without acpiphp) before
 /// detaching the device anyway.
-const EJECT_IGNORED_AFTER: Duration = Duration::from_secs(1);
+pub const EJECT_IGNORED_AFTER: Duration = Duration::from_secs(1);
 /// How long it waits for a guest that read the request to run the slot's `_EJ0`
 /// (its driver unbinding the device first).
-const EJECT_GIVE_UP_AFTER: Duration = Duration::from_secs(10);
+pub const EJECT_GIVE_UP_AFTER: Duration = Duration::from_secs(10);
 
 impl Vm {
     pub fn new(config: &VmConfig, events: VmEvents) -> Result<Vm, VmError> {

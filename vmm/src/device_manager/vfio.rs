@@ -5,12 +5,18 @@
 //! - One container per VM, opened with the first device and dropped with the last
 //!   (which unmaps guest RAM from the IOMMU and unpins it).
 //! - All guest RAM is DMA-mapped once per container, IOVA = guest physical address,
-//!   so RAM must lie in the IOMMU's IOVA ranges. At creation the layout is clamped
-//!   to them ([`VfioDevices::open_for_layout`] runs before guest RAM exists); on
-//!   hotplug into a VM laid out without them, RAM is checked instead.
+//!   so RAM must lie in the IOMMU's IOVA ranges. At creation the devices are opened
+//!   before guest RAM exists ([`VfioDevices::open`], then
+//!   [`VfioDevices::layout_constraints`]) and the layout is clamped to the ranges;
+//!   on hotplug into a VM laid out without them, RAM is checked instead.
 //! - BARs are not mapped into the IOMMU: peer-to-peer DMA between passed-through
 //!   devices is not offered yet (the 64-bit window is still clamped to the IOVA
 //!   ranges so that it can be).
+//! - Attach order per device: lowest free slot, INTx GSI from the slot
+//!   ([`crate::acpi_pci::intx_gsi`]), BARs placed off any BAR the guest moved,
+//!   [`VfioPciDevice`] built, every BAR trapped whole on the MMIO/PIO bus (mapped
+//!   parts never exit), then the device goes on the PCI bus. Detach undoes it in
+//!   reverse, finding trapped BARs where the guest last put them.
 
 use super::pci::PciDevices;
 use super::vfio_host::{VfioContainerOps, VfioHost};
