@@ -196,11 +196,14 @@ impl GpuInfo {
 
 /// Every GPU and accelerator on the host, in address order.
 pub fn list_gpus(host: &HostPaths, owners: &dyn OwnerLookup) -> Result<Vec<GpuInfo>, GpuError> {
+    // Listed once for every GPU's slot mates: re-reading the directory per GPU made
+    // the inventory quadratic in the number of PCI functions.
+    let functions = list_functions(host)?;
     let mut gpus = Vec::new();
-    for bdf in list_functions(host)? {
-        let function = PciFunction::read(host, &bdf)?;
+    for bdf in &functions {
+        let function = PciFunction::read(host, bdf)?;
         if function.is_gpu() {
-            gpus.push(describe(host, function, owners)?);
+            gpus.push(describe(host, function, &functions, owners)?);
         }
     }
     Ok(gpus)
@@ -219,7 +222,7 @@ pub fn gpu_info(
             class: function.class,
         });
     }
-    describe(host, function, owners)
+    describe(host, function, &list_functions(host)?, owners)
 }
 
 /// Addresses of every PCI function on the host, sorted. Entries whose names are not
@@ -242,9 +245,11 @@ pub fn iommu_group_members(host: &HostPaths, group: u32) -> Result<Vec<Bdf>, Gpu
     Ok(members)
 }
 
+/// `functions`: every PCI function on the host, where the GPU's slot mates are found.
 fn describe(
     host: &HostPaths,
     function: PciFunction,
+    functions: &[Bdf],
     owners: &dyn OwnerLookup,
 ) -> Result<GpuInfo, GpuError> {
     let dir = host.device_dir(&function.bdf);
@@ -252,9 +257,10 @@ fn describe(
         Some(group) => summaries(host, &iommu_group_members(host, group)?)?,
         None => Vec::new(),
     };
-    let slot_mates: Vec<Bdf> = list_functions(host)?
-        .into_iter()
-        .filter(|other| other.same_slot(&function.bdf) && *other != function.bdf)
+    let slot_mates: Vec<Bdf> = functions
+        .iter()
+        .filter(|other| other.same_slot(&function.bdf) && **other != function.bdf)
+        .copied()
         .collect();
     let companions = summaries(host, &slot_mates)?;
     let bars = match read_text(&dir.join("resource"))? {
