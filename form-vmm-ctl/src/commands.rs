@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper::Method;
-use serde::Serialize;
 use vmm_service::api::types::{
-    AddGpuRequest, DoctorResponse, GpuOptions, GpuRequest, VmInfo, VmInstanceConfig, DEFAULT_MEMORY,
+    AddGpuRequest, BindGpuRequest, DoctorResponse, GpuOptions, GpuRequest, VmInfo,
+    VmInstanceConfig, DEFAULT_MEMORY,
 };
 use vmm_service::gpu::Bdf;
 
@@ -25,13 +25,6 @@ use crate::render;
 /// The environment variable holding the bearer token itself, for --url without
 /// --token-file.
 pub const TOKEN_ENV: &str = "FORM_VMM_TOKEN";
-
-/// The body of `POST /v1/gpus/{bdf}/bind`.
-// Not (yet) among the service's shared types: docs/service-api.md has no bind routes.
-#[derive(Serialize)]
-struct BindRequest {
-    force: bool,
-}
 
 /// Where the output goes and in which form.
 struct Output {
@@ -261,7 +254,7 @@ fn gpu(api: &Api, out: &Output, action: GpuCommand) -> Result<(), CtlError> {
         GpuCommand::Bind { device, force } => {
             let path = format!("/gpus/{}/bind", segment(&device.to_string()));
             let body = api
-                .call(Method::POST, &path, Some(&BindRequest { force }))
+                .call(Method::POST, &path, Some(&BindGpuRequest { force }))
                 .map_err(|e| local_hint(e, "bind", &device))?;
             finish_gpu_change(out, &body, &format!("{device}: bound to vfio-pci"));
             Ok(())
