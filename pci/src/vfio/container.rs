@@ -300,6 +300,12 @@ impl VfioDmaContainer {
         Ok(())
     }
 
+    /// The container's map and unmap calls, for mappings beyond guest RAM (BARs,
+    /// for peer-to-peer DMA). Holding it keeps the container open.
+    pub fn iommu_dma(&self) -> Arc<dyn IommuDma + Send + Sync> {
+        self.inner.clone()
+    }
+
     /// Guest RAM mapped for DMA, `(iova, size)`.
     pub fn mapped_memory(&self) -> Vec<(u64, u64)> {
         self.mapped

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::vfio::bars::GuestMemorySlots;
+use crate::vfio::container::IommuDma;
 use crate::vfio::interrupts::InterruptRouting;
 use crate::vfio::ops::{
     BoxError, DeviceInfo, IrqIndex, IrqInfo, OpsResult, RegionInfo, SparseArea, VfioDeviceOps,
@@ -589,5 +590,60 @@ impl GuestMemorySlots for FakeSlots {
             .remove(&slot)
             .map(|_| ())
             .ok_or_else(|| format!("no slot {slot}").into())
+    }
+}
+
+/// An [`IommuDma`] that records mapped `(iova, size)` ranges, or refuses every
+/// map with `EFAULT` (what the kernel says for memory it cannot map).
+#[derive(Default)]
+pub struct FakeIommu {
+    mapped: Mutex<BTreeMap<u64, u64>>,
+    refuse: std::sync::atomic::AtomicBool,
+    unmaps: AtomicU64,
+}
+
+impl FakeIommu {
+    pub fn set_refuse(&self, refuse: bool) {
+        self.refuse.store(refuse, Ordering::Relaxed);
+    }
+
+    /// Mapped `(iova, size)`, by IOVA.
+    pub fn snapshot(&self) -> Vec<(u64, u64)> {
+        let mapped = self.mapped.lock().unwrap();
+        mapped.iter().map(|(&iova, &size)| (iova, size)).collect()
+    }
+
+    /// How many unmaps were asked for.
+    pub fn unmaps(&self) -> u64 {
+        self.unmaps.load(Ordering::Relaxed)
+    }
+}
+
+impl IommuDma for FakeIommu {
+    unsafe fn map(&self, iova: u64, size: u64, _host: *mut u8) -> std::io::Result<()> {
+        if self.refuse.load(Ordering::Relaxed) {
+            return Err(std::io::Error::from_raw_os_error(libc::EFAULT));
+        }
+        let mut mapped = self.mapped.lock().unwrap();
+        if mapped
+            .range(..iova.saturating_add(size))
+            .any(|(&i, &s)| i + s > iova)
+        {
+            return Err(std::io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        mapped.insert(iova, size);
+        Ok(())
+    }
+
+    fn unmap(&self, iova: u64, size: u64) -> std::io::Result<()> {
+        self.unmaps.fetch_add(1, Ordering::Relaxed);
+        let mut mapped = self.mapped.lock().unwrap();
+        match mapped.get(&iova) {
+            Some(&s) if s == size => {
+                mapped.remove(&iova);
+                Ok(())
+            }
+            _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+        }
     }
 }

@@ -12,6 +12,8 @@
 //!   MSI/MSI-X, capability filtering, the GPUDirect clique capability in [`clique`]).
 //! - [`bars`]: BAR placement, mmap of the mappable parts as guest memory slots
 //!   ([`GuestMemorySlots`]), trapping of the rest, moves.
+//! - [`p2p`]: [`DmaMappedSlots`] also maps those slots into the container, for
+//!   peer-to-peer DMA between devices (best effort).
 //! - [`interrupts`]: MSI/MSI-X routes and INTx over [`InterruptRouting`].
 //! - [`device`]: [`VfioPciDevice`], the [`PciDevice`](crate::PciDevice) tying it
 //!   together, with its [`counters`].
@@ -43,6 +45,7 @@ pub mod interrupts;
 pub mod iova;
 pub mod kernel;
 pub mod ops;
+pub mod p2p;
 pub mod region_info;
 
 pub use bars::{
@@ -55,3 +58,4 @@ pub use counters::VfioCounters;
 pub use device::{read_raw_config, VfioPciDevice, VfioPciError, VfioResources};
 pub use interrupts::InterruptRouting;
 pub use ops::VfioDeviceOps;
+pub use p2p::DmaMappedSlots;

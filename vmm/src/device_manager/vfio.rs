@@ -9,9 +9,11 @@
 //!   before guest RAM exists ([`VfioDevices::open`], then
 //!   [`VfioDevices::layout_constraints`]) and the layout is clamped to the ranges;
 //!   on hotplug into a VM laid out without them, RAM is checked instead.
-//! - BARs are not mapped into the IOMMU: peer-to-peer DMA between passed-through
-//!   devices is not offered yet (the 64-bit window is still clamped to the IOVA
-//!   ranges so that it can be).
+//! - Every mmapped BAR area is also DMA-mapped in the container while it is a
+//!   guest memory slot, IOVA = where the guest put it ([`DmaMappedSlots`]), so
+//!   passed-through devices can reach each other's BARs (peer-to-peer DMA; the
+//!   64-bit window is clamped to the IOVA ranges for this). Best effort: a
+//!   refused BAR map is a warning, never an attach failure.
 //! - Attach order per device: lowest free slot, INTx GSI from the slot
 //!   ([`crate::acpi_pci::intx_gsi`]), BARs placed off any BAR the guest moved,
 //!   [`VfioPciDevice`] built, every BAR trapped whole on the MMIO/PIO bus (mapped
@@ -30,8 +32,9 @@ use pci::device::PciBarRegion;
 use pci::vfio::bars::BarError;
 use pci::vfio::container::ContainerError;
 use pci::vfio::{
-    discover_bars, place_bars, read_raw_config, release_bars, ConfigOptions, GuestMemorySlots,
-    HostBar, InterruptRouting, VfioDeviceOps, VfioPciDevice, VfioPciError, VfioResources,
+    discover_bars, place_bars, read_raw_config, release_bars, ConfigOptions, DmaMappedSlots,
+    GuestMemorySlots, HostBar, InterruptRouting, VfioDeviceOps, VfioPciDevice, VfioPciError,
+    VfioResources,
 };
 use pci::{BarKind, PciBar, PciBusError, PciDevice, SharedPciDevice};
 use serde::Serialize;
@@ -405,6 +408,18 @@ impl VfioDevices {
         result
     }
 
+    /// The memory slots a new device gets: the VM's, also mapped into the
+    /// container for peer-to-peer DMA.
+    fn p2p_slots(&self) -> Arc<dyn GuestMemorySlots> {
+        match &self.container {
+            Some(container) => Arc::new(DmaMappedSlots::new(
+                self.slots.clone(),
+                container.iommu_dma(),
+            )),
+            None => self.slots.clone(),
+        }
+    }
+
     fn attach_one(
         &mut self,
         opened: OpenedDevice,
@@ -444,7 +459,7 @@ impl VfioDevices {
             opened.host_bars,
             &placed,
             VfioResources {
-                slots: self.slots.clone(),
+                slots: self.p2p_slots(),
                 routing: self.routing.clone(),
                 intx_gsi: intx,
             },
@@ -647,7 +662,7 @@ pub mod testing {
 
     use super::*;
     use form_vm_allocator::IovaRange;
-    use pci::vfio::fake::FakeVfioDevice;
+    use pci::vfio::fake::{FakeIommu, FakeVfioDevice};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A host whose devices are fakes, by path. Paths must still end in a BDF.
@@ -659,6 +674,8 @@ pub mod testing {
         pub containers_opened: Arc<AtomicUsize>,
         pub declared: Arc<Mutex<Vec<String>>>,
         pub mapped: Arc<AtomicUsize>,
+        /// What every container maps beyond guest RAM (BARs, for P2P).
+        pub iommu: Arc<FakeIommu>,
     }
 
     impl FakeVfioHost {
@@ -693,6 +710,7 @@ pub mod testing {
                 open: self.containers_open.clone(),
                 declared: self.declared.clone(),
                 mapped: self.mapped.clone(),
+                iommu: self.iommu.clone(),
             }))
         }
     }
@@ -703,6 +721,7 @@ pub mod testing {
         open: Arc<AtomicUsize>,
         declared: Arc<Mutex<Vec<String>>>,
         mapped: Arc<AtomicUsize>,
+        iommu: Arc<FakeIommu>,
     }
 
     impl Drop for FakeContainer {
@@ -741,6 +760,10 @@ pub mod testing {
         fn map_guest_memory(&self, _memory: &GuestMemoryMmap) -> Result<(), VfioError> {
             self.mapped.fetch_add(1, Ordering::SeqCst);
             Ok(())
+        }
+
+        fn iommu_dma(&self) -> Arc<dyn pci::vfio::container::IommuDma + Send + Sync> {
+            self.iommu.clone()
         }
     }
 }

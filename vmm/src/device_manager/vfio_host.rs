@@ -5,7 +5,7 @@
 use super::vfio::VfioError;
 use crate::memory::GuestMemoryMmap;
 use form_vm_allocator::IovaRange;
-use pci::vfio::container::bdf_of;
+use pci::vfio::container::{bdf_of, IommuDma};
 use pci::vfio::{VfioDeviceOps, VfioDmaContainer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +37,8 @@ pub trait VfioContainerOps: Send {
     fn iova_ranges(&self) -> Result<Option<Vec<IovaRange>>, VfioError>;
     /// Maps all guest RAM for device DMA; later calls do nothing.
     fn map_guest_memory(&self, memory: &GuestMemoryMmap) -> Result<(), VfioError>;
+    /// The container's IOMMU map calls, to map BARs for peer-to-peer DMA.
+    fn iommu_dma(&self) -> Arc<dyn IommuDma + Send + Sync>;
 }
 
 /// VFIO on this host's kernel.
@@ -132,6 +134,10 @@ impl VfioContainerOps for KernelContainer {
         self.0
             .map_guest_memory(memory)
             .map_err(VfioError::Container)
+    }
+
+    fn iommu_dma(&self) -> Arc<dyn IommuDma + Send + Sync> {
+        self.0.iommu_dma()
     }
 }
 

@@ -269,3 +269,47 @@ fn a_new_device_stays_off_bars_the_guest_moved() {
     assert_eq!(rig.pci.mmio32.allocated_size(next_free), None);
     assert_eq!(rig.pci.mmio32.allocated_size(edu_bar), None);
 }
+
+#[test]
+fn mapped_bar_areas_follow_their_slots_into_the_iommu() {
+    let mut rig = Rig::new(lab_host());
+    rig.add(BARE, None).unwrap();
+    let iommu = rig.host.iommu.clone();
+    let bar = u64::from(config_read(&rig.pci.bus, 1, 0, 6) & !0xf);
+    assert!(iommu.snapshot().is_empty(), "nothing while decoding is off");
+
+    // Memory decoding on: the BAR's page becomes a slot and an IOMMU mapping at
+    // the same guest address.
+    config_write(&rig.pci.bus, 1, 0, 1, 0, &2u16.to_le_bytes());
+    assert_eq!(iommu.snapshot(), vec![(bar, 0x1000)]);
+    let slots: Vec<(u64, u64)> = rig.slots.snapshot().values().map(|s| (s.0, s.1)).collect();
+    assert_eq!(slots, iommu.snapshot());
+
+    // The guest moves the BAR: the mapping moves with it.
+    let new = bar + 0x10_0000;
+    config_write(&rig.pci.bus, 1, 0, 6, 0, &(new as u32).to_le_bytes());
+    assert_eq!(iommu.snapshot(), vec![(new, 0x1000)]);
+
+    // Decoding off unmaps; on again maps; detach unmaps.
+    config_write(&rig.pci.bus, 1, 0, 1, 0, &0u16.to_le_bytes());
+    assert!(iommu.snapshot().is_empty());
+    config_write(&rig.pci.bus, 1, 0, 1, 0, &2u16.to_le_bytes());
+    assert_eq!(iommu.snapshot(), vec![(new, 0x1000)]);
+    rig.remove("_vfio0").unwrap();
+    assert!(iommu.snapshot().is_empty());
+    assert!(rig.slots.snapshot().is_empty());
+}
+
+#[test]
+fn a_bar_the_iommu_refuses_still_attaches() {
+    let mut rig = Rig::new(lab_host());
+    rig.host.iommu.set_refuse(true);
+    rig.add(BARE, None).unwrap();
+    config_write(&rig.pci.bus, 1, 0, 1, 0, &2u16.to_le_bytes());
+    assert_eq!(
+        rig.slots.snapshot().len(),
+        1,
+        "the guest still gets the slot"
+    );
+    assert!(rig.host.iommu.snapshot().is_empty());
+}
