@@ -9,20 +9,11 @@ use vmm::config::{
 use vmm::vm::{Vm, VmError, VmEvents, VmExitReason, VmState};
 use vmm_sys_util::eventfd::EventFd;
 
+mod kvm_support;
+use kvm_support::kvm_or_skip;
+
 const LOAD_ADDR: u64 = 0x10_0000;
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn kvm_or_skip(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: /dev/kvm is required when CI=true"
-    );
-    eprintln!("skipping {test}: /dev/kvm is not present");
-    false
-}
 
 fn scratch_dir() -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};

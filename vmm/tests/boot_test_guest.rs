@@ -1,9 +1,7 @@
 //! Boots the freestanding test guest (tests/guest) through the real boot path:
 //! ELF loading, boot_params, page tables, ACPI, COM1 and the ACPI PM register.
 
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 use vmm::config::{
     ConsoleConfig, ConsoleOutputMode, CpusConfig, MemoryConfig, PayloadConfig, VmConfig,
@@ -11,44 +9,10 @@ use vmm::config::{
 use vmm::vm::{Vm, VmEvents, VmExitReason};
 use vmm_sys_util::eventfd::EventFd;
 
+mod kvm_support;
+use kvm_support::{kvm_or_skip, test_guest, wait_readable};
+
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-fn kvm_or_skip(test: &str) -> bool {
-    if std::path::Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    assert!(!ci(), "{test}: /dev/kvm is required when CI=true");
-    eprintln!("skipping {test}: /dev/kvm is not present");
-    false
-}
-
-fn test_guest() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(root.join("scripts/test-guest"))
-        .output()
-        .expect("run scripts/test-guest");
-    assert!(
-        out.status.success(),
-        "scripts/test-guest failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-/// Waits until `fd` is readable or the timeout passes.
-fn wait_readable(fd: &EventFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) == 1 }
-}
 
 struct Run {
     reason: Option<VmExitReason>,

@@ -3,9 +3,7 @@
 //! its bus and must see what the device manager put there, when it put it there.
 
 use pci::vfio::fake::FakeVfioDevice;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use vmm::config::{
@@ -15,43 +13,11 @@ use vmm::device_manager::vfio::testing::FakeVfioHost;
 use vmm::vm::{Vm, VmEvents, VmExitReason};
 use vmm_sys_util::eventfd::EventFd;
 
+mod kvm_support;
+use kvm_support::{kvm_or_skip, test_guest, wait_readable};
+
 const TIMEOUT: Duration = Duration::from_secs(60);
 const EDU: &str = "/sys/bus/pci/devices/0000:00:03.0";
-
-fn kvm_or_skip(test: &str) -> bool {
-    if std::path::Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: /dev/kvm is required when CI=true"
-    );
-    eprintln!("skipping {test}: /dev/kvm is not present");
-    false
-}
-
-fn test_guest() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(root.join("scripts/test-guest"))
-        .output()
-        .expect("run scripts/test-guest");
-    assert!(
-        out.status.success(),
-        "scripts/test-guest failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn wait_readable(fd: &EventFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) == 1 }
-}
 
 /// An edu whose BAR is trapped (no mmap), so nothing maps the fake's made-up
 /// host addresses into the guest.

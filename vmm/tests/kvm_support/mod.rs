@@ -1,0 +1,49 @@
+//! What the KVM tests share: the skip rule for a missing /dev/kvm, the test guest's
+//! path, and waiting on the VM's eventfds.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use vmm_sys_util::eventfd::EventFd;
+
+pub fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// False (after printing why) when /dev/kvm is missing; under CI=true a missing
+/// /dev/kvm fails the test instead.
+pub fn kvm_or_skip(test: &str) -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    assert!(!ci(), "{test}: /dev/kvm is required when CI=true");
+    eprintln!("skipping {test}: /dev/kvm is not present");
+    false
+}
+
+/// Builds the freestanding test guest if needed and returns its ELF.
+pub fn test_guest() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(root.join("scripts/test-guest"))
+        .output()
+        .expect("run scripts/test-guest");
+    assert!(
+        out.status.success(),
+        "scripts/test-guest failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Waits until `fd` is readable or the timeout passes.
+pub fn wait_readable(fd: &EventFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) == 1 }
+}
