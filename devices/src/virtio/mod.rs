@@ -1,0 +1,12 @@
+//! Virtio devices (virtio 1.2): block, net, console and entropy, independent of the
+//! transport that presents them (`pci::virtio`). Each active device runs its I/O on
+//! a [`worker::Worker`] thread of its own.
+
+pub mod device;
+pub mod worker;
+
+pub use device::{
+    ActivateError, Activation, ActiveQueue, GuestMemoryMmap, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE, VIRTIO_ID_NET, VIRTIO_ID_RNG,
+    VIRTIO_RING_F_EVENT_IDX,
+};
