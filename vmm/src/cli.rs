@@ -2,8 +2,8 @@
 //! (`--memory size=1G,shared=on`), turned into what the process should do.
 
 use crate::config::{
-    ConfigError, ConsoleConfig, CpusConfig, DeviceConfig, MemoryConfig, ParseError, PayloadConfig,
-    VmConfig,
+    ConfigError, ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, MemoryConfig, NetConfig,
+    ParseError, PayloadConfig, RngConfig, VmConfig,
 };
 use clap::Parser;
 use std::path::PathBuf;
@@ -40,9 +40,35 @@ pub struct Cli {
     #[arg(long, value_name = "off|null|tty|pty|file=PATH")]
     pub serial: Option<String>,
 
-    /// Where the virtio console goes (accepted for compatibility; default off).
-    #[arg(long, value_name = "off|null|tty|pty|file=PATH")]
+    /// A virtio console (hvc0 in a Linux guest) and where its output goes; default
+    /// off. tty needs --serial other than tty; the console reads stdin when it is a
+    /// terminal.
+    #[arg(long, value_name = "off|null|tty|file=PATH")]
     pub console: Option<String>,
+
+    /// A raw disk image as a virtio-blk device (repeatable). Options: path=
+    /// (required), readonly=on, direct=on (O_DIRECT), id=NAME (default disk0,
+    /// disk1...), serial=TEXT (up to 20 characters).
+    #[arg(
+        long = "disk",
+        value_name = "path=IMG[,readonly=on][,direct=on][,id=ID]"
+    )]
+    pub disks: Vec<String>,
+
+    /// A virtio-net device on a host tap (repeatable): tap=NAME (opened, or created
+    /// when absent) or fd=N (an open tap); mac=MAC (default: random, locally
+    /// administered); id=NAME (default net0, net1...).
+    #[arg(long = "net", value_name = "tap=NAME|fd=N[,mac=MAC][,id=ID]")]
+    pub net: Vec<String>,
+
+    /// A virtio-rng device reading host entropy from src (default /dev/urandom).
+    #[arg(
+        long,
+        value_name = "src=PATH",
+        num_args = 0..=1,
+        default_missing_value = ""
+    )]
+    pub rng: Option<String>,
 
     /// Serve the HTTP API on this unix socket; the path must not exist yet.
     #[arg(long, value_name = "PATH|path=PATH")]
@@ -158,6 +184,17 @@ impl Cli {
                 .iter()
                 .map(|d| DeviceConfig::parse(d))
                 .collect::<Result<_, _>>()?,
+            disks: self
+                .disks
+                .iter()
+                .map(|d| DiskConfig::parse(d))
+                .collect::<Result<_, _>>()?,
+            net: self
+                .net
+                .iter()
+                .map(|n| NetConfig::parse(n))
+                .collect::<Result<_, _>>()?,
+            rng: self.rng.as_deref().map(RngConfig::parse).transpose()?,
         };
         config.validate()?;
         Ok(config)
@@ -172,6 +209,9 @@ impl Cli {
             ("--serial", self.serial.is_some()),
             ("--console", self.console.is_some()),
             ("--device", !self.devices.is_empty()),
+            ("--disk", !self.disks.is_empty()),
+            ("--net", !self.net.is_empty()),
+            ("--rng", self.rng.is_some()),
         ];
         match given.iter().find(|(_, present)| *present) {
             Some((flag, _)) => Err(CliError::VmOptionWithoutKernel(flag)),
@@ -245,6 +285,104 @@ mod tests {
         assert_eq!(vm.devices[1].x_nv_gpudirect_clique, Some(1));
         assert_eq!(launch.api_socket, Some(PathBuf::from("/run/vm.sock")));
         assert_eq!(launch.log_level, log::LevelFilter::Debug);
+    }
+
+    #[test]
+    fn virtio_flags_fill_disks_net_rng_and_console() {
+        let kernel = some_file();
+        let vm = resolve(&[
+            "--kernel",
+            &kernel,
+            "--disk",
+            "path=/img/root.raw",
+            "--disk",
+            "path=/img/seed.img,readonly=on,id=seed",
+            "--net",
+            "tap=tap0,mac=52:54:00:12:34:56",
+            "--net",
+            "fd=9",
+            "--rng",
+            "--serial",
+            "off",
+            "--console",
+            "tty",
+        ])
+        .unwrap()
+        .vm
+        .unwrap();
+        assert_eq!(vm.disks.len(), 2);
+        assert_eq!(vm.disks[0].path, PathBuf::from("/img/root.raw"));
+        assert!(vm.disks[1].readonly);
+        assert_eq!(vm.disks[1].id.as_deref(), Some("seed"));
+        assert_eq!(vm.net[0].tap.as_deref(), Some("tap0"));
+        assert_eq!(vm.net[0].mac.as_deref(), Some("52:54:00:12:34:56"));
+        assert_eq!(vm.net[1].fd, Some(9));
+        assert_eq!(
+            vm.rng.map(|r| r.src),
+            Some(PathBuf::from(crate::config::DEFAULT_RNG_SOURCE))
+        );
+        assert_eq!(vm.console.mode, ConsoleOutputMode::Tty);
+
+        let vm = resolve(&["--kernel", &kernel, "--rng", "src=/dev/hwrng"])
+            .unwrap()
+            .vm
+            .unwrap();
+        assert_eq!(vm.rng.map(|r| r.src), Some(PathBuf::from("/dev/hwrng")));
+        let vm = resolve(&["--kernel", &kernel]).unwrap().vm.unwrap();
+        assert!(vm.disks.is_empty() && vm.net.is_empty() && vm.rng.is_none());
+    }
+
+    #[test]
+    fn virtio_flag_errors_name_the_flag() {
+        let kernel = some_file();
+        let cases = [
+            (
+                vec!["--disk", "file=/img"],
+                "--disk: unknown option 'file'; valid options: path, readonly, direct, id, serial",
+            ),
+            (
+                vec!["--net", "tap=tap0,fd=3"],
+                "--net tap=tap0,fd=3: give exactly one of tap=NAME (form-vmm opens or creates the tap) or fd=N (an open tap's descriptor)",
+            ),
+            (
+                vec!["--net", "tap=tap0,mac=zz:54:00:12:34:56"],
+                "--net tap=tap0,mac=zz:54:00:12:34:56: MAC address 'zz:54:00:12:34:56' is not six hex bytes separated by colons (e.g. 52:54:00:12:34:56)",
+            ),
+            (
+                vec!["--rng", "src="],
+                "--rng: option 'src' needs a value (src=...)",
+            ),
+            (
+                vec!["--disk", "path=/a,id=x", "--net", "tap=t0,id=x"],
+                "device id 'x' is used by more than one device",
+            ),
+            (
+                vec!["--console", "tty"],
+                "serial and console are both 'tty', but only one device can own the terminal; set one of them to off, null or file=PATH",
+            ),
+        ];
+        for (flags, expected) in cases {
+            let mut args = vec!["--kernel", kernel.as_str()];
+            args.extend(flags);
+            assert_eq!(resolve(&args).unwrap_err().to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn virtio_flags_need_a_kernel() {
+        for flags in [
+            vec!["--disk", "path=/img"],
+            vec!["--net", "tap=tap0"],
+            vec!["--rng"],
+        ] {
+            let mut args = vec!["--api-socket", "/tmp/x.sock"];
+            args.extend(flags.iter().copied());
+            let err = resolve(&args).unwrap_err();
+            assert!(
+                matches!(err, CliError::VmOptionWithoutKernel(flag) if flag == flags[0]),
+                "{err}"
+            );
+        }
     }
 
     #[test]

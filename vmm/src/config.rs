@@ -2,6 +2,9 @@
 //! form-vmm unchanged. The same types are filled from the command line.
 
 pub mod options;
+pub mod virtio;
+
+pub use virtio::{DiskConfig, NetConfig, RngConfig, DEFAULT_RNG_SOURCE};
 
 use options::{ByteSize, OptionError, Options};
 use serde::{Deserialize, Serialize};
@@ -44,6 +47,34 @@ pub enum ConfigError {
     DeviceSegment { path: PathBuf, segment: u16 },
     #[error("device {0}: iommu=on (a virtual IOMMU in front of the device) is not supported; leave it off")]
     DeviceIommu(PathBuf),
+    #[error("device id is empty: give a name or leave id out for a default one")]
+    EmptyDeviceId,
+    #[error("disk path is empty: give the raw image file (path=...)")]
+    EmptyDiskPath,
+    #[error("disk {0} is listed more than once")]
+    DuplicateDiskPath(PathBuf),
+    #[error("disk serial '{0}' must be at most 20 printable ASCII characters without spaces")]
+    DiskSerial(String),
+    #[error("give exactly one of tap=NAME (form-vmm opens or creates the tap) or fd=N (an open tap's descriptor)")]
+    NetTapOrFd,
+    #[error("tap name '{0}' must be 1 to 15 characters without '/', ':' or spaces")]
+    TapName(String),
+    #[error("tap {0} is listed more than once")]
+    DuplicateTap(String),
+    #[error("tap fd {0} is not a file descriptor number")]
+    NetFd(i32),
+    #[error("tap fd {0} is listed more than once")]
+    DuplicateNetFd(i32),
+    #[error("MAC address '{0}' is not six hex bytes separated by colons (e.g. 52:54:00:12:34:56)")]
+    MacSyntax(String),
+    #[error("MAC address '{0}' is a multicast address; a NIC needs a unicast one (the first byte's lowest bit clear)")]
+    MacMulticast(String),
+    #[error("MAC address {0} is given to more than one network device")]
+    DuplicateMac(String),
+    #[error("rng source path is empty: give an entropy file such as /dev/urandom (src=...)")]
+    EmptyRngSource,
+    #[error("serial and console are both 'tty', but only one device can own the terminal; set one of them to off, null or file=PATH")]
+    DoubleTty,
 }
 
 /// The command line's `key=value` option string was malformed, or parsed into a
@@ -80,24 +111,71 @@ impl VmConfig {
         self.payload.validate()?;
         self.serial.validate("serial")?;
         self.console.validate("console")?;
+        if self.serial.mode == ConsoleOutputMode::Tty && self.console.mode == ConsoleOutputMode::Tty
+        {
+            return Err(ConfigError::DoubleTty);
+        }
         let mut ids = HashSet::new();
+        let mut claim_id = |id: &Option<String>| match id {
+            Some(id) if !ids.insert(id.clone()) => Err(ConfigError::DuplicateDeviceId(id.clone())),
+            _ => Ok(()),
+        };
         let mut paths = HashSet::new();
         for device in &self.devices {
             device.validate()?;
-            if let Some(id) = &device.id {
-                if !ids.insert(id.as_str()) {
-                    return Err(ConfigError::DuplicateDeviceId(id.clone()));
-                }
-            }
+            claim_id(&device.id)?;
             if !paths.insert(device.path.as_path()) {
                 return Err(ConfigError::DuplicateDevicePath(device.path.clone()));
+            }
+        }
+        let mut images = HashSet::new();
+        for disk in &self.disks {
+            disk.validate()?;
+            claim_id(&disk.id)?;
+            if !images.insert(disk.path.as_path()) {
+                return Err(ConfigError::DuplicateDiskPath(disk.path.clone()));
+            }
+        }
+        self.validate_net(&mut claim_id)?;
+        if let Some(rng) = &self.rng {
+            rng.validate()?;
+        }
+        Ok(())
+    }
+
+    fn validate_net(
+        &self,
+        claim_id: &mut impl FnMut(&Option<String>) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let mut taps = HashSet::new();
+        let mut fds = HashSet::new();
+        let mut macs = HashSet::new();
+        for net in &self.net {
+            net.validate()?;
+            claim_id(&net.id)?;
+            if let Some(tap) = &net.tap {
+                if !taps.insert(tap.as_str()) {
+                    return Err(ConfigError::DuplicateTap(tap.clone()));
+                }
+            }
+            if let Some(fd) = net.fd {
+                if !fds.insert(fd) {
+                    return Err(ConfigError::DuplicateNetFd(fd));
+                }
+            }
+            if let Some(bytes) = net.mac_bytes().transpose()? {
+                if !macs.insert(bytes) {
+                    return Err(ConfigError::DuplicateMac(
+                        net.mac.clone().unwrap_or_default(),
+                    ));
+                }
             }
         }
         Ok(())
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
     #[serde(default)]
     pub cpus: CpusConfig,
@@ -110,6 +188,33 @@ pub struct VmConfig {
     pub console: ConsoleConfig,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceConfig>,
+    /// virtio-blk devices, in the order they go on the PCI bus.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net devices, after the disks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<NetConfig>,
+    /// A virtio-rng device when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng: Option<RngConfig>,
+}
+
+/// The same defaults as the JSON's: in particular the console is off, since any
+/// other mode adds a virtio-console device.
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            cpus: CpusConfig::default(),
+            memory: MemoryConfig::default(),
+            payload: PayloadConfig::default(),
+            serial: ConsoleConfig::default(),
+            console: ConsoleConfig::off(),
+            devices: Vec::new(),
+            disks: Vec::new(),
+            net: Vec::new(),
+            rng: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -642,6 +747,144 @@ mod tests {
     }
 
     #[test]
+    fn validate_wants_unique_ids_across_every_kind_of_device() {
+        let kernel = kernel_file();
+        let mut config = bootable(&kernel.0);
+        config.devices = vec![DeviceConfig {
+            path: "/sys/x".into(),
+            id: Some("a".into()),
+            ..Default::default()
+        }];
+        config.disks = vec![DiskConfig::parse("path=/img,id=b").unwrap()];
+        config.net = vec![NetConfig::parse("tap=tap0,id=c").unwrap()];
+        config.validate().unwrap();
+        config.net[0].id = Some("a".into());
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::DuplicateDeviceId("a".into()))
+        );
+        config.net[0].id = Some("b".into());
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::DuplicateDeviceId("b".into()))
+        );
+        config.net[0].id = None;
+        config
+            .disks
+            .push(DiskConfig::parse("path=/img2,id=a").unwrap());
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::DuplicateDeviceId("a".into()))
+        );
+    }
+
+    #[test]
+    fn validate_refuses_a_disk_tap_fd_or_mac_twice() {
+        let kernel = kernel_file();
+        let mut config = bootable(&kernel.0);
+        config.disks = vec![
+            DiskConfig::parse("path=/img").unwrap(),
+            DiskConfig::parse("path=/img,readonly=on").unwrap(),
+        ];
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::DuplicateDiskPath("/img".into()))
+        );
+
+        let mut config = bootable(&kernel.0);
+        config.net = vec![
+            NetConfig::parse("tap=tap0").unwrap(),
+            NetConfig::parse("tap=tap0").unwrap(),
+        ];
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::DuplicateTap("tap0".into()))
+        );
+        config.net = vec![
+            NetConfig::parse("fd=7").unwrap(),
+            NetConfig::parse("fd=7").unwrap(),
+        ];
+        assert_eq!(config.validate(), Err(ConfigError::DuplicateNetFd(7)));
+        config.net = vec![
+            NetConfig::parse("tap=tap0,mac=52:54:00:00:00:01").unwrap(),
+            NetConfig::parse("tap=tap1,mac=52:54:00:00:00:01").unwrap(),
+        ];
+        let err = config.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "MAC address 52:54:00:00:00:01 is given to more than one network device"
+        );
+    }
+
+    #[test]
+    fn validate_checks_virtio_entries_given_as_json() {
+        let kernel = kernel_file();
+        let mut config = bootable(&kernel.0);
+        config.net = vec![NetConfig {
+            tap: Some("tap0".into()),
+            fd: Some(3),
+            ..Default::default()
+        }];
+        assert_eq!(config.validate(), Err(ConfigError::NetTapOrFd));
+        config.net = vec![NetConfig {
+            fd: Some(-2),
+            ..Default::default()
+        }];
+        assert_eq!(config.validate(), Err(ConfigError::NetFd(-2)));
+        config.net.clear();
+        config.disks = vec![DiskConfig::default()];
+        assert_eq!(config.validate(), Err(ConfigError::EmptyDiskPath));
+        config.disks = vec![DiskConfig {
+            path: "/img".into(),
+            id: Some(String::new()),
+            ..Default::default()
+        }];
+        assert_eq!(config.validate(), Err(ConfigError::EmptyDeviceId));
+        config.disks.clear();
+        config.rng = Some(RngConfig { src: "".into() });
+        assert_eq!(config.validate(), Err(ConfigError::EmptyRngSource));
+    }
+
+    #[test]
+    fn serial_and_console_cannot_both_own_the_terminal() {
+        let kernel = kernel_file();
+        let mut config = bootable(&kernel.0);
+        config.console = ConsoleConfig::parse("--console", "tty").unwrap();
+        assert_eq!(config.validate(), Err(ConfigError::DoubleTty));
+        config.serial = ConsoleConfig::off();
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn virtio_devices_in_the_cloud_hypervisor_shape() {
+        let cfg: VmConfig = serde_json::from_str(
+            r#"{"payload":{"kernel":"/k"},
+                "disks":[{"path":"/img.raw"},{"path":"/seed.img","readonly":true,"id":"seed"}],
+                "net":[{"tap":"tap0","mac":"52:54:00:12:34:56"},{"fd":5}],
+                "rng":{"src":"/dev/hwrng"}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.disks.len(), 2);
+        assert!(cfg.disks[1].readonly);
+        assert_eq!(cfg.disks[1].id.as_deref(), Some("seed"));
+        assert_eq!(cfg.net[0].tap.as_deref(), Some("tap0"));
+        assert_eq!(cfg.net[1].fd, Some(5));
+        assert_eq!(
+            cfg.rng,
+            Some(RngConfig {
+                src: "/dev/hwrng".into()
+            })
+        );
+
+        let empty: VmConfig = serde_json::from_str(r#"{"payload":{"kernel":"/k"}}"#).unwrap();
+        assert!(empty.disks.is_empty() && empty.net.is_empty() && empty.rng.is_none());
+        let json = serde_json::to_string(&empty).unwrap();
+        for absent in ["disks", "net", "rng"] {
+            assert!(!json.contains(absent), "{json}");
+        }
+    }
+
+    #[test]
     fn parsed_config_round_trips_through_json() {
         let kernel = kernel_file();
         let mut config = bootable(&kernel.0);
@@ -649,6 +892,14 @@ mod tests {
         config
             .devices
             .push(DeviceConfig::parse("path=/sys/bus/pci/devices/0000:02:00.0").unwrap());
+        config
+            .disks
+            .push(DiskConfig::parse("path=/img,direct=on").unwrap());
+        config
+            .net
+            .push(NetConfig::parse("tap=tap0,mac=52:54:00:12:34:56").unwrap());
+        config.rng = Some(RngConfig::default());
+        config.console = ConsoleConfig::parse("--console", "null").unwrap();
         let json = serde_json::to_string(&config).unwrap();
         assert_eq!(serde_json::from_str::<VmConfig>(&json).unwrap(), config);
     }
