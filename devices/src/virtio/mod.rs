@@ -3,6 +3,7 @@
 //! a [`worker::Worker`] thread of its own.
 
 pub mod device;
+pub mod net;
 pub mod worker;
 
 pub use device::{

@@ -1,0 +1,138 @@
+//! The transmit queue: frames the guest sends, written to the tap one chain at a
+//! time. Each chain is completed with length 0 (the device writes nothing back),
+//! whether its frame reached the tap or was dropped.
+
+use std::io;
+
+use virtio_queue::{Queue, QueueT};
+
+use crate::virtio::GuestMemoryMmap;
+
+use super::chain::gather_tx;
+use super::header::{clear_tx_offloads, MAX_PACKET_LEN, VNET_HDR_LEN};
+use super::log_limit::LogLimiter;
+use super::stats::NetStats;
+use super::tap::TapIo;
+
+/// Chains handled per run before the thread looks at its other events, so a guest
+/// that keeps sending cannot starve receive.
+pub(crate) const TX_BUDGET: usize = 256;
+
+/// What one run over the transmit queue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TxRun {
+    /// Chains put on the used ring.
+    pub completed: usize,
+    /// The driver wants an interrupt for them.
+    pub notify: bool,
+    /// The budget ran out with chains still waiting: run again soon.
+    pub more: bool,
+}
+
+pub(crate) struct TxQueue {
+    queue: Queue,
+    packet: Vec<u8>,
+    bad_chain_log: LogLimiter,
+    tap_error_log: LogLimiter,
+}
+
+impl TxQueue {
+    pub(crate) fn new(queue: Queue) -> Self {
+        Self {
+            queue,
+            packet: Vec::with_capacity(MAX_PACKET_LEN),
+            bad_chain_log: LogLimiter::default(),
+            tap_error_log: LogLimiter::default(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Sends what the guest posted, until the queue is empty or the budget is spent.
+    pub(crate) fn process<T: TapIo>(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        tap: &T,
+        stats: &NetStats,
+    ) -> TxRun {
+        let mut completed = 0;
+        let mut more = false;
+        'run: loop {
+            if let Err(e) = self.queue.disable_notification(mem) {
+                log::error!("virtio-net: transmit queue unusable: {e}");
+                break;
+            }
+            while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                self.send(chain, mem, tap, stats);
+                if let Err(e) = self.queue.add_used(mem, head, 0) {
+                    log::error!("virtio-net: cannot complete a transmit chain: {e}");
+                    break 'run;
+                }
+                completed += 1;
+                if completed >= TX_BUDGET {
+                    more = true;
+                    break 'run;
+                }
+            }
+            // Re-arm notifications, then look once more: the guest may have posted a
+            // chain after the last pop and before it could see notifications on.
+            match self.queue.enable_notification(mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    log::error!("virtio-net: transmit queue unusable: {e}");
+                    break;
+                }
+            }
+        }
+        let notify = completed > 0 && self.queue.needs_notification(mem).unwrap_or(true);
+        TxRun {
+            completed,
+            notify,
+            more,
+        }
+    }
+
+    fn send<T: TapIo>(
+        &mut self,
+        chain: super::chain::Chain<'_>,
+        mem: &GuestMemoryMmap,
+        tap: &T,
+        stats: &NetStats,
+    ) {
+        if let Err(bad) = gather_tx(chain, mem, &mut self.packet) {
+            stats.bad_chain();
+            stats.tx_dropped();
+            if let Some(held_back) = self.bad_chain_log.check() {
+                log::warn!(
+                    "virtio-net: dropped a transmit chain: {bad} ({held_back} similar warnings held back)"
+                );
+            }
+            return;
+        }
+        clear_tx_offloads(&mut self.packet);
+        let frame_len = self.packet.len().saturating_sub(VNET_HDR_LEN);
+        match tap.write_frame(&self.packet) {
+            Ok(n) if n == self.packet.len() => stats.tx_sent(frame_len),
+            result => {
+                stats.tx_dropped();
+                if let Some(held_back) = self.tap_error_log.check() {
+                    let why = match result {
+                        Ok(n) => format!("the tap took {n} of {} bytes", self.packet.len()),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            "the tap's queue is full".to_string()
+                        }
+                        Err(e) => e.to_string(),
+                    };
+                    log::warn!(
+                        "virtio-net: dropped a {frame_len}-byte frame for the tap: {why} ({held_back} similar warnings held back)"
+                    );
+                }
+            }
+        }
+    }
+}
