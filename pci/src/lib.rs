@@ -9,10 +9,14 @@ pub mod device;
 pub mod host_bridge;
 pub mod interrupt;
 pub mod msi;
+pub mod msi_irqfd;
 pub mod msix;
 pub mod vfio;
+pub mod virtio;
 
 pub use bus::{BarReprogramHandler, PciBus, PciBusError};
 pub use config::{BarKind, BarReprogram, PciBar, PciConfiguration};
 pub use device::{PciDevice, SharedPciDevice};
 pub use interrupt::{MsiInterruptRoute, MsiMessage, MsiRouteError};
+pub use msi_irqfd::IrqfdMsiRoute;
+pub use virtio::{IoEventRegistrar, VirtioPciDevice, VirtioPciError, VIRTIO_PCI_BAR_SIZE};
