@@ -2,8 +2,13 @@
 //! transport that presents them (`pci::virtio`). Each active device runs its I/O on
 //! a [`worker::Worker`] thread of its own.
 
+pub mod block;
+pub mod console;
 pub mod device;
 pub mod net;
+pub mod rng;
+#[doc(hidden)]
+pub mod testing;
 pub mod worker;
 
 pub use device::{

@@ -1,0 +1,162 @@
+//! virtio-blk (virtio 1.2, 5.2) on a raw image file or block device: reads, writes,
+//! flush, discard, write-zeroes and get-id, done synchronously on the device's own
+//! I/O thread.
+
+mod chain;
+mod config;
+mod error;
+mod handler;
+mod image;
+mod request;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use chain::{drain_queue, notify_used, split_chain, total_len, BufCursor, WarnOnce};
+pub use error::BlockError;
+
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+
+use self::config::{config_space, read_config_bytes, CONFIG_LEN};
+use self::handler::{BlockWorker, RequestQueue, KICK_TOKEN, REQUEST_QUEUE};
+use self::image::DiskImage;
+use super::device::{
+    ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+use super::worker::Worker;
+
+/// Entries of the request queue.
+const QUEUE_SIZE: u16 = 256;
+/// Segments per request: a chain holds the header and status besides the data.
+const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+
+/// How to attach one disk image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockOptions {
+    /// A raw image file or a block device.
+    pub path: PathBuf,
+    /// The guest sees a read-only disk; the image is opened read-only and locked
+    /// shared, so other read-only users may share it.
+    pub readonly: bool,
+    /// Bypass the host page cache (O_DIRECT).
+    pub direct: bool,
+    /// What the guest reads as the disk's serial (at most 20 bytes); by default one
+    /// derived from the image's path and inode.
+    pub serial: Option<String>,
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    disk: Arc<DiskImage>,
+    features: u64,
+    config: [u8; CONFIG_LEN],
+    worker: Option<Worker<BlockWorker>>,
+}
+
+impl Block {
+    /// Opens, checks and locks the image. The lock lasts until the device is dropped.
+    pub fn open(opts: BlockOptions) -> Result<Block, BlockError> {
+        let disk = DiskImage::open(&opts)?;
+        let mut features = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE
+            | 1 << VIRTIO_BLK_F_FLUSH;
+        if disk.readonly() {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        Ok(Block {
+            config: config_space(disk.capacity(), SEG_MAX),
+            disk: Arc::new(disk),
+            features,
+            worker: None,
+        })
+    }
+
+    /// The disk's size in bytes (a multiple of 512).
+    pub fn capacity_bytes(&self) -> u64 {
+        self.disk.capacity()
+    }
+
+    /// The image this device serves.
+    pub fn path(&self) -> &Path {
+        self.disk.path()
+    }
+
+    pub fn readonly(&self) -> bool {
+        self.disk.readonly()
+    }
+
+    /// The serial the guest reads (GET_ID), without its zero padding.
+    pub fn serial(&self) -> String {
+        let raw = self.disk.serial();
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        String::from_utf8_lossy(&raw[..len]).into_owned()
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        self.reset();
+        let Activation {
+            mem,
+            interrupt,
+            queues,
+            ..
+        } = activation;
+        let active = queues
+            .into_iter()
+            .find(|q| q.index == REQUEST_QUEUE)
+            .ok_or(ActivateError::MissingQueue(REQUEST_QUEUE))?;
+        let kick_fd = active.kick.as_raw_fd();
+        let handler = BlockWorker {
+            mem,
+            requests: RequestQueue::new(active.queue, Arc::clone(&self.disk)),
+            kick: active.kick,
+            interrupt,
+        };
+        let worker = Worker::spawn(self.name().to_string(), handler, &[(kick_fd, KICK_TOKEN)])
+            .map_err(|source| ActivateError::Thread {
+                what: self.name().to_string(),
+                source,
+            })?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        // Dropping the worker stops its thread and waits for it.
+        self.worker = None;
+    }
+
+    fn name(&self) -> &'static str {
+        "virtio-blk"
+    }
+}

@@ -1,0 +1,1 @@
+//! Tests of the block device against real image files.

@@ -1,0 +1,234 @@
+//! virtio-rng (virtio 1.2, 5.4, "entropy device"): fills the driver's buffers from a
+//! host entropy source such as /dev/urandom.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use virtio_queue::{DescriptorChain, Queue};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::block::{drain_queue, notify_used, split_chain, total_len, BufCursor, WarnOnce};
+use super::device::{
+    ActivateError, Activation, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_ID_RNG,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+use super::worker::{EpollContext, EventHandler, Worker};
+use super::GuestMemoryMmap;
+
+const QUEUE_SIZE: u16 = 256;
+const REQUEST_QUEUE: u16 = 0;
+const KICK_TOKEN: u64 = 0;
+/// The most entropy one request gets: enough for any driver's pool refill, small
+/// enough that one request cannot keep the thread reading for long.
+pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RngError {
+    #[error("cannot open the entropy source {path}: {source}; give a readable source such as /dev/urandom")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the entropy source {path} is a directory; give a file such as /dev/urandom")]
+    IsDirectory { path: PathBuf },
+}
+
+/// A virtio entropy device.
+pub struct Rng {
+    source: Arc<File>,
+    path: PathBuf,
+    worker: Option<Worker<RngWorker>>,
+}
+
+impl Rng {
+    /// Opens `source` for reading; every request is served from it.
+    pub fn open(source: &Path) -> Result<Rng, RngError> {
+        let open_err = |e| RngError::Open {
+            path: source.to_path_buf(),
+            source: e,
+        };
+        if std::fs::metadata(source).map_err(open_err)?.is_dir() {
+            return Err(RngError::IsDirectory {
+                path: source.to_path_buf(),
+            });
+        }
+        let file = File::open(source).map_err(open_err)?;
+        Ok(Rng {
+            source: Arc::new(file),
+            path: source.to_path_buf(),
+            worker: None,
+        })
+    }
+
+    /// The entropy source.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
+    }
+
+    /// The entropy device has no configuration space.
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        self.reset();
+        let Activation {
+            mem,
+            interrupt,
+            queues,
+            ..
+        } = activation;
+        let active = queues
+            .into_iter()
+            .find(|q| q.index == REQUEST_QUEUE)
+            .ok_or(ActivateError::MissingQueue(REQUEST_QUEUE))?;
+        let kick_fd = active.kick.as_raw_fd();
+        let handler = RngWorker {
+            mem,
+            requests: EntropyQueue::new(active.queue, Arc::clone(&self.source)),
+            kick: active.kick,
+            interrupt,
+        };
+        let worker = Worker::spawn(self.name().to_string(), handler, &[(kick_fd, KICK_TOKEN)])
+            .map_err(|source| ActivateError::Thread {
+                what: self.name().to_string(),
+                source,
+            })?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.worker = None;
+    }
+
+    fn name(&self) -> &'static str {
+        "virtio-rng"
+    }
+}
+
+/// The request queue and its source, without the thread, so tests can drive it.
+struct EntropyQueue {
+    queue: Queue,
+    source: Arc<File>,
+    buf: Vec<u8>,
+    warn: WarnOnce,
+}
+
+impl EntropyQueue {
+    fn new(queue: Queue, source: Arc<File>) -> Self {
+        Self {
+            queue,
+            source,
+            buf: vec![0; MAX_BYTES_PER_REQUEST],
+            warn: WarnOnce::new("virtio-rng"),
+        }
+    }
+
+    /// Serves every available request; returns whether any completed.
+    fn process(&mut self, mem: &GuestMemoryMmap) -> bool {
+        let source = &self.source;
+        let buf = &mut self.buf;
+        drain_queue(&mut self.queue, mem, &mut self.warn, |warn, chain| {
+            fill_chain(mem, chain, source, buf, warn)
+        })
+    }
+}
+
+/// Fills the chain's writable buffers (up to `buf.len()` bytes); returns how many
+/// bytes it wrote.
+fn fill_chain(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    mut source: &File,
+    buf: &mut [u8],
+    warn: &mut WarnOnce,
+) -> u32 {
+    let bufs = split_chain(mem, chain);
+    if let Some(fault) = bufs.fault {
+        warn.warn("malformed request", fault.describe());
+        return 0;
+    }
+    if !bufs.readable.is_empty() {
+        warn.warn(
+            "malformed request",
+            "device-readable buffer in an entropy request",
+        );
+        return 0;
+    }
+    let room = total_len(&bufs.writable);
+    let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+    let got = match read_up_to(&mut source, &mut buf[..want]) {
+        Ok(n) => n,
+        Err(e) => {
+            warn.warn("cannot read the entropy source", e);
+            return 0;
+        }
+    };
+    match BufCursor::new(&bufs.writable).write(mem, &buf[..got]) {
+        // At most MAX_BYTES_PER_REQUEST.
+        Ok(n) => n as u32,
+        Err(e) => {
+            warn.warn("cannot write entropy to the guest", e);
+            0
+        }
+    }
+}
+
+/// Reads until `buf` is full or the source ends.
+fn read_up_to(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match source.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+struct RngWorker {
+    mem: GuestMemoryMmap,
+    requests: EntropyQueue,
+    kick: EventFd,
+    interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+impl EventHandler for RngWorker {
+    fn handle_event(&mut self, token: u64, _ctx: &EpollContext<'_>) {
+        if token != KICK_TOKEN {
+            return;
+        }
+        if let Err(e) = self.kick.read() {
+            log::error!("virtio-rng: cannot read the queue's kick event: {e}");
+        }
+        if self.requests.process(&self.mem) {
+            notify_used(
+                &mut self.requests.queue,
+                &self.mem,
+                self.interrupt.as_ref(),
+                REQUEST_QUEUE,
+            );
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! Test support: builds split virtqueues in guest memory the way a driver does, so
+//! device tests can post descriptor chains (well-formed or deliberately broken) and
+//! read back what the device put on the used ring. Not for production use; it
+//! panics on misuse because only tests call it.
+
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::device::GuestMemoryMmap;
+
+/// The next descriptor is in `next`.
+pub const DESC_F_NEXT: u16 = 1;
+/// The device writes this buffer (it reads it otherwise).
+pub const DESC_F_WRITE: u16 = 2;
+/// The buffer holds an indirect descriptor table.
+pub const DESC_F_INDIRECT: u16 = 4;
+
+/// Size of one split-ring descriptor in bytes.
+pub const DESC_SIZE: u64 = 16;
+
+/// One region of `size` bytes of anonymous guest memory at guest address 0.
+pub fn guest_memory(size: usize) -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).expect("cannot map test guest memory")
+}
+
+/// A descriptor exactly as a driver writes it into a descriptor table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawDescriptor {
+    pub addr: u64,
+    pub len: u32,
+    pub flags: u16,
+    pub next: u16,
+}
+
+/// One buffer of a chain to build: where it is, how long, and who writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub addr: GuestAddress,
+    pub len: u32,
+    /// Device-writable (`DESC_F_WRITE`).
+    pub writable: bool,
+}
+
+/// One entry of the used ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsedElem {
+    pub id: u32,
+    pub len: u32,
+}
+
+/// A split virtqueue laid out in guest memory at `base`: descriptor table, available
+/// ring, used ring, then a data area that [`TestQueue::alloc`] hands out buffers from,
+/// up to the end of guest memory.
+pub struct TestQueue<'a> {
+    mem: &'a GuestMemoryMmap,
+    size: u16,
+    desc_table: GuestAddress,
+    avail_ring: GuestAddress,
+    used_ring: GuestAddress,
+    next_free_desc: u16,
+    avail_idx: u16,
+    data_next: u64,
+    data_end: u64,
+}
+
+impl<'a> TestQueue<'a> {
+    /// Lays out a queue of `size` entries (a power of two) at `base`.
+    pub fn new(mem: &'a GuestMemoryMmap, base: GuestAddress, size: u16) -> Self {
+        assert!(size.is_power_of_two(), "queue size must be a power of two");
+        let desc_table = base;
+        let avail_ring = desc_table.unchecked_add(DESC_SIZE * u64::from(size));
+        // flags, idx, ring[size], used_event
+        let avail_len = 4 + 2 * u64::from(size) + 2;
+        let used_ring = GuestAddress((avail_ring.raw_value() + avail_len).next_multiple_of(4));
+        // flags, idx, ring[size] of (id, len), avail_event
+        let used_len = 4 + 8 * u64::from(size) + 2;
+        let data_next = (used_ring.raw_value() + used_len).next_multiple_of(4096);
+        let data_end = mem.last_addr().raw_value() + 1;
+        assert!(data_next < data_end, "guest memory too small for the queue");
+        let q = Self {
+            mem,
+            size,
+            desc_table,
+            avail_ring,
+            used_ring,
+            next_free_desc: 0,
+            avail_idx: 0,
+            data_next,
+            data_end,
+        };
+        let zeroes = vec![0u8; (data_next - base.raw_value()) as usize];
+        mem.write_slice(&zeroes, base)
+            .expect("queue outside guest memory");
+        q
+    }
+
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    pub fn desc_table(&self) -> GuestAddress {
+        self.desc_table
+    }
+
+    pub fn avail_ring(&self) -> GuestAddress {
+        self.avail_ring
+    }
+
+    pub fn used_ring(&self) -> GuestAddress {
+        self.used_ring
+    }
+
+    /// First byte past the rings: where the data area starts.
+    pub fn data_start(&self) -> GuestAddress {
+        GuestAddress(
+            (self.used_ring.raw_value() + 4 + 8 * u64::from(self.size) + 2).next_multiple_of(4096),
+        )
+    }
+
+    /// A `Queue` configured on this layout and ready, as the transport hands it over.
+    pub fn queue(&self, event_idx: bool) -> Queue {
+        let mut q = Queue::new(self.size).expect("queue size");
+        q.set_size(self.size);
+        q.try_set_desc_table_address(self.desc_table)
+            .expect("descriptor table address");
+        q.try_set_avail_ring_address(self.avail_ring)
+            .expect("available ring address");
+        q.try_set_used_ring_address(self.used_ring)
+            .expect("used ring address");
+        q.set_event_idx(event_idx);
+        q.set_ready(true);
+        assert!(q.is_valid(self.mem), "test queue is not valid");
+        q
+    }
+
+    /// Reserves `len` bytes of the data area (8-byte aligned) and zeroes them.
+    pub fn alloc(&mut self, len: u32) -> GuestAddress {
+        let addr = self.data_next;
+        let end = addr + u64::from(len);
+        assert!(end <= self.data_end, "test data area exhausted");
+        self.data_next = end.next_multiple_of(8);
+        self.mem
+            .write_slice(&vec![0u8; len as usize], GuestAddress(addr))
+            .expect("data area outside guest memory");
+        GuestAddress(addr)
+    }
+
+    /// A device-readable buffer holding `data`.
+    pub fn readable(&mut self, data: &[u8]) -> Segment {
+        let len = u32::try_from(data.len()).expect("buffer too long");
+        let addr = self.alloc(len);
+        self.mem.write_slice(data, addr).expect("write buffer");
+        Segment {
+            addr,
+            len,
+            writable: false,
+        }
+    }
+
+    /// A zeroed device-writable buffer of `len` bytes.
+    pub fn writable(&mut self, len: u32) -> Segment {
+        Segment {
+            addr: self.alloc(len),
+            len,
+            writable: true,
+        }
+    }
+
+    /// Writes descriptor `index` of the table as given, whatever it holds.
+    pub fn write_descriptor(&self, index: u16, desc: RawDescriptor) {
+        write_descriptor_at(self.mem, self.desc_table, index, desc);
+    }
+
+    /// Writes `segments` as a chain on the next free descriptors (wrapping around the
+    /// table) without making it available; returns the head index.
+    pub fn write_chain(&mut self, segments: &[Segment]) -> u16 {
+        assert!(!segments.is_empty(), "a chain needs at least one buffer");
+        assert!(
+            segments.len() <= usize::from(self.size),
+            "chain longer than the queue"
+        );
+        let head = self.next_free_desc;
+        for (i, seg) in segments.iter().enumerate() {
+            let index = self.next_free_desc;
+            let next = (index + 1) % self.size;
+            let mut flags = if seg.writable { DESC_F_WRITE } else { 0 };
+            if i + 1 < segments.len() {
+                flags |= DESC_F_NEXT;
+            }
+            self.write_descriptor(
+                index,
+                RawDescriptor {
+                    addr: seg.addr.raw_value(),
+                    len: seg.len,
+                    flags,
+                    next: if i + 1 < segments.len() { next } else { 0 },
+                },
+            );
+            self.next_free_desc = next;
+        }
+        head
+    }
+
+    /// Writes `segments` as a chain and makes it available; returns the head index.
+    pub fn add_chain(&mut self, segments: &[Segment]) -> u16 {
+        let head = self.write_chain(segments);
+        self.publish(head);
+        head
+    }
+
+    /// Writes `segments` into an indirect table in the data area and makes available
+    /// a one-descriptor chain pointing at it; returns the head index.
+    pub fn add_indirect_chain(&mut self, segments: &[Segment]) -> u16 {
+        let count = u16::try_from(segments.len()).expect("indirect table too long");
+        let table = self.alloc(u32::from(count) * DESC_SIZE as u32);
+        for (i, seg) in segments.iter().enumerate() {
+            let i = i as u16;
+            let mut flags = if seg.writable { DESC_F_WRITE } else { 0 };
+            if i + 1 < count {
+                flags |= DESC_F_NEXT;
+            }
+            write_descriptor_at(
+                self.mem,
+                table,
+                i,
+                RawDescriptor {
+                    addr: seg.addr.raw_value(),
+                    len: seg.len,
+                    flags,
+                    next: if i + 1 < count { i + 1 } else { 0 },
+                },
+            );
+        }
+        let head = self.next_free_desc;
+        self.write_descriptor(
+            head,
+            RawDescriptor {
+                addr: table.raw_value(),
+                len: u32::from(count) * DESC_SIZE as u32,
+                flags: DESC_F_INDIRECT,
+                next: 0,
+            },
+        );
+        self.next_free_desc = (head + 1) % self.size;
+        self.publish(head);
+        head
+    }
+
+    /// Puts `head` on the available ring and publishes the new index.
+    pub fn publish(&mut self, head: u16) {
+        let slot = u64::from(self.avail_idx % self.size);
+        let entry = self.avail_ring.unchecked_add(4 + 2 * slot);
+        self.mem.write_obj(head.to_le(), entry).expect("avail ring");
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.set_avail_idx(self.avail_idx);
+    }
+
+    /// Overwrites the available ring's index, e.g. with a value a broken driver writes.
+    pub fn set_avail_idx(&self, idx: u16) {
+        self.mem
+            .store(
+                idx.to_le(),
+                self.avail_ring.unchecked_add(2),
+                Ordering::Release,
+            )
+            .expect("avail idx");
+    }
+
+    /// Writes the `used_event` field (EVENT_IDX): the driver wants an interrupt once
+    /// the used index passes `idx`.
+    pub fn set_used_event(&self, idx: u16) {
+        let addr = self.avail_ring.unchecked_add(4 + 2 * u64::from(self.size));
+        self.mem.write_obj(idx.to_le(), addr).expect("used_event");
+    }
+
+    /// The `avail_event` field the device wrote (EVENT_IDX).
+    pub fn avail_event(&self) -> u16 {
+        let addr = self.used_ring.unchecked_add(4 + 8 * u64::from(self.size));
+        u16::from_le(self.mem.read_obj(addr).expect("avail_event"))
+    }
+
+    /// The used ring's index as the device last published it.
+    pub fn used_idx(&self) -> u16 {
+        u16::from_le(
+            self.mem
+                .load(self.used_ring.unchecked_add(2), Ordering::Acquire)
+                .expect("used idx"),
+        )
+    }
+
+    /// Entry `n` (counted from the start, wrapping) of the used ring.
+    pub fn used_elem(&self, n: u16) -> UsedElem {
+        let slot = u64::from(n % self.size);
+        let addr = self.used_ring.unchecked_add(4 + 8 * slot);
+        let id: u32 = self.mem.read_obj(addr).expect("used elem id");
+        let len: u32 = self
+            .mem
+            .read_obj(addr.unchecked_add(4))
+            .expect("used elem len");
+        UsedElem {
+            id: u32::from_le(id),
+            len: u32::from_le(len),
+        }
+    }
+
+    /// Reads `len` bytes of guest memory at `addr`.
+    pub fn read(&self, addr: GuestAddress, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        self.mem
+            .read_slice(&mut buf, addr)
+            .expect("read guest memory");
+        buf
+    }
+}
+
+/// Writes descriptor `index` of the table at `table`.
+pub fn write_descriptor_at(
+    mem: &GuestMemoryMmap,
+    table: GuestAddress,
+    index: u16,
+    desc: RawDescriptor,
+) {
+    let addr = table.unchecked_add(DESC_SIZE * u64::from(index));
+    let mut bytes = [0u8; DESC_SIZE as usize];
+    bytes[0..8].copy_from_slice(&desc.addr.to_le_bytes());
+    bytes[8..12].copy_from_slice(&desc.len.to_le_bytes());
+    bytes[12..14].copy_from_slice(&desc.flags.to_le_bytes());
+    bytes[14..16].copy_from_slice(&desc.next.to_le_bytes());
+    mem.write_slice(&bytes, addr).expect("descriptor table");
+}
+
+/// Proptest strategies for fuzzing queue handlers with hostile descriptor tables.
+#[cfg(test)]
+pub(crate) mod strategies {
+    use proptest::prelude::*;
+
+    use super::{RawDescriptor, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+
+    /// Guest memory size the fuzz tests use; addresses are drawn around it so that
+    /// some buffers lie partly or wholly outside memory.
+    pub const FUZZ_MEM_SIZE: u64 = 1 << 20;
+
+    /// An address: mostly inside guest memory, sometimes near its end, past it, or
+    /// near `u64::MAX` (overflow).
+    pub fn address() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            6 => 0u64..FUZZ_MEM_SIZE,
+            1 => (FUZZ_MEM_SIZE - 64)..(FUZZ_MEM_SIZE + 64),
+            1 => FUZZ_MEM_SIZE..u64::MAX,
+            1 => (u64::MAX - 4096)..=u64::MAX,
+        ]
+    }
+
+    /// A length: mostly small, sometimes sector-sized, sometimes huge.
+    pub fn length() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            4 => 0u32..64,
+            3 => (1u32..16).prop_map(|n| n * 512),
+            1 => any::<u32>(),
+        ]
+    }
+
+    /// Any combination of NEXT, WRITE and INDIRECT, plus stray bits.
+    pub fn flags() -> impl Strategy<Value = u16> {
+        prop_oneof![
+            8 => prop::sample::select(vec![
+                0,
+                DESC_F_NEXT,
+                DESC_F_WRITE,
+                DESC_F_NEXT | DESC_F_WRITE,
+                DESC_F_INDIRECT,
+                DESC_F_INDIRECT | DESC_F_NEXT,
+            ]),
+            1 => any::<u16>(),
+        ]
+    }
+
+    /// A descriptor whose `next` mostly stays inside a table of `table_size`.
+    pub fn descriptor(table_size: u16) -> impl Strategy<Value = RawDescriptor> {
+        (
+            address(),
+            length(),
+            flags(),
+            prop_oneof![4 => 0..table_size, 1 => any::<u16>()],
+        )
+            .prop_map(|(addr, len, flags, next)| RawDescriptor {
+                addr,
+                len,
+                flags,
+                next,
+            })
+    }
+}
