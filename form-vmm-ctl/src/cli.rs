@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use vmm_service::gpu::{self, Bdf};
 
+use crate::options::{parse_disk, parse_net, DiskArg, NetArg};
+
 /// Where vmm-service listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/form-vmm/service.sock";
 
@@ -93,8 +95,11 @@ pub enum Command {
   form-vmm-ctl create --name vm1 --kernel /var/lib/form/vmlinux --gpu 0000:01:00.0 --boot
   form-vmm-ctl create --name vm2 --kernel ./bzImage --initramfs ./initrd.img \\
       --cmdline 'console=ttyS0 root=/dev/vda' --cpus 16 --memory 128G \\
-      --gpu-model h100 --gpu-count 4 --nvidia-gpudirect-clique 2")]
-    Create(CreateArgs),
+      --gpu-model h100 --gpu-count 4 --nvidia-gpudirect-clique 2
+  form-vmm-ctl create --name gpu-1 --kernel ./vmlinux --cmdline 'console=ttyS0 root=/dev/vda1' \\
+      --memory 32G --gpu 0000:01:00.0 --disk /var/lib/images/jammy.raw --net bridge=br0 \\
+      --ssh-key ~/.ssh/id_ed25519.pub --hostname gpu-1 --boot")]
+    Create(Box<CreateArgs>),
     /// List the VMs.
     List,
     /// Show one VM: state, configuration, GPUs, process, last exit.
@@ -191,9 +196,55 @@ pub struct CreateArgs {
     #[arg(long)]
     pub no_unbind_on_shutdown: bool,
 
+    /// A raw disk image on the service's host, as PATH or PATH,readonly=on; repeat
+    /// for more (the guest sees them in order: /dev/vda, /dev/vdb, ...).
+    #[arg(long, value_name = "PATH[,readonly=on]", value_parser = parse_disk, help_heading = "Disks and networks")]
+    pub disk: Vec<DiskArg>,
+
+    /// A network interface on a tap form-vmm creates, joined to bridge BR when
+    /// given, with MAC when given; repeat for more (`--net` alone: an unattached tap).
+    #[arg(
+        long,
+        value_name = "[bridge=BR][,mac=MAC]",
+        num_args = 0..=1,
+        default_missing_value = "",
+        value_parser = parse_net,
+        help_heading = "Disks and networks"
+    )]
+    pub net: Vec<NetArg>,
+
+    /// An SSH public key file (.pub or authorized_keys) read here; its keys are
+    /// given to the guest through cloud-init; repeat for more.
+    #[arg(long, value_name = "FILE", help_heading = "cloud-init")]
+    pub ssh_key: Vec<PathBuf>,
+
+    /// The guest's host name (letters, digits, hyphens) [default: the VM's name].
+    #[arg(long, value_name = "NAME", help_heading = "cloud-init")]
+    pub hostname: Option<String>,
+
+    /// A user to create in the guest with the SSH keys and passwordless sudo
+    /// [default: the keys go to the image's default user].
+    #[arg(long, value_name = "NAME", help_heading = "cloud-init")]
+    pub user: Option<String>,
+
+    /// A user-data file read here and given to cloud-init as it is, instead of the
+    /// one built from --ssh-key, --hostname and --user.
+    #[arg(long, value_name = "FILE", help_heading = "cloud-init")]
+    pub user_data: Option<PathBuf>,
+
     /// Boot the VM right after creating it.
     #[arg(long)]
     pub boot: bool,
+}
+
+impl CreateArgs {
+    /// Whether any cloud-init option was given, so the VM gets a seed disk.
+    pub fn wants_cloud_init(&self) -> bool {
+        !self.ssh_key.is_empty()
+            || self.hostname.is_some()
+            || self.user.is_some()
+            || self.user_data.is_some()
+    }
 }
 
 #[derive(Debug, Args)]

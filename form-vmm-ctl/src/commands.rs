@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use hyper::Method;
 use vmm_service::api::types::{
-    AddGpuRequest, BindGpuRequest, DoctorResponse, GpuOptions, GpuRequest, VmInfo,
-    VmInstanceConfig, DEFAULT_MEMORY,
+    AddGpuRequest, BindGpuRequest, CloudInitConfig, DiskConfig, DoctorResponse, GpuOptions,
+    GpuRequest, NetworkConfig, VmInfo, VmInstanceConfig, DEFAULT_MEMORY,
 };
 use vmm_service::gpu::Bdf;
 
@@ -20,6 +20,7 @@ use crate::cli::{
 use crate::client::{Client, Endpoint};
 use crate::error::CtlError;
 use crate::exit::Exit;
+use crate::files::{read_ssh_keys, read_user_data};
 use crate::render;
 
 /// The environment variable holding the bearer token itself, for --url without
@@ -169,7 +170,44 @@ pub fn create_config(args: &CreateArgs) -> Result<VmInstanceConfig, CtlError> {
         gpu_request,
         gpu_options,
         boot: args.boot,
+        disks: args
+            .disk
+            .iter()
+            .map(|disk| {
+                Ok(DiskConfig {
+                    path: payload_path("--disk", &disk.path)?,
+                    readonly: disk.readonly,
+                })
+            })
+            .collect::<Result<_, CtlError>>()?,
+        networks: args
+            .net
+            .iter()
+            .map(|net| NetworkConfig {
+                bridge: net.bridge.clone(),
+                mac: net.mac.clone(),
+            })
+            .collect(),
+        cloud_init: cloud_init(args)?,
     })
+}
+
+/// The cloud-init part of the request, with the key and user-data files read here.
+fn cloud_init(args: &CreateArgs) -> Result<Option<CloudInitConfig>, CtlError> {
+    if !args.wants_cloud_init() {
+        return Ok(None);
+    }
+    let mut ssh_authorized_keys = Vec::new();
+    for path in &args.ssh_key {
+        ssh_authorized_keys.extend(read_ssh_keys(path)?);
+    }
+    Ok(Some(CloudInitConfig {
+        hostname: args.hostname.clone(),
+        user: args.user.clone(),
+        ssh_authorized_keys,
+        user_data: args.user_data.as_deref().map(read_user_data).transpose()?,
+        ..CloudInitConfig::default()
+    }))
 }
 
 fn payload_path(flag: &str, path: &Path) -> Result<String, CtlError> {

@@ -45,6 +45,13 @@ pub enum CtlError {
     #[error("{0}")]
     Usage(String),
 
+    #[error("{flag} {path}: cannot read the file: {source}")]
+    ReadFile {
+        flag: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+
     #[error("VM {vm} has no GPU with device id '{id}'; it has: {known}")]
     NoSuchDeviceId {
         vm: String,
@@ -64,7 +71,10 @@ impl CtlError {
                 Some(code) => Exit::for_error_code(*code),
                 None => Exit::for_http_status(*status),
             },
-            Self::TokenFile { .. } | Self::EmptyToken { .. } | Self::Usage(_) => Exit::Usage,
+            Self::TokenFile { .. }
+            | Self::EmptyToken { .. }
+            | Self::Usage(_)
+            | Self::ReadFile { .. } => Exit::Usage,
             Self::NoSuchDeviceId { .. } => Exit::NotFound,
             Self::Timeout { .. }
             | Self::Transport { .. }

@@ -9,5 +9,7 @@ pub mod client;
 pub mod commands;
 pub mod error;
 pub mod exit;
+pub mod files;
+pub mod options;
 pub mod render;
 pub mod table;

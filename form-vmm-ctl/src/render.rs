@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use vmm_service::api::types::{DoctorResponse, GpuList, VmInfo, VmInstanceConfig, VmList, VmState};
+use vmm_service::api::types::{
+    CloudInitConfig, DoctorResponse, GpuList, VmInfo, VmInstanceConfig, VmList, VmState,
+};
 use vmm_service::gpu::format_bytes;
 
 use crate::table::{or_none, Table, NONE};
@@ -21,7 +23,9 @@ pub fn vm_list(list: &VmList) -> String {
     if list.vms.is_empty() {
         return "no VMs; create one with `form-vmm-ctl create`\n".to_string();
     }
-    let mut table = Table::new(&["NAME", "STATE", "VCPUS", "MEMORY", "GPUS", "PID"]);
+    let mut table = Table::new(&[
+        "NAME", "STATE", "VCPUS", "MEMORY", "GPUS", "DISKS", "NETS", "PID",
+    ]);
     for vm in &list.vms {
         table.row(vec![
             vm.name.clone(),
@@ -29,6 +33,8 @@ pub fn vm_list(list: &VmList) -> String {
             vm.config.vcpus.to_string(),
             format_bytes(vm.config.memory),
             vm.gpus.len().to_string(),
+            vm.config.disks.len().to_string(),
+            vm.config.networks.len().to_string(),
             or_none(vm.pid),
         ]);
     }
@@ -56,6 +62,10 @@ pub fn vm_details(vm: &VmInfo) -> String {
         ("api socket", or_none(vm.api_socket.as_ref())),
         ("serial log", vm.serial_log.clone()),
     ];
+    if let Some(cloud_init) = &config.cloud_init {
+        fields.push(("cloud-init", cloud_init_summary(cloud_init)));
+        fields.push(("seed image", or_none(vm.seed_image.as_ref())));
+    }
     if let Some(exit) = &vm.last_exit {
         fields.push((
             "last exit",
@@ -72,7 +82,85 @@ pub fn vm_details(vm: &VmInfo) -> String {
         let _ = writeln!(out, "{label:<width$} {value}");
     }
     out.push_str(&vm_gpus(vm));
+    out.push_str(&vm_disks(vm));
+    out.push_str(&vm_networks(vm));
     out
+}
+
+/// The VM's disks, the seed disk last, as form-vmm is given them.
+pub fn vm_disks(vm: &VmInfo) -> String {
+    let mut table = Table::new(&["ID", "PATH", "MODE"]);
+    for (i, disk) in vm.config.disks.iter().enumerate() {
+        let mode = if disk.readonly { "ro" } else { "rw" };
+        table.row(vec![
+            format!("disk{i}"),
+            disk.path.clone(),
+            mode.to_string(),
+        ]);
+    }
+    if let Some(seed) = &vm.seed_image {
+        table.row(vec![
+            "cidata".to_string(),
+            seed.clone(),
+            "ro (cloud-init)".to_string(),
+        ]);
+    }
+    indented_section("disks", table)
+}
+
+/// The VM's interfaces with the host's tap names.
+pub fn vm_networks(vm: &VmInfo) -> String {
+    let mut table = Table::new(&["ID", "TAP", "MAC", "BRIDGE"]);
+    for net in &vm.networks {
+        table.row(vec![
+            net.id.clone(),
+            net.tap.clone(),
+            net.mac.clone(),
+            or_none(net.bridge.as_ref()),
+        ]);
+    }
+    indented_section("networks", table)
+}
+
+fn indented_section(heading: &str, table: Table) -> String {
+    if table.is_empty() {
+        return format!("{heading}: none\n");
+    }
+    let mut out = format!("{heading}:\n");
+    for line in table.render().lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
+}
+
+fn cloud_init_summary(config: &CloudInitConfig) -> String {
+    let mut parts = Vec::new();
+    if let Some(hostname) = &config.hostname {
+        parts.push(format!("hostname {hostname}"));
+    }
+    if let Some(user) = &config.user {
+        parts.push(format!("user {user}"));
+    }
+    if !config.ssh_authorized_keys.is_empty() {
+        parts.push(format!("{} ssh keys", config.ssh_authorized_keys.len()));
+    }
+    if !config.packages.is_empty() {
+        parts.push(format!("{} packages", config.packages.len()));
+    }
+    if !config.runcmd.is_empty() {
+        parts.push(format!("{} commands", config.runcmd.len()));
+    }
+    if config.user_data.is_some() {
+        parts.push("own user-data".to_string());
+    }
+    if config.network_config.is_some() {
+        parts.push("own network-config".to_string());
+    }
+    if parts.is_empty() {
+        "defaults".to_string()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// The GPUs a VM holds, as a table under a heading.
@@ -209,7 +297,11 @@ mod tests {
                 "gpu_request": {"model": "H100", "count": 2},
                 "gpu_options": {"enable_nvidia_gpudirect": true, "nvidia_gpudirect_clique": 3,
                                 "unbind_on_shutdown": true},
-                "boot": true
+                "boot": true,
+                "disks": [{"path": "/srv/root.raw", "readonly": false},
+                          {"path": "/srv/data.raw", "readonly": true}],
+                "networks": [{"bridge": "br0"}],
+                "cloud_init": {"hostname": "gpu-1", "ssh_authorized_keys": ["ssh-ed25519 AAAA a"]}
             },
             "gpus": [
                 {"bdf": "0000:19:00.0", "device_id": "gpu0",
@@ -219,6 +311,9 @@ mod tests {
             "pid": 4242,
             "api_socket": "/run/form-vmm/vms/train-1/api.sock",
             "serial_log": "/var/lib/form-vmm/vms/train-1/serial.log",
+            "networks": [{"id": "net0", "tap": "fv1a2b3c4d0", "mac": "52:54:00:01:02:03",
+                          "bridge": "br0"}],
+            "seed_image": "/var/lib/form-vmm/vms/train-1/seed.img",
             "last_exit": {"code": 0, "signal": null, "reason": "exited with status 0",
                           "at": 1790000000u64},
             "created_at": 1790000000u64,
@@ -239,14 +334,16 @@ mod tests {
         stopped.gpus.clear();
         stopped.config.memory = 512 << 20;
         stopped.config.vcpus = 1;
+        stopped.config.disks.clear();
+        stopped.config.networks.clear();
         let list = VmList {
             vms: vec![vm(), stopped],
         };
         assert_eq!(
             vm_list(&list),
-            "NAME     STATE    VCPUS  MEMORY   GPUS  PID\n\
-             train-1  running  8      64 GiB   2     4242\n\
-             idle     stopped  1      512 MiB  0     -\n"
+            "NAME     STATE    VCPUS  MEMORY   GPUS  DISKS  NETS  PID\n\
+             train-1  running  8      64 GiB   2     2      1     4242\n\
+             idle     stopped  1      512 MiB  0     0      0     -\n"
         );
         assert!(vm_list(&VmList { vms: vec![] }).contains("no VMs"));
     }
@@ -267,6 +364,14 @@ mod tests {
             "gpus:\n  DEVICE  BDF           NAME                           NUMA\n",
             "  gpu0    0000:19:00.0  NVIDIA GH100 [H100 SXM5 80GB]  0\n",
             "  gpu1    0000:3b:00.0  -                              -\n",
+            "cloud-init:         hostname gpu-1, 1 ssh keys\n",
+            "seed image:         /var/lib/form-vmm/vms/train-1/seed.img\n",
+            "disks:\n  ID      PATH                                    MODE\n",
+            "  disk0   /srv/root.raw                           rw\n",
+            "  disk1   /srv/data.raw                           ro\n",
+            "  cidata  /var/lib/form-vmm/vms/train-1/seed.img  ro (cloud-init)\n",
+            "networks:\n  ID    TAP          MAC                BRIDGE\n",
+            "  net0  fv1a2b3c4d0  52:54:00:01:02:03  br0\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
@@ -276,6 +381,10 @@ mod tests {
         plain.config.gpu_options.enable_nvidia_gpudirect = false;
         plain.last_exit = None;
         plain.gpus.clear();
+        plain.config.disks.clear();
+        plain.config.cloud_init = None;
+        plain.seed_image = None;
+        plain.networks.clear();
         let text = vm_details(&plain);
         assert!(
             text.contains("gpu request:        0000:19:00.0\n"),
@@ -283,7 +392,11 @@ mod tests {
         );
         assert!(text.contains("gpudirect:          off\n"), "{text}");
         assert!(!text.contains("last exit"), "{text}");
-        assert!(text.ends_with("gpus: none\n"), "{text}");
+        assert!(
+            text.ends_with("gpus: none\ndisks: none\nnetworks: none\n"),
+            "{text}"
+        );
+        assert!(!text.contains("seed image"), "{text}");
     }
 
     #[test]

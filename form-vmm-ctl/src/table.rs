@@ -24,6 +24,11 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// Whether the table has no rows besides its header.
+    pub fn is_empty(&self) -> bool {
+        self.rows.len() <= 1
+    }
+
     fn columns(&self) -> usize {
         self.rows.first().map_or(0, Vec::len)
     }

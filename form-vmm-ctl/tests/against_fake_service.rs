@@ -291,9 +291,9 @@ fn vm_lifecycle_commands_hit_their_routes() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         run.stdout,
-        "NAME  STATE    VCPUS  MEMORY  GPUS  PID\n\
-         vm1   running  4      16 GiB  2     4242\n\
-         old   stopped  4      16 GiB  2     -\n"
+        "NAME  STATE    VCPUS  MEMORY  GPUS  DISKS  NETS  PID\n\
+         vm1   running  4      16 GiB  2     0      0     4242\n\
+         old   stopped  4      16 GiB  2     0      0     -\n"
     );
     let run = service.ctl(&["info", "vm1"]);
     assert!(

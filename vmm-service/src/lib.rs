@@ -1,8 +1,10 @@
 //! The Formation VMM service.
 
 pub mod api;
+pub mod cloud_init;
 pub mod gpu;
 pub mod instances;
+pub mod net;
 pub mod state;
 pub mod supervisor;
 pub mod vmm_client;

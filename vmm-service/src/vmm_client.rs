@@ -53,6 +53,28 @@ pub struct VmConfig {
     pub serial: ConsoleConfig,
     pub console: ConsoleConfig,
     pub devices: Vec<DeviceConfig>,
+    /// Left out when empty, so a form-vmm without virtio devices takes the request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<NetConfig>,
+}
+
+/// form-vmm's `DiskConfig`: a virtio-blk device on a raw image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    pub path: String,
+    pub readonly: bool,
+    pub id: String,
+}
+
+/// form-vmm's `NetConfig`: a virtio-net device on a tap form-vmm creates (or opens)
+/// by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: String,
+    pub id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -41,6 +41,68 @@ pub struct VmInstanceConfig {
     /// Boot the VM right after creating it.
     #[serde(default)]
     pub boot: bool,
+    /// Raw disk images, in the order the guest sees them (`/dev/vda`, `/dev/vdb`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskConfig>,
+    /// Network interfaces: one tap device each, created by form-vmm.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkConfig>,
+    /// When present, a NoCloud seed disk (FAT, label `CIDATA`) is attached read-only
+    /// after the disks above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInitConfig>,
+}
+
+/// A raw disk image on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Absolute path of a raw image (not qcow2), a regular file.
+    pub path: String,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// One network interface of the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// A Linux bridge to attach the interface's tap to; without one the tap is left
+    /// unattached for the host to configure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// `52:54:00:12:34:56`; without one the service derives a stable address from the
+    /// VM's name and the interface's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// What the guest's cloud-init is told through the seed disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInitConfig {
+    /// The guest's host name (an RFC 1123 label); defaults to the VM's name, made
+    /// into a label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// A user to create with the SSH keys and passwordless sudo; without one the keys
+    /// go to the image's default user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Public keys, one `ssh-ed25519 AAAA... comment` line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// Shell commands run once, on first boot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runcmd: Vec<String>,
+    /// Raw `user-data`, used as given instead of the one generated from the fields above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// Raw `network-config`, instead of DHCP on every ethernet interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_config: Option<String>,
 }
 
 fn default_vcpus() -> u32 {
@@ -135,9 +197,26 @@ pub struct VmInfo {
     pub api_socket: Option<String>,
     /// Where the guest's serial console goes.
     pub serial_log: String,
+    /// The VM's network interfaces as the host sees them, in `config.networks` order.
+    #[serde(default)]
+    pub networks: Vec<NetworkInfo>,
+    /// The cloud-init seed image, when the VM has `cloud_init`.
+    #[serde(default)]
+    pub seed_image: Option<String>,
     pub last_exit: Option<ExitInfo>,
     pub created_at: u64,
     pub updated_at: u64,
+}
+
+/// One network interface of a VM, as the host sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// The device id form-vmm knows it by (`net0`, `net1`, ...).
+    pub id: String,
+    /// The host's tap device (`fv` + 8 hex digits + index).
+    pub tap: String,
+    pub mac: String,
+    pub bridge: Option<String>,
 }
 
 /// `GET /v1/vms`.

@@ -1,11 +1,13 @@
 //! VMs: configuration checks, GPU choice, and the manager that runs them.
 
 mod allocate;
+mod attachments;
 mod error;
 mod manager;
 mod validate;
 
 pub use allocate::{choose, matches_model, upstream_bridges, Candidate};
+pub use attachments::{network_infos, validate_disks, validate_networks, MAX_DISKS_PER_VM};
 pub use error::InstanceError;
 pub use manager::{Manager, ServiceConfig};
 pub use validate::{

@@ -4,8 +4,10 @@
 use std::path::Path;
 
 use crate::api::types::{GpuRequest, VmInstanceConfig};
+use crate::cloud_init;
 use crate::gpu::Bdf;
 
+use super::attachments::{validate_disks, validate_networks};
 use super::error::InstanceError;
 
 pub const MAX_NAME_LEN: usize = 63;
@@ -94,6 +96,11 @@ pub fn validate(
                 "cmdline must be at most {MAX_CMDLINE_LEN} bytes without NUL characters"
             )));
         }
+    }
+    validate_disks(&config.disks)?;
+    validate_networks(&config.networks)?;
+    if let Some(cloud_init) = &config.cloud_init {
+        cloud_init::validate(cloud_init).map_err(InstanceError::Invalid)?;
     }
     if config.gpu_options.nvidia_gpudirect_clique > MAX_GPUDIRECT_CLIQUE {
         return Err(InstanceError::Invalid(format!(

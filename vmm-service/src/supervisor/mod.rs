@@ -47,6 +47,8 @@ pub struct VmPaths {
     pub serial_log: PathBuf,
     /// form-vmm's own standard output and error.
     pub vmm_log: PathBuf,
+    /// The cloud-init seed disk, for VMs with `cloud_init`.
+    pub seed_image: PathBuf,
 }
 
 impl VmPaths {
@@ -56,6 +58,7 @@ impl VmPaths {
             api_socket: run_dir.join("vms").join(name).join("api.sock"),
             serial_log: logs.join("serial.log"),
             vmm_log: logs.join("vmm.log"),
+            seed_image: logs.join("seed.img"),
         }
     }
 }

@@ -9,16 +9,19 @@ use std::time::Duration;
 use crate::api::types::{
     AssignedGpu, ExitInfo, GpuEntry, GpuRequest, VmInfo, VmInstanceConfig, VmState,
 };
+use crate::cloud_init::{self, SeedFiles};
 use crate::gpu::{self, Bdf, BindOptions, GpuBinder, GpuError, GpuInfo, HostPaths, SysfsWriter};
 use crate::state::{now, GpuAssignment, InstanceRecord, Store, VmmProcess};
 use crate::supervisor::{self, VmPaths};
 use crate::vmm_client::{VmmClient, VmmClientError};
 
 mod gpus;
+mod networks;
 mod vmm_config;
 mod watch;
 
 use super::allocate::{choose, matches_model, Candidate};
+use super::attachments::network_infos;
 use super::error::InstanceError;
 use super::validate::{validate, GpuSelection, HostLimits};
 use vmm_config::vmm_config;
@@ -134,7 +137,15 @@ impl Manager {
                 }
             })
             .collect();
+        let seed_image = record.config.cloud_init.as_ref().map(|_| {
+            self.paths(&record.config.name)
+                .seed_image
+                .display()
+                .to_string()
+        });
         Ok(VmInfo {
+            networks: network_infos(&record.config),
+            seed_image,
             name: record.config.name.clone(),
             state: record.state,
             pid: record.vmm.as_ref().map(|v| v.pid),
@@ -165,6 +176,7 @@ impl Manager {
             if store.instance(&name)?.is_some() {
                 return Err(InstanceError::Exists(name));
             }
+            networks::check_tap_names(&store, &config)?;
             let gpus = self.pick_gpus(&store, &name, &selection, 0)?;
             let now = now();
             let record = InstanceRecord {
@@ -179,6 +191,7 @@ impl Manager {
             store.insert_instance(&record, &gpus)?;
         }
         if let Err(e) = self.start(&config, &paths, config.boot).await {
+            remove_seed(&name, &paths);
             self.store().delete_instance(&name)?;
             return Err(e);
         }
@@ -268,6 +281,12 @@ impl Manager {
         boot: bool,
     ) -> Result<(), InstanceError> {
         let name = &config.name;
+        if let Some(cloud_init) = &config.cloud_init {
+            // Written on every start, so the guest always gets what the VM's
+            // configuration says, even if the file was removed meanwhile.
+            cloud_init::write_seed_image(&paths.seed_image, &SeedFiles::for_vm(name, cloud_init))
+                .map_err(|e| InstanceError::Internal(e.to_string()))?;
+        }
         let gpus = self.store().gpus_of(name)?;
         for assignment in &gpus {
             self.bind(&assignment.bdf)?;
@@ -290,15 +309,18 @@ impl Manager {
         let client = VmmClient::new(&paths.api_socket);
         let vm_config = vmm_config(config, paths, &gpus, &self.config.host);
         let setup = async {
-            client.create(&vm_config).await?;
+            client.create(&vm_config).await.map_err(vmm_error)?;
+            // form-vmm made the taps during vm.create; they join their bridges before
+            // the guest runs, so its first DHCP request goes out on the bridge.
+            networks::attach_bridges(config)?;
             if boot {
-                client.boot().await?;
+                client.boot().await.map_err(vmm_error)?;
             }
-            Ok::<(), VmmClientError>(())
+            Ok::<(), InstanceError>(())
         };
         if let Err(e) = setup.await {
             supervisor::stop_child(&mut started.child).await;
-            return Err(vmm_error(e));
+            return Err(e);
         }
         if boot {
             self.store().set_state(name, VmState::Running)?;
@@ -444,6 +466,7 @@ impl Manager {
         }
         self.release_gpus(name, record.config.gpu_options.unbind_on_shutdown);
         self.store().delete_instance(name)?;
+        remove_seed(name, &self.paths(name));
         Ok(())
     }
 
@@ -503,6 +526,16 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
     match Handle::try_current().map(|handle| handle.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
         _ => work(),
+    }
+}
+
+/// Removes a VM's seed image; a failure leaves a stray file, which is logged.
+fn remove_seed(name: &str, paths: &VmPaths) {
+    if let Err(e) = cloud_init::remove_seed_image(&paths.seed_image) {
+        log::warn!(
+            "VM {name}: cannot remove its seed image {}: {e}",
+            paths.seed_image.display()
+        );
     }
 }
 

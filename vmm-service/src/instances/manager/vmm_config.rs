@@ -3,11 +3,16 @@
 
 use crate::api::types::VmInstanceConfig;
 use crate::gpu::HostPaths;
+use crate::instances::network_infos;
 use crate::state::GpuAssignment;
 use crate::supervisor::VmPaths;
 use crate::vmm_client::{
-    ConsoleConfig, CpusConfig, DeviceConfig, MemoryConfig, PayloadConfig, VmConfig,
+    ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, MemoryConfig, NetConfig, PayloadConfig,
+    VmConfig,
 };
+
+/// The device id of the cloud-init seed disk in form-vmm.
+pub(super) const SEED_DISK_ID: &str = "cidata";
 
 pub(super) fn device_config(
     assignment: &GpuAssignment,
@@ -67,5 +72,37 @@ pub(super) fn vmm_config(
             .iter()
             .map(|a| device_config(a, config, host))
             .collect(),
+        disks: disks(config, paths),
+        net: network_infos(config)
+            .into_iter()
+            .map(|info| NetConfig {
+                tap: info.tap,
+                mac: info.mac,
+                id: info.id,
+            })
+            .collect(),
     }
+}
+
+/// The operator's disks in order, then the seed disk: the guest's first disks keep
+/// the names the operator expects (`/dev/vda` is the first image given).
+fn disks(config: &VmInstanceConfig, paths: &VmPaths) -> Vec<DiskConfig> {
+    let mut disks: Vec<DiskConfig> = config
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, disk)| DiskConfig {
+            path: disk.path.clone(),
+            readonly: disk.readonly,
+            id: format!("disk{i}"),
+        })
+        .collect();
+    if config.cloud_init.is_some() {
+        disks.push(DiskConfig {
+            path: paths.seed_image.display().to_string(),
+            readonly: true,
+            id: SEED_DISK_ID.to_string(),
+        });
+    }
+    disks
 }
