@@ -132,6 +132,11 @@ impl FakeVirtioDevice {
     pub fn state(&self) -> Arc<Mutex<FakeDeviceState>> {
         self.state.clone()
     }
+
+    /// Survives a test that panicked holding the lock, so drop does not abort.
+    fn lock(&self) -> MutexGuard<'_, FakeDeviceState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl VirtioDevice for FakeVirtioDevice {
@@ -158,15 +163,11 @@ impl VirtioDevice for FakeVirtioDevice {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        self.state
-            .lock()
-            .unwrap()
-            .config_writes
-            .push((offset, data.to_vec()));
+        self.lock().config_writes.push((offset, data.to_vec()));
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let mut s = self.state.lock().unwrap();
+        let mut s = self.lock();
         let record = ActivationRecord {
             queues: activation
                 .queues
@@ -197,7 +198,7 @@ impl VirtioDevice for FakeVirtioDevice {
     }
 
     fn reset(&mut self) {
-        let mut s = self.state.lock().unwrap();
+        let mut s = self.lock();
         s.resets += 1;
         s.interrupt = None;
         s.queues.clear();
