@@ -47,7 +47,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::PciConfigError;
 use crate::msix::MsixError;
-use crate::vfio::ops::BoxError;
+pub use crate::vfio::ops::BoxError;
 
 pub use common_config::{CommonConfig, QueueConfig, NO_VECTOR};
 pub use device::VirtioPciDevice;
