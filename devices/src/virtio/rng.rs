@@ -232,3 +232,128 @@ impl EventHandler for RngWorker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::testing::strategies::{fuzz_case, FUZZ_MEM_SIZE};
+    use crate::virtio::testing::{guest_memory, TestQueue};
+    use proptest::prelude::{prop_assert, prop_assert_eq, proptest, ProptestConfig};
+    use virtio_queue::QueueT;
+    use vm_memory::{Address, GuestAddress};
+
+    /// A source file of `len` patterned bytes, removed on drop.
+    struct Source(PathBuf);
+
+    impl Source {
+        fn new(name: &str, len: usize) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("form-vmm-rng-{}-{name}", std::process::id()));
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            std::fs::write(&path, data).unwrap();
+            Self(path)
+        }
+
+        fn file(&self) -> Arc<File> {
+            Arc::new(File::open(&self.0).unwrap())
+        }
+    }
+
+    impl Drop for Source {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn fills_every_writable_buffer_from_the_source() {
+        let src = Source::new("fill", 4096);
+        let mem = guest_memory(1 << 20);
+        let mut tq = TestQueue::new(&mem, GuestAddress(0), 16);
+        let a = tq.writable(100);
+        let b = tq.writable(50);
+        tq.add_chain(&[a, b]);
+        let mut q = EntropyQueue::new(tq.queue(false), src.file());
+        assert!(q.process(&mem));
+        assert_eq!(tq.used_elem(0).len, 150);
+        let expected: Vec<u8> = (0..150).map(|i| (i % 253) as u8).collect();
+        assert_eq!(tq.read(a.addr, 100), &expected[..100]);
+        assert_eq!(tq.read(b.addr, 50), &expected[100..]);
+    }
+
+    #[test]
+    fn one_request_gets_at_most_the_cap() {
+        let mem = guest_memory(1 << 20);
+        let mut tq = TestQueue::new(&mem, GuestAddress(0), 16);
+        let big = tq.writable(100 * 1024);
+        tq.add_chain(&[big]);
+        let urandom = Arc::new(File::open("/dev/urandom").unwrap());
+        let mut q = EntropyQueue::new(tq.queue(false), urandom);
+        assert!(q.process(&mem));
+        assert_eq!(tq.used_elem(0).len as usize, MAX_BYTES_PER_REQUEST);
+        // Past the cap the buffer is untouched.
+        assert!(tq
+            .read(big.addr.unchecked_add(65536), 1024)
+            .iter()
+            .all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_short_source_gives_what_it_has() {
+        let src = Source::new("short", 10);
+        let mem = guest_memory(1 << 20);
+        let mut tq = TestQueue::new(&mem, GuestAddress(0), 16);
+        let w = tq.writable(64);
+        tq.add_chain(&[w]);
+        let mut q = EntropyQueue::new(tq.queue(false), src.file());
+        assert!(q.process(&mem));
+        assert_eq!(tq.used_elem(0).len, 10);
+    }
+
+    #[test]
+    fn readable_buffers_are_refused() {
+        let src = Source::new("readable", 64);
+        let mem = guest_memory(1 << 20);
+        let mut tq = TestQueue::new(&mem, GuestAddress(0), 16);
+        let r = tq.readable(&[1, 2, 3]);
+        let w = tq.writable(8);
+        tq.add_chain(&[r, w]);
+        let mut q = EntropyQueue::new(tq.queue(false), src.file());
+        assert!(q.process(&mem));
+        assert_eq!(tq.used_elem(0).len, 0);
+        assert_eq!(tq.read(w.addr, 8), vec![0; 8]);
+    }
+
+    #[test]
+    fn open_names_the_source_that_is_wrong() {
+        let missing = Path::new("/nonexistent/form-vmm-entropy");
+        let msg = Rng::open(missing).err().unwrap().to_string();
+        assert!(msg.contains("/nonexistent/form-vmm-entropy"), "{msg}");
+        let msg = Rng::open(&std::env::temp_dir()).err().unwrap().to_string();
+        assert!(msg.contains("is a directory"), "{msg}");
+        let rng = Rng::open(Path::new("/dev/urandom")).unwrap();
+        assert_eq!(rng.device_type(), VIRTIO_ID_RNG);
+        assert_eq!(rng.queue_max_sizes(), &[QUEUE_SIZE]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn hostile_queues_never_break_the_device(case in fuzz_case()) {
+            let mem = guest_memory(FUZZ_MEM_SIZE as usize);
+            let (tq, queue) = case.build(&mem);
+            let urandom = Arc::new(File::open("/dev/urandom").unwrap());
+            let mut q = EntropyQueue::new(queue, urandom);
+            q.process(&mem);
+            let used = q.queue.next_used();
+            prop_assert_eq!(tq.used_idx(), used);
+            prop_assert!(used <= case.available().min(tq.size()));
+            for n in 0..used {
+                let elem = tq.used_elem(n);
+                prop_assert!(elem.id < u32::from(tq.size()));
+                prop_assert!(elem.len as usize <= MAX_BYTES_PER_REQUEST);
+            }
+        }
+    }
+}

@@ -335,18 +335,25 @@ pub fn write_descriptor_at(
 #[cfg(test)]
 pub(crate) mod strategies {
     use proptest::prelude::*;
+    use vm_memory::{Bytes, GuestAddress};
 
-    use super::{RawDescriptor, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+    use super::{
+        write_descriptor_at, RawDescriptor, TestQueue, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
+    };
+    use crate::virtio::GuestMemoryMmap;
+    use virtio_queue::Queue;
 
     /// Guest memory size the fuzz tests use; addresses are drawn around it so that
     /// some buffers lie partly or wholly outside memory.
     pub const FUZZ_MEM_SIZE: u64 = 1 << 20;
+    /// Entries of the fuzzed queue (and of its descriptor table).
+    pub const FUZZ_QUEUE_SIZE: u16 = 16;
 
     /// An address: mostly inside guest memory, sometimes near its end, past it, or
     /// near `u64::MAX` (overflow).
     pub fn address() -> impl Strategy<Value = u64> {
         prop_oneof![
-            6 => 0u64..FUZZ_MEM_SIZE,
+            6 => 0x1000u64..FUZZ_MEM_SIZE,
             1 => (FUZZ_MEM_SIZE - 64)..(FUZZ_MEM_SIZE + 64),
             1 => FUZZ_MEM_SIZE..u64::MAX,
             1 => (u64::MAX - 4096)..=u64::MAX,
@@ -391,5 +398,189 @@ pub(crate) mod strategies {
                 flags,
                 next,
             })
+    }
+
+    /// 16 bytes that often parse as a virtio-blk request header (type, reserved,
+    /// small sector), so fuzzed chains reach the request handlers.
+    pub fn header_blob() -> impl Strategy<Value = [u8; 16]> {
+        (
+            prop_oneof![
+                4 => prop::sample::select(vec![0u32, 1, 4, 8, 11, 13]),
+                1 => any::<u32>(),
+            ],
+            prop_oneof![4 => 0u64..256, 1 => any::<u64>()],
+        )
+            .prop_map(|(kind, sector)| {
+                let mut h = [0u8; 16];
+                h[0..4].copy_from_slice(&kind.to_le_bytes());
+                h[8..16].copy_from_slice(&sector.to_le_bytes());
+                h
+            })
+    }
+
+    /// One hostile queue: a random descriptor table, random heads on the available
+    /// ring, an available index that may lie, and guest memory full of noise with
+    /// plausible headers and indirect tables planted in it.
+    #[derive(Clone, Debug)]
+    pub struct FuzzCase {
+        pub descs: Vec<RawDescriptor>,
+        pub heads: Vec<u16>,
+        /// Overrides the available index the heads imply.
+        pub avail_idx: Option<u16>,
+        pub noise_seed: u64,
+        pub blobs: Vec<(u64, [u8; 16])>,
+        /// Indirect tables: (address, descriptors).
+        pub tables: Vec<(u64, Vec<RawDescriptor>)>,
+        /// Well-formed virtio-blk read or write chains (header, data, status)
+        /// written over the random table and made available first, so that
+        /// fuzzing reaches the request handlers.
+        pub plausible: Vec<PlausibleChain>,
+        pub event_idx: bool,
+    }
+
+    #[derive(Clone, Debug)]
+    pub struct PlausibleChain {
+        /// Index of its first descriptor (it takes three).
+        pub first: u16,
+        /// A read (device-writable data) rather than a write.
+        pub read: bool,
+        pub sector: u64,
+        pub sectors: u32,
+        /// Where the data goes; the header lies just before it.
+        pub data: u64,
+        pub status: u64,
+    }
+
+    fn plausible_chain() -> impl Strategy<Value = PlausibleChain> {
+        (
+            0..FUZZ_QUEUE_SIZE - 2,
+            any::<bool>(),
+            0u64..160,
+            0u32..16,
+            0x1000u64..FUZZ_MEM_SIZE - 8192,
+            0x1000u64..FUZZ_MEM_SIZE,
+        )
+            .prop_map(
+                |(first, read, sector, sectors, data, status)| PlausibleChain {
+                    first,
+                    read,
+                    sector,
+                    sectors,
+                    data,
+                    status,
+                },
+            )
+    }
+
+    pub fn fuzz_case() -> impl Strategy<Value = FuzzCase> {
+        let n = usize::from(FUZZ_QUEUE_SIZE);
+        (
+            prop::collection::vec(descriptor(FUZZ_QUEUE_SIZE), n),
+            prop::collection::vec(
+                prop_oneof![8 => 0..FUZZ_QUEUE_SIZE, 1 => any::<u16>()],
+                0..=n,
+            ),
+            prop_oneof![6 => Just(None), 1 => any::<u16>().prop_map(Some)],
+            any::<u64>(),
+            prop::collection::vec((0x1000u64..FUZZ_MEM_SIZE - 16, header_blob()), 0..8),
+            prop::collection::vec(
+                (
+                    0x1000u64..FUZZ_MEM_SIZE - 256,
+                    prop::collection::vec(descriptor(8), 1..8),
+                ),
+                0..3,
+            ),
+            prop::collection::vec(plausible_chain(), 0..4),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(descs, heads, avail_idx, noise_seed, blobs, tables, plausible, event_idx)| {
+                    FuzzCase {
+                        descs,
+                        heads,
+                        avail_idx,
+                        noise_seed,
+                        blobs,
+                        tables,
+                        plausible,
+                        event_idx,
+                    }
+                },
+            )
+    }
+
+    impl FuzzCase {
+        /// Writes the case into `mem` (which must be `FUZZ_MEM_SIZE` bytes) and
+        /// returns the queue layout and a ready `Queue` on it.
+        pub fn build<'a>(&self, mem: &'a GuestMemoryMmap) -> (TestQueue<'a>, Queue) {
+            let mut noise = vec![0u8; FUZZ_MEM_SIZE as usize];
+            let mut x = self.noise_seed | 1;
+            for chunk in noise.chunks_mut(8) {
+                // xorshift64: cheap noise, reproducible from the seed.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+            }
+            mem.write_slice(&noise, GuestAddress(0)).expect("noise");
+            for (addr, blob) in &self.blobs {
+                mem.write_slice(blob, GuestAddress(*addr)).expect("blob");
+            }
+            for (addr, table) in &self.tables {
+                for (i, d) in table.iter().enumerate() {
+                    write_descriptor_at(mem, GuestAddress(*addr), i as u16, *d);
+                }
+            }
+            let mut tq = TestQueue::new(mem, GuestAddress(0), FUZZ_QUEUE_SIZE);
+            let mut descs = self.descs.clone();
+            let mut heads = self.heads.clone();
+            for (k, p) in self.plausible.iter().enumerate() {
+                let header_addr = p.data - 16;
+                let mut header = [0u8; 16];
+                header[0..4].copy_from_slice(&u32::from(!p.read).to_le_bytes());
+                header[8..16].copy_from_slice(&p.sector.to_le_bytes());
+                mem.write_slice(&header, GuestAddress(header_addr))
+                    .expect("header");
+                let i = usize::from(p.first);
+                let write = if p.read { DESC_F_WRITE } else { 0 };
+                descs[i] = RawDescriptor {
+                    addr: header_addr,
+                    len: 16,
+                    flags: DESC_F_NEXT,
+                    next: p.first + 1,
+                };
+                descs[i + 1] = RawDescriptor {
+                    addr: p.data,
+                    len: p.sectors * 512,
+                    flags: DESC_F_NEXT | write,
+                    next: p.first + 2,
+                };
+                descs[i + 2] = RawDescriptor {
+                    addr: p.status,
+                    len: 1,
+                    flags: DESC_F_WRITE,
+                    next: 0,
+                };
+                if let Some(h) = heads.get_mut(k) {
+                    *h = p.first;
+                }
+            }
+            for (i, d) in descs.iter().enumerate() {
+                tq.write_descriptor(i as u16, *d);
+            }
+            for &head in &heads {
+                tq.publish(head);
+            }
+            if let Some(idx) = self.avail_idx {
+                tq.set_avail_idx(idx);
+            }
+            let queue = tq.queue(self.event_idx);
+            (tq, queue)
+        }
+
+        /// How many chains the driver made available, as the device must see it.
+        pub fn available(&self) -> u16 {
+            self.avail_idx.unwrap_or(self.heads.len() as u16)
+        }
     }
 }
