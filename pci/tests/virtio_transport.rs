@@ -235,3 +235,50 @@ fn dropping_the_device_unregisters_ioeventfds_and_frees_gsis() {
     assert!(s.allocated.is_empty() && s.irqfds.is_empty() && s.routes.is_empty());
     assert_eq!(state.lock().unwrap().resets, 1);
 }
+
+#[test]
+fn on_the_bus_the_io_thread_interrupts_while_a_vcpu_holds_the_transport() {
+    use pci::device::PciBarRegion;
+    use pci::{PciBus, SharedPciDevice};
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::Duration;
+
+    let mut d = Driver::new(block_like());
+    d.negotiate(VIRTIO_F_VERSION_1);
+    d.enable_msix(3);
+    let q0 = rings(&d, 0x4000, 16);
+    d.setup_queue(0, 16, q0, 1);
+    d.set_status(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+    let interrupt = d.state.lock().unwrap().interrupt.clone().unwrap();
+
+    let transport = Arc::new(Mutex::new(d.dev));
+    let shared: SharedPciDevice = transport.clone();
+    let mut bus = PciBus::new();
+    bus.add_device(3, shared.clone()).unwrap();
+    let mmio = devices::Bus::new();
+    mmio.insert(
+        Arc::new(Mutex::new(PciBarRegion::new(shared))),
+        BAR0,
+        pci::VIRTIO_PCI_BAR_SIZE,
+    )
+    .unwrap();
+    let mut status = [0u8; 1];
+    assert!(mmio.read(BAR0 + DEVICE_STATUS, &mut status));
+    assert_eq!(status[0], ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+
+    // A vCPU is inside the transport; the device's I/O thread still gets through.
+    let held = transport.lock().unwrap();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        interrupt.notify_queue(0).unwrap();
+        interrupt.notify_config().unwrap();
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the interrupt path waited on the transport lock");
+    drop(held);
+    let mut isr = [0u8; 1];
+    assert!(mmio.read(BAR0 + 0x1000, &mut isr));
+    assert_eq!(isr[0], 3);
+}
