@@ -415,3 +415,178 @@ impl EventHandler for ConsoleWorker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::testing::strategies::{fuzz_case, FUZZ_MEM_SIZE};
+    use crate::virtio::testing::{guest_memory, TestQueue};
+    use proptest::prelude::{prop_assert, prop_assert_eq, proptest, ProptestConfig};
+    use std::os::unix::net::UnixStream;
+    use vm_memory::GuestAddress;
+
+    /// An output the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn shared(&self) -> SharedOutput {
+            Arc::new(Mutex::new(Box::new(self.clone())))
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    /// A pipe-like input: the device reads one end as a `File`, the test writes
+    /// the other.
+    fn input_pair() -> (Arc<File>, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        (
+            Arc::new(File::from(std::os::fd::OwnedFd::from(ours))),
+            theirs,
+        )
+    }
+
+    #[test]
+    fn transmitted_bytes_reach_the_output_in_order() {
+        let out = Captured::default();
+        let mem = guest_memory(1 << 20);
+        let mut tq = TestQueue::new(&mem, GuestAddress(0), 16);
+        let a = tq.readable(b"hello, ");
+        let b = tq.readable(b"world");
+        tq.add_chain(&[a, b]);
+        let c = tq.readable(b"!\n");
+        tq.add_chain(&[c]);
+        let mut q = TransmitQueue::new(tq.queue(false), out.shared());
+        assert!(q.process(&mem));
+        assert_eq!(out.bytes(), b"hello, world!\n");
+        assert_eq!(tq.used_idx(), 2);
+        assert_eq!(tq.used_elem(0).len, 0);
+    }
+
+    #[test]
+    fn transmit_chains_with_writable_buffers_are_dropped() {
+        let out = Captured::default();
+        let mem = guest_memory(1 << 20);
+        let mut tq = TestQueue::new(&mem, GuestAddress(0), 16);
+        let a = tq.readable(b"secret");
+        let w = tq.writable(4);
+        tq.add_chain(&[a, w]);
+        let mut q = TransmitQueue::new(tq.queue(false), out.shared());
+        assert!(q.process(&mem));
+        assert!(out.bytes().is_empty());
+        assert_eq!(tq.used_idx(), 1);
+    }
+
+    #[test]
+    fn input_fills_receive_buffers() {
+        let (input, mut peer) = input_pair();
+        let mem = guest_memory(1 << 20);
+        let mut tq = TestQueue::new(&mem, GuestAddress(0), 16);
+        let w1 = tq.writable(3);
+        let w2 = tq.writable(64);
+        tq.add_chain(&[w1, w2]);
+        let mut q = ReceiveQueue::new(tq.queue(false), Some(input));
+        peer.write_all(b"typed text").unwrap();
+        assert_eq!(q.receive_once(&mem), Receive::Used);
+        assert_eq!(tq.used_elem(0).len, 10);
+        assert_eq!(tq.read(w1.addr, 3), b"typ");
+        assert_eq!(tq.read(w2.addr, 7), b"ed text");
+        // No buffer left: the device must stop polling until the driver posts one.
+        peer.write_all(b"more").unwrap();
+        assert_eq!(q.receive_once(&mem), Receive::NoBuffer);
+    }
+
+    #[test]
+    fn input_end_closes_and_gives_the_buffer_back() {
+        let (input, peer) = input_pair();
+        let mem = guest_memory(1 << 20);
+        let mut tq = TestQueue::new(&mem, GuestAddress(0), 16);
+        let w = tq.writable(16);
+        tq.add_chain(&[w]);
+        let mut q = ReceiveQueue::new(tq.queue(false), Some(input));
+        drop(peer);
+        assert_eq!(q.receive_once(&mem), Receive::InputClosed);
+        assert_eq!(tq.used_idx(), 0);
+        assert_eq!(
+            q.queue.next_avail(),
+            0,
+            "the unused buffer must stay available"
+        );
+    }
+
+    #[test]
+    fn no_input_means_closed() {
+        let mem = guest_memory(1 << 20);
+        let tq = TestQueue::new(&mem, GuestAddress(0), 16);
+        let mut q = ReceiveQueue::new(tq.queue(false), None);
+        assert_eq!(q.receive_once(&mem), Receive::InputClosed);
+    }
+
+    #[test]
+    fn config_reads_as_zero() {
+        let console = Console::new(Box::new(io::sink()), None);
+        let mut data = [0xffu8; 12];
+        console.read_config(0, &mut data);
+        assert_eq!(data, [0; 12]);
+        assert_eq!(console.queue_max_sizes().len(), 2);
+        assert_eq!(
+            console.features(),
+            VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn hostile_transmit_queues_never_break_the_device(case in fuzz_case()) {
+            let out = Captured::default();
+            let mem = guest_memory(FUZZ_MEM_SIZE as usize);
+            let (tq, queue) = case.build(&mem);
+            let mut q = TransmitQueue::new(queue, out.shared());
+            q.process(&mem);
+            let used = q.queue.next_used();
+            prop_assert_eq!(tq.used_idx(), used);
+            prop_assert!(used <= case.available().min(tq.size()));
+            prop_assert!(out.bytes().len() as u64 <= u64::from(used) * MAX_TX_BYTES_PER_CHAIN);
+            for n in 0..used {
+                prop_assert_eq!(tq.used_elem(n).len, 0);
+            }
+        }
+
+        #[test]
+        fn hostile_receive_queues_never_break_the_device(case in fuzz_case()) {
+            let (input, mut peer) = input_pair();
+            let mem = guest_memory(FUZZ_MEM_SIZE as usize);
+            let (tq, queue) = case.build(&mem);
+            let mut q = ReceiveQueue::new(queue, Some(input));
+            let mut sent = 0u64;
+            for _ in 0..usize::from(tq.size()) + 1 {
+                peer.write_all(&[b'x'; 100]).unwrap();
+                sent += 100;
+                if q.receive_once(&mem) != Receive::Used {
+                    break;
+                }
+            }
+            let used = q.queue.next_used();
+            prop_assert_eq!(tq.used_idx(), used);
+            prop_assert!(used <= case.available().min(tq.size()));
+            let delivered: u64 = (0..used).map(|n| u64::from(tq.used_elem(n).len)).sum();
+            prop_assert!(delivered <= sent);
+        }
+    }
+}
