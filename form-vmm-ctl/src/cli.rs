@@ -386,6 +386,91 @@ mod tests {
     }
 
     #[test]
+    fn create_takes_disks_networks_and_cloud_init_options() {
+        let cli = parse(&[
+            "create",
+            "--name",
+            "vm1",
+            "--kernel",
+            "/k",
+            "--disk",
+            "/img/root.raw",
+            "--disk",
+            "data.raw,readonly=on",
+            "--net",
+            "bridge=br0",
+            "--net",
+            "--net",
+            "mac=52:54:00:12:34:56",
+            "--ssh-key",
+            "/keys/a.pub",
+            "--ssh-key",
+            "b.pub",
+            "--user-data",
+            "ud.yaml",
+            "--hostname",
+            "gpu-1",
+            "--user",
+            "ops",
+            "--boot",
+        ])
+        .unwrap();
+        let Command::Create(args) = cli.command else {
+            panic!("not create: {:?}", cli.command)
+        };
+        assert_eq!(
+            args.disk,
+            vec![
+                DiskArg {
+                    path: "/img/root.raw".into(),
+                    readonly: false
+                },
+                DiskArg {
+                    path: "data.raw".into(),
+                    readonly: true
+                }
+            ]
+        );
+        assert_eq!(
+            args.net,
+            vec![
+                NetArg {
+                    bridge: Some("br0".into()),
+                    mac: None
+                },
+                NetArg::default(),
+                NetArg {
+                    bridge: None,
+                    mac: Some("52:54:00:12:34:56".into())
+                },
+            ]
+        );
+        assert_eq!(
+            args.ssh_key,
+            vec![PathBuf::from("/keys/a.pub"), PathBuf::from("b.pub")]
+        );
+        assert_eq!(args.user_data, Some(PathBuf::from("ud.yaml")));
+        assert_eq!(args.hostname.as_deref(), Some("gpu-1"));
+        assert_eq!(args.user.as_deref(), Some("ops"));
+        assert!(args.boot && args.wants_cloud_init());
+    }
+
+    #[test]
+    fn create_refuses_bad_disk_and_net_values() {
+        for (flag, value, says) in [
+            ("--disk", "/a,readonly=perhaps", "readonly=on"),
+            ("--disk", "/a,cache=none", "not a disk option"),
+            ("--net", "bridge=has space", "not an interface name"),
+            ("--net", "mac=52:54:00", "not a MAC address"),
+            ("--net", "tap=tap0", "bridge=BRIDGE"),
+        ] {
+            let err = parse(&["create", "--name", "a", "--kernel", "/k", flag, value]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{flag} {value}");
+            assert!(err.to_string().contains(says), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
     fn create_by_model_and_defaults() {
         let cli = parse(&[
             "create",
@@ -407,6 +492,7 @@ mod tests {
         assert!(args.gpu.is_empty());
         assert_eq!((args.cpus, args.memory), (None, None));
         assert!(!args.boot && !args.no_unbind_on_shutdown);
+        assert!(args.disk.is_empty() && args.net.is_empty() && !args.wants_cloud_init());
     }
 
     #[test]

@@ -135,6 +135,84 @@ fn create_sends_the_whole_configuration() {
 }
 
 #[test]
+fn create_sends_disks_networks_and_the_files_cloud_init_needs() {
+    let service = FakeService::unix();
+    service.route("POST", "/v1/vms", 201, vm("gpu-vm", "running"));
+    let (dir, key) = temp_file(
+        "id_ed25519.pub",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA ops@lab\n",
+    );
+    let user_data = dir.path().join("user-data");
+    std::fs::write(&user_data, "#cloud-config\nruncmd: [\"true\"]\n").unwrap();
+
+    let run = service.ctl(&[
+        "create",
+        "--name",
+        "gpu-vm",
+        "--kernel",
+        "/srv/vmlinux",
+        "--disk",
+        "/srv/root.raw",
+        "--disk",
+        "relative/data.raw,readonly=on",
+        "--net",
+        "bridge=br0",
+        "--net",
+        "--ssh-key",
+        key.to_str().unwrap(),
+        "--user-data",
+        user_data.to_str().unwrap(),
+        "--hostname",
+        "gpu-1",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let cwd = std::env::current_dir().unwrap();
+    let sent = service.requests()[0].json();
+    assert_eq!(
+        sent["disks"],
+        json!([
+            {"path": "/srv/root.raw", "readonly": false},
+            {"path": cwd.join("relative/data.raw").to_str().unwrap(), "readonly": true}
+        ])
+    );
+    assert_eq!(sent["networks"], json!([{"bridge": "br0"}, {}]));
+    assert_eq!(
+        sent["cloud_init"],
+        json!({
+            "hostname": "gpu-1",
+            "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA ops@lab"],
+            "user_data": "#cloud-config\nruncmd: [\"true\"]\n"
+        })
+    );
+}
+
+#[test]
+fn unreadable_cloud_init_files_exit_2_before_any_request() {
+    let service = FakeService::unix();
+    service.route("POST", "/v1/vms", 201, vm("x", "created"));
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.pub");
+    for flag in ["--ssh-key", "--user-data"] {
+        let run = service.ctl(&[
+            "create",
+            "--name",
+            "x",
+            "--kernel",
+            "/k",
+            flag,
+            missing.to_str().unwrap(),
+        ]);
+        assert_eq!(run.code, 2, "{flag}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(flag) && run.stderr.contains("nope.pub"),
+            "{flag}: {}",
+            run.stderr
+        );
+    }
+    assert!(service.requests().is_empty());
+}
+
+#[test]
 fn create_by_model_uses_the_defaults_the_service_documents() {
     let service = FakeService::unix();
     service.route("POST", "/v1/vms", 201, vm("t", "created"));

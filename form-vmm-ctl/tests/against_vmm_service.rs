@@ -236,6 +236,42 @@ fn cli_and_service_agree() {
     let body: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(body["error"]["code"], "vm_not_found");
 
+    // A disk image the service's host lacks is invalid_config naming the field: exit 2.
+    let run = service.ctl(&[
+        "create",
+        "--name",
+        "a",
+        "--kernel",
+        kernel,
+        "--disk",
+        "/no/such/root.raw",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("disks[0].path: '/no/such/root.raw'"),
+        "{}",
+        run.stderr
+    );
+
+    // A VMM that cannot start (/bin/false here) fails the create; the seed disk built
+    // for it is gone again.
+    let key = service.dir.path().join("id.pub");
+    fs::write(&key, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 ops@lab\n").unwrap();
+    let run = service.ctl(&[
+        "create",
+        "--name",
+        "a",
+        "--kernel",
+        kernel,
+        "--ssh-key",
+        key.to_str().unwrap(),
+        "--hostname",
+        "gpu-1",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("VMM"), "{}", run.stderr);
+    assert!(!service.dir.path().join("state/vms/a/seed.img").exists());
+
     // Refused requests changed nothing.
     let run = service.ctl(&["--json", "list"]);
     assert_eq!(run.code, 0, "{}", run.stderr);

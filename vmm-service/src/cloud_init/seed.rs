@@ -144,6 +144,11 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         let image = read_seed_image(&path).unwrap();
         assert_eq!(image.label, SEED_LABEL);
+        // blkid reads the label from the root directory, older tools from the boot
+        // sector: both must say CIDATA.
+        let fs =
+            fatfs::FileSystem::new(File::open(&path).unwrap(), fatfs::FsOptions::new()).unwrap();
+        assert_eq!(fs.volume_label(), SEED_LABEL);
         assert_eq!(
             image.files,
             vec![

@@ -507,6 +507,44 @@ mod tests {
     }
 
     #[test]
+    fn configurations_from_before_disks_and_networks_still_read() {
+        // The configuration is a JSON column: rows written before disks, networks and
+        // cloud_init existed read back with none, so no schema step is needed.
+        let mut store = Store::in_memory().unwrap();
+        store.insert_instance(&record("new"), &[]).unwrap();
+        store
+            .connection()
+            .execute(
+                "UPDATE instances SET config = ?1 WHERE name = 'new'",
+                params![
+                    r#"{"name":"new","kernel":"/k","vcpus":1,"memory":536870912,
+                    "gpu_options":{"enable_nvidia_gpudirect":false,"nvidia_gpudirect_clique":0,
+                    "unbind_on_shutdown":true},"boot":false}"#
+                ],
+            )
+            .unwrap();
+        let config = store.instance("new").unwrap().unwrap().config;
+        assert!(config.disks.is_empty() && config.networks.is_empty());
+        assert_eq!(config.cloud_init, None);
+    }
+
+    #[test]
+    fn disks_networks_and_cloud_init_round_trip() {
+        let mut store = Store::in_memory().unwrap();
+        let mut full = record("full");
+        full.config = serde_json::from_value(serde_json::json!({
+            "name": "full", "kernel": "/k",
+            "disks": [{"path": "/img/a.raw", "readonly": true}],
+            "networks": [{"bridge": "br0", "mac": "52:54:00:00:00:01"}, {}],
+            "cloud_init": {"hostname": "h", "ssh_authorized_keys": ["ssh-ed25519 AAAA k"],
+                           "user_data": "#cloud-config\n"}
+        }))
+        .unwrap();
+        store.insert_instance(&full, &[]).unwrap();
+        assert_eq!(store.instance("full").unwrap().unwrap(), full);
+    }
+
+    #[test]
     fn reopening_keeps_records_and_a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
