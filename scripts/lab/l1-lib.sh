@@ -218,16 +218,109 @@ open_fds() { count_entries "/proc/$1/fd"; }
 # off) and L1's own display modules (bochs and the DRM modules before it in L1's load
 # order) under /lib/modules/lab: L2 runs the same kernel, so L1's modules fit it.
 l2_initramfs_with() {
+    l2_initramfs_append "$1" "$LAB_L2_INITRAMFS" "$2" display
+}
+
+# l2_virtio_initramfs OUT CHECK_SCRIPT [display]: the virtio L2 initramfs (virtio,
+# ext4 and vfat modules; boots from the disk named by lab.root= on the kernel command
+# line) plus CHECK_SCRIPT, which the root disk's init runs as /run/lab/check.sh before
+# powering off; with "display", L1's display modules too, which l2-init loads before
+# switching to the root disk.
+l2_virtio_initramfs() {
+    l2_initramfs_append "$1" "$LAB_L2_VIRTIO_INITRAMFS" "$2" "${3:-}"
+}
+
+# l2_initramfs_append OUT BASE CHECK_SCRIPT [display]: BASE plus a second archive with
+# CHECK_SCRIPT as /l2-check.sh and, with "display", L1's display modules.
+l2_initramfs_append() {
     _extra=$LAB_TMP/l2-extra
     rm -rf "$_extra"
-    mkdir -p "$_extra/lib/modules/lab"
-    awk '{ print $1 } $1 == "bochs" { exit }' /lib/modules/lab/load-order >"$_extra/lib/modules/lab/load-order"
-    while read -r _m; do
-        cp "/lib/modules/lab/$_m.ko" "$_extra/lib/modules/lab/" || fail "module $_m is not in L1"
-    done <"$_extra/lib/modules/lab/load-order"
-    cp "$2" "$_extra/l2-check.sh"
+    mkdir -p "$_extra"
+    if [ "${4:-}" = display ]; then
+        mkdir -p "$_extra/lib/modules/lab"
+        awk '{ print $1 } $1 == "bochs" { exit }' /lib/modules/lab/load-order >"$_extra/lib/modules/lab/load-order"
+        while read -r _m; do
+            cp "/lib/modules/lab/$_m.ko" "$_extra/lib/modules/lab/" || fail "module $_m is not in L1"
+        done <"$_extra/lib/modules/lab/load-order"
+    fi
+    cp "$3" "$_extra/l2-check.sh"
     chmod 0755 "$_extra/l2-check.sh"
-    cp "$LAB_L2_INITRAMFS" "$1"
+    expect_file "$2" "the L2 initramfs"
+    cp "$2" "$1"
     (cd "$_extra" && find . | cpio -o -H newc 2>/dev/null | gzip -c) >>"$1" ||
         fail "cannot build the L2 initramfs"
+}
+
+# --- the virtio scenarios ----------------------------------------------------------
+
+# l1_load_ondemand: loads the modules of scripts/lab/l1-modules-ondemand (tun, bridge,
+# loop, ext4) that are not loaded yet; fails the scenario naming any that will not.
+l1_load_ondemand() {
+    while read -r _name _params; do
+        [ -d "/sys/module/$_name" ] && continue
+        # shellcheck disable=SC2086 # params is a list of key=value words
+        _out=$(insmod "/lib/modules/lab-ondemand/$_name.ko" $_params 2>&1) ||
+            fail "cannot load module $_name: $_out"
+    done </lib/modules/lab-ondemand/load-order
+}
+
+# l2_root_disk IMG: a fresh, writable copy of the L2 root disk (ext4, label l2root)
+# at IMG.
+l2_root_disk() {
+    expect_file "$LAB_L2_ROOTFS" "the L2 root disk image"
+    cp "$LAB_L2_ROOTFS" "$1" || fail "cannot copy the L2 root disk to $1"
+}
+
+# mount_image IMG DIR: mounts an ext4 image read-only through a loop device (to read
+# what an L2 guest wrote after it powered off).
+mount_image() {
+    mkdir -p "$2"
+    mount -t ext4 -o loop,ro "$1" "$2" ||
+        fail "cannot mount $1 (ext4, loop): $(dmesg | grep -iE 'ext4|loop' | tail -n 2 | tr '\n' ' ')"
+}
+
+# umount_image DIR: unmounts DIR and frees its loop device.
+umount_image() { umount "$1" || fail "cannot unmount $1"; }
+
+# net_up NAME ADDR/PREFIX: gives L1's interface NAME an address and brings it up.
+net_up() {
+    ip addr add "$2" dev "$1" || fail "cannot add $2 to $1"
+    ip link set "$1" up || fail "cannot bring $1 up"
+}
+
+# bridge_create NAME: a Linux bridge in L1 (busybox ip, else brctl), up, no address.
+bridge_create() {
+    ip link add "$1" type bridge 2>/dev/null || brctl addbr "$1" ||
+        fail "cannot create bridge $1 (is the bridge module loaded?)"
+    ip link set "$1" up || fail "cannot bring bridge $1 up"
+}
+
+# bridge_delete NAME: removes a bridge made by bridge_create.
+bridge_delete() {
+    ip link set "$1" down 2>/dev/null
+    ip link del "$1" 2>/dev/null || brctl delbr "$1" || fail "cannot delete bridge $1"
+}
+
+# bridge_ports NAME: the interfaces attached to bridge NAME, on one line.
+bridge_ports() { list_entries "/sys/class/net/$1/brif"; }
+
+# l2_marker FILE MARKER: the rest of the last line of L2's output in FILE that starts
+# with MARKER (e.g. `l2_marker vmm.out L2-NET`), or nothing.
+l2_marker() {
+    tr -d '\r' <"$1" | sed -n "s/^$2 //p" | tail -n1
+}
+
+# expect_l2_ok FILE: L2 reached its root disk's init and shut down cleanly, with no
+# module or root failures on the way.
+expect_l2_ok() {
+    if grep -q L2-MODULE-FAIL "$1"; then
+        fail "L2 could not load a module: $(grep -m1 L2-MODULE-FAIL "$1")"
+    fi
+    if grep -q L2-ROOT-FAIL "$1"; then
+        fail "L2 could not boot from its disk: $(grep -m1 L2-ROOT-FAIL "$1" | cut -d' ' -f2-)"
+    fi
+    expect_output "$1" '^L2-USERSPACE-OK' "L2's output (the initramfs)"
+    expect_output "$1" '^L2-ROOT-OK dev=/dev/vda fstype=ext4 options=rw' \
+        "L2's output (init on the root disk, mounted read-write)"
+    expect_output "$1" '^L2-ROOT-DONE' "L2's output (clean shutdown of the root disk)"
 }
