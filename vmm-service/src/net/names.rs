@@ -115,6 +115,16 @@ mod tests {
         assert_eq!(fnv1a(&[b"a"]), 0xe40c_292c);
     }
 
+    /// The derivations are a contract (docs/service-api.md shows these values; a DHCP
+    /// server keys leases on the MAC): changing them renames every VM's taps.
+    #[test]
+    fn derived_names_are_the_documented_ones() {
+        assert_eq!(tap_name("train-1", 0), "fv322a1d070");
+        assert_eq!(tap_name("gpu-vm", 0), "fvb20f09b50");
+        assert_eq!(default_mac("train-1", 1), "52:54:00:44:ce:85");
+        assert_eq!(default_mac("gpu-vm", 0), "52:54:00:df:97:38");
+    }
+
     #[test]
     fn default_macs_are_stable_unicast_and_distinct_per_interface() {
         let mac = default_mac("vm1", 0);

@@ -284,7 +284,8 @@ impl Manager {
         if let Some(cloud_init) = &config.cloud_init {
             // Written on every start, so the guest always gets what the VM's
             // configuration says, even if the file was removed meanwhile.
-            cloud_init::write_seed_image(&paths.seed_image, &SeedFiles::for_vm(name, cloud_init))
+            let files = SeedFiles::for_vm(name, cloud_init);
+            blocking(|| cloud_init::write_seed_image(&paths.seed_image, &files))
                 .map_err(|e| InstanceError::Internal(e.to_string()))?;
         }
         let gpus = self.store().gpus_of(name)?;
