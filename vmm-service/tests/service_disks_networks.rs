@@ -253,3 +253,67 @@ async fn a_missing_bridge_fails_the_create_after_vm_create_and_rolls_back() {
     assert!(h.db_snapshot().is_empty(), "{:?}", h.db_snapshot());
     assert_eq!(h.driver_of(GPU).as_deref(), Some("nvidia"));
 }
+
+/// Runs `ip ARGS` in the calling thread's network namespace.
+fn ip(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The whole path with a real bridge, in a network namespace of the test's own
+/// thread (the host's interfaces are never touched): the tap form-vmm would create
+/// joins the bridge before the guest boots. Needs root.
+#[test]
+fn a_bridged_interface_joins_its_bridge_before_boot() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: a bridge in a private network namespace needs root");
+        return;
+    }
+    if !have_python() {
+        return;
+    }
+    let shown = std::thread::spawn(|| {
+        // SAFETY: unshare(2) with CLONE_NEWNET affects only this thread, whose
+        // namespace dies with it.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let tap = tap_name("bridged", 0);
+        ip(&["link", "add", "fvtestbr", "type", "bridge"]);
+        // The fake form-vmm makes no taps; form-vmm makes this one during vm.create.
+        ip(&["tuntap", "add", &tap, "mode", "tap"]);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let h = Harness::new(hgx_h100());
+            let mut body = h.vm("bridged");
+            body["networks"] = json!([{"bridge": "fvtestbr"}]);
+            body["boot"] = json!(true);
+            let (status, vm) = h.call(Method::POST, "/v1/vms", Some(body)).await;
+            assert_eq!(status, StatusCode::CREATED, "{vm}");
+            assert_eq!(vm["networks"][0]["bridge"], "fvtestbr");
+            assert_eq!(vm["state"], "running");
+        });
+        Ok(ip(&["-o", "link", "show", &tap]))
+    })
+    .join()
+    .unwrap();
+    match shown {
+        Ok(shown) => {
+            assert!(shown.contains("master fvtestbr"), "{shown}");
+            assert!(shown.contains(",UP"), "{shown}");
+        }
+        Err(e) => eprintln!("skipping: cannot make a network namespace here: {e}"),
+    }
+}

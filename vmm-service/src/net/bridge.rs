@@ -152,6 +152,61 @@ mod tests {
         assert!(!err.is_configuration());
     }
 
+    /// Runs `ip ARGS` (in the calling thread's network namespace).
+    fn ip(args: &[&str]) -> String {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The real ioctls, on a bridge and a tap made in a network namespace of this
+    /// thread's own, so the host's interfaces are never touched. Needs root.
+    #[test]
+    fn attaches_a_tap_to_a_bridge_in_a_private_network_namespace() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: attaching to a bridge needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)");
+            return;
+        }
+        // Namespaces are per thread: this one gets a fresh network namespace, which
+        // dies with it, and the ip commands it starts inherit it.
+        let outcome = std::thread::spawn(|| {
+            // SAFETY: unshare(2) with CLONE_NEWNET affects only this thread.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            ip(&["link", "add", "fvtestbr", "type", "bridge"]);
+            ip(&["tuntap", "add", "fvtesttap0", "mode", "tap"]);
+            ip(&["tuntap", "add", "fvtesttap1", "mode", "tap"]);
+            attach_to_bridge("fvtesttap0", "fvtestbr").unwrap();
+            let shown = ip(&["-o", "link", "show", "fvtesttap0"]);
+            let not_a_bridge = attach_to_bridge("fvtesttap1", "fvtesttap0").unwrap_err();
+            Ok((shown, not_a_bridge))
+        })
+        .join()
+        .unwrap();
+        let (shown, not_a_bridge) = match outcome {
+            Ok(result) => result,
+            Err(e) => {
+                eprintln!("skipping: cannot make a network namespace here: {e}");
+                return;
+            }
+        };
+        assert!(shown.contains("master fvtestbr"), "{shown}");
+        assert!(shown.contains(",UP"), "{shown}");
+        assert!(
+            matches!(&not_a_bridge, BridgeError::NotABridge { bridge, .. } if bridge == "fvtesttap0"),
+            "{not_a_bridge:?}"
+        );
+    }
+
     #[test]
     fn requests_carry_the_name_nul_terminated() {
         let request = interface_request("br-lab");
