@@ -117,14 +117,19 @@ impl<B: VmBackend> Controller<B> {
             }
             ApiRequest::VmInfo => {
                 let config = self.config.clone().ok_or(ApiError::NoVm)?;
-                Ok(ApiResponse::VmInfo(VmInfo {
+                Ok(ApiResponse::VmInfo(Box::new(VmInfo {
                     config,
                     state: self.state()?,
                     memory_actual_size: self
                         .vm
                         .as_ref()
                         .map_or(0, |managed| managed.vm.memory_actual_size()),
-                }))
+                    pci_devices: self
+                        .vm
+                        .as_ref()
+                        .map(|managed| managed.vm.pci_devices())
+                        .unwrap_or_default(),
+                })))
             }
             ApiRequest::VmAddDevice(device) => {
                 device.validate()?;
@@ -206,8 +211,11 @@ impl<B: VmBackend> Controller<B> {
             return Err(ApiError::AlreadyCreated);
         }
         config.validate()?;
-        self.vm = Some(self.build_vm(&config)?);
-        self.config = Some(config);
+        let managed = self.build_vm(&config)?;
+        // With the ids and MAC addresses the VM chose, so vm.info shows them and a
+        // reboot rebuilds the same devices.
+        self.config = Some(managed.vm.config().clone());
+        self.vm = Some(managed);
         Ok(ApiResponse::Done)
     }
 

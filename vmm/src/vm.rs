@@ -20,7 +20,8 @@ use crate::device_manager::legacy::attach_legacy_devices;
 use crate::device_manager::pci::PciDevices;
 use crate::device_manager::vfio::{PciDeviceInfo, VfioDevices, VfioError, VmResources};
 use crate::device_manager::vfio_host::{KernelVfioHost, VfioHost};
-use crate::device_manager::{DeviceError, DeviceManager};
+use crate::device_manager::virtio::{VirtioDevices, VirtioError, VirtioResources};
+use crate::device_manager::{DeviceError, DeviceManager, PciTeardown};
 use crate::memory::{
     create_guest_memory, meminfo_field, register_guest_memory, GuestMemoryMmap, MemoryError,
 };
@@ -29,7 +30,7 @@ use devices::Bus;
 use form_vm_allocator::{GuestLayout, LayoutError};
 use hypervisor::{host_phys_bits, Hypervisor, HypervisorError, Vcpu};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -70,6 +71,8 @@ pub enum VmError {
     VcpuCount { requested: u8, max: usize },
     #[error("{0}")]
     Vfio(#[from] VfioError),
+    #[error("{0}")]
+    Virtio(#[from] VirtioError),
     #[error("no kernel given (payload.kernel)")]
     NoKernel,
     #[error("kernel file {0} does not exist")]
@@ -223,6 +226,7 @@ impl Vm {
         let exit = Arc::new(ExitSignal::new(exit_evt, reset_evt, requests));
         let hotplug = attach_hotplug_controller(&buses)?;
         let mut pci = PciDevices::attach(&layout, &buses, gsis)?;
+        let teardown = PciTeardown::new(pci.bus.clone());
         let attached = vfio.attach(
             opened,
             &mut VmResources {
@@ -237,6 +241,18 @@ impl Vm {
         for (device, info) in config.devices.iter_mut().zip(&attached) {
             device.id = Some(info.id.clone());
         }
+        // After the VFIO devices, which so keep the slots they always had.
+        let vfio_ids: BTreeSet<String> = attached.into_iter().map(|info| info.id).collect();
+        let virtio = VirtioDevices::attach(
+            &mut config,
+            &vfio_ids,
+            &mut VirtioResources {
+                memory: &memory,
+                pci: &mut pci,
+                buses: &buses,
+                kvm: &kvm_vm,
+            },
+        )?;
 
         let supported = hv.supported_cpuid()?;
         let mut vcpus = Vec::with_capacity(vcpu_count as usize);
@@ -259,7 +275,9 @@ impl Vm {
                 legacy,
                 pci,
                 vfio,
+                virtio,
                 hotplug,
+                teardown,
             },
             kvm_vm,
             memory,
@@ -356,6 +374,11 @@ impl Vm {
                 state: self.state,
             });
         }
+        if let Some(id) = config.id.as_deref() {
+            if self.devices.virtio.contains_id(id) {
+                return Err(VfioError::DuplicateId(id.to_string()).into());
+            }
+        }
         let opened = self
             .devices
             .vfio
@@ -382,6 +405,9 @@ impl Vm {
     /// [`EJECT_GIVE_UP_AFTER`] once it did); the device is then detached whether
     /// the guest ejected it or not, as when a device is pulled.
     pub fn remove_device(&mut self, id: &str) -> Result<PciDeviceInfo, VmError> {
+        if self.devices.virtio.contains_id(id) {
+            return Err(VirtioError::NotRemovable(id.to_string()).into());
+        }
         let slot = self
             .devices
             .vfio
@@ -460,14 +486,13 @@ impl Vm {
             .notify(GedEvent::PciHotplug);
     }
 
-    /// Passed-through devices with their guest addresses, in slot order.
+    /// Every device on the PCI bus (passed-through and virtio) with its guest
+    /// address, in slot order.
     pub fn pci_devices(&self) -> Vec<PciDeviceInfo> {
-        self.devices
-            .vfio
-            .list()
-            .into_iter()
-            .map(|(info, _)| info)
-            .collect()
+        let mut all = self.devices.vfio.list();
+        all.extend(self.devices.virtio.list());
+        all.sort_by_key(|(_, slot)| *slot);
+        all.into_iter().map(|(info, _)| info).collect()
     }
 
     /// Every passed-through device's counters, by device id.

@@ -49,7 +49,7 @@ pub type VmCounters = BTreeMap<String, BTreeMap<String, u64>>;
 pub enum ApiResponse {
     /// 204 No Content.
     Done,
-    VmInfo(VmInfo),
+    VmInfo(Box<VmInfo>),
     VmmPing(VmmPing),
     /// 200 with the device's id and guest address (vm.add-device).
     PciDeviceInfo(PciDeviceInfo),
@@ -62,6 +62,10 @@ pub struct VmInfo {
     pub config: VmConfig,
     pub state: VmState,
     pub memory_actual_size: u64,
+    /// Every device on the guest's PCI bus (passed-through and virtio) with its
+    /// guest address, in slot order; empty while the VM is shut down.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pci_devices: Vec<PciDeviceInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -129,6 +133,7 @@ impl ApiError {
             ApiError::InvalidConfig(_) | ApiError::BadBody { .. } => 400,
             ApiError::Vm(VmError::Vfio(VfioError::UnknownId(_))) => 404,
             ApiError::Vm(VmError::Vfio(e)) if e.is_bad_request() => 400,
+            ApiError::Vm(VmError::Virtio(e)) if e.is_bad_request() => 400,
             ApiError::NoVm | ApiError::UnknownPath(_) => 404,
             ApiError::WrongState { .. } | ApiError::MethodNotAllowed { .. } => 405,
             ApiError::AlreadyCreated => 409,

@@ -20,6 +20,10 @@ pub trait VmInstance {
     fn add_device(&mut self, device: DeviceConfig) -> Result<PciDeviceInfo, VmError>;
     fn remove_device(&mut self, id: &str) -> Result<PciDeviceInfo, VmError>;
     fn counters(&self) -> VmCounters;
+    /// Every device on the guest's PCI bus with its guest address, in slot order.
+    fn pci_devices(&self) -> Vec<PciDeviceInfo> {
+        Vec::new()
+    }
     /// An fd that becomes readable when the VM's devices need the controller
     /// (the guest ejected one on its own); `None` when there is nothing to watch.
     fn device_events_fd(&self) -> Option<std::os::fd::RawFd> {
@@ -89,6 +93,10 @@ impl VmInstance for Vm {
 
     fn counters(&self) -> VmCounters {
         Vm::counters(self)
+    }
+
+    fn pci_devices(&self) -> Vec<PciDeviceInfo> {
+        Vm::pci_devices(self)
     }
 
     fn device_events_fd(&self) -> Option<std::os::fd::RawFd> {

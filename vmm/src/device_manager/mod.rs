@@ -1,6 +1,6 @@
 //! Creates the VM's devices and puts them on the I/O buses, one file per
-//! attachment family (legacy platform devices, PCI, VFIO passthrough, the PCI
-//! hotplug controller).
+//! attachment family (legacy platform devices, PCI, VFIO passthrough, virtio, the
+//! PCI hotplug controller).
 
 pub mod hotplug;
 pub mod legacy;
@@ -8,8 +8,10 @@ pub mod pci;
 pub mod vfio;
 pub mod vfio_host;
 pub mod vfio_resources;
+pub mod virtio;
 
 use crate::cpu::IoBuses;
+use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,5 +60,39 @@ pub struct DeviceManager {
     pub legacy: legacy::LegacyDevices,
     pub pci: pci::PciDevices,
     pub vfio: vfio::VfioDevices,
+    pub virtio: virtio::VirtioDevices,
     pub hotplug: std::sync::Arc<hotplug::HotplugState>,
+    pub teardown: PciTeardown,
+}
+
+/// Frees the PCI devices when the VM goes. The PCI bus's BAR-move handler holds the
+/// I/O buses, which hold the config-space devices, which hold the PCI bus: a cycle
+/// that would keep every device (VFIO fds, disk images and their locks, taps, the
+/// KVM VM its routes point into) alive after the VM is dropped, or after a create
+/// that failed half-way. Dropping this guard replaces the handler, which breaks
+/// the cycle; create it as soon as the PCI bus exists.
+pub struct PciTeardown {
+    bus: Arc<Mutex<::pci::PciBus>>,
+}
+
+impl PciTeardown {
+    pub fn new(bus: Arc<Mutex<::pci::PciBus>>) -> Self {
+        Self { bus }
+    }
+}
+
+/// The handler left on a bus whose VM is going away: BARs no longer move anywhere.
+struct NoBarMoves;
+
+impl ::pci::BarReprogramHandler for NoBarMoves {
+    fn bar_moved(&self, _: u8, _: &::pci::SharedPciDevice, _: &::pci::BarReprogram) {}
+}
+
+impl Drop for PciTeardown {
+    fn drop(&mut self) {
+        self.bus
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_bar_reprogram_handler(Arc::new(NoBarMoves));
+    }
 }
