@@ -61,7 +61,7 @@ struct ServeArgs {
     /// Permissions of the unix socket, in octal.
     #[arg(long, value_name = "MODE", default_value = "660", value_parser = parse_mode)]
     socket_mode: u32,
-    /// Where the database and the VMs' logs are kept.
+    /// Where the database, the VMs' logs and their cloud-init seed disks are kept.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/form-vmm")]
     state_dir: PathBuf,
     /// Where the VMMs' API sockets are created.

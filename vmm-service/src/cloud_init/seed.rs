@@ -181,6 +181,41 @@ mod tests {
         remove_seed_image(&path).unwrap();
     }
 
+    /// What guests use to find and check the seed (blkid's probe, as udev and
+    /// cloud-init's `blkid -tLABEL=CIDATA` do; the FAT checker) agree with fatfs.
+    /// Both are optional host tools: absent, the check is skipped with a note.
+    #[test]
+    fn blkid_and_fsck_accept_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seed.img");
+        write_seed_image(&path, &files("#cloud-config\n".into())).unwrap();
+        match std::process::Command::new("blkid")
+            .args(["-p", "-o", "export"])
+            .arg(&path)
+            .output()
+        {
+            Ok(out) => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(text.contains("TYPE=vfat\n"), "{text}");
+                assert!(text.contains("LABEL=CIDATA\n"), "{text}");
+            }
+            Err(e) => eprintln!("skipping the blkid check: {e}"),
+        }
+        match std::process::Command::new("fsck.fat")
+            .arg("-n")
+            .arg(&path)
+            .output()
+        {
+            Ok(out) => assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("skipping the fsck.fat check: {e}"),
+        }
+    }
+
     #[test]
     fn an_unwritable_place_is_an_error_naming_the_path() {
         let dir = tempfile::tempdir().unwrap();
