@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-use virtio_queue::DescriptorChain;
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use crate::virtio::GuestMemoryMmap;
@@ -120,4 +122,15 @@ pub(crate) fn collect_rx(
         return Err(BadChain::ShorterThanHeader(capacity));
     }
     Ok(capacity)
+}
+
+/// Whether the driver's available index is believable: at most a ring's worth
+/// ahead of what we consumed. A driver that publishes more (or a ring we cannot
+/// read) is broken, and popping from it would find nothing while the index still
+/// claims chains are there, a loop the I/O thread must not spin in.
+pub(crate) fn avail_ring_sane(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+    match queue.avail_idx(mem, Ordering::Acquire) {
+        Ok(idx) => idx.0.wrapping_sub(queue.next_avail()) <= queue.size(),
+        Err(_) => false,
+    }
 }

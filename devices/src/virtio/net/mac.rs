@@ -115,7 +115,7 @@ mod tests {
             ("52:54:00:12:34:56:78", "more than six bytes"),
             ("52:54:00:12:34:5", "two hex digits"),
             ("52:54:00:12:34:zz", "not a hex digit"),
-            ("52-54-00-12-34-56", "fewer than six bytes"),
+            ("52-54-00-12-34-56", "two hex digits"),
             ("", "two hex digits"),
             ("01:00:5e:00:00:01", "multicast"),
             ("00:00:00:00:00:00", "all-zero"),

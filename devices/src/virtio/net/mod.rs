@@ -15,6 +15,9 @@ mod stats;
 mod tap;
 mod tx;
 
+#[cfg(test)]
+mod tests;
+
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 

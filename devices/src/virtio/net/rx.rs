@@ -14,7 +14,7 @@ use vm_memory::Bytes;
 
 use crate::virtio::GuestMemoryMmap;
 
-use super::chain::{collect_rx, Segment};
+use super::chain::{avail_ring_sane, collect_rx, Segment};
 use super::header::{set_num_buffers, MAX_PACKET_LEN, VNET_HDR_LEN};
 use super::log_limit::LogLimiter;
 use super::stats::NetStats;
@@ -242,12 +242,26 @@ impl RxQueue {
         mem: &GuestMemoryMmap,
         stats: &NetStats,
     ) -> Result<Option<HeldChain>, ()> {
+        let mut looked_again = false;
         loop {
+            if !avail_ring_sane(&self.queue, mem) {
+                if let Some(held_back) = self.bad_chain_log.check() {
+                    log::warn!(
+                        "virtio-net: the receive queue's available index is invalid; receive paused until the driver kicks it ({held_back} similar warnings held back)"
+                    );
+                }
+                return Err(());
+            }
             let Some(chain) = self.queue.pop_descriptor_chain(mem) else {
                 // Ask for a kick when the guest posts more, then look once more in
-                // case it did so before it could see the request.
+                // case it did so before it could see the request. Only once: an
+                // index that keeps claiming chains nobody can pop is broken.
                 match self.queue.enable_notification(mem) {
-                    Ok(true) => continue,
+                    Ok(true) if !looked_again => {
+                        looked_again = true;
+                        continue;
+                    }
+                    Ok(true) => return Err(()),
                     Ok(false) => return Ok(None),
                     Err(e) => {
                         log::error!("virtio-net: receive queue unusable: {e}");
@@ -255,7 +269,18 @@ impl RxQueue {
                     }
                 }
             };
+            looked_again = false;
             let head = chain.head_index();
+            if head >= self.queue.size() {
+                // No used entry can name it; all we can do is step over it.
+                stats.bad_chain();
+                if let Some(held_back) = self.bad_chain_log.check() {
+                    log::warn!(
+                        "virtio-net: skipped receive chain head {head}, outside the queue ({held_back} similar warnings held back)"
+                    );
+                }
+                continue;
+            }
             let mut segments = self.spare.pop().unwrap_or_default();
             match collect_rx(chain, mem, &mut segments) {
                 Ok(capacity) => {

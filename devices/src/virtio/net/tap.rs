@@ -341,7 +341,7 @@ mod tests {
     fn names_the_kernel_would_refuse_are_refused_before_any_syscall() {
         for (name, reason) in [
             ("", "empty"),
-            ("a-name-of-16-by", "longer than 15"),
+            ("a-name-of-16-byt", "longer than 15"),
             ("has space", "whitespace"),
             ("a/b", "'/'"),
             ("..", "'..'"),

@@ -8,7 +8,7 @@ use virtio_queue::{Queue, QueueT};
 
 use crate::virtio::GuestMemoryMmap;
 
-use super::chain::gather_tx;
+use super::chain::{avail_ring_sane, gather_tx};
 use super::header::{clear_tx_offloads, MAX_PACKET_LEN, VNET_HDR_LEN};
 use super::log_limit::LogLimiter;
 use super::stats::NetStats;
@@ -33,6 +33,7 @@ pub(crate) struct TxQueue {
     queue: Queue,
     packet: Vec<u8>,
     bad_chain_log: LogLimiter,
+    bad_ring_log: LogLimiter,
     tap_error_log: LogLimiter,
 }
 
@@ -42,6 +43,7 @@ impl TxQueue {
             queue,
             packet: Vec::with_capacity(MAX_PACKET_LEN),
             bad_chain_log: LogLimiter::default(),
+            bad_ring_log: LogLimiter::default(),
             tap_error_log: LogLimiter::default(),
         }
     }
@@ -61,12 +63,33 @@ impl TxQueue {
         let mut completed = 0;
         let mut more = false;
         'run: loop {
+            if !avail_ring_sane(&self.queue, mem) {
+                if let Some(held_back) = self.bad_ring_log.check() {
+                    log::warn!(
+                        "virtio-net: the transmit queue's available index is invalid; ignoring the queue until the driver fixes it ({held_back} similar warnings held back)"
+                    );
+                }
+                break;
+            }
             if let Err(e) = self.queue.disable_notification(mem) {
                 log::error!("virtio-net: transmit queue unusable: {e}");
                 break;
             }
+            let mut popped = false;
             while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
+                popped = true;
                 let head = chain.head_index();
+                if head >= self.queue.size() {
+                    // No used entry can name it; all we can do is step over it.
+                    stats.bad_chain();
+                    stats.tx_dropped();
+                    if let Some(held_back) = self.bad_chain_log.check() {
+                        log::warn!(
+                            "virtio-net: skipped transmit chain head {head}, outside the queue ({held_back} similar warnings held back)"
+                        );
+                    }
+                    continue;
+                }
                 self.send(chain, mem, tap, stats);
                 if let Err(e) = self.queue.add_used(mem, head, 0) {
                     log::error!("virtio-net: cannot complete a transmit chain: {e}");
@@ -81,7 +104,10 @@ impl TxQueue {
             // Re-arm notifications, then look once more: the guest may have posted a
             // chain after the last pop and before it could see notifications on.
             match self.queue.enable_notification(mem) {
-                Ok(true) => continue,
+                // More was posted meanwhile; if the last round found nothing to
+                // pop, the index is lying and another round would find nothing too.
+                Ok(true) if popped => continue,
+                Ok(true) => break,
                 Ok(false) => break,
                 Err(e) => {
                     log::error!("virtio-net: transmit queue unusable: {e}");
