@@ -1,5 +1,6 @@
 //! The service driving the real form-vmm with the test guest under KVM: create, boot,
-//! the guest runs its scenario and powers off, and the service records the exit.
+//! the guest runs its scenario and powers off, and the service records the exit; and a
+//! VM with a disk, the seed disk and an interface on a bridge.
 //! Skips without /dev/kvm, a built form-vmm or the test guest, unless CI=true.
 
 mod common;
@@ -14,6 +15,7 @@ use serde_json::json;
 use common::HostBuilder;
 use support::Harness;
 use vmm_service::api::types::VmState;
+use vmm_service::net::tap_name;
 
 fn skip(reason: &str) -> bool {
     assert!(
@@ -98,4 +100,86 @@ async fn the_test_guest_runs_powers_off_and_the_exit_is_recorded() {
     .await;
     let (status, _) = h.call(Method::DELETE, "/v1/vms/guest", None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+/// Runs `ip ARGS` in the calling thread's network namespace.
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// form-vmm gets the disk, the seed disk and a NIC whose tap it creates; the service
+/// joins the tap to a bridge; the guest finds the three virtio functions on its PCI
+/// bus. All in a network namespace of this test's own, so the host's interfaces are
+/// never touched (root only: otherwise skipped, as no tap can be made).
+#[test]
+fn disks_seed_and_a_bridged_nic_reach_the_guest() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: form-vmm's tap and the bridge need root");
+        return;
+    }
+    let Some(h) = setup() else {
+        return;
+    };
+    let serial = std::thread::spawn(move || {
+        // SAFETY: unshare(2) with CLONE_NEWNET affects only this thread (and the
+        // processes it starts: the VMM), and the namespace dies with them.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        ip(&["link", "add", "fvtestbr", "type", "bridge"]);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Ok(runtime.block_on(async move {
+            let image = h.dir.path().join("root.raw");
+            std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+            let mut body = h.vm("full");
+            body["cmdline"] = json!("pci-scan");
+            body["memory"] = json!(64u64 << 20);
+            body["disks"] = json!([{"path": image.display().to_string()}]);
+            body["networks"] = json!([{"bridge": "fvtestbr"}]);
+            body["cloud_init"] = json!({"hostname": "full-1"});
+            let (status, vm) = h.call(Method::POST, "/v1/vms", Some(body)).await;
+            assert_eq!(status, StatusCode::CREATED, "{vm}");
+            let shown = ip(&["-o", "link", "show", &tap_name("full", 0)]);
+            assert!(shown.contains("master fvtestbr"), "{shown}");
+
+            let (status, vm) = h.call(Method::POST, "/v1/vms/full/boot", None).await;
+            assert_eq!(status, StatusCode::OK, "{vm}");
+            h.eventually("the guest to power off", || {
+                h.manager.store().instance("full").unwrap().unwrap().state == VmState::Stopped
+            })
+            .await;
+            let record = h.manager.store().instance("full").unwrap().unwrap();
+            let (status, _) = h.call(Method::DELETE, "/v1/vms/full", None).await;
+            assert_eq!(status, StatusCode::NO_CONTENT);
+            assert!(!h.dir.path().join("state/vms/full/seed.img").exists());
+            std::fs::read_to_string(&record.serial_log).unwrap()
+        }))
+    })
+    .join()
+    .unwrap();
+    let serial = match serial {
+        Ok(serial) => serial,
+        Err(e) => {
+            eprintln!("skipping: cannot make a network namespace here: {e}");
+            return;
+        }
+    };
+    for line in [
+        "pci 00:01.0 1af4:1042 class 010000",
+        "pci 00:02.0 1af4:1042 class 010000",
+        "pci 00:03.0 1af4:1041 class 020000",
+        "form-test-guest: PASS",
+    ] {
+        assert!(serial.contains(line), "no {line:?} in:\n{serial}");
+    }
 }
