@@ -12,9 +12,9 @@ const NUM_BUFFERS_OFFSET: usize = 10;
 /// The part of the header that asks for offloads (everything before num_buffers).
 const OFFLOAD_FIELDS_LEN: usize = NUM_BUFFERS_OFFSET;
 
-/// The largest frame either queue carries: a 64 KiB GSO packet plus its Ethernet
-/// and VLAN headers (the size Linux's virtio_net gives its "big" receive buffers).
-pub(crate) const MAX_FRAME_LEN: usize = 65_550;
+/// The largest frame either queue carries: the largest IP packet (or GSO packet)
+/// plus an Ethernet header and one VLAN tag.
+pub(crate) const MAX_FRAME_LEN: usize = 65_535 + 14 + 4;
 
 /// Header plus the largest frame: the longest chain we send and the receive buffer.
 pub(crate) const MAX_PACKET_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;

@@ -123,6 +123,16 @@ impl RxQueue {
                 }
                 reads += 1;
                 match tap.read_frame(&mut self.packet) {
+                    Ok(0) => {
+                        // End of file: the other side is gone, and would stay
+                        // readable forever.
+                        if let Some(held_back) = self.tap_error_log.check() {
+                            log::error!(
+                                "virtio-net: the tap reported end of file; receive paused until the guest posts buffers ({held_back} similar errors held back)"
+                            );
+                        }
+                        break RxStop::TapFailed;
+                    }
                     Ok(n) if n < VNET_HDR_LEN => {
                         // A tap always prepends the header; anything shorter is noise.
                         stats.rx_dropped();
@@ -131,6 +141,17 @@ impl RxQueue {
                     Ok(n) => self.pending = n.min(self.packet.len()),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break RxStop::TapEmpty,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if frame_lost(&e) => {
+                        // The kernel consumed a frame it could not hand over (one
+                        // larger than our buffer): count it and go on.
+                        stats.rx_dropped();
+                        if let Some(held_back) = self.drop_log.check() {
+                            log::warn!(
+                                "virtio-net: the tap dropped a frame while reading it: {e} ({held_back} similar warnings held back)"
+                            );
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         if let Some(held_back) = self.tap_error_log.check() {
                             log::error!(
@@ -307,6 +328,14 @@ impl RxQueue {
             }
         }
     }
+}
+
+/// Errors of a tap read that cost one frame and leave the tap usable.
+fn frame_lost(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EFAULT) | Some(libc::EMSGSIZE)
+    )
 }
 
 /// Copies as much of `data` as fits into `segments`; returns the bytes written.
