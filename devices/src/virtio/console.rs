@@ -204,7 +204,8 @@ impl ReceiveQueue {
     ) -> Result<u32, Receive> {
         let bufs = split_chain(mem, chain);
         if let Some(fault) = bufs.fault {
-            self.warn.warn("malformed receive buffer", fault.describe());
+            self.warn
+                .warn(fault.describe(), "malformed receive buffer, returned empty");
             return Ok(0);
         }
         if !bufs.readable.is_empty() {
@@ -288,7 +289,7 @@ fn transmit_chain(
 ) {
     let bufs = split_chain(mem, chain);
     if let Some(fault) = bufs.fault {
-        warn.warn("malformed transmit buffer", fault.describe());
+        warn.warn(fault.describe(), "malformed transmit buffer, dropped");
         return;
     }
     if !bufs.writable.is_empty() {

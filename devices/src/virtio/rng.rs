@@ -164,7 +164,10 @@ fn fill_chain(
 ) -> u32 {
     let bufs = split_chain(mem, chain);
     if let Some(fault) = bufs.fault {
-        warn.warn("malformed request", fault.describe());
+        warn.warn(
+            fault.describe(),
+            "malformed entropy request, returned empty",
+        );
         return 0;
     }
     if !bufs.readable.is_empty() {

@@ -194,6 +194,8 @@ impl WarnOnce {
         }
     }
 
+    /// Logs `what` (the kind of mistake, the key for "once") with `detail`, unless
+    /// this kind was logged before.
     pub fn warn(&mut self, what: &'static str, detail: impl Display) {
         if self.seen.contains(&what) {
             return;

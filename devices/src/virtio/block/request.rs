@@ -65,9 +65,9 @@ struct Request {
 /// What the device does with one chain: the status it reports (if it found where),
 /// and how many bytes it wrote into the chain for the used ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Completion {
-    pub status: Option<(GuestAddress, u8)>,
-    pub used_len: u32,
+struct Completion {
+    status: Option<(GuestAddress, u8)>,
+    used_len: u32,
 }
 
 /// Everything one request needs besides its chain.
@@ -88,7 +88,7 @@ pub(crate) fn handle_chain(
     let completion = match parse(ctx.mem, chain) {
         Ok(request) => execute(ctx, &request),
         Err((fault, status)) => {
-            ctx.warn.warn("malformed request", fault);
+            ctx.warn.warn(fault.describe(), "malformed request, failed");
             Completion {
                 status: status.map(|addr| (addr, VIRTIO_BLK_S_IOERR as u8)),
                 used_len: u32::from(status.is_some()),
@@ -112,12 +112,12 @@ enum Malformed {
     HeaderTooShort,
 }
 
-impl std::fmt::Display for Malformed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Malformed {
+    fn describe(self) -> &'static str {
         match self {
-            Malformed::Chain(fault) => f.write_str(fault.describe()),
-            Malformed::NoStatus => f.write_str("no device-writable status byte"),
-            Malformed::HeaderTooShort => f.write_str("request header shorter than 16 bytes"),
+            Malformed::Chain(fault) => fault.describe(),
+            Malformed::NoStatus => "no device-writable status byte",
+            Malformed::HeaderTooShort => "request header shorter than 16 bytes",
         }
     }
 }
@@ -189,14 +189,14 @@ fn execute(ctx: &mut RequestContext<'_>, req: &Request) -> Completion {
             used_len: written.saturating_add(1),
         },
         Err(Failure::Unsupp(what)) => {
-            ctx.warn.warn("unsupported request", what);
+            ctx.warn.warn(what, "request unsupported");
             Completion {
                 status: Some((req.status, VIRTIO_BLK_S_UNSUPP as u8)),
                 used_len: 1,
             }
         }
         Err(Failure::Driver(what)) => {
-            ctx.warn.warn("invalid request", what);
+            ctx.warn.warn(what, "request failed");
             ioerr(req)
         }
         Err(Failure::Io(e)) => {
