@@ -163,6 +163,19 @@ fn block_serves_requests_on_its_thread_and_stops_on_reset() {
     });
     assert!(again.is_err());
     assert_eq!(block.serial(), "it-serial");
+
+    // The driver sets the device up again (as after a guest reboot): it serves a
+    // fresh queue.
+    let mut tq2 = TestQueue::new(&h.mem, GuestAddress(0x20_0000), 16);
+    let k2 = kick();
+    block.activate(h.activation(vec![(0, &tq2, &k2)])).unwrap();
+    let hdr = tq2.readable(&blk_header(4, 0));
+    let st = tq2.writable(1);
+    tq2.add_chain(&[hdr, st]);
+    k2.write(1).unwrap();
+    h.wait_irq(0);
+    assert_eq!(tq2.used_idx(), 1);
+    assert_eq!(tq2.read(st.addr, 1), [0]);
 }
 
 #[test]
