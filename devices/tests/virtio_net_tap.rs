@@ -348,3 +348,372 @@ fn an_overlong_tap_name_is_refused_with_the_limit() {
     .expect("names over 15 bytes are refused");
     assert!(err.to_string().contains("15 bytes"), "{err}");
 }
+
+// ---- offloads, end to end: a TCP connection between the host's stack and a
+// ---- hand-rolled guest, across the device and the tap ----
+
+const GSO_TCPV4: u8 = 1;
+const NEEDS_CSUM: u8 = 1;
+
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    for pair in data.chunks(2) {
+        let hi = pair[0];
+        let lo = pair.get(1).copied().unwrap_or(0);
+        acc += u32::from(u16::from_be_bytes([hi, lo]));
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+struct Tcp<'a> {
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    options: &'a [u8],
+    payload: &'a [u8],
+}
+
+/// An Ethernet + IPv4 + TCP frame from the guest. With `partial` the TCP checksum
+/// holds only the pseudo-header sum and the device header asks the host to finish
+/// it (and to segment when `gso_size` is set), as a driver using offloads does.
+fn guest_tcp_frame(
+    net: &Addrs,
+    tcp: &Tcp<'_>,
+    partial: bool,
+    gso_size: u16,
+) -> (Vec<u8>, [u8; 12]) {
+    let tcp_len = 20 + tcp.options.len() + tcp.payload.len();
+    let mut ip = vec![0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&net.guest_ip);
+    ip[16..20].copy_from_slice(&net.host_ip);
+    let ip_csum = !fold(sum16(&ip, 0));
+    ip[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+
+    let mut seg = Vec::with_capacity(tcp_len);
+    seg.extend_from_slice(&net.guest_port.to_be_bytes());
+    seg.extend_from_slice(&net.host_port.to_be_bytes());
+    seg.extend_from_slice(&tcp.seq.to_be_bytes());
+    seg.extend_from_slice(&tcp.ack.to_be_bytes());
+    seg.push((((20 + tcp.options.len()) / 4) as u8) << 4);
+    seg.push(tcp.flags);
+    seg.extend_from_slice(&65535u16.to_be_bytes());
+    seg.extend_from_slice(&[0, 0, 0, 0]);
+    seg.extend_from_slice(tcp.options);
+    seg.extend_from_slice(tcp.payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&net.guest_ip);
+    pseudo.extend_from_slice(&net.host_ip);
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+    let csum = if partial {
+        fold(sum16(&pseudo, 0))
+    } else {
+        !fold(sum16(&seg, sum16(&pseudo, 0)))
+    };
+    seg[16..18].copy_from_slice(&csum.to_be_bytes());
+
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&net.host_mac);
+    frame.extend_from_slice(&GUEST_MAC.0);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&seg);
+
+    let mut hdr = [0u8; 12];
+    if partial {
+        hdr[0] = NEEDS_CSUM;
+        hdr[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start: the TCP header
+        hdr[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset: its checksum
+    }
+    if gso_size != 0 {
+        hdr[1] = GSO_TCPV4;
+        hdr[2..4].copy_from_slice(&((14 + 20 + 20 + tcp.options.len()) as u16).to_le_bytes());
+        hdr[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    }
+    (frame, hdr)
+}
+
+struct Addrs {
+    host_mac: [u8; 6],
+    host_ip: [u8; 4],
+    guest_ip: [u8; 4],
+    host_port: u16,
+    guest_port: u16,
+}
+
+/// A TCP segment the host sent the guest.
+struct Segment {
+    header: [u8; 12],
+    frame_len: usize,
+    seq: u32,
+    flags: u8,
+    payload: Vec<u8>,
+}
+
+/// The guest's side of the device: posts receive buffers, sends frames, and takes
+/// received frames apart (num_buffers buffers each).
+struct Guest<'m> {
+    rxq: TestQueue<'m>,
+    txq: TestQueue<'m>,
+    rx_bufs: Vec<devices::virtio::testing::Segment>,
+    rx_kick: EventFd,
+    tx_kick: EventFd,
+    seen: u16,
+}
+
+impl Guest<'_> {
+    fn send(&mut self, hdr: [u8; 12], frame: &[u8]) {
+        let mut packet = hdr.to_vec();
+        packet.extend_from_slice(frame);
+        let seg = self.txq.readable(&packet);
+        self.txq.add_chain(&[seg]);
+        self.tx_kick.write(1).unwrap();
+    }
+
+    /// The next frame, header apart; its buffers go straight back to the ring.
+    fn recv(&mut self) -> ([u8; 12], Vec<u8>) {
+        let mut data = Vec::new();
+        let mut wanted = 1;
+        let mut got = 0;
+        while got < wanted {
+            wait_for("a received frame", || self.rxq.used_idx() != self.seen);
+            let used = self.rxq.used_elem(self.seen);
+            self.seen = self.seen.wrapping_add(1);
+            let buf = self.rx_bufs[used.id as usize % self.rx_bufs.len()];
+            data.extend(self.rxq.read(buf.addr, used.len as usize));
+            if got == 0 {
+                wanted = u16::from_le_bytes([data[10], data[11]]);
+            }
+            got += 1;
+            self.rxq.add_chain(&[buf]);
+            self.rx_kick.write(1).unwrap();
+        }
+        let header: [u8; 12] = data[..12].try_into().unwrap();
+        (header, data.split_off(12))
+    }
+
+    /// The next TCP segment from the host's port, skipping anything else.
+    fn recv_tcp(&mut self, net: &Addrs) -> Segment {
+        loop {
+            let (header, frame) = self.recv();
+            if frame.len() < 54 || frame[12..14] != [0x08, 0x00] || frame[23] != 6 {
+                continue;
+            }
+            let ihl = usize::from(frame[14] & 0x0f) * 4;
+            let ip_total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+            let tcp = &frame[14 + ihl..14 + ip_total];
+            if u16::from_be_bytes([tcp[0], tcp[1]]) != net.host_port {
+                continue;
+            }
+            let data_off = usize::from(tcp[12] >> 4) * 4;
+            return Segment {
+                header,
+                frame_len: frame.len(),
+                seq: u32::from_be_bytes(tcp[4..8].try_into().unwrap()),
+                flags: tcp[13],
+                payload: tcp[data_off..].to_vec(),
+            };
+        }
+    }
+}
+
+fn ip_cmd(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip");
+    assert!(status.success(), "ip {}", args.join(" "));
+}
+
+#[test]
+fn tcp_with_checksum_and_segmentation_offloads_both_ways() {
+    if !real_taps_usable() {
+        return;
+    }
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipping: the ip command (iproute2) is missing");
+        return;
+    }
+    let name = tap_name('t');
+    let mut net = Net::new(NetOptions {
+        tap: TapSource::Name(name.clone()),
+        mac: Some(GUEST_MAC),
+    })
+    .unwrap();
+    // 198.18.0.0/15 is set aside for network tests (RFC 2544).
+    let subnet = (std::process::id() % 250) as u8;
+    let host_ip = [198, 18, subnet, 1];
+    let guest_ip = [198, 18, subnet, 2];
+    let host_ip_s = format!("198.18.{subnet}.1");
+    let guest_ip_s = format!("198.18.{subnet}.2");
+    ip_cmd(&["addr", "add", &format!("{host_ip_s}/24"), "dev", &name]);
+    ip_cmd(&[
+        "neigh",
+        "replace",
+        &guest_ip_s,
+        "lladdr",
+        &GUEST_MAC.to_string(),
+        "dev",
+        &name,
+        "nud",
+        "permanent",
+    ]);
+    let host_mac_text = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).unwrap();
+    let host_mac = host_mac_text.trim().parse::<MacAddr>().unwrap().0;
+    let listener = std::net::TcpListener::bind((host_ip_s.as_str(), 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addrs = Addrs {
+        host_mac,
+        host_ip,
+        guest_ip,
+        host_port: listener.local_addr().unwrap().port(),
+        guest_port: 40_000,
+    };
+
+    let mem = guest_memory(8 << 20);
+    let mut rxq = TestQueue::new(&mem, GuestAddress(0), 256);
+    let txq = TestQueue::new(&mem, GuestAddress(0x40_0000), 256);
+    let rx_bufs: Vec<_> = (0..64).map(|_| rxq.writable(4096)).collect();
+    for buf in &rx_bufs {
+        rxq.add_chain(&[*buf]);
+    }
+    let rx_kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let tx_kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    net.activate(Activation {
+        mem: mem.clone(),
+        interrupt: Arc::new(CountingInterrupt::default()),
+        queues: vec![
+            ActiveQueue {
+                index: 0,
+                queue: rxq.queue(true),
+                kick: rx_kick.try_clone().unwrap(),
+            },
+            ActiveQueue {
+                index: 1,
+                queue: txq.queue(true),
+                kick: tx_kick.try_clone().unwrap(),
+            },
+        ],
+        acked_features: net.features(),
+    })
+    .unwrap();
+    let mut guest = Guest {
+        rxq,
+        txq,
+        rx_bufs,
+        rx_kick,
+        tx_kick,
+        seen: 0,
+    };
+
+    // Handshake, checksums computed by the "guest".
+    let mss_1460 = [2, 4, 0x05, 0xb4];
+    let (syn, hdr) = guest_tcp_frame(
+        &addrs,
+        &Tcp {
+            seq: 1000,
+            ack: 0,
+            flags: 0x02,
+            options: &mss_1460,
+            payload: &[],
+        },
+        false,
+        0,
+    );
+    guest.send(hdr, &syn);
+    let syn_ack = guest.recv_tcp(&addrs);
+    assert_eq!(syn_ack.flags & 0x12, 0x12, "SYN-ACK");
+    let mut host_next = syn_ack.seq.wrapping_add(1);
+    let (ack, hdr) = guest_tcp_frame(
+        &addrs,
+        &Tcp {
+            seq: 1001,
+            ack: host_next,
+            flags: 0x10,
+            options: &[],
+            payload: &[],
+        },
+        false,
+        0,
+    );
+    guest.send(hdr, &ack);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "the host never accepted");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+
+    // Guest -> host: one 3000-byte TSO segment with a partial checksum; the host
+    // kernel takes it as it is (the checksum is not even valid as it stands).
+    let upload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let (big, hdr) = guest_tcp_frame(
+        &addrs,
+        &Tcp {
+            seq: 1001,
+            ack: host_next,
+            flags: 0x18,
+            options: &[],
+            payload: &upload,
+        },
+        true,
+        1448,
+    );
+    guest.send(hdr, &big);
+    let mut got = vec![0u8; upload.len()];
+    use std::io::{Read, Write};
+    stream
+        .read_exact(&mut got)
+        .expect("the host receives the segment");
+    assert_eq!(got, upload);
+
+    // Host -> guest: the kernel hands the tap segments larger than the MTU, with
+    // partial checksums, and the device passes them on whole.
+    let download: Vec<u8> = (0..12_000u32).map(|i| (i % 241) as u8).collect();
+    stream.write_all(&download).unwrap();
+    let mut received = Vec::new();
+    let mut largest = 0;
+    let mut saw_gso = false;
+    while received.len() < download.len() {
+        let seg = guest.recv_tcp(&addrs);
+        if seg.payload.is_empty() {
+            continue;
+        }
+        assert_eq!(seg.seq, host_next, "in order");
+        host_next = host_next.wrapping_add(seg.payload.len() as u32);
+        largest = largest.max(seg.frame_len);
+        saw_gso |= seg.header[1] == GSO_TCPV4;
+        assert_eq!(
+            seg.header[0] & NEEDS_CSUM,
+            NEEDS_CSUM,
+            "checksum left to the guest"
+        );
+        received.extend(seg.payload);
+    }
+    assert_eq!(received, download);
+    assert!(
+        saw_gso && largest > 1514,
+        "no TSO frame reached the guest (largest {largest})"
+    );
+    net.reset();
+}

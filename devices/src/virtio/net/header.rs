@@ -1,6 +1,7 @@
 //! The virtio net header (virtio 1.2, 5.1.6 "Device Operation"): with VERSION_1 it
 //! is 12 bytes in front of every frame, on both queues and, with IFF_VNET_HDR and
-//! TUNSETVNETHDRSZ 12, on the tap too, so frames cross unchanged.
+//! TUNSETVNETHDRSZ 12, on the tap too, so frames cross unchanged (offload requests
+//! aside, see `offload`).
 
 /// `struct virtio_net_hdr_v1`: flags, gso_type, hdr_len, gso_size, csum_start,
 /// csum_offset, num_buffers.
@@ -8,9 +9,6 @@ pub(crate) const VNET_HDR_LEN: usize = 12;
 
 /// Where `num_buffers` sits: how many receive buffers one frame spans.
 const NUM_BUFFERS_OFFSET: usize = 10;
-
-/// The part of the header that asks for offloads (everything before num_buffers).
-const OFFLOAD_FIELDS_LEN: usize = NUM_BUFFERS_OFFSET;
 
 /// The largest frame either queue carries: the largest IP packet (or GSO packet)
 /// plus an Ethernet header and one VLAN tag.
@@ -24,15 +22,6 @@ pub(crate) const MAX_PACKET_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
 pub(crate) fn set_num_buffers(packet: &mut [u8], count: u16) {
     if let Some(field) = packet.get_mut(NUM_BUFFERS_OFFSET..VNET_HDR_LEN) {
         field.copy_from_slice(&count.to_le_bytes());
-    }
-}
-
-/// Clears the offload requests of a packet the guest sends: the device offers no
-/// checksum or segmentation offload, so a driver that asks for one anyway must not
-/// get the host kernel to act on it.
-pub(crate) fn clear_tx_offloads(packet: &mut [u8]) {
-    if let Some(fields) = packet.get_mut(..OFFLOAD_FIELDS_LEN) {
-        fields.fill(0);
     }
 }
 
@@ -50,13 +39,5 @@ mod tests {
         let mut short = [0u8; 11];
         set_num_buffers(&mut short, 3);
         assert_eq!(short, [0u8; 11]);
-    }
-
-    #[test]
-    fn clearing_offloads_keeps_num_buffers_and_the_frame() {
-        let mut packet = [0xffu8; 16];
-        clear_tx_offloads(&mut packet);
-        assert_eq!(&packet[..10], &[0u8; 10]);
-        assert_eq!(&packet[10..], &[0xffu8; 6]);
     }
 }

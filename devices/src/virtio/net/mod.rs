@@ -1,6 +1,7 @@
 //! virtio-net (virtio 1.2, 5.1): one receive and one transmit queue backed by a
-//! Linux tap. No multiqueue, no control queue, no offloads: the guest gets a MAC
-//! address, a link that is up, and mergeable receive buffers.
+//! Linux tap. No multiqueue, no control queue: the guest gets a MAC address, a
+//! link that is up, mergeable receive buffers, and checksum and TCP segmentation
+//! offloads both ways (passed through to the tap).
 //!
 //! The tap belongs to the device for its whole life, across driver resets; the
 //! queues and the I/O thread exist only while the driver has the device active.
@@ -10,6 +11,7 @@ mod handler;
 mod header;
 mod log_limit;
 mod mac;
+mod offload;
 mod rx;
 mod stats;
 mod tap;
@@ -31,6 +33,7 @@ use super::{
     VIRTIO_RING_F_EVENT_IDX,
 };
 use handler::{NetHandler, RX_KICK, TAP_READABLE, TX_KICK};
+use offload::{tap_offload_flags, TxOffloads, OFFLOAD_FEATURES};
 use rx::RxQueue;
 use stats::NetStats;
 use tx::TxQueue;
@@ -51,7 +54,8 @@ const FEATURES: u64 = VIRTIO_F_VERSION_1
     | VIRTIO_RING_F_EVENT_IDX
     | (1 << VIRTIO_NET_F_MAC)
     | (1 << VIRTIO_NET_F_STATUS)
-    | (1 << VIRTIO_NET_F_MRG_RXBUF);
+    | (1 << VIRTIO_NET_F_MRG_RXBUF)
+    | OFFLOAD_FEATURES;
 
 /// Configuration space: mac[6], then status (le16). Fields of features we do not
 /// offer (max_virtqueue_pairs, mtu...) read as zero.
@@ -156,9 +160,10 @@ impl VirtioDevice for Net {
         }
         let rx = rx.ok_or(ActivateError::MissingQueue(RX_QUEUE))?;
         let tx = tx.ok_or(ActivateError::MissingQueue(TX_QUEUE))?;
-        // No offload is offered, so the kernel must hand us only plain frames.
+        // Frames from the kernel may carry only the offloads the guest accepted;
+        // set on every activation since a new driver may accept fewer.
         self.tap
-            .set_offload(0)
+            .set_offload(tap_offload_flags(acked_features))
             .map_err(|e| ActivateError::Other(e.to_string()))?;
         let mergeable = acked_features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         let fds = [
@@ -170,7 +175,7 @@ impl VirtioDevice for Net {
             mem,
             interrupt,
             rx: RxQueue::new(rx.queue, mergeable),
-            tx: TxQueue::new(tx.queue),
+            tx: TxQueue::new(tx.queue, TxOffloads::from_features(acked_features)),
             rx_kick: rx.kick,
             tx_kick: tx.kick,
             tap: Arc::clone(&self.tap),

@@ -11,6 +11,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::header::{MAX_PACKET_LEN, VNET_HDR_LEN};
+use super::offload::TxOffloads;
 use super::rx::{RxQueue, RxStop, RX_BUDGET};
 use super::stats::NetStats;
 use super::tap::TapIo;
@@ -226,7 +227,7 @@ fn tx_gathers_a_split_chain_into_one_frame_without_offload_requests() {
     let mut drv = Driver::new(&mem, QUEUE_BASE, 16, DATA_BASE);
     let (tap, host) = PairTap::pair();
     let stats = NetStats::default();
-    let mut tx = TxQueue::new(drv.queue(false));
+    let mut tx = TxQueue::new(drv.queue(false), TxOffloads::default());
 
     let f = frame(1000, 1);
     let p = packet(&f);
@@ -258,7 +259,7 @@ fn tx_completes_malformed_chains_with_len_0_and_sends_nothing() {
     let mut drv = Driver::new(&mem, QUEUE_BASE, 16, DATA_BASE);
     let (tap, host) = PairTap::pair();
     let stats = NetStats::default();
-    let mut tx = TxQueue::new(drv.queue(false));
+    let mut tx = TxQueue::new(drv.queue(false), TxOffloads::default());
 
     let short = drv.readable(&[0u8; 11]);
     drv.post(&[short]);
@@ -302,7 +303,7 @@ fn tx_counts_frames_the_tap_refuses_and_still_completes_them() {
     let (tap, host) = PairTap::pair();
     drop(host);
     let stats = NetStats::default();
-    let mut tx = TxQueue::new(drv.queue(false));
+    let mut tx = TxQueue::new(drv.queue(false), TxOffloads::default());
     let p = packet(&frame(60, 2));
     let b = drv.readable(&p);
     drv.post(&[b]);
@@ -317,7 +318,7 @@ fn tx_stops_after_its_budget_and_says_there_is_more() {
     let mut drv = Driver::new(&mem, QUEUE_BASE, 512, DATA_BASE);
     let (tap, host) = PairTap::pair();
     let stats = NetStats::default();
-    let mut tx = TxQueue::new(drv.queue(false));
+    let mut tx = TxQueue::new(drv.queue(false), TxOffloads::default());
     let p = packet(&frame(14, 3));
     let b = drv.readable(&p);
     for _ in 0..TX_BUDGET + 10 {
@@ -342,7 +343,7 @@ fn tx_with_event_idx_interrupts_only_when_the_driver_asked() {
     let mut drv = Driver::new(&mem, QUEUE_BASE, 16, DATA_BASE);
     let (tap, _host) = PairTap::pair();
     let stats = NetStats::default();
-    let mut tx = TxQueue::new(drv.queue(true));
+    let mut tx = TxQueue::new(drv.queue(true), TxOffloads::default());
     // used_event (after the avail ring) = 5: interrupt once used idx passes 5.
     mem.write_obj(5u16.to_le(), GuestAddress(drv.avail + 4 + 2 * 16))
         .unwrap();
@@ -643,7 +644,7 @@ proptest! {
         lay_out(&mut drv, &case);
         let (tap, host) = PairTap::pair();
         let stats = NetStats::default();
-        let mut tx = TxQueue::new(drv.queue(case.event_idx));
+        let mut tx = TxQueue::new(drv.queue(case.event_idx), TxOffloads::default());
         let run = tx.process(&mem, &tap, &stats);
         let used = check_used_ring(&mut drv, tx.queue(), case.heads.len());
         prop_assert_eq!(used.len(), run.completed);
@@ -746,7 +747,7 @@ mod thread {
             mem: mem.clone(),
             interrupt: interrupts.clone(),
             rx: RxQueue::new(rx, true),
-            tx: TxQueue::new(tx),
+            tx: TxQueue::new(tx, TxOffloads::default()),
             rx_kick: rx_kick.try_clone().unwrap(),
             tx_kick: tx_kick.try_clone().unwrap(),
             tap,

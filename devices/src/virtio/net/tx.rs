@@ -9,8 +9,9 @@ use virtio_queue::{Queue, QueueT};
 use crate::virtio::GuestMemoryMmap;
 
 use super::chain::{avail_ring_sane, gather_tx};
-use super::header::{clear_tx_offloads, MAX_PACKET_LEN, VNET_HDR_LEN};
+use super::header::{MAX_PACKET_LEN, VNET_HDR_LEN};
 use super::log_limit::LogLimiter;
+use super::offload::TxOffloads;
 use super::stats::NetStats;
 use super::tap::TapIo;
 
@@ -31,6 +32,7 @@ pub(crate) struct TxRun {
 
 pub(crate) struct TxQueue {
     queue: Queue,
+    offloads: TxOffloads,
     packet: Vec<u8>,
     bad_chain_log: LogLimiter,
     bad_ring_log: LogLimiter,
@@ -38,9 +40,10 @@ pub(crate) struct TxQueue {
 }
 
 impl TxQueue {
-    pub(crate) fn new(queue: Queue) -> Self {
+    pub(crate) fn new(queue: Queue, offloads: TxOffloads) -> Self {
         Self {
             queue,
+            offloads,
             packet: Vec::with_capacity(MAX_PACKET_LEN),
             bad_chain_log: LogLimiter::default(),
             bad_ring_log: LogLimiter::default(),
@@ -140,7 +143,7 @@ impl TxQueue {
             }
             return;
         }
-        clear_tx_offloads(&mut self.packet);
+        self.offloads.sanitize(&mut self.packet);
         let frame_len = self.packet.len().saturating_sub(VNET_HDR_LEN);
         match tap.write_frame(&self.packet) {
             Ok(n) if n == self.packet.len() => stats.tx_sent(frame_len),
