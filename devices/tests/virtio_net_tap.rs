@@ -717,3 +717,22 @@ fn tcp_with_checksum_and_segmentation_offloads_both_ways() {
     );
     net.reset();
 }
+
+#[test]
+fn an_interface_that_is_not_a_tap_is_refused_by_kind() {
+    if !real_taps_usable() {
+        return;
+    }
+    let err = Net::new(NetOptions {
+        tap: TapSource::Name("lo".into()),
+        mac: None,
+    })
+    .err()
+    .expect("the loopback is no tap");
+    assert!(
+        matches!(err, NetError::Tap(TapError::WrongKind { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("choose another name"), "{err}");
+    assert!(iface_flags("lo").is_some(), "and it is left alone");
+}

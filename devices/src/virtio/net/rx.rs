@@ -35,6 +35,9 @@ pub(crate) enum RxStop {
     /// The tap failed in a way retrying would not fix soon; stop reading it until
     /// the guest kicks.
     TapFailed,
+    /// The guest's receive ring is unusable (an invalid index, a used ring we
+    /// cannot write); stop reading the tap until the guest kicks.
+    QueueBroken,
 }
 
 /// What one run over the receive queue did.
@@ -179,7 +182,7 @@ impl RxQueue {
                     self.pending = 0;
                 }
                 Delivery::NoBuffers => break RxStop::OutOfBuffers,
-                Delivery::QueueBroken => break RxStop::TapFailed,
+                Delivery::QueueBroken => break RxStop::QueueBroken,
             }
         };
         let notify = self.completed > 0 && self.queue.needs_notification(mem).unwrap_or(true);

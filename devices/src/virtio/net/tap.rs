@@ -38,8 +38,9 @@ pub enum TapError {
     )]
     NotPermitted { name: String },
     #[error(
-        "{name} exists but is not a single-queue tap (a tun device, or a multiqueue tap?): \
-         delete it (ip link del {name}) or choose another name"
+        "{name} exists but is not a single-queue tap (it is another kind of interface, a tun \
+         device or a multiqueue tap): choose another name, or delete it (ip link del {name}) \
+         if it is a stale tap"
     )]
     WrongKind { name: String },
     #[error("cannot attach to tap {name}: {source}")]
