@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::virtio::GuestMemoryMmap;
 
@@ -34,6 +34,8 @@ pub(crate) enum BadChain {
     ShorterThanHeader(u64),
     /// More bytes than the largest packet the device handles.
     TooLong(u64),
+    /// More buffers than one writev takes.
+    TooManyBuffers,
 }
 
 impl fmt::Display for BadChain {
@@ -48,6 +50,7 @@ impl fmt::Display for BadChain {
                 f,
                 "{len} bytes, shorter than the {VNET_HDR_LEN}-byte virtio net header"
             ),
+            Self::TooManyBuffers => write!(f, "more than {MAX_IOVECS} buffers"),
             Self::TooLong(len) => write!(
                 f,
                 "{len} bytes, more than the {MAX_PACKET_LEN} of the largest packet"
@@ -56,37 +59,68 @@ impl fmt::Display for BadChain {
     }
 }
 
-/// Copies a transmit chain (header + frame, device-readable only) into `packet`.
-pub(crate) fn gather_tx(
+/// The most buffers one writev takes (Linux's UIO_MAXIOV). Linux drivers use at
+/// most MAX_SKB_FRAGS + 2, far fewer.
+pub(crate) const MAX_IOVECS: usize = 1024;
+
+/// Maps a transmit chain (header + frame, device-readable only) for writev: the
+/// header is copied into `header`, where the caller can check it without the guest
+/// changing it underneath, and the frame is appended to `iov` where it lies in
+/// guest memory. Returns the packet's length, header included.
+///
+/// The iovecs stay valid as long as `mem` is borrowed by the caller; the guest may
+/// still rewrite the frame bytes meanwhile, which only garbles its own frame.
+pub(crate) fn map_tx(
     chain: Chain<'_>,
     mem: &GuestMemoryMmap,
-    packet: &mut Vec<u8>,
-) -> Result<(), BadChain> {
-    packet.clear();
+    header: &mut [u8; VNET_HDR_LEN],
+    iov: &mut Vec<libc::iovec>,
+) -> Result<usize, BadChain> {
+    let mut total = 0u64;
+    let mut header_filled = 0usize;
     for desc in chain {
         if desc.is_write_only() {
             return Err(BadChain::WritableInTx);
         }
         let len = desc.len();
-        let total = packet.len() as u64 + u64::from(len);
+        let outside = BadChain::OutsideMemory {
+            addr: desc.addr().0,
+            len,
+        };
+        total += u64::from(len);
         if total > MAX_PACKET_LEN as u64 {
             return Err(BadChain::TooLong(total));
         }
-        let start = packet.len();
-        // `total` is at most MAX_PACKET_LEN, so this fits a usize.
-        packet.resize(total as usize, 0);
-        let buf = packet.get_mut(start..).unwrap_or_default();
-        if mem.read_slice(buf, desc.addr()).is_err() {
-            return Err(BadChain::OutsideMemory {
-                addr: desc.addr().0,
-                len,
+        // `len` is at most MAX_PACKET_LEN here, so these fit a usize.
+        let mut rest = len as usize;
+        let mut addr = desc.addr();
+        if let Some(missing) = header.get_mut(header_filled..).filter(|m| !m.is_empty()) {
+            let n = missing.len().min(rest);
+            let part = missing.get_mut(..n).unwrap_or_default();
+            mem.read_slice(part, addr).map_err(|_| outside.clone())?;
+            header_filled += n;
+            rest -= n;
+            addr = addr.checked_add(n as u64).ok_or_else(|| outside.clone())?;
+        }
+        if rest == 0 {
+            continue;
+        }
+        for slice in GuestMemoryBackend::get_slices(mem, addr, rest) {
+            let slice = slice.map_err(|_| outside.clone())?;
+            if iov.len() >= MAX_IOVECS {
+                return Err(BadChain::TooManyBuffers);
+            }
+            iov.push(libc::iovec {
+                iov_base: slice.ptr_guard().as_ptr() as *mut libc::c_void,
+                iov_len: slice.len(),
             });
         }
     }
-    if packet.len() < VNET_HDR_LEN {
-        return Err(BadChain::ShorterThanHeader(packet.len() as u64));
+    if header_filled < VNET_HDR_LEN {
+        return Err(BadChain::ShorterThanHeader(total));
     }
-    Ok(())
+    // At most MAX_PACKET_LEN, checked above.
+    Ok(total as usize)
 }
 
 /// A receive chain: device-writable buffers only, all inside guest memory, room
@@ -106,7 +140,7 @@ pub(crate) fn collect_rx(
         if len == 0 {
             continue;
         }
-        if !mem.check_range(desc.addr(), len as usize, Permissions::Write) {
+        if !GuestMemoryBackend::check_range(mem, desc.addr(), len as usize) {
             return Err(BadChain::OutsideMemory {
                 addr: desc.addr().0,
                 len,

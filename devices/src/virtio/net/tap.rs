@@ -3,7 +3,7 @@
 //! tap with the same 12-byte header the guest uses.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -89,8 +89,34 @@ pub struct Tap {
 pub(crate) trait TapIo: AsRawFd + Send + 'static {
     /// Reads one frame (header included); `WouldBlock` when none is queued.
     fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Writes one frame (header included).
-    fn write_frame(&self, frame: &[u8]) -> io::Result<usize>;
+    /// Writes one frame (header included) gathered from `iov`.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory that stays readable until this returns.
+    unsafe fn write_iovecs(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: the caller vouches for the iovecs; writev only reads them.
+        unsafe { writev(self.as_raw_fd(), iov) }
+    }
+}
+
+/// writev(2) on `fd`, one frame per call on a tap or a datagram socket.
+///
+/// # Safety
+/// Every iovec must describe memory that stays readable until this returns.
+unsafe fn writev(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
+    let count = libc::c_int::try_from(iov.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many iovecs"))?;
+    loop {
+        // SAFETY: `iov` holds `count` iovecs, each readable per the caller.
+        let n = unsafe { libc::writev(fd, iov.as_ptr(), count) };
+        if let Ok(n) = usize::try_from(n) {
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 impl Tap {
@@ -251,10 +277,6 @@ impl TapIo for Tap {
     fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
         (&self.file).read(buf)
     }
-
-    fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
-        (&self.file).write(frame)
-    }
 }
 
 impl<T: TapIo + Sync> TapIo for std::sync::Arc<T> {
@@ -262,8 +284,9 @@ impl<T: TapIo + Sync> TapIo for std::sync::Arc<T> {
         (**self).read_frame(buf)
     }
 
-    fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
-        (**self).write_frame(frame)
+    unsafe fn write_iovecs(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: the caller's promise about `iov` is passed on unchanged.
+        unsafe { (**self).write_iovecs(iov) }
     }
 }
 

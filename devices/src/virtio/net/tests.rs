@@ -49,10 +49,6 @@ impl TapIo for PairTap {
     fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.recv(buf)
     }
-
-    fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
-        self.0.send(frame)
-    }
 }
 
 pub(super) fn memory() -> GuestMemoryMmap {
@@ -251,6 +247,71 @@ fn tx_gathers_a_split_chain_into_one_frame_without_offload_requests() {
     assert_eq!(&got[12..n], &f[..]);
     let c = stats.snapshot();
     assert_eq!((c.tx_frames, c.tx_bytes, c.tx_dropped), (1, 1000, 0));
+}
+
+#[test]
+fn tx_maps_a_split_header_and_a_buffer_across_memory_regions() {
+    // Two regions back to back, as RAM split around a hole would be after remapping.
+    let half = MEM_SIZE / 2;
+    let mem =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), half), (GuestAddress(half as u64), half)])
+            .unwrap();
+    let mut drv = Driver::new(&mem, QUEUE_BASE, 16, DATA_BASE);
+    let (tap, host) = PairTap::pair();
+    let stats = NetStats::default();
+    let mut tx = TxQueue::new(drv.queue(false), TxOffloads::default());
+
+    let f = frame(3000, 21);
+    let p = packet(&f);
+    let head_part = drv.readable(&p[..5]);
+    let straddle = half as u64 - 1000;
+    mem.write_slice(&p[5..2005], GuestAddress(straddle))
+        .unwrap();
+    let across = Buf {
+        addr: straddle,
+        len: 2000,
+        writable: false,
+    };
+    let tail = drv.readable(&p[2005..]);
+    drv.post(&[head_part, across, tail]);
+
+    assert_eq!(tx.process(&mem, &tap, &stats).completed, 1);
+    let mut got = vec![0u8; 8192];
+    let n = host.recv(&mut got).unwrap();
+    assert_eq!(n, p.len());
+    assert_eq!(
+        &got[..10],
+        &[0u8; 10],
+        "the checked copy of the header was sent"
+    );
+    assert_eq!(&got[12..n], &f[..]);
+}
+
+#[test]
+fn tx_refuses_a_chain_of_more_buffers_than_writev_takes() {
+    let mem = memory();
+    let mut drv = Driver::new(&mem, QUEUE_BASE, 2048, 0x2_0000);
+    let (tap, host) = PairTap::pair();
+    let stats = NetStats::default();
+    let mut tx = TxQueue::new(drv.queue(false), TxOffloads::default());
+    let hdr = drv.readable(&[0u8; 12]);
+    let byte = drv.readable(&[0xab]);
+    let mut bufs = vec![hdr];
+    bufs.extend(std::iter::repeat_n(byte, 1100));
+    drv.post(&bufs);
+    let fits = std::iter::once(hdr)
+        .chain(std::iter::repeat_n(byte, 900))
+        .collect::<Vec<_>>();
+    drv.post(&fits);
+    assert_eq!(tx.process(&mem, &tap, &stats).completed, 2);
+    let mut got = vec![0u8; 2048];
+    assert_eq!(
+        host.recv(&mut got).unwrap(),
+        12 + 900,
+        "only the second is sent"
+    );
+    let c = stats.snapshot();
+    assert_eq!((c.tx_frames, c.bad_chains), (1, 1));
 }
 
 #[test]

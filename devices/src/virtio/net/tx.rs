@@ -8,8 +8,8 @@ use virtio_queue::{Queue, QueueT};
 
 use crate::virtio::GuestMemoryMmap;
 
-use super::chain::{avail_ring_sane, gather_tx};
-use super::header::{MAX_PACKET_LEN, VNET_HDR_LEN};
+use super::chain::{avail_ring_sane, map_tx, Chain, MAX_IOVECS};
+use super::header::VNET_HDR_LEN;
 use super::log_limit::LogLimiter;
 use super::offload::TxOffloads;
 use super::stats::NetStats;
@@ -30,10 +30,22 @@ pub(crate) struct TxRun {
     pub more: bool,
 }
 
+/// The iovecs of the frame being sent. They point into guest memory (and at
+/// `TxQueue::header`) only during one `send`, and are cleared before it returns.
+struct IovecScratch(Vec<libc::iovec>);
+
+// SAFETY: the raw pointers that make `iovec` !Send never outlive one `send` call
+// on the thread that owns the queue; between calls the vector is empty, so moving
+// it to another thread moves no pointer.
+unsafe impl Send for IovecScratch {}
+
 pub(crate) struct TxQueue {
     queue: Queue,
     offloads: TxOffloads,
-    packet: Vec<u8>,
+    /// The header of the frame being sent, copied out of guest memory so that the
+    /// guest cannot change it after it was checked.
+    header: [u8; VNET_HDR_LEN],
+    iov: IovecScratch,
     bad_chain_log: LogLimiter,
     bad_ring_log: LogLimiter,
     tap_error_log: LogLimiter,
@@ -44,7 +56,8 @@ impl TxQueue {
         Self {
             queue,
             offloads,
-            packet: Vec::with_capacity(MAX_PACKET_LEN),
+            header: [0; VNET_HDR_LEN],
+            iov: IovecScratch(Vec::with_capacity(MAX_IOVECS.min(64))),
             bad_chain_log: LogLimiter::default(),
             bad_ring_log: LogLimiter::default(),
             tap_error_log: LogLimiter::default(),
@@ -128,30 +141,49 @@ impl TxQueue {
 
     fn send<T: TapIo>(
         &mut self,
-        chain: super::chain::Chain<'_>,
+        chain: Chain<'_>,
         mem: &GuestMemoryMmap,
         tap: &T,
         stats: &NetStats,
     ) {
-        if let Err(bad) = gather_tx(chain, mem, &mut self.packet) {
-            stats.bad_chain();
-            stats.tx_dropped();
-            if let Some(held_back) = self.bad_chain_log.check() {
-                log::warn!(
-                    "virtio-net: dropped a transmit chain: {bad} ({held_back} similar warnings held back)"
-                );
+        let iov = &mut self.iov.0;
+        iov.clear();
+        // The header goes first; its address is filled in once it is copied.
+        iov.push(libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: VNET_HDR_LEN,
+        });
+        let packet_len = match map_tx(chain, mem, &mut self.header, iov) {
+            Ok(len) => len,
+            Err(bad) => {
+                iov.clear();
+                stats.bad_chain();
+                stats.tx_dropped();
+                if let Some(held_back) = self.bad_chain_log.check() {
+                    log::warn!(
+                        "virtio-net: dropped a transmit chain: {bad} ({held_back} similar warnings held back)"
+                    );
+                }
+                return;
             }
-            return;
+        };
+        self.offloads.sanitize(&mut self.header);
+        if let Some(first) = iov.first_mut() {
+            first.iov_base = self.header.as_mut_ptr().cast();
         }
-        self.offloads.sanitize(&mut self.packet);
-        let frame_len = self.packet.len().saturating_sub(VNET_HDR_LEN);
-        match tap.write_frame(&self.packet) {
-            Ok(n) if n == self.packet.len() => stats.tx_sent(frame_len),
+        // SAFETY: the first iovec covers `self.header`; the others were mapped from
+        // `mem`, which the caller borrows for the whole call, so all of them are
+        // readable memory while writev runs.
+        let result = unsafe { tap.write_iovecs(iov) };
+        iov.clear();
+        let frame_len = packet_len.saturating_sub(VNET_HDR_LEN);
+        match result {
+            Ok(n) if n == packet_len => stats.tx_sent(frame_len),
             result => {
                 stats.tx_dropped();
                 if let Some(held_back) = self.tap_error_log.check() {
                     let why = match result {
-                        Ok(n) => format!("the tap took {n} of {} bytes", self.packet.len()),
+                        Ok(n) => format!("the tap took {n} of {packet_len} bytes"),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             "the tap's queue is full".to_string()
                         }
