@@ -22,6 +22,34 @@ static inline uint8_t inb(uint16_t port)
 	return value;
 }
 
+/* 8- and 16-bit MMIO, for registers that are that wide (virtio's common
+ * configuration, whose fields a driver must access at their own width). */
+static inline uint8_t mmio_read8(uint64_t addr)
+{
+	uint8_t value;
+
+	__asm__ volatile("movb (%1), %0" : "=q"(value) : "r"(addr) : "memory");
+	return value;
+}
+
+static inline void mmio_write8(uint64_t addr, uint8_t value)
+{
+	__asm__ volatile("movb %0, (%1)" : : "q"(value), "r"(addr) : "memory");
+}
+
+static inline uint16_t mmio_read16(uint64_t addr)
+{
+	uint16_t value;
+
+	__asm__ volatile("movw (%1), %0" : "=r"(value) : "r"(addr) : "memory");
+	return value;
+}
+
+static inline void mmio_write16(uint64_t addr, uint16_t value)
+{
+	__asm__ volatile("movw %0, (%1)" : : "r"(value), "r"(addr) : "memory");
+}
+
 static inline uint32_t mmio_read32(uint64_t addr)
 {
 	uint32_t value;

@@ -8,6 +8,7 @@
 #include "scenario.h"
 #include "scenario_util.h"
 #include "scenarios_pci.h"
+#include "scenarios_virtio.h"
 #include "serial.h"
 #include "str.h"
 
@@ -101,6 +102,9 @@ static const struct scenario scenarios[] = {
 	{ "msix", scenario_msix },
 	{ "pci-wait", scenario_pci_wait },
 	{ "hotplug-cycle", scenario_hotplug_cycle },
+	{ "virtio-blk", scenario_virtio_blk },
+	{ "virtio-blk-ro", scenario_virtio_blk_ro },
+	{ "virtio-rng", scenario_virtio_rng },
 };
 
 const struct scenario *scenario_find(const char *name)

@@ -495,6 +495,12 @@ impl Vm {
         all.into_iter().map(|(info, _)| info).collect()
     }
 
+    /// Config dword `reg` of bus 0, `slot`, function 0, read as the guest reads
+    /// it; all ones for an empty slot. For tests and diagnostics.
+    pub fn pci_config_read(&self, slot: u8, reg: usize) -> u32 {
+        pci::bus::config_read(&self.devices.pci.bus, slot, 0, reg)
+    }
+
     /// Every passed-through device's counters, by device id.
     pub fn counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
         self.devices.vfio.counters()
