@@ -20,8 +20,18 @@ vm_state() {
     form-vmm-ctl --json info "$vm" >info.json 2>/dev/null && json_after info.json name "$vm" state
 }
 stopped() { [ "$(vm_state)" = stopped ]; }
-# Files under the service's state directory that hold a FAT volume labelled CIDATA.
-seed_files() { grep -rl CIDATA "$LAB_TMP/state" 2>/dev/null | grep -v '\.json$'; }
+# Files under the service's state directory that are FAT volumes labelled CIDATA: the
+# label sits in the boot sector at byte 43 (FAT12/16) or 71 (FAT32).
+seed_files() {
+    find "$LAB_TMP/state" -type f | while read -r _f; do
+        for _at in 43 71; do
+            if [ "$(dd if="$_f" bs=1 skip=$_at count=6 2>/dev/null)" = CIDATA ]; then
+                echo "$_f"
+                break
+            fi
+        done
+    done
+}
 
 step "L1 loads tun, bridge, loop and ext4"
 l1_load_ondemand
