@@ -1,16 +1,12 @@
 //! Boots the freestanding test guest (tests/guest) through the real boot path:
 //! ELF loading, boot_params, page tables, ACPI, COM1 and the ACPI PM register.
 
-use std::path::PathBuf;
 use std::time::Duration;
-use vmm::config::{
-    ConsoleConfig, ConsoleOutputMode, CpusConfig, MemoryConfig, PayloadConfig, VmConfig,
-};
-use vmm::vm::{Vm, VmEvents, VmExitReason};
-use vmm_sys_util::eventfd::EventFd;
+use vmm::config::{CpusConfig, MemoryConfig, VmConfig};
+use vmm::vm::{Vm, VmExitReason};
 
 mod kvm_support;
-use kvm_support::{kvm_or_skip, test_guest, wait_readable};
+use kvm_support::{kvm_or_skip, test_guest_config, vm_events, wait_readable, ScratchDir};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -24,7 +20,7 @@ fn boot(cmdline: &str, vcpus: u8) -> Run {
 }
 
 fn boot_with(cmdline: &str, vcpus: u8, memory: MemoryConfig) -> Run {
-    let dir = tempdir();
+    let dir = ScratchDir::new("boot");
     let serial_path = dir.join("serial.log");
     let config = VmConfig {
         cpus: CpusConfig {
@@ -32,22 +28,9 @@ fn boot_with(cmdline: &str, vcpus: u8, memory: MemoryConfig) -> Run {
             max_vcpus: vcpus,
         },
         memory,
-        payload: PayloadConfig {
-            kernel: Some(test_guest()),
-            cmdline: Some(cmdline.into()),
-            initramfs: None,
-        },
-        serial: ConsoleConfig {
-            mode: ConsoleOutputMode::File,
-            file: Some(serial_path.clone()),
-        },
-        ..Default::default()
+        ..test_guest_config(cmdline, &serial_path)
     };
-    let exit = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let events = VmEvents {
-        exit: exit.try_clone().unwrap(),
-        reset: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-    };
+    let (events, exit) = vm_events();
     let mut vm = Vm::new(&config, events).expect("create VM");
     vm.boot().expect("boot");
     let exited = wait_readable(&exit, BOOT_TIMEOUT);
@@ -61,18 +44,6 @@ fn boot_with(cmdline: &str, vcpus: u8, memory: MemoryConfig) -> Run {
         reason: vm.exit_reason(),
         serial,
     }
-}
-
-fn tempdir() -> PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "form-vmm-boot-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn assert_passed(run: &Run) {

@@ -6,15 +6,13 @@ use pci::vfio::fake::FakeVfioDevice;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use vmm::config::{
-    ConsoleConfig, ConsoleOutputMode, DeviceConfig, MemoryConfig, PayloadConfig, VmConfig,
-};
+use vmm::config::DeviceConfig;
 use vmm::device_manager::vfio::testing::FakeVfioHost;
-use vmm::vm::{Vm, VmEvents, VmExitReason};
+use vmm::vm::{Vm, VmExitReason};
 use vmm_sys_util::eventfd::EventFd;
 
 mod kvm_support;
-use kvm_support::{kvm_or_skip, test_guest, wait_readable};
+use kvm_support::{kvm_or_skip, test_guest_config, vm_events, wait_readable, ScratchDir};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const EDU: &str = "/sys/bus/pci/devices/0000:00:03.0";
@@ -39,56 +37,22 @@ struct Guest {
     vm: Vm,
     exit: EventFd,
     serial: PathBuf,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    _dir: ScratchDir,
 }
 
 fn start(cmdline: &str, devices: Vec<DeviceConfig>, host: Arc<FakeVfioHost>) -> Guest {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "form-vmm-vfio-fake-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("vfio-fake");
     let serial = dir.join("serial.log");
-    let config = VmConfig {
-        memory: MemoryConfig {
-            size: 64 << 20,
-            ..Default::default()
-        },
-        payload: PayloadConfig {
-            kernel: Some(test_guest()),
-            cmdline: Some(cmdline.into()),
-            initramfs: None,
-        },
-        serial: ConsoleConfig {
-            mode: ConsoleOutputMode::File,
-            file: Some(serial.clone()),
-        },
-        devices,
-        ..Default::default()
-    };
-    let exit = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let events = VmEvents {
-        exit: exit.try_clone().unwrap(),
-        reset: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-    };
+    let mut config = test_guest_config(cmdline, &serial);
+    config.devices = devices;
+    let (events, exit) = vm_events();
     let mut vm = Vm::with_vfio_host(&config, events, host).expect("create VM");
     vm.boot().expect("boot");
     Guest {
         vm,
         exit,
         serial,
-        _dir: TempDir(dir),
+        _dir: dir,
     }
 }
 

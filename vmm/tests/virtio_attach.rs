@@ -9,16 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use vmm::config::{
-    ConsoleConfig, ConsoleOutputMode, DeviceConfig, DiskConfig, MemoryConfig, PayloadConfig,
-    RngConfig, VmConfig,
+    ConsoleConfig, ConsoleOutputMode, DeviceConfig, DiskConfig, RngConfig, VmConfig,
 };
 use vmm::device_manager::vfio::testing::FakeVfioHost;
 use vmm::device_manager::vfio::PciDeviceInfo;
-use vmm::vm::{Vm, VmError, VmEvents, VmExitReason};
-use vmm_sys_util::eventfd::EventFd;
+use vmm::vm::{Vm, VmError, VmExitReason};
 
 mod kvm_support;
-use kvm_support::{kvm_or_skip, test_guest, wait_readable};
+use kvm_support::{kvm_or_skip, test_guest_config, vm_events, wait_readable, ScratchDir};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const VIRTIO_VENDOR: u32 = 0x1af4;
@@ -28,54 +26,16 @@ const RNG_DEVICE_ID: u32 = 0x1044;
 const CONSOLE_DEVICE_ID: u32 = 0x1043;
 const EDU: &str = "/sys/bus/pci/devices/0000:00:03.0";
 
-/// A directory removed with everything in it when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "form-vmm-virtio-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    /// A zero-filled raw image of `size` bytes.
-    fn image(&self, name: &str, size: u64) -> PathBuf {
-        let path = self.0.join(name);
-        let file = std::fs::File::create(&path).unwrap();
-        file.set_len(size).unwrap();
-        path
-    }
+/// A zero-filled raw image of `size` bytes in `dir`.
+fn image(dir: &ScratchDir, name: &str, size: u64) -> PathBuf {
+    let path = dir.join(name);
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(size).unwrap();
+    path
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn config(dir: &TempDir, cmdline: &str) -> VmConfig {
-    VmConfig {
-        memory: MemoryConfig {
-            size: 64 << 20,
-            ..Default::default()
-        },
-        payload: PayloadConfig {
-            kernel: Some(test_guest()),
-            cmdline: Some(cmdline.into()),
-            initramfs: None,
-        },
-        serial: ConsoleConfig {
-            mode: ConsoleOutputMode::File,
-            file: Some(dir.0.join("serial.log")),
-        },
-        ..Default::default()
-    }
+fn config(dir: &ScratchDir, cmdline: &str) -> VmConfig {
+    test_guest_config(cmdline, &dir.join("serial.log"))
 }
 
 fn disk(path: &Path) -> DiskConfig {
@@ -85,17 +45,8 @@ fn disk(path: &Path) -> DiskConfig {
     }
 }
 
-fn events() -> (VmEvents, EventFd) {
-    let exit = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let events = VmEvents {
-        exit: exit.try_clone().unwrap(),
-        reset: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-    };
-    (events, exit)
-}
-
 fn create(config: &VmConfig) -> Result<Vm, VmError> {
-    Vm::new(config, events().0)
+    Vm::new(config, vm_events().0)
 }
 
 fn info(id: &str, slot: u8) -> PciDeviceInfo {
@@ -128,22 +79,22 @@ fn disks_rng_and_console_are_virtio_functions_on_bus_0() {
     if !kvm_or_skip("disks_rng_and_console_are_virtio_functions_on_bus_0") {
         return;
     }
-    let dir = TempDir::new("attach");
+    let dir = ScratchDir::new("attach");
     let mut config = config(&dir, "pci-scan");
     config.disks = vec![
-        disk(&dir.image("root.raw", 1 << 20)),
+        disk(&image(&dir, "root.raw", 1 << 20)),
         DiskConfig {
             readonly: true,
             id: Some("seed".into()),
-            ..disk(&dir.image("seed.img", 64 << 10))
+            ..disk(&image(&dir, "seed.img", 64 << 10))
         },
     ];
     config.rng = Some(RngConfig::default());
     config.console = ConsoleConfig {
         mode: ConsoleOutputMode::File,
-        file: Some(dir.0.join("console.log")),
+        file: Some(dir.join("console.log")),
     };
-    let (events, exit) = events();
+    let (events, exit) = vm_events();
     let mut vm = Vm::new(&config, events).expect("create VM");
 
     // Default ids, recorded in the configuration vm.info reports.
@@ -190,7 +141,7 @@ fn disks_rng_and_console_are_virtio_functions_on_bus_0() {
     vm.boot().expect("boot");
     let exited = wait_readable(&exit, TIMEOUT);
     vm.shutdown().unwrap();
-    let serial = std::fs::read_to_string(dir.0.join("serial.log")).unwrap_or_default();
+    let serial = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
     assert!(exited, "no power-off within {TIMEOUT:?}; serial:\n{serial}");
     assert_eq!(vm.exit_reason(), Some(VmExitReason::PowerOff), "{serial}");
     for line in [
@@ -210,8 +161,8 @@ fn an_image_in_use_is_refused_until_its_vm_is_gone() {
     if !kvm_or_skip("an_image_in_use_is_refused_until_its_vm_is_gone") {
         return;
     }
-    let dir = TempDir::new("lock");
-    let image = dir.image("shared.raw", 1 << 20);
+    let dir = ScratchDir::new("lock");
+    let image = image(&dir, "shared.raw", 1 << 20);
     let mut config = config(&dir, "hello");
     config.disks = vec![disk(&image)];
     let first = create(&config).expect("first VM");
@@ -237,8 +188,8 @@ fn a_failed_create_releases_what_it_had_attached() {
     if !kvm_or_skip("a_failed_create_releases_what_it_had_attached") {
         return;
     }
-    let dir = TempDir::new("rollback");
-    let image = dir.image("first.raw", 1 << 20);
+    let dir = ScratchDir::new("rollback");
+    let image = image(&dir, "first.raw", 1 << 20);
     let edu = FakeVfioDevice::edu();
     edu.mmap_refused.lock().unwrap().insert(0);
     let host = Arc::new(FakeVfioHost::with(vec![(EDU, edu)]));
@@ -250,8 +201,8 @@ fn a_failed_create_releases_what_it_had_attached() {
         path: EDU.into(),
         ..Default::default()
     }];
-    config.disks = vec![disk(&image), disk(&dir.0.join("missing.raw"))];
-    let Err(err) = Vm::with_vfio_host(&config, events().0, host.clone()) else {
+    config.disks = vec![disk(&image), disk(&dir.join("missing.raw"))];
+    let Err(err) = Vm::with_vfio_host(&config, vm_events().0, host.clone()) else {
         panic!("a VM was created with a missing image");
     };
     let message = err.to_string();
@@ -273,7 +224,7 @@ fn a_failed_create_releases_what_it_had_attached() {
     // The first image was opened and locked before the failure; it is free again,
     // and a VM that is dropped gives its VFIO device back too.
     config.disks.pop();
-    let vm = Vm::with_vfio_host(&config, events().0, host.clone()).expect("create VM");
+    let vm = Vm::with_vfio_host(&config, vm_events().0, host.clone()).expect("create VM");
     assert_eq!(vm.pci_devices(), [info("_vfio0", 1), info("disk0", 2)]);
     assert!(Arc::strong_count(&device) > unused);
     drop(vm);

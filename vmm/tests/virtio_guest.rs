@@ -6,14 +6,11 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use vmm::config::{
-    ConsoleConfig, ConsoleOutputMode, DiskConfig, MemoryConfig, PayloadConfig, RngConfig, VmConfig,
-};
-use vmm::vm::{Vm, VmEvents, VmExitReason};
-use vmm_sys_util::eventfd::EventFd;
+use vmm::config::{DiskConfig, RngConfig};
+use vmm::vm::{Vm, VmExitReason};
 
 mod kvm_support;
-use kvm_support::{kvm_or_skip, test_guest, wait_readable};
+use kvm_support::{kvm_or_skip, test_guest_config, vm_events, wait_readable, ScratchDir};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SECTOR: usize = 512;
@@ -22,64 +19,25 @@ const SECTOR1_PATTERN: &[u8] = b"form-vmm-sector1";
 /// What the tests put in sector 0 for the guest to read and print.
 const SECTOR0: &[u8; 16] = b"\x00\x11\x22\x33\x44\x55\x66\x77\x88\x99\xaa\xbb\xcc\xdd\xee\xff";
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "form-vmm-virtio-guest-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    /// A raw image of `sectors` sectors: SECTOR0 at its start, sector 1 filled
-    /// with 0x5a, the rest zero.
-    fn image(&self, name: &str, sectors: usize) -> PathBuf {
-        let mut bytes = vec![0u8; sectors * SECTOR];
-        bytes[..SECTOR0.len()].copy_from_slice(SECTOR0);
-        bytes[SECTOR..2 * SECTOR].fill(0x5a);
-        let path = self.0.join(name);
-        std::fs::write(&path, bytes).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A raw image of `sectors` sectors in `dir`: SECTOR0 at its start, sector 1
+/// filled with 0x5a, the rest zero.
+fn image(dir: &ScratchDir, name: &str, sectors: usize) -> PathBuf {
+    let mut bytes = vec![0u8; sectors * SECTOR];
+    bytes[..SECTOR0.len()].copy_from_slice(SECTOR0);
+    bytes[SECTOR..2 * SECTOR].fill(0x5a);
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
 }
 
 /// Boots the test guest with `cmdline` and the given disks and rng, waits for it
 /// to power off, and returns its serial output.
-fn run_guest(dir: &TempDir, cmdline: &str, disks: Vec<DiskConfig>, rng: bool) -> String {
-    let serial_log = dir.0.join("serial.log");
-    let config = VmConfig {
-        memory: MemoryConfig {
-            size: 64 << 20,
-            ..Default::default()
-        },
-        payload: PayloadConfig {
-            kernel: Some(test_guest()),
-            cmdline: Some(cmdline.into()),
-            initramfs: None,
-        },
-        serial: ConsoleConfig {
-            mode: ConsoleOutputMode::File,
-            file: Some(serial_log.clone()),
-        },
-        disks,
-        rng: rng.then(RngConfig::default),
-        ..Default::default()
-    };
-    let exit = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let events = VmEvents {
-        exit: exit.try_clone().unwrap(),
-        reset: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-    };
+fn run_guest(dir: &ScratchDir, cmdline: &str, disks: Vec<DiskConfig>, rng: bool) -> String {
+    let serial_log = dir.join("serial.log");
+    let mut config = test_guest_config(cmdline, &serial_log);
+    config.disks = disks;
+    config.rng = rng.then(RngConfig::default);
+    let (events, exit) = vm_events();
     let mut vm = Vm::new(&config, events).expect("create VM");
     vm.boot().expect("boot");
     let exited = wait_readable(&exit, TIMEOUT);
@@ -127,8 +85,8 @@ fn pattern_sector() -> Vec<u8> {
 }
 
 fn blk_read_write(tag: &str, cmdline: &str) -> String {
-    let dir = TempDir::new(tag);
-    let image = dir.image("disk.raw", 64);
+    let dir = ScratchDir::new(tag);
+    let image = image(&dir, "disk.raw", 64);
     let serial = run_guest(&dir, cmdline, vec![disk(&image, false)], false);
     assert_lines(
         &serial,
@@ -180,8 +138,8 @@ fn a_read_only_disk_refuses_the_guests_write() {
     if !kvm_or_skip("a_read_only_disk_refuses_the_guests_write") {
         return;
     }
-    let dir = TempDir::new("ro");
-    let image = dir.image("seed.raw", 8);
+    let dir = ScratchDir::new("ro");
+    let image = image(&dir, "seed.raw", 8);
     let before = std::fs::read(&image).unwrap();
     let serial = run_guest(&dir, "virtio-blk-ro", vec![disk(&image, true)], false);
     assert_lines(
@@ -202,8 +160,8 @@ fn the_read_write_scenario_fails_on_a_read_only_disk() {
     if !kvm_or_skip("the_read_write_scenario_fails_on_a_read_only_disk") {
         return;
     }
-    let dir = TempDir::new("ro-rw");
-    let image = dir.image("seed.raw", 8);
+    let dir = ScratchDir::new("ro-rw");
+    let image = image(&dir, "seed.raw", 8);
     let serial = run_guest(&dir, "virtio-blk", vec![disk(&image, true)], false);
     assert!(
         serial
@@ -217,7 +175,7 @@ fn the_guest_draws_entropy_from_virtio_rng() {
     if !kvm_or_skip("the_guest_draws_entropy_from_virtio_rng") {
         return;
     }
-    let dir = TempDir::new("rng");
+    let dir = ScratchDir::new("rng");
     let serial = run_guest(&dir, "virtio-rng", Vec::new(), true);
     assert_lines(&serial, &["form-test-guest: PASS"]);
     assert!(
@@ -233,7 +191,7 @@ fn the_guest_finds_no_disk_when_none_is_attached() {
     if !kvm_or_skip("the_guest_finds_no_disk_when_none_is_attached") {
         return;
     }
-    let dir = TempDir::new("none");
+    let dir = ScratchDir::new("none");
     let serial = run_guest(&dir, "virtio-blk", Vec::new(), false);
     assert!(
         serial.contains("form-test-guest: FAIL no 1af4:1042 on bus 0 after 0 s"),
