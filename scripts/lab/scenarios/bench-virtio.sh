@@ -6,6 +6,8 @@
 # Figures, one per line, for scripts/bench-virtio:
 #   LAB-TIMING bench-virtio blk <mode> block=B ops=N bytes=N secs=S iops=X mib_s=Y
 #   LAB-TIMING bench-virtio net <l2-to-l1|l1-to-l2> bytes=N secs=S mbit_s=X
+#   LAB-TIMING bench-virtio l1-blk <mode> ...   the baselines: L1 itself, buffered
+#   LAB-TIMING bench-virtio l1-net loopback ... I/O on the backing file, TCP over lo
 # The tools are tests/lab-tools/blkbench.c and netbench.c, built static by
 # scripts/vfio-lab; L1 is TCG, so these are emulation figures (docs/performance.md).
 
@@ -78,12 +80,36 @@ if grep -q L2-BENCH-FAIL vmm.out; then
     fail "in L2: $(grep -m1 L2-BENCH-FAIL vmm.out)"
 fi
 
+step "baselines in L1, with L2 gone: the same tools on the backing file and over loopback"
+# form-vmm's disk backend reads and writes data.img through L1's page cache, so the
+# buffered figures on that file are the most the guest could see; loopback TCP is the
+# most L1's stack gives without a tap and a guest in between.
+rm -f l1-blk.out # the scratch directory is the same for every run of this scenario
+for mode in seq-write seq-read; do
+    blkbench --buffered --bytes "$disk_size" data.img "$mode" >>l1-blk.out ||
+        fail "blkbench $mode on data.img in L1: $(tail -n 1 l1-blk.out)"
+done
+for mode in rand-read rand-write; do
+    blkbench --buffered --seconds "$rand_secs" data.img "$mode" >>l1-blk.out ||
+        fail "blkbench $mode on data.img in L1: $(tail -n 1 l1-blk.out)"
+done
+ip link set lo up || fail "cannot bring L1's loopback up"
+netbench recv 5003 --timeout 60 >l1-loopback.out 2>&1 &
+recv_pid=$!
+netbench send 127.0.0.1 5003 "$net_mib" --timeout 30 >l1-loopback-send.out 2>&1 ||
+    fail "netbench over loopback in L1: $(cat l1-loopback-send.out)"
+wait "$recv_pid" || fail "L1's loopback receiver: $(cat l1-loopback.out)"
+
 step "figures"
 tr -d '\r' <vmm.out | sed -n 's/^blkbench \([a-z-]*\) /LAB-TIMING bench-virtio blk \1 /p' >figures
 # Each direction as its receiver measured it: first byte to end of stream.
 sed -n 's/^netbench recv /LAB-TIMING bench-virtio net l2-to-l1 /p' l2-to-l1.out >>figures
 tr -d '\r' <vmm.out | sed -n 's/^netbench recv /LAB-TIMING bench-virtio net l1-to-l2 /p' >>figures
+sed -n 's/^blkbench \([a-z-]*\) /LAB-TIMING bench-virtio l1-blk \1 /p' l1-blk.out >>figures
+sed -n 's/^netbench recv /LAB-TIMING bench-virtio l1-net loopback /p' l1-loopback.out >>figures
 cat figures
+[ "$(grep -c ' l1-blk ' figures)" = 4 ] || fail "expected 4 blkbench results from L1, got $(grep -c ' l1-blk ' figures)"
+[ "$(grep -c ' l1-net ' figures)" = 1 ] || fail "expected the loopback netbench result from L1"
 [ "$(grep -c ' blk ' figures)" = 4 ] || fail "expected 4 blkbench results from L2, got $(grep -c ' blk ' figures)"
 [ "$(grep -c ' net ' figures)" = 2 ] || fail "expected 2 netbench results, got $(grep -c ' net ' figures)"
 summary=$(sed -n 's/.* blk \([a-z-]*\) .* iops=\([0-9]*\) mib_s=\([0-9.]*\)/\1 \3 MiB\/s \2 IOPS;/p
