@@ -2,6 +2,7 @@
 
 use crate::api::types::CloudInitConfig;
 
+use super::mime::{self, Part};
 use super::validate::default_hostname;
 use super::yaml::YamlDoc;
 
@@ -22,10 +23,7 @@ impl SeedFiles {
             .unwrap_or_else(|| default_hostname(vm));
         Self {
             meta_data: meta_data(vm, &hostname),
-            user_data: config
-                .user_data
-                .clone()
-                .unwrap_or_else(|| user_data(&hostname, config)),
+            user_data: user_data_file(&hostname, config),
             network_config: config
                 .network_config
                 .clone()
@@ -52,10 +50,56 @@ fn meta_data(vm: &str, hostname: &str) -> String {
     doc.finish()
 }
 
-fn user_data(hostname: &str, config: &CloudInitConfig) -> String {
+/// Whether the request asks for anything only a generated cloud-config can give.
+/// The host name does not count: meta-data carries it whatever user-data is.
+pub(super) fn wants_generated(config: &CloudInitConfig) -> bool {
+    config.user.is_some()
+        || !config.ssh_authorized_keys.is_empty()
+        || !config.packages.is_empty()
+        || !config.runcmd.is_empty()
+}
+
+/// The generated cloud-config alone; the operator's user-data alone, as given; or,
+/// when both are wanted, an archive with the generated part first and the
+/// operator's after it, so that cloud-config the operator wrote is merged onto the
+/// generated one.
+fn user_data_file(hostname: &str, config: &CloudInitConfig) -> String {
+    let Some(own) = &config.user_data else {
+        return user_data(Some(hostname), config);
+    };
+    if !wants_generated(config) {
+        return own.clone();
+    }
+    // validate() refuses user-data that has no part type; text/plain, should one
+    // get here, is what cloud-init types by content itself.
+    let own_type = mime::content_type(own).unwrap_or("text/plain");
+    let generated = user_data(None, config);
+    mime::multipart(&[
+        Part {
+            content_type: mime::CLOUD_CONFIG,
+            filename: "form-vmm.cfg",
+            merge_type: None,
+            body: &generated,
+        },
+        Part {
+            content_type: own_type,
+            filename: "user-data",
+            merge_type: (own_type == mime::CLOUD_CONFIG).then_some(mime::APPEND_LISTS),
+            body: own,
+        },
+    ])
+}
+
+/// The generated cloud-config. Without `hostname` it leaves the host name to
+/// meta-data, as the operator's user-data alone would: cloud-init's merge keeps the
+/// first part's value of a key both parts set, so a generated `hostname` would
+/// override one the operator's cloud-config sets.
+fn user_data(hostname: Option<&str>, config: &CloudInitConfig) -> String {
     let mut doc = YamlDoc::with_header("#cloud-config");
-    doc.string(0, "hostname", hostname)
-        .plain(0, "preserve_hostname", "false");
+    if let Some(hostname) = hostname {
+        doc.string(0, "hostname", hostname)
+            .plain(0, "preserve_hostname", "false");
+    }
     match &config.user {
         Some(user) => {
             // `default` keeps the image's own user as well.
@@ -92,6 +136,7 @@ fn dhcp_everywhere() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::mime::tests::parse;
     use super::*;
 
     fn config() -> CloudInitConfig {
@@ -152,16 +197,161 @@ runcmd:
     }
 
     #[test]
-    fn raw_files_replace_the_generated_ones() {
+    fn raw_user_data_alone_is_written_as_given() {
+        for config in [
+            CloudInitConfig {
+                hostname: Some("gpu-1".into()),
+                user_data: Some("not even cloud-init's\n".into()),
+                network_config: Some("version: 1\n".into()),
+                ..CloudInitConfig::default()
+            },
+            CloudInitConfig {
+                user_data: Some("Content-Type: multipart/mixed; boundary=x\n".into()),
+                ..CloudInitConfig::default()
+            },
+        ] {
+            let files = SeedFiles::for_vm("vm", &config);
+            assert_eq!(Some(&files.user_data), config.user_data.as_ref());
+            assert_eq!(
+                files.network_config,
+                config.network_config.unwrap_or_else(dhcp_everywhere)
+            );
+            let hostname = config.hostname.as_deref().unwrap_or("vm");
+            assert!(files
+                .meta_data
+                .contains(&format!("local-hostname: \"{hostname}\"")));
+        }
+    }
+
+    /// The generated cloud-config of [`config`] as the archive's first part: no
+    /// host name, which meta-data gives.
+    const GENERATED_PART: &str = "#cloud-config
+users:
+  - default
+  - name: \"ops\"
+    sudo: \"ALL=(ALL) NOPASSWD:ALL\"
+    shell: \"/bin/bash\"
+    lock_passwd: true
+    ssh_authorized_keys:
+      - \"ssh-ed25519 AAAAC3Nz ops@lab\"
+packages:
+  - \"htop\"
+runcmd:
+  - \"echo \\\"ready: yes\\\" > /run/ready # done\"
+";
+
+    #[test]
+    fn user_data_with_generated_fields_becomes_an_archive_of_both() {
+        let own = "#cloud-config\npackages: [jq]\nhostname: mine\n";
         let config = CloudInitConfig {
-            user_data: Some("#!/bin/sh\necho raw\n".into()),
-            network_config: Some("version: 1\n".into()),
+            user_data: Some(own.into()),
             ..config()
         };
         let files = SeedFiles::for_vm("vm", &config);
-        assert_eq!(files.user_data, "#!/bin/sh\necho raw\n");
-        assert_eq!(files.network_config, "version: 1\n");
+        let (boundary, parts) = parse(&files.user_data);
+        assert!(!own.contains(&boundary) && !GENERATED_PART.contains(&boundary));
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].body, GENERATED_PART);
+        assert_eq!(
+            parts[0].header("content-type"),
+            Some("text/cloud-config; charset=\"us-ascii\"")
+        );
+        assert_eq!(parts[0].header("merge-type"), None);
+        assert_eq!(parts[1].body, own);
+        assert_eq!(
+            parts[1].header("content-type"),
+            Some("text/cloud-config; charset=\"us-ascii\"")
+        );
+        assert_eq!(
+            parts[1].header("merge-type"),
+            Some("list(append)+dict(recurse_array)+str()")
+        );
+        assert_eq!(
+            parts[1].header("content-disposition"),
+            Some("attachment; filename=\"user-data\"")
+        );
         assert!(files.meta_data.contains("local-hostname: \"gpu-1\""));
+    }
+
+    #[test]
+    fn a_script_goes_beside_keys_given_without_a_user() {
+        let config = CloudInitConfig {
+            ssh_authorized_keys: vec!["ssh-rsa AAAAB3 a".into()],
+            user_data: Some("#!/bin/sh\necho raw\n".into()),
+            ..CloudInitConfig::default()
+        };
+        let (_, parts) = parse(&SeedFiles::for_vm("vm", &config).user_data);
+        assert_eq!(
+            parts[0].body,
+            "#cloud-config\nssh_authorized_keys:\n  - \"ssh-rsa AAAAB3 a\"\n"
+        );
+        assert_eq!(parts[1].body, "#!/bin/sh\necho raw\n");
+        assert_eq!(
+            parts[1].header("content-type"),
+            Some("text/x-shellscript; charset=\"us-ascii\"")
+        );
+        // Merging is for cloud-config; a script is run as it is.
+        assert_eq!(parts[1].header("merge-type"), None);
+    }
+
+    /// Python's email package, which cloud-init reads user-data with, splits the
+    /// archive into the parts meant, with their types, headers and exact text.
+    #[test]
+    fn python_email_reads_the_archive_as_cloud_init_would() {
+        let check = r#"
+import email, json, sys
+msg = email.message_from_string(open(sys.argv[1], encoding="utf-8").read())
+assert msg.is_multipart() and msg.get_content_type() == "multipart/mixed"
+parts = [
+    {
+        "type": p.get_content_type(),
+        "filename": p.get_filename(),
+        "merge": p.get("Merge-Type"),
+        "body": p.get_payload(decode=True).decode("utf-8"),
+    }
+    for p in msg.walk()
+    if not p.is_multipart()
+]
+print(json.dumps(parts))
+"#;
+        let have_python = std::process::Command::new("python3")
+            .args(["-c", "import email, json"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !have_python {
+            eprintln!("skipping: python3 with its email package not found");
+            return;
+        }
+        let own = "#cloud-config\nruncmd:\n  - echo \"caf\u{e9} \u{2713}\"\n";
+        let mut config = config();
+        config.user_data = Some(own.into());
+        config.runcmd.push("echo \u{1f980}".into());
+        let files = SeedFiles::for_vm("vm", &config);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user-data");
+        std::fs::write(&path, &files.user_data).unwrap();
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(check)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let parts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let generated = format!("{GENERATED_PART}  - \"echo \u{1f980}\"\n");
+        assert_eq!(
+            parts,
+            serde_json::json!([
+                {"type": "text/cloud-config", "filename": "form-vmm.cfg", "merge": null,
+                 "body": generated},
+                {"type": "text/cloud-config", "filename": "user-data",
+                 "merge": "list(append)+dict(recurse_array)+str()", "body": own},
+            ])
+        );
     }
 
     /// PyYAML, where installed, reads the files back to the values given.

@@ -3,6 +3,7 @@
 //! `cloud_init` configuration.
 
 mod files;
+mod mime;
 mod seed;
 mod validate;
 mod yaml;

@@ -2,6 +2,9 @@
 
 use crate::api::types::CloudInitConfig;
 
+use super::files::wants_generated;
+use super::mime::{self, NotAPart};
+
 /// An RFC 1123 label.
 pub const MAX_HOSTNAME_LEN: usize = 63;
 /// useradd's limit.
@@ -59,6 +62,9 @@ pub fn validate(config: &CloudInitConfig) -> Result<(), String> {
         }
     }
     check_raw("user_data", config.user_data.as_deref(), MAX_USER_DATA_LEN)?;
+    if let Some(own) = &config.user_data {
+        check_combinable(own, config).map_err(|why| format!("cloud_init.user_data: {why}"))?;
+    }
     check_raw(
         "network_config",
         config.network_config.as_deref(),
@@ -167,6 +173,39 @@ fn check_package(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// User-data given with fields that need a generated cloud-config goes beside it
+/// as a part of a MIME archive, typed by how it begins. Content with no part type,
+/// or a MIME archive already (which would have to be taken apart and nested), is
+/// refused rather than guessed at.
+fn check_combinable(own: &str, config: &CloudInitConfig) -> Result<(), String> {
+    if !wants_generated(config) {
+        return Ok(());
+    }
+    let fields: Vec<&str> = [
+        ("user", config.user.is_some()),
+        (
+            "ssh_authorized_keys",
+            !config.ssh_authorized_keys.is_empty(),
+        ),
+        ("packages", !config.packages.is_empty()),
+        ("runcmd", !config.runcmd.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(name, given)| given.then_some(name))
+    .collect();
+    let fields = fields.join(", ");
+    match mime::content_type(own) {
+        Ok(_) => Ok(()),
+        Err(NotAPart::Mime) => Err(format!(
+            "is a MIME archive, which cannot be combined with the cloud-config generated for {fields}; put those settings in the archive yourself and leave the fields out, or send cloud-config or a script instead"
+        )),
+        Err(NotAPart::Start(line)) => Err(format!(
+            "begins with '{line}', which cloud-init cannot take as one part beside the cloud-config generated for {fields}; begin it with {}, or put those settings in the user-data yourself and leave the fields out",
+            mime::ACCEPTED_STARTS
+        )),
+    }
+}
+
 fn check_raw(field: &str, text: Option<&str>, max: usize) -> Result<(), String> {
     match text {
         Some(text) if text.len() > max => Err(format!(
@@ -270,6 +309,57 @@ mod tests {
         ] {
             let err = with(edit).unwrap_err();
             assert!(err.starts_with(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn user_data_beside_generated_fields_must_have_a_part_type() {
+        let beside = |user_data: &str, edit: fn(&mut CloudInitConfig)| {
+            with(|c| {
+                c.user_data = Some(user_data.into());
+                edit(c);
+            })
+        };
+        let with_key: fn(&mut CloudInitConfig) =
+            |c| c.ssh_authorized_keys = vec!["ssh-ed25519 AAAAC3Nz ops@lab".into()];
+
+        for good in [
+            "#cloud-config\n",
+            "#!/bin/sh\n",
+            "#include\nhttps://example.com/a\n",
+            "#cloud-boothook\n",
+            "## template: jinja\n#cloud-config\n",
+        ] {
+            beside(good, with_key).unwrap();
+        }
+
+        let err = beside("packages: [htop]\n", |c| {
+            c.user = Some("ops".into());
+            c.packages = vec!["htop".into()];
+            c.runcmd = vec!["true".into()];
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "cloud_init.user_data: begins with 'packages: [htop]', which cloud-init cannot take as one part beside the cloud-config generated for user, packages, runcmd; begin it with #cloud-config, #! (a script), #include, #include-once, #cloud-boothook or ## template: jinja, or put those settings in the user-data yourself and leave the fields out"
+        );
+
+        let err = beside(
+            "MIME-Version: 1.0\nContent-Type: multipart/mixed\n",
+            with_key,
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("cloud_init.user_data: is a MIME archive, which cannot be combined with the cloud-config generated for ssh_authorized_keys;"),
+            "{err}"
+        );
+        assert!(err.contains("leave the fields out"), "{err}");
+
+        // Alone, or with only a host name (which goes to meta-data), user-data is
+        // passed on as it is, whatever it holds.
+        for alone in ["packages: [htop]\n", "MIME-Version: 1.0\n", ""] {
+            beside(alone, |_| {}).unwrap();
+            beside(alone, |c| c.hostname = Some("gpu-1".into())).unwrap();
         }
     }
 
