@@ -227,8 +227,20 @@ pub struct CreateArgs {
     #[arg(long, value_name = "NAME", help_heading = "cloud-init")]
     pub user: Option<String>,
 
-    /// A user-data file read here and given to cloud-init as it is, instead of the
-    /// one built from --ssh-key, --hostname and --user.
+    /// A package for cloud-init to install on first boot (a name, or NAME=VERSION as
+    /// the guest's package manager takes it); repeat for more.
+    #[arg(long, value_name = "NAME", value_parser = parse_package, help_heading = "cloud-init")]
+    pub package: Vec<String>,
+
+    /// A shell command for cloud-init to run once, on first boot, after the packages
+    /// are installed; repeat for more (run in order).
+    #[arg(long, value_name = "CMD", value_parser = parse_run, help_heading = "cloud-init")]
+    pub run: Vec<String>,
+
+    /// A user-data file read here. Alone it is given to cloud-init as it is; with
+    /// --ssh-key, --user, --package or --run it follows their cloud-config in a MIME
+    /// archive, and must begin with #cloud-config (merged, lists appended), #!,
+    /// #include, #cloud-boothook or ## template: jinja.
     #[arg(long, value_name = "FILE", help_heading = "cloud-init")]
     pub user_data: Option<PathBuf>,
 
@@ -243,6 +255,8 @@ impl CreateArgs {
         !self.ssh_key.is_empty()
             || self.hostname.is_some()
             || self.user.is_some()
+            || !self.package.is_empty()
+            || !self.run.is_empty()
             || self.user_data.is_some()
     }
 }
@@ -310,6 +324,30 @@ pub enum GpuCommand {
 /// A PCI address as operators type it, checked with the service's own parser.
 pub fn parse_bdf(text: &str) -> Result<Bdf, String> {
     Bdf::from_user_input(text).map_err(|e| e.to_string())
+}
+
+/// A package name as the service takes it: something, without white space (which
+/// would split it into several names in the guest's package manager).
+pub fn parse_package(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("give a package name, e.g. htop or nginx=1.24*".to_string());
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "'{}' holds white space or control characters; give one package per --package",
+            text.escape_default()
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// A first-boot command. A blank one is most likely a shell variable that expanded
+/// to nothing, and the service refuses empty ones anyway.
+pub fn parse_run(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("give a shell command, e.g. --run 'nvidia-smi -pm 1'".to_string());
+    }
+    Ok(text.to_string())
 }
 
 /// A guest memory size: the service's size syntax, non-zero and page-aligned.
@@ -412,12 +450,22 @@ mod tests {
             "gpu-1",
             "--user",
             "ops",
+            "--package",
+            "htop",
+            "--run",
+            "nvidia-smi -pm 1",
+            "--package",
+            "nginx=1.24*",
+            "--run",
+            "echo 'a: b' >> /etc/motd",
             "--boot",
         ])
         .unwrap();
         let Command::Create(args) = cli.command else {
             panic!("not create: {:?}", cli.command)
         };
+        assert_eq!(args.package, ["htop", "nginx=1.24*"]);
+        assert_eq!(args.run, ["nvidia-smi -pm 1", "echo 'a: b' >> /etc/motd"]);
         assert_eq!(
             args.disk,
             vec![
@@ -456,17 +504,38 @@ mod tests {
     }
 
     #[test]
-    fn create_refuses_bad_disk_and_net_values() {
+    fn create_refuses_bad_disk_net_package_and_run_values() {
         for (flag, value, says) in [
             ("--disk", "/a,readonly=perhaps", "readonly=on"),
             ("--disk", "/a,cache=none", "not a disk option"),
             ("--net", "bridge=has space", "not an interface name"),
             ("--net", "mac=52:54:00", "not a MAC address"),
             ("--net", "tap=tap0", "bridge=BRIDGE"),
+            ("--package", "", "give a package name"),
+            ("--package", "htop jq", "one package per --package"),
+            ("--run", "", "give a shell command"),
+            ("--run", " \t", "give a shell command"),
         ] {
             let err = parse(&["create", "--name", "a", "--kernel", "/k", flag, value]).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::ValueValidation, "{flag} {value}");
             assert!(err.to_string().contains(says), "{flag} {value}: {err}");
+            assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
+            assert_eq!(err.exit_code(), 2, "{flag} {value}");
+        }
+    }
+
+    #[test]
+    fn packages_or_commands_alone_ask_for_cloud_init() {
+        for extra in [["--package", "htop"], ["--run", "true"]] {
+            let args: Vec<&str> = ["create", "--name", "a", "--kernel", "/k"]
+                .iter()
+                .chain(&extra)
+                .copied()
+                .collect();
+            let Command::Create(args) = parse(&args).unwrap().command else {
+                panic!()
+            };
+            assert!(args.wants_cloud_init(), "{extra:?}");
         }
     }
 

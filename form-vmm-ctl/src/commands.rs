@@ -205,6 +205,8 @@ fn cloud_init(args: &CreateArgs) -> Result<Option<CloudInitConfig>, CtlError> {
         hostname: args.hostname.clone(),
         user: args.user.clone(),
         ssh_authorized_keys,
+        packages: args.package.clone(),
+        runcmd: args.run.clone(),
         user_data: args.user_data.as_deref().map(read_user_data).transpose()?,
         ..CloudInitConfig::default()
     }))

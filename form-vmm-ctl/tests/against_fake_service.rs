@@ -164,6 +164,14 @@ fn create_sends_disks_networks_and_the_files_cloud_init_needs() {
         user_data.to_str().unwrap(),
         "--hostname",
         "gpu-1",
+        "--package",
+        "htop",
+        "--run",
+        "nvidia-smi -pm 1",
+        "--package",
+        "nvidia-driver-550",
+        "--run",
+        "echo \"ready: yes\" > /run/ready",
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let cwd = std::env::current_dir().unwrap();
@@ -181,6 +189,8 @@ fn create_sends_disks_networks_and_the_files_cloud_init_needs() {
         json!({
             "hostname": "gpu-1",
             "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA ops@lab"],
+            "packages": ["htop", "nvidia-driver-550"],
+            "runcmd": ["nvidia-smi -pm 1", "echo \"ready: yes\" > /run/ready"],
             "user_data": "#cloud-config\nruncmd: [\"true\"]\n"
         })
     );
@@ -263,6 +273,14 @@ fn bad_input_fails_before_any_request() {
         (
             &["create", "--name", "a", "--kernel", "/k", "--memory", "12X"],
             "unknown unit",
+        ),
+        (
+            &["create", "--name", "a", "--kernel", "/k", "--package", ""],
+            "--package",
+        ),
+        (
+            &["create", "--name", "a", "--kernel", "/k", "--run", ""],
+            "give a shell command",
         ),
         (&["gpu", "bind", "0000:01:00.9"], "out of range"),
         (&["frobnicate"], "unrecognized subcommand"),
