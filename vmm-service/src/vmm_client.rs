@@ -58,6 +58,14 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub net: Vec<NetConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rng: Option<RngConfig>,
+}
+
+/// form-vmm's `RngConfig`: a virtio-rng device fed from a host file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngConfig {
+    pub src: String,
 }
 
 /// form-vmm's `DiskConfig`: a virtio-blk device on a raw image.

@@ -96,6 +96,8 @@ async fn disks_networks_and_cloud_init_reach_form_vmm_and_persist() {
             {"tap": tap_name("full", 1), "mac": default_mac("full", 1), "id": "net1"}
         ])
     );
+    // Every VM gets an entropy device, so first-boot key generation does not wait.
+    assert_eq!(config["rng"], json!({"src": "/dev/urandom"}));
 
     // The seed disk says what the configuration asked for.
     let image = read_seed_image(&seed).unwrap();

@@ -114,8 +114,8 @@ fn ip(args: &[&str]) -> String {
 }
 
 /// form-vmm gets the disk, the seed disk and a NIC whose tap it creates; the service
-/// joins the tap to a bridge; the guest finds the three virtio functions on its PCI
-/// bus. All in a network namespace of this test's own, so the host's interfaces are
+/// joins the tap to a bridge; the guest finds those three virtio functions and the
+/// entropy device every service VM gets on its PCI bus. All in a network namespace of this test's own, so the host's interfaces are
 /// never touched (root only: otherwise skipped, as no tap can be made).
 #[test]
 fn disks_seed_and_a_bridged_nic_reach_the_guest() {
@@ -178,6 +178,7 @@ fn disks_seed_and_a_bridged_nic_reach_the_guest() {
         "pci 00:01.0 1af4:1042 class 010000",
         "pci 00:02.0 1af4:1042 class 010000",
         "pci 00:03.0 1af4:1041 class 020000",
+        "pci 00:04.0 1af4:1044 class ff0000",
         "form-test-guest: PASS",
     ] {
         assert!(serial.contains(line), "no {line:?} in:\n{serial}");

@@ -97,7 +97,9 @@ pub struct CloudInitConfig {
     /// Shell commands run once, on first boot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runcmd: Vec<String>,
-    /// Raw `user-data`, used as given instead of the one generated from the fields above.
+    /// Raw `user-data`. Alone (or with just a hostname) it is the seed's user-data as
+    /// given; beside a user, keys, packages or commands, both go into a MIME
+    /// multipart archive, the operator's part merged after the generated one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
     /// Raw `network-config`, instead of DHCP on every ethernet interface.

@@ -8,8 +8,13 @@ use crate::state::GpuAssignment;
 use crate::supervisor::VmPaths;
 use crate::vmm_client::{
     ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, MemoryConfig, NetConfig, PayloadConfig,
-    VmConfig,
+    RngConfig, VmConfig,
 };
+
+/// Where every VM's virtio-rng draws from. A cloud image generates its SSH host keys
+/// on first boot; without an entropy device an early-boot guest can stall waiting
+/// for its random pool, and /dev/urandom never blocks the VMM.
+pub(super) const RNG_SOURCE: &str = "/dev/urandom";
 
 /// The device id of the cloud-init seed disk in form-vmm.
 pub(super) const SEED_DISK_ID: &str = "cidata";
@@ -81,6 +86,9 @@ pub(super) fn vmm_config(
                 id: info.id,
             })
             .collect(),
+        rng: Some(RngConfig {
+            src: RNG_SOURCE.into(),
+        }),
     }
 }
 
