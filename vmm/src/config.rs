@@ -65,6 +65,10 @@ pub enum ConfigError {
     NetFd(i32),
     #[error("tap fd {0} is listed more than once")]
     DuplicateNetFd(i32),
+    #[error("give the tap's descriptor as fd (a number) or as fds (a list of one), not both")]
+    NetFdAndFds,
+    #[error("fds lists {0} descriptors, but form-vmm's NIC has one queue pair and takes exactly one tap descriptor: give fds as [N]")]
+    NetFdsCount(usize),
     #[error("MAC address '{0}' is not six hex bytes separated by colons (e.g. 52:54:00:12:34:56)")]
     MacSyntax(String),
     #[error("MAC address '{0}' is a multicast address; a NIC needs a unicast one (the first byte's lowest bit clear)")]
@@ -158,7 +162,7 @@ impl VmConfig {
                     return Err(ConfigError::DuplicateTap(tap.clone()));
                 }
             }
-            if let Some(fd) = net.fd {
+            if let Some(fd) = net.tap_fd() {
                 if !fds.insert(fd) {
                     return Err(ConfigError::DuplicateNetFd(fd));
                 }
@@ -804,6 +808,11 @@ mod tests {
             NetConfig::parse("fd=7").unwrap(),
             NetConfig::parse("fd=7").unwrap(),
         ];
+        assert_eq!(config.validate(), Err(ConfigError::DuplicateNetFd(7)));
+        config.net[1] = NetConfig {
+            fds: Some(vec![7]),
+            ..Default::default()
+        };
         assert_eq!(config.validate(), Err(ConfigError::DuplicateNetFd(7)));
         config.net = vec![
             NetConfig::parse("tap=tap0,mac=52:54:00:00:00:01").unwrap(),

@@ -9,7 +9,7 @@ pub mod testing;
 
 use crate::api::{ApiError, ApiInbox, ApiRequest, ApiResponse, ApiResult, VmInfo, VmmPing};
 use crate::config::VmConfig;
-use crate::vm::{VmEvents, VmExitReason, VmState};
+use crate::vm::{KeptTaps, VmEvents, VmExitReason, VmState};
 use backend::{VmBackend, VmInstance};
 use signals::StopSignals;
 use std::io;
@@ -211,7 +211,7 @@ impl<B: VmBackend> Controller<B> {
             return Err(ApiError::AlreadyCreated);
         }
         config.validate()?;
-        let managed = self.build_vm(&config)?;
+        let managed = self.build_vm(&config, KeptTaps::default())?;
         // With the ids and MAC addresses the VM chose, so vm.info shows them and a
         // reboot rebuilds the same devices.
         self.config = Some(managed.vm.config().clone());
@@ -220,6 +220,12 @@ impl<B: VmBackend> Controller<B> {
     }
 
     fn boot(&mut self) -> ApiResult {
+        self.boot_with(KeptTaps::default())
+    }
+
+    /// Boots the VM, building it first if there is none; a VM built here gets
+    /// `taps` for its NICs.
+    fn boot_with(&mut self, taps: KeptTaps) -> ApiResult {
         let state = self.state()?;
         if state == VmState::Running {
             return Err(ApiError::WrongState {
@@ -230,7 +236,7 @@ impl<B: VmBackend> Controller<B> {
         }
         if self.vm.is_none() {
             let config = self.config.clone().ok_or(ApiError::NoVm)?;
-            self.vm = Some(self.build_vm(&config)?);
+            self.vm = Some(self.build_vm(&config, taps)?);
         }
         if let Some(managed) = &mut self.vm {
             if let Err(e) = managed.vm.boot() {
@@ -243,7 +249,11 @@ impl<B: VmBackend> Controller<B> {
         Ok(ApiResponse::Done)
     }
 
-    fn build_vm(&mut self, config: &VmConfig) -> Result<ManagedVm<B::Vm>, ApiError> {
+    fn build_vm(
+        &mut self,
+        config: &VmConfig,
+        taps: KeptTaps,
+    ) -> Result<ManagedVm<B::Vm>, ApiError> {
         let events = || -> io::Result<(VmEvents, EventFd, EventFd)> {
             let exit = EventFd::new(EFD_NONBLOCK)?;
             let reset = EventFd::new(EFD_NONBLOCK)?;
@@ -254,7 +264,7 @@ impl<B: VmBackend> Controller<B> {
             Ok((events, exit, reset))
         };
         let (events, exit, reset) = events().map_err(|e| ApiError::EventFd(e.to_string()))?;
-        let vm = self.backend.create(config, events)?;
+        let vm = self.backend.create(config, events, taps)?;
         Ok(ManagedVm { vm, exit, reset })
     }
 
@@ -267,12 +277,20 @@ impl<B: VmBackend> Controller<B> {
     }
 
     /// A reboot: the old VM is shut down and freed before the new one is built from
-    /// the same configuration, so guest memory is never held twice.
+    /// the same configuration, so guest memory is never held twice. Its NICs' taps
+    /// are kept open in between and handed over, so the guest comes back on the
+    /// same host interfaces (bridge ports, addresses) rather than on taps created
+    /// anew under the same names.
     fn restart(&mut self) -> Result<(), ApiError> {
+        let taps = self
+            .vm
+            .as_ref()
+            .map(|managed| managed.vm.keep_taps())
+            .unwrap_or_default();
         if let Err(e) = self.stop_vm() {
             log::warn!("reboot: the old VM's shutdown failed: {e}");
         }
-        self.boot().map(|_| ())
+        self.boot_with(taps).map(|_| ())
     }
 
     /// Waits for and handles events until the VMM should exit. `signals`, when given,

@@ -20,6 +20,7 @@ use crate::device_manager::legacy::attach_legacy_devices;
 use crate::device_manager::pci::PciDevices;
 use crate::device_manager::vfio::{PciDeviceInfo, VfioDevices, VfioError, VmResources};
 use crate::device_manager::vfio_host::{KernelVfioHost, VfioHost};
+pub use crate::device_manager::virtio::KeptTaps;
 use crate::device_manager::virtio::{VirtioDevices, VirtioError, VirtioResources};
 use crate::device_manager::{DeviceError, DeviceManager, PciTeardown};
 use crate::memory::{
@@ -154,7 +155,18 @@ pub const EJECT_GIVE_UP_AFTER: Duration = Duration::from_secs(10);
 
 impl Vm {
     pub fn new(config: &VmConfig, events: VmEvents) -> Result<Vm, VmError> {
-        Vm::with_vfio_host(config, events, Arc::new(KernelVfioHost::default()))
+        Vm::with_kept_taps(config, events, KeptTaps::default())
+    }
+
+    /// Like [`Vm::new`], for a reboot: the NICs named in `taps` use the taps the
+    /// VM being replaced kept for them (see [`Vm::keep_taps`]) instead of opening
+    /// their own.
+    pub fn with_kept_taps(
+        config: &VmConfig,
+        events: VmEvents,
+        taps: KeptTaps,
+    ) -> Result<Vm, VmError> {
+        Vm::build(config, events, Arc::new(KernelVfioHost::default()), taps)
     }
 
     /// Like [`Vm::new`], with VFIO devices found and opened through `vfio_host`
@@ -163,6 +175,15 @@ impl Vm {
         config: &VmConfig,
         events: VmEvents,
         vfio_host: Arc<dyn VfioHost>,
+    ) -> Result<Vm, VmError> {
+        Vm::build(config, events, vfio_host, KeptTaps::default())
+    }
+
+    fn build(
+        config: &VmConfig,
+        events: VmEvents,
+        vfio_host: Arc<dyn VfioHost>,
+        taps: KeptTaps,
     ) -> Result<Vm, VmError> {
         let hv = Hypervisor::new()?;
         let kernel = validate(config, &hv)?;
@@ -252,6 +273,7 @@ impl Vm {
                 buses: &buses,
                 kvm: &kvm_vm,
             },
+            taps,
         )?;
 
         let supported = hv.supported_cpuid()?;
@@ -345,6 +367,13 @@ impl Vm {
 
     pub fn exit_reason(&self) -> Option<VmExitReason> {
         self.exit.reason()
+    }
+
+    /// A duplicate of each NIC's tap by net id, to be handed to the VM that
+    /// replaces this one ([`Vm::with_kept_taps`]); taken while this VM still holds
+    /// its taps, that is before it is dropped.
+    pub fn keep_taps(&self) -> KeptTaps {
+        self.devices.virtio.keep_taps()
     }
 
     /// Bytes of guest RAM actually mapped.

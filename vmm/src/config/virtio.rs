@@ -73,6 +73,10 @@ pub struct NetConfig {
     pub tap: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fd: Option<i32>,
+    /// Cloud Hypervisor's spelling of `fd`: one descriptor per queue pair, so a list
+    /// of exactly one here. JSON only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fds: Option<Vec<i32>>,
     /// `52:54:00:12:34:56`; a random locally administered address when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
@@ -90,6 +94,7 @@ impl NetConfig {
         let net = NetConfig {
             tap: opts.get("tap")?,
             fd: opts.get::<FdNumber>("fd")?.map(|fd| fd.0),
+            fds: None,
             mac: opts.get("mac")?,
             id: opts.get("id")?,
         };
@@ -98,7 +103,15 @@ impl NetConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match (&self.tap, self.fd) {
+        if self.fd.is_some() && self.fds.is_some() {
+            return Err(ConfigError::NetFdAndFds);
+        }
+        if let Some(fds) = &self.fds {
+            if fds.len() != 1 {
+                return Err(ConfigError::NetFdsCount(fds.len()));
+            }
+        }
+        match (&self.tap, self.tap_fd()) {
             (Some(_), Some(_)) | (None, None) => return Err(ConfigError::NetTapOrFd),
             (Some(tap), None) => check_tap_name(tap)?,
             (None, Some(fd)) if fd < 0 => return Err(ConfigError::NetFd(fd)),
@@ -111,6 +124,12 @@ impl NetConfig {
             check_id(id)?;
         }
         Ok(())
+    }
+
+    /// The tap descriptor, given as `fd` or as `fds`' only entry.
+    pub fn tap_fd(&self) -> Option<i32> {
+        self.fd
+            .or_else(|| self.fds.as_deref().and_then(|fds| fds.first().copied()))
     }
 
     /// The configured MAC address's bytes, if one is given and well formed.
@@ -284,6 +303,7 @@ mod tests {
             NetConfig {
                 tap: Some("tap0".into()),
                 fd: None,
+                fds: None,
                 mac: Some("52:54:00:12:34:56".into()),
                 id: Some("eth0".into()),
             }
@@ -330,6 +350,46 @@ mod tests {
             err("tap=tap0,vhost=on"),
             "--net: unknown option 'vhost'; valid options: tap, fd, mac, id"
         );
+    }
+
+    #[test]
+    fn json_net_takes_cloud_hypervisors_fds_as_a_list_of_one() {
+        let net = |json: &str| serde_json::from_str::<NetConfig>(json).unwrap();
+        let listed = net(r#"{"fds":[7],"mac":"52:54:00:12:34:56"}"#);
+        assert_eq!(listed.validate(), Ok(()));
+        assert_eq!(listed.tap_fd(), Some(7));
+        // Reported back as given, the way Cloud Hypervisor echoes it.
+        assert_eq!(
+            serde_json::to_string(&listed).unwrap(),
+            r#"{"fds":[7],"mac":"52:54:00:12:34:56"}"#
+        );
+        let single = net(r#"{"fd":7}"#);
+        assert_eq!(single.validate(), Ok(()));
+        assert_eq!(single.tap_fd(), Some(7));
+        assert_eq!(net(r#"{"tap":"tap0"}"#).tap_fd(), None);
+    }
+
+    #[test]
+    fn fds_of_more_or_less_than_one_or_beside_fd_or_tap_are_refused() {
+        let check = |json: &str| serde_json::from_str::<NetConfig>(json).unwrap().validate();
+        let err = check(r#"{"fds":[7,8]}"#).unwrap_err();
+        assert_eq!(err, ConfigError::NetFdsCount(2));
+        assert_eq!(
+            err.to_string(),
+            "fds lists 2 descriptors, but form-vmm's NIC has one queue pair and takes exactly one tap descriptor: give fds as [N]"
+        );
+        assert_eq!(check(r#"{"fds":[]}"#), Err(ConfigError::NetFdsCount(0)));
+        assert_eq!(
+            check(r#"{"fd":7,"fds":[7]}"#),
+            Err(ConfigError::NetFdAndFds)
+        );
+        assert_eq!(
+            check(r#"{"tap":"tap0","fds":[7]}"#),
+            Err(ConfigError::NetTapOrFd)
+        );
+        assert_eq!(check(r#"{"fds":[-1]}"#), Err(ConfigError::NetFd(-1)));
+        // The command line keeps its one spelling.
+        assert!(NetConfig::parse("fds=7").is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use crate::api::VmCounters;
 use crate::config::{DeviceConfig, VmConfig};
 use crate::device_manager::vfio::PciDeviceInfo;
-use crate::vm::{Vm, VmError, VmEvents, VmExitReason, VmState};
+use crate::vm::{KeptTaps, Vm, VmError, VmEvents, VmExitReason, VmState};
 
 /// One VM as the controller sees it: the operations of the `vm::Vm` facade.
 pub trait VmInstance {
@@ -20,6 +20,9 @@ pub trait VmInstance {
     fn add_device(&mut self, device: DeviceConfig) -> Result<PciDeviceInfo, VmError>;
     fn remove_device(&mut self, id: &str) -> Result<PciDeviceInfo, VmError>;
     fn counters(&self) -> VmCounters;
+    /// Duplicates of the NICs' taps, by net id, for the VM that replaces this one
+    /// on a reboot; asked for before this one is dropped, while it holds them.
+    fn keep_taps(&self) -> KeptTaps;
     /// Every device on the guest's PCI bus with its guest address, in slot order.
     fn pci_devices(&self) -> Vec<PciDeviceInfo> {
         Vec::new()
@@ -37,10 +40,16 @@ pub trait VmInstance {
 }
 
 /// Makes VMs. `events` are the fds the VM signals exit and reset on; the controller
-/// keeps clones of them to wait on.
+/// keeps clones of them to wait on. `taps` are the NIC taps a rebooted VM kept for
+/// its successor ([`VmInstance::keep_taps`]); empty otherwise.
 pub trait VmBackend {
     type Vm: VmInstance;
-    fn create(&mut self, config: &VmConfig, events: VmEvents) -> Result<Self::Vm, VmError>;
+    fn create(
+        &mut self,
+        config: &VmConfig,
+        events: VmEvents,
+        taps: KeptTaps,
+    ) -> Result<Self::Vm, VmError>;
 }
 
 /// VMs on this host's KVM.
@@ -49,8 +58,13 @@ pub struct KvmBackend;
 impl VmBackend for KvmBackend {
     type Vm = Vm;
 
-    fn create(&mut self, config: &VmConfig, events: VmEvents) -> Result<Vm, VmError> {
-        Vm::new(config, events)
+    fn create(
+        &mut self,
+        config: &VmConfig,
+        events: VmEvents,
+        taps: KeptTaps,
+    ) -> Result<Vm, VmError> {
+        Vm::with_kept_taps(config, events, taps)
     }
 }
 
@@ -93,6 +107,10 @@ impl VmInstance for Vm {
 
     fn counters(&self) -> VmCounters {
         Vm::counters(self)
+    }
+
+    fn keep_taps(&self) -> KeptTaps {
+        Vm::keep_taps(self)
     }
 
     fn pci_devices(&self) -> Vec<PciDeviceInfo> {

@@ -6,7 +6,7 @@ use super::backend::{VmBackend, VmInstance};
 use crate::api::VmCounters;
 use crate::config::{DeviceConfig, VmConfig};
 use crate::device_manager::vfio::{guest_bdf, PciDeviceInfo, VfioError};
-use crate::vm::{VmError, VmEvents, VmExitReason, VmState};
+use crate::vm::{KeptTaps, VmError, VmEvents, VmExitReason, VmState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What the fake saw and how it should behave; shared between the backend, its VMs
@@ -25,6 +25,11 @@ pub struct FakeState {
     pub device_counters: std::collections::BTreeMap<String, u64>,
     /// Devices removed, by id, in order.
     pub removed_devices: Vec<String>,
+    /// Per `keep_taps` call: whether the VM asked was still up (not shut down),
+    /// as it must be for its taps to be open.
+    pub taps_kept_from_live_vm: Vec<bool>,
+    /// Per `create`: the net ids it was handed a kept tap for.
+    pub taps_handed_over: Vec<Vec<String>>,
     exit_reason: Option<VmExitReason>,
     events: Option<VmEvents>,
 }
@@ -97,8 +102,14 @@ impl FakeVm {
 impl VmBackend for FakeBackend {
     type Vm = FakeVm;
 
-    fn create(&mut self, config: &VmConfig, events: VmEvents) -> Result<FakeVm, VmError> {
+    fn create(
+        &mut self,
+        config: &VmConfig,
+        events: VmEvents,
+        taps: KeptTaps,
+    ) -> Result<FakeVm, VmError> {
         let mut state = self.state();
+        state.taps_handed_over.push(taps.ids());
         if state.fail_create {
             return Err(VmError::NotImplemented);
         }
@@ -211,6 +222,20 @@ impl VmInstance for FakeVm {
             id: id.to_string(),
             bdf: guest_bdf(slot),
         })
+    }
+
+    /// One descriptor per NIC (on /dev/null: the fake has no taps), by the NIC's
+    /// id or, without one, `net` and its index.
+    fn keep_taps(&self) -> KeptTaps {
+        let live = self.vm_state != VmState::Shutdown;
+        self.shared().taps_kept_from_live_vm.push(live);
+        let mut kept = KeptTaps::default();
+        for (index, net) in self.config.net.iter().enumerate() {
+            let id = net.id.clone().unwrap_or_else(|| format!("net{index}"));
+            let file = std::fs::File::open("/dev/null").expect("open /dev/null");
+            kept.insert(id, file.into());
+        }
+        kept
     }
 
     fn counters(&self) -> VmCounters {

@@ -16,6 +16,16 @@ fn config() -> VmConfig {
     }
 }
 
+/// `config()` with a NIC on a named tap (id eth0) and one on an fd (no id).
+fn config_with_nics() -> VmConfig {
+    let mut config = config();
+    config.net = vec![
+        crate::config::NetConfig::parse("tap=tap0,id=eth0").unwrap(),
+        crate::config::NetConfig::parse("fd=7").unwrap(),
+    ];
+    config
+}
+
 fn create(config: VmConfig) -> ApiRequest {
     ApiRequest::VmCreate(Box::new(config))
 }
@@ -169,6 +179,42 @@ fn reboot_replaces_the_vm() {
 }
 
 #[test]
+fn reboot_hands_the_old_vms_taps_to_the_new_one() {
+    let backend = FakeBackend::default();
+    let mut controller = Controller::new(backend.clone(), None);
+    controller.handle(create(config_with_nics())).unwrap();
+    controller.handle(ApiRequest::VmBoot).unwrap();
+    controller.handle(ApiRequest::VmReboot).unwrap();
+    {
+        let state = backend.state();
+        assert_eq!(state.taps_kept_from_live_vm, [true]);
+        assert_eq!(
+            state.taps_handed_over,
+            [vec![], vec!["eth0".to_string(), "net1".to_string()]]
+        );
+    }
+    // A shutdown lets the taps go with the VM; the next boot starts afresh.
+    controller.handle(ApiRequest::VmShutdown).unwrap();
+    controller.handle(ApiRequest::VmBoot).unwrap();
+    let state = backend.state();
+    assert_eq!(state.taps_kept_from_live_vm, [true]);
+    assert_eq!(state.taps_handed_over.len(), 3);
+    assert!(state.taps_handed_over[2].is_empty());
+}
+
+#[test]
+fn cloud_hypervisors_fds_is_taken_as_a_list_of_one() {
+    let mut controller = Controller::new(FakeBackend::default(), None);
+    let mut config = config();
+    config.net = vec![serde_json::from_str(r#"{"fds":[7,8]}"#).unwrap()];
+    let err = controller.handle(create(config.clone())).unwrap_err();
+    assert_eq!(err.status_code(), 400);
+    assert!(err.to_string().contains("one queue pair"), "{err}");
+    config.net = vec![serde_json::from_str(r#"{"fds":[7]}"#).unwrap()];
+    controller.handle(create(config)).unwrap();
+}
+
+#[test]
 fn power_button_reaches_the_vm() {
     let backend = FakeBackend::default();
     let mut controller = Controller::new(backend.clone(), None);
@@ -193,10 +239,14 @@ fn ping_reports_this_process() {
 
 /// A controller running its loop on a thread, with an API client to drive it.
 fn spawn_running(backend: &FakeBackend) -> (ApiClient, JoinHandle<Exit>) {
+    spawn_running_with(backend, config())
+}
+
+fn spawn_running_with(backend: &FakeBackend, config: VmConfig) -> (ApiClient, JoinHandle<Exit>) {
     let (client, inbox) = api::channel().unwrap();
     let backend = backend.clone();
     let thread = std::thread::spawn(move || Controller::new(backend, Some(inbox)).run(None));
-    client.call(create(config())).unwrap();
+    client.call(create(config)).unwrap();
     client.call(ApiRequest::VmBoot).unwrap();
     (client, thread)
 }
@@ -225,7 +275,7 @@ fn guest_crash_ends_the_loop_with_the_reason() {
 #[test]
 fn guest_reset_reboots_from_the_same_config() {
     let backend = FakeBackend::default();
-    let (client, thread) = spawn_running(&backend);
+    let (client, thread) = spawn_running_with(&backend, config_with_nics());
     backend.guest_reset();
     // The API is served in order after the reset was handled or before it; poll
     // until the reboot shows, bounded so a broken loop fails instead of hanging.
@@ -242,6 +292,12 @@ fn guest_reset_reboots_from_the_same_config() {
         other => panic!("vm.info answered {other:?}"),
     }
     assert_eq!(backend.state().booted, 2);
+    // The NICs' taps were taken from the VM before it went, for the new one.
+    assert_eq!(backend.state().taps_kept_from_live_vm, [true]);
+    assert_eq!(
+        backend.state().taps_handed_over[1],
+        ["eth0".to_string(), "net1".to_string()]
+    );
     // The new VM's fds are the ones watched now: its power-off ends the loop.
     backend.guest_power_off();
     assert_eq!(thread.join().unwrap(), Exit::GuestPowerOff);

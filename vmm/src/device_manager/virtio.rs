@@ -19,7 +19,7 @@ use crate::cpu::IoBuses;
 use crate::memory::GuestMemoryMmap;
 use devices::virtio::block::{Block, BlockError, BlockOptions};
 use devices::virtio::console::Console;
-use devices::virtio::net::{MacAddr, Net, NetError, NetOptions, TapSource};
+use devices::virtio::net::{MacAddr, Net, NetError, NetOptions, Tap, TapSource};
 use devices::virtio::rng::{Rng, RngError};
 use devices::virtio::VirtioDevice;
 use hypervisor::IoEventAddress;
@@ -27,7 +27,7 @@ use pci::device::PciBarRegion;
 use pci::vfio::ops::BoxError;
 use pci::virtio::{IoEventRegistrar, VirtioPciDevice, VirtioPciError, VIRTIO_PCI_BAR_SIZE};
 use pci::{PciBusError, SharedPciDevice};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -161,6 +161,34 @@ struct AttachedVirtio {
 #[derive(Default)]
 pub struct VirtioDevices {
     devices: Vec<AttachedVirtio>,
+    /// Each NIC's tap by net id, shared with its device, for [`VirtioDevices::keep_taps`].
+    taps: BTreeMap<String, Arc<Tap>>,
+}
+
+/// NIC taps carried from a VM to the one that replaces it on a reboot, by net id.
+///
+/// The kernel deletes a tap form-vmm created once its last descriptor closes, and
+/// a tap created again under the same name has lost what the host set up on the
+/// old one (its bridge port, addresses, MTU). Holding a duplicate while the old VM
+/// goes and handing it to the new one keeps the very same interface, without making
+/// taps persistent: a crashed form-vmm still takes its taps with it.
+#[derive(Debug, Default)]
+pub struct KeptTaps(BTreeMap<String, OwnedFd>);
+
+impl KeptTaps {
+    pub fn insert(&mut self, id: String, tap: OwnedFd) {
+        self.0.insert(id, tap);
+    }
+
+    /// The tap kept for NIC `id`, which the caller then owns.
+    pub fn take(&mut self, id: &str) -> Option<OwnedFd> {
+        self.0.remove(id)
+    }
+
+    /// The net ids a tap is kept for.
+    pub fn ids(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
 }
 
 /// Takes the lowest `{prefix}N` nobody has reserved.
@@ -197,13 +225,15 @@ impl VirtioDevices {
     /// Attaches every virtio device `config` asks for and records in it the ids and
     /// MAC addresses chosen for it, so vm.info shows them and a reboot builds the
     /// same devices. `taken` holds the ids of devices already attached (VFIO).
+    /// A NIC whose id is in `kept` uses that tap instead of opening its own.
     pub fn attach(
         config: &mut VmConfig,
         taken: &BTreeSet<String>,
         vm: &mut VirtioResources<'_>,
+        kept: KeptTaps,
     ) -> Result<VirtioDevices, VirtioError> {
         let mut devices = VirtioDevices::default();
-        match devices.attach_all(config, taken, vm) {
+        match devices.attach_all(config, taken, vm, kept) {
             Ok(()) => Ok(devices),
             Err(e) => {
                 devices.detach_all(vm);
@@ -217,6 +247,7 @@ impl VirtioDevices {
         config: &mut VmConfig,
         taken: &BTreeSet<String>,
         vm: &mut VirtioResources<'_>,
+        mut kept: KeptTaps,
     ) -> Result<(), VirtioError> {
         let mut reserved = reserve_configured_ids(config, taken)?;
         for disk in &mut config.disks {
@@ -251,10 +282,21 @@ impl VirtioDevices {
                     None
                 }
             };
-            let device = open_net(&id, net.tap.as_deref(), net.fd, mac)?;
+            let reused = kept.take(&id);
+            let origin = match reused {
+                Some(_) => " (kept from before the reboot)",
+                None => "",
+            };
+            let device = open_net(&id, net.tap.as_deref(), net.tap_fd(), mac, reused)?;
             net.mac = Some(device.mac().to_string());
-            log::info!("net {id}: tap {} mac {}", device.tap_name(), device.mac());
+            log::info!(
+                "net {id}: tap {} mac {}{origin}",
+                device.tap_name(),
+                device.mac()
+            );
+            let tap = device.tap();
             self.place(&id, Box::new(device), vm)?;
+            self.taps.insert(id.clone(), tap);
             net.id = Some(id);
         }
 
@@ -354,6 +396,7 @@ impl VirtioDevices {
     /// Takes every device off the buses and gives their BARs back; dropping the
     /// transports then stops their I/O and unregisters their ioeventfds.
     fn detach_all(&mut self, vm: &mut VirtioResources<'_>) {
+        self.taps.clear();
         for attached in self.devices.drain(..).rev() {
             if let Err(e) = lock(&vm.pci.bus).remove_device(attached.slot) {
                 log::warn!(
@@ -374,6 +417,23 @@ impl VirtioDevices {
                 log::warn!("virtio: {}: releasing BAR0: {e}", attached.id);
             }
         }
+    }
+
+    /// A duplicate of each NIC's tap, by net id, for the VM that replaces this one.
+    /// A tap that cannot be duplicated (out of descriptors) is left out with a
+    /// warning: the next VM then opens it as on a first boot.
+    pub fn keep_taps(&self) -> KeptTaps {
+        let mut kept = KeptTaps::default();
+        for (id, tap) in &self.taps {
+            match tap.try_clone_fd() {
+                Ok(fd) => kept.insert(id.clone(), fd),
+                Err(e) => log::warn!(
+                    "net {id}: cannot keep tap {} across the reboot: {e}; the next VM opens it afresh",
+                    tap.name()
+                ),
+            }
+        }
+        kept
     }
 
     /// Ids and guest addresses in slot order.
@@ -412,35 +472,40 @@ impl VirtioDevices {
     }
 }
 
-/// Opens the tap by name, or takes a duplicate of the caller's fd: the device owns
-/// and closes what it gets, and the configured fd must stay open for a reboot.
+/// Takes the tap kept from before a reboot, else a duplicate of the caller's fd,
+/// else opens the tap by name: the device owns and closes what it gets, and the
+/// configured fd must stay open for a later boot. A kept tap is never opened by
+/// name as well, since a single-queue tap takes one attachment at a time.
 fn open_net(
     id: &str,
     tap: Option<&str>,
     fd: Option<i32>,
     mac: Option<MacAddr>,
+    kept: Option<OwnedFd>,
 ) -> Result<Net, VirtioError> {
     let net_err = |source| VirtioError::Net {
         id: id.to_string(),
         source,
     };
-    match (tap, fd) {
-        (_, Some(fd)) => {
-            let dup = duplicate_fd(fd).map_err(|source| VirtioError::TapFd {
-                id: id.to_string(),
-                fd,
-                source,
-            })?;
-            let net = Net::new(NetOptions {
-                tap: TapSource::Fd(dup.as_raw_fd()),
-                mac,
-            })
-            .map_err(net_err)?;
-            // The device owns the duplicate now.
-            let _ = dup.into_raw_fd();
-            Ok(net)
-        }
-        (tap, None) => Net::new(NetOptions {
+    let adopt = |owned: OwnedFd| {
+        // Validated and set up (header size, offloads, link) as any passed fd.
+        let net = Net::new(NetOptions {
+            tap: TapSource::Fd(owned.as_raw_fd()),
+            mac,
+        })
+        .map_err(net_err)?;
+        // The device owns the descriptor now; on error `owned` closes it.
+        let _ = owned.into_raw_fd();
+        Ok(net)
+    };
+    match (kept, tap, fd) {
+        (Some(kept), _, _) => adopt(kept),
+        (None, _, Some(fd)) => adopt(duplicate_fd(fd).map_err(|source| VirtioError::TapFd {
+            id: id.to_string(),
+            fd,
+            source,
+        })?),
+        (None, tap, None) => Net::new(NetOptions {
             tap: TapSource::Name(tap.unwrap_or_default().to_string()),
             mac,
         })
@@ -530,7 +595,7 @@ mod tests {
 
     #[test]
     fn a_closed_tap_fd_is_reported_before_the_device_sees_it() {
-        let Err(err) = open_net("net0", None, Some(999_999), None) else {
+        let Err(err) = open_net("net0", None, Some(999_999), None, None) else {
             panic!("a closed fd opened a NIC");
         };
         assert!(

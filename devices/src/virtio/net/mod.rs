@@ -97,6 +97,12 @@ impl Net {
         self.tap.name()
     }
 
+    /// The tap itself, shared with the device; see [`Tap::try_clone_fd`] for why a
+    /// VMM wants it.
+    pub fn tap(&self) -> Arc<Tap> {
+        Arc::clone(&self.tap)
+    }
+
     /// The guest's MAC address.
     pub fn mac(&self) -> MacAddr {
         self.mac

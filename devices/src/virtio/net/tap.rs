@@ -132,6 +132,14 @@ impl Tap {
         &self.name
     }
 
+    /// A second descriptor on the same attachment to the tap (dup(2), close-on-exec).
+    /// The interface lives while either is open, so a VM being replaced can hand its
+    /// tap to the next one: a tap form-vmm created would otherwise vanish with its
+    /// last descriptor, and with it the bridge it had joined.
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        self.file.try_clone().map(OwnedFd::from)
+    }
+
     /// Tells the kernel which offloads (`TUN_F_*`) it may use in frames it hands us:
     /// only those the driver accepted, since the guest must cope with them.
     pub fn set_offload(&self, flags: libc::c_uint) -> Result<(), TapError> {
@@ -360,6 +368,7 @@ fn set_link_up(name: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::IntoRawFd;
 
     #[test]
     fn names_the_kernel_would_refuse_are_refused_before_any_syscall() {
@@ -384,6 +393,158 @@ mod tests {
     fn a_closed_fd_is_refused_without_being_touched() {
         let err = Tap::open(&TapSource::Fd(987_654)).unwrap_err();
         assert!(matches!(err, TapError::FdNotOpen { fd: 987_654 }), "{err}");
+    }
+
+    /// Root and /dev/net/tun, or a printed reason to skip (in CI too: CI containers
+    /// often lack /dev/net/tun, as the tap integration tests note).
+    fn real_taps_usable(test: &str) -> bool {
+        let reason = if !std::path::Path::new("/dev/net/tun").exists() {
+            "/dev/net/tun is missing (load the tun module)"
+        // SAFETY: geteuid has no preconditions.
+        } else if unsafe { libc::geteuid() } != 0 {
+            "creating taps needs root (CAP_NET_ADMIN)"
+        } else {
+            return true;
+        };
+        eprintln!("skipping {test}: {reason}");
+        false
+    }
+
+    const ETHERTYPE: u16 = 0x88b5;
+
+    /// An AF_PACKET socket on `ifindex` seeing only ETHERTYPE frames.
+    fn packet_socket(ifindex: i32) -> OwnedFd {
+        let proto = ETHERTYPE.to_be();
+        // SAFETY: socket(2) with constant arguments, checked below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        assert!(fd >= 0, "AF_PACKET: {}", io::Error::last_os_error());
+        // SAFETY: a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = ifindex;
+        // SAFETY: `addr` is a sockaddr_ll of the size given.
+        let ret = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                std::ptr::addr_of!(addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(ret, 0, "bind: {}", io::Error::last_os_error());
+        fd
+    }
+
+    fn ifindex(name: &str) -> Option<i32> {
+        std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Waits up to 5 s for a frame of ETHERTYPE that `read` returns, skipping the
+    /// host's own chatter (IPv6 router solicitations and the like).
+    fn read_test_frame(
+        mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+        skip: usize,
+    ) -> Vec<u8> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut buf = vec![0u8; 2048];
+        loop {
+            match read(&mut buf) {
+                Ok(n) if n >= skip + 14 && buf[skip + 12..skip + 14] == ETHERTYPE.to_be_bytes() => {
+                    return buf[..n].to_vec();
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => panic!("reading a frame: {e}"),
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no test frame within 5 s"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cloned_fd_keeps_the_tap_and_carries_frames_after_the_first_is_closed() {
+        if !real_taps_usable(
+            "a_cloned_fd_keeps_the_tap_and_carries_frames_after_the_first_is_closed",
+        ) {
+            return;
+        }
+        let name = format!("fvkt{:x}", std::process::id() & 0xff_ffff);
+        let first = Tap::open(&TapSource::Name(name.clone())).unwrap();
+        let index = ifindex(&name).expect("the tap exists");
+        let kept = first.try_clone_fd().unwrap();
+        drop(first);
+        assert_eq!(
+            ifindex(&name),
+            Some(index),
+            "closing one fd deleted the tap"
+        );
+
+        let kept_raw = kept.as_raw_fd();
+        let tap = Tap::open(&TapSource::Fd(kept.into_raw_fd())).unwrap();
+        assert_eq!(tap.name(), name);
+        assert_eq!(
+            tap.as_raw_fd(),
+            kept_raw,
+            "the kept descriptor itself is adopted"
+        );
+        // One single-queue attachment, still held: the name cannot be opened again.
+        assert!(matches!(
+            Tap::open(&TapSource::Name(name.clone())),
+            Err(TapError::Busy { .. })
+        ));
+
+        let socket = packet_socket(index);
+        let mut frame = vec![0xff; 6];
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x42]);
+        frame.extend_from_slice(&ETHERTYPE.to_be_bytes());
+        frame.resize(60, 0x5a);
+
+        // Guest to host: a zero virtio-net header, then the frame.
+        let mut packet = vec![0u8; VNET_HDR_LEN];
+        packet.extend_from_slice(&frame);
+        let iov = [libc::iovec {
+            iov_base: packet.as_ptr() as *mut libc::c_void,
+            iov_len: packet.len(),
+        }];
+        // SAFETY: `packet` outlives the call.
+        assert_eq!(unsafe { tap.write_iovecs(&iov) }.unwrap(), packet.len());
+        let seen = read_test_frame(
+            // SAFETY: `buf` is writable for its whole length.
+            |buf| match unsafe {
+                libc::recv(
+                    socket.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            } {
+                n if n < 0 => Err(io::Error::last_os_error()),
+                n => Ok(n as usize),
+            },
+            0,
+        );
+        assert_eq!(seen, frame);
+
+        // Host to guest: the frame comes with the 12-byte header the first open set.
+        // SAFETY: `frame` is readable for its length.
+        let sent = unsafe { libc::send(socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(sent, frame.len() as isize, "{}", io::Error::last_os_error());
+        let got = read_test_frame(|buf| tap.read_frame(buf), VNET_HDR_LEN);
+        assert_eq!(got.len(), VNET_HDR_LEN + frame.len());
+        assert_eq!(&got[VNET_HDR_LEN..], &frame[..]);
+
+        drop(tap);
+        assert_eq!(ifindex(&name), None, "the tap outlived its last descriptor");
     }
 
     #[test]
