@@ -445,8 +445,9 @@ mod tests {
             .ok()
     }
 
-    /// Waits up to 5 s for a frame of ETHERTYPE that `read` returns, skipping the
-    /// host's own chatter (IPv6 router solicitations and the like).
+    /// Waits up to 5 s for a frame of ETHERTYPE that `read` returns after a
+    /// `skip`-byte header, passing over the host's own chatter (IPv6 router
+    /// solicitations and the like).
     fn read_test_frame(
         mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
         skip: usize,
