@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::block::{drain_queue, notify_used, split_chain, total_len, BufCursor, WarnOnce};
+use super::chain::{drain_queue, notify_used, split_chain, total_len, BufCursor, WarnOnce};
 use super::device::{
     ActivateError, Activation, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
     VIRTIO_ID_CONSOLE, VIRTIO_RING_F_EVENT_IDX,
 };
+use super::kicked_queue::{spawn_worker, take_queue};
 use super::worker::{EpollContext, EventHandler, Worker};
 use super::GuestMemoryMmap;
 
@@ -77,20 +78,11 @@ impl VirtioDevice for Console {
         let Activation {
             mem,
             interrupt,
-            queues,
+            mut queues,
             ..
         } = activation;
-        let mut rx = None;
-        let mut tx = None;
-        for q in queues {
-            match q.index {
-                RECEIVE_QUEUE => rx = Some(q),
-                TRANSMIT_QUEUE => tx = Some(q),
-                _ => {}
-            }
-        }
-        let rx = rx.ok_or(ActivateError::MissingQueue(RECEIVE_QUEUE))?;
-        let tx = tx.ok_or(ActivateError::MissingQueue(TRANSMIT_QUEUE))?;
+        let rx = take_queue(&mut queues, RECEIVE_QUEUE)?;
+        let tx = take_queue(&mut queues, TRANSMIT_QUEUE)?;
         let fds = [
             (rx.kick.as_raw_fd(), RX_KICK_TOKEN),
             (tx.kick.as_raw_fd(), TX_KICK_TOKEN),
@@ -110,13 +102,7 @@ impl VirtioDevice for Console {
             tx_kick: tx.kick,
             interrupt,
         };
-        let worker = Worker::spawn(self.name().to_string(), handler, &fds).map_err(|source| {
-            ActivateError::Thread {
-                what: self.name().to_string(),
-                source,
-            }
-        })?;
-        self.worker = Some(worker);
+        self.worker = Some(spawn_worker(self.name(), handler, &fds)?);
         Ok(())
     }
 

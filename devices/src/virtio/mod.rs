@@ -3,8 +3,10 @@
 //! a [`worker::Worker`] thread of its own.
 
 pub mod block;
+pub(crate) mod chain;
 pub mod console;
 pub mod device;
+pub(crate) mod kicked_queue;
 pub mod net;
 pub mod rng;
 #[doc(hidden)]

@@ -3,24 +3,21 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue};
-use vmm_sys_util::eventfd::EventFd;
 
-use super::block::{drain_queue, notify_used, split_chain, total_len, BufCursor, WarnOnce};
+use super::chain::{drain_queue, split_chain, total_len, BufCursor, WarnOnce};
 use super::device::{
-    ActivateError, Activation, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_ID_RNG,
+    ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_ID_RNG,
     VIRTIO_RING_F_EVENT_IDX,
 };
-use super::worker::{EpollContext, EventHandler, Worker};
+use super::kicked_queue::{self, KickedQueueWorker, QueueServer};
 use super::GuestMemoryMmap;
 
 const QUEUE_SIZE: u16 = 256;
 const REQUEST_QUEUE: u16 = 0;
-const KICK_TOKEN: u64 = 0;
 /// The most entropy one request gets: enough for any driver's pool refill, small
 /// enough that one request cannot keep the thread reading for long.
 pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
@@ -41,7 +38,7 @@ pub enum RngError {
 pub struct Rng {
     source: Arc<File>,
     path: PathBuf,
-    worker: Option<Worker<RngWorker>>,
+    worker: Option<KickedQueueWorker<EntropyQueue>>,
 }
 
 impl Rng {
@@ -90,28 +87,10 @@ impl VirtioDevice for Rng {
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let Activation {
-            mem,
-            interrupt,
-            queues,
-            ..
-        } = activation;
-        let active = queues
-            .into_iter()
-            .find(|q| q.index == REQUEST_QUEUE)
-            .ok_or(ActivateError::MissingQueue(REQUEST_QUEUE))?;
-        let kick_fd = active.kick.as_raw_fd();
-        let handler = RngWorker {
-            mem,
-            requests: EntropyQueue::new(active.queue, Arc::clone(&self.source)),
-            kick: active.kick,
-            interrupt,
-        };
-        let worker = Worker::spawn(self.name().to_string(), handler, &[(kick_fd, KICK_TOKEN)])
-            .map_err(|source| ActivateError::Thread {
-                what: self.name().to_string(),
-                source,
-            })?;
+        let source = Arc::clone(&self.source);
+        let worker = kicked_queue::start(self.name(), activation, REQUEST_QUEUE, |queue| {
+            EntropyQueue::new(queue, source)
+        })?;
         self.worker = Some(worker);
         Ok(())
     }
@@ -142,7 +121,9 @@ impl EntropyQueue {
             warn: WarnOnce::new("virtio-rng"),
         }
     }
+}
 
+impl QueueServer for EntropyQueue {
     /// Serves every available request; returns whether any completed.
     fn process(&mut self, mem: &GuestMemoryMmap) -> bool {
         let source = &self.source;
@@ -150,6 +131,10 @@ impl EntropyQueue {
         drain_queue(&mut self.queue, mem, &mut self.warn, |warn, chain| {
             fill_chain(mem, chain, source, buf, warn)
         })
+    }
+
+    fn queue_mut(&mut self) -> &mut Queue {
+        &mut self.queue
     }
 }
 
@@ -208,32 +193,6 @@ fn read_up_to(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(done)
-}
-
-struct RngWorker {
-    mem: GuestMemoryMmap,
-    requests: EntropyQueue,
-    kick: EventFd,
-    interrupt: Arc<dyn VirtioInterrupt>,
-}
-
-impl EventHandler for RngWorker {
-    fn handle_event(&mut self, token: u64, _ctx: &EpollContext<'_>) {
-        if token != KICK_TOKEN {
-            return;
-        }
-        if let Err(e) = self.kick.read() {
-            log::error!("virtio-rng: cannot read the queue's kick event: {e}");
-        }
-        if self.requests.process(&self.mem) {
-            notify_used(
-                &mut self.requests.queue,
-                &self.mem,
-                self.interrupt.as_ref(),
-                REQUEST_QUEUE,
-            );
-        }
-    }
 }
 
 #[cfg(test)]

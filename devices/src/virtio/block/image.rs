@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use vm_memory::GuestMemoryBackend;
 
-use super::chain::{total_len, BufCursor, GuestBuf};
 use super::error::BlockError;
 use super::BlockOptions;
+use crate::virtio::chain::{total_len, BufCursor, GuestBuf};
 use crate::virtio::GuestMemoryMmap;
 
 pub(crate) const SECTOR_SIZE: u64 = 512;

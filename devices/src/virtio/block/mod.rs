@@ -2,7 +2,6 @@
 //! flush, discard, write-zeroes and get-id, done synchronously on the device's own
 //! I/O thread.
 
-mod chain;
 mod config;
 mod error;
 mod handler;
@@ -11,10 +10,8 @@ mod request;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use chain::{drain_queue, notify_used, split_chain, total_len, BufCursor, WarnOnce};
 pub use error::BlockError;
 
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,13 +22,13 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 
 use self::config::{config_space, read_config_bytes, CONFIG_LEN};
-use self::handler::{BlockWorker, RequestQueue, KICK_TOKEN, REQUEST_QUEUE};
+use self::handler::{RequestQueue, REQUEST_QUEUE};
 use self::image::DiskImage;
 use super::device::{
     ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
     VIRTIO_RING_F_EVENT_IDX,
 };
-use super::worker::Worker;
+use super::kicked_queue::{self, KickedQueueWorker};
 
 /// Entries of the request queue.
 const QUEUE_SIZE: u16 = 256;
@@ -58,7 +55,7 @@ pub struct Block {
     disk: Arc<DiskImage>,
     features: u64,
     config: [u8; CONFIG_LEN],
-    worker: Option<Worker<BlockWorker>>,
+    worker: Option<KickedQueueWorker<RequestQueue>>,
 }
 
 impl Block {
@@ -125,28 +122,10 @@ impl VirtioDevice for Block {
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let Activation {
-            mem,
-            interrupt,
-            queues,
-            ..
-        } = activation;
-        let active = queues
-            .into_iter()
-            .find(|q| q.index == REQUEST_QUEUE)
-            .ok_or(ActivateError::MissingQueue(REQUEST_QUEUE))?;
-        let kick_fd = active.kick.as_raw_fd();
-        let handler = BlockWorker {
-            mem,
-            requests: RequestQueue::new(active.queue, Arc::clone(&self.disk)),
-            kick: active.kick,
-            interrupt,
-        };
-        let worker = Worker::spawn(self.name().to_string(), handler, &[(kick_fd, KICK_TOKEN)])
-            .map_err(|source| ActivateError::Thread {
-                what: self.name().to_string(),
-                source,
-            })?;
+        let disk = Arc::clone(&self.disk);
+        let worker = kicked_queue::start(self.name(), activation, REQUEST_QUEUE, |queue| {
+            RequestQueue::new(queue, disk)
+        })?;
         self.worker = Some(worker);
         Ok(())
     }

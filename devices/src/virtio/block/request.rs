@@ -9,10 +9,10 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::chain::{
+use super::image::{BounceBuffer, DiskImage, SECTOR_SIZE};
+use crate::virtio::chain::{
     split_chain, status_byte, total_len, without_tail, BufCursor, ChainFault, GuestBuf, WarnOnce,
 };
-use super::image::{BounceBuffer, DiskImage, SECTOR_SIZE};
 use crate::virtio::GuestMemoryMmap;
 
 /// `struct virtio_blk_outhdr`: type, reserved, sector.

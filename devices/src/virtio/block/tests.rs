@@ -14,6 +14,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 use super::handler::RequestQueue;
 use super::image::DiskImage;
 use super::*;
+use crate::virtio::kicked_queue::QueueServer;
 use crate::virtio::testing::strategies::{fuzz_case, FUZZ_MEM_SIZE};
 use crate::virtio::testing::{guest_memory, Segment, TestQueue};
 use crate::virtio::GuestMemoryMmap;
