@@ -26,6 +26,7 @@ use form_vm_allocator::layout::{
     GuestLayout, ACPI_TABLES_END, GED_MMIO_START, IOAPIC_START, LAPIC_START, PCI_CONFIG_IO_SIZE,
     PCI_CONFIG_IO_START, PCI_ECAM_START, RSDP_START,
 };
+use std::collections::BTreeSet;
 use vm_memory::{Bytes, GuestAddress};
 
 const OEM_ID: [u8; 6] = *b"FORMVM";
@@ -60,6 +61,8 @@ pub enum AcpiError {
 pub struct AcpiPlatform<'a> {
     pub layout: &'a GuestLayout,
     pub vcpus: u32,
+    /// PCI slots whose devices stay for the VM's life (virtio): not hotpluggable.
+    pub fixed_slots: BTreeSet<u8>,
 }
 
 fn bytes(t: &dyn Aml) -> Vec<u8> {
@@ -118,7 +121,7 @@ fn dsdt(platform: &AcpiPlatform<'_>) -> Vec<u8> {
         ],
     )));
 
-    sdt.append_slice(&crate::acpi_pci::pci_slots_aml());
+    sdt.append_slice(&crate::acpi_pci::pci_slots_aml(&platform.fixed_slots));
 
     sdt.append_slice(&bytes(&Device::new(
         "_SB_.COM1".into(),
@@ -312,6 +315,7 @@ mod tests {
         let p = AcpiPlatform {
             layout: &layout,
             vcpus: 4,
+            fixed_slots: Default::default(),
         };
         for t in [dsdt(&p), fadt(0x1234), madt(4).unwrap(), mcfg()] {
             let len = u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize;
@@ -330,6 +334,7 @@ mod tests {
         let t = dsdt(&AcpiPlatform {
             layout: &layout,
             vcpus: 1,
+            fixed_slots: Default::default(),
         });
         let has = |s: &[u8]| t.windows(s.len()).any(|w| w == s);
         for name in [

@@ -12,6 +12,7 @@ use acpi_tables::aml::{
     If, Local, Method, Name, Notify, OpRegion, OpRegionSpace, Package, Path, Scope, Store,
 };
 use acpi_tables::{Aml, AmlSink};
+use std::collections::BTreeSet;
 
 /// First IOAPIC GSI of PCI INTx (platform.md: 10-15).
 pub const INTX_FIRST_GSI: u32 = 10;
@@ -62,26 +63,32 @@ fn prt() -> Raw {
     raw(&Name::new("_PRT".into(), &Package::new(refs)))
 }
 
-fn slot_device(slot: u8) -> Raw {
+/// A hotplug slot: `_ADR`, `_SUN` and `_EJ0`. A fixed slot (a device the VMM never
+/// removes) gets `_ADR` alone, so the guest's hotplug driver does not claim it and
+/// cannot offer to eject a device the VMM would leave on the bus.
+fn slot_device(slot: u8, fixed: bool) -> Raw {
     let adr = u32::from(slot) << 16;
     let sun = u32::from(slot);
     let pcej = Path::new("\\_SB_.PCI0.PCEJ");
-    raw(&Device::new(
-        slot_name(slot).as_str().into(),
-        vec![
-            &Name::new("_ADR".into(), &adr),
-            &Name::new("_SUN".into(), &sun),
-            &Method::new("_EJ0".into(), 1, false, vec![&Store::new(&pcej, &sun)]),
-        ],
-    ))
+    let adr_name = Name::new("_ADR".into(), &adr);
+    let sun_name = Name::new("_SUN".into(), &sun);
+    let eject = Store::new(&pcej, &sun);
+    let ej0 = Method::new("_EJ0".into(), 1, false, vec![&eject]);
+    let children: Vec<&dyn Aml> = if fixed {
+        vec![&adr_name]
+    } else {
+        vec![&adr_name, &sun_name, &ej0]
+    };
+    raw(&Device::new(slot_name(slot).as_str().into(), children))
 }
 
 /// `PCNT`: reads (and so clears) the added and removed bitmaps once, then notifies
-/// each slot whose bit is set.
-fn pcnt() -> Raw {
+/// each hotplug slot whose bit is set.
+fn pcnt(fixed: &BTreeSet<u8>) -> Raw {
     let pciu = Path::new("PCIU");
     let pcid = Path::new("PCID");
     let notifies: Vec<Raw> = HOTPLUG_SLOTS
+        .filter(|slot| !fixed.contains(slot))
         .flat_map(|slot| {
             let bit = 1u32 << slot;
             let target = Path::new(&slot_name(slot));
@@ -106,11 +113,14 @@ fn pcnt() -> Raw {
     raw(&Method::new("PCNT".into(), 0, true, body))
 }
 
-/// `Scope(\_SB_.PCI0) { _PRT, the hotplug registers, SL01..SL1F, PCNT }`.
-pub fn pci_slots_aml() -> Vec<u8> {
-    let slots: Vec<Raw> = HOTPLUG_SLOTS.map(slot_device).collect();
+/// `Scope(\_SB_.PCI0) { _PRT, the hotplug registers, SL01..SL1F, PCNT }`, with the
+/// slots in `fixed` (the virtio devices) not hotpluggable.
+pub fn pci_slots_aml(fixed: &BTreeSet<u8>) -> Vec<u8> {
+    let slots: Vec<Raw> = HOTPLUG_SLOTS
+        .map(|slot| slot_device(slot, fixed.contains(&slot)))
+        .collect();
     let prt = prt();
-    let pcnt = pcnt();
+    let pcnt = pcnt(fixed);
     let region = OpRegion::new(
         "PCST".into(),
         OpRegionSpace::SystemMemory,
@@ -155,7 +165,7 @@ mod tests {
 
     #[test]
     fn every_slot_is_an_ejectable_device_with_adr_and_sun() {
-        let aml = pci_slots_aml();
+        let aml = pci_slots_aml(&BTreeSet::new());
         for slot in HOTPLUG_SLOTS {
             let name = slot_name(slot);
             assert!(contains(&aml, name.as_bytes()), "{name}");
@@ -184,7 +194,7 @@ mod tests {
 
     #[test]
     fn pcnt_notifies_device_check_and_eject() {
-        let pcnt = pcnt().0;
+        let pcnt = pcnt(&BTreeSet::new()).0;
         // Notify opcode 0x86, the slot's name, then the value.
         let notify_of = |slot: u8, value: u8| {
             let mut pat = vec![0x86];
@@ -195,6 +205,36 @@ mod tests {
         for slot in HOTPLUG_SLOTS {
             assert!(notify_of(slot, 1), "slot {slot} device check");
             assert!(notify_of(slot, 3), "slot {slot} eject request");
+        }
+    }
+
+    #[test]
+    fn fixed_slots_are_plain_devices_that_are_never_notified() {
+        let fixed = BTreeSet::from([2, 5]);
+        let aml = pci_slots_aml(&fixed);
+        let count = |n: &[u8]| aml.windows(n.len()).filter(|w| *w == n).count();
+        // All 31 slots stay named with an address (the _PRT and the guest's view of
+        // the bus do not change); two lose _SUN and _EJ0.
+        for slot in HOTPLUG_SLOTS {
+            assert!(contains(&aml, slot_name(slot).as_bytes()), "slot {slot}");
+        }
+        assert_eq!(count(b"_ADR"), 31);
+        assert_eq!(count(b"_EJ0"), 29);
+        assert_eq!(count(b"_SUN"), 29);
+
+        let fixed_device = slot_device(2, true).0;
+        assert!(!contains(&fixed_device, b"_EJ0"));
+        assert!(!contains(&fixed_device, b"_SUN"));
+        assert!(contains(&fixed_device, b"_ADR"));
+
+        let pcnt = pcnt(&fixed).0;
+        let notified = |slot: u8| {
+            let mut pat = vec![0x86];
+            pat.extend_from_slice(slot_name(slot).as_bytes());
+            contains(&pcnt, &pat)
+        };
+        for slot in HOTPLUG_SLOTS {
+            assert_eq!(notified(slot), !fixed.contains(&slot), "slot {slot}");
         }
     }
 }

@@ -218,20 +218,6 @@ impl Vm {
         };
         let payload = boot::load_payload(&memory, &layout, &request)?;
         let vcpu_count = u32::from(config.cpus.boot_vcpus);
-        let rsdp = create_acpi_tables(
-            &memory,
-            &AcpiPlatform {
-                layout: &layout,
-                vcpus: vcpu_count,
-            },
-        )?;
-        let e820 = boot::e820_map(&layout);
-        let boot_info = match payload.entry {
-            EntryPoint::Linux64 { .. } => {
-                boot::write_zero_page(&memory, &payload, &e820, Some(rsdp))?
-            }
-            EntryPoint::Pvh { .. } => boot::write_start_info(&memory, &payload, &e820, Some(rsdp))?,
-        };
 
         let buses = IoBuses {
             pio: Arc::new(Bus::new()),
@@ -275,6 +261,23 @@ impl Vm {
             },
             taps,
         )?;
+
+        // After the devices: the DSDT marks the virtio slots as not hotpluggable.
+        let rsdp = create_acpi_tables(
+            &memory,
+            &AcpiPlatform {
+                layout: &layout,
+                vcpus: vcpu_count,
+                fixed_slots: virtio.slots(),
+            },
+        )?;
+        let e820 = boot::e820_map(&layout);
+        let boot_info = match payload.entry {
+            EntryPoint::Linux64 { .. } => {
+                boot::write_zero_page(&memory, &payload, &e820, Some(rsdp))?
+            }
+            EntryPoint::Pvh { .. } => boot::write_start_info(&memory, &payload, &e820, Some(rsdp))?,
+        };
 
         let supported = hv.supported_cpuid()?;
         let mut vcpus = Vec::with_capacity(vcpu_count as usize);

@@ -222,6 +222,11 @@ fn reserve_configured_ids(
 }
 
 impl VirtioDevices {
+    /// The PCI slots the virtio devices occupy.
+    pub fn slots(&self) -> BTreeSet<u8> {
+        self.devices.iter().map(|d| d.slot).collect()
+    }
+
     /// Attaches every virtio device `config` asks for and records in it the ids and
     /// MAC addresses chosen for it, so vm.info shows them and a reboot builds the
     /// same devices. `taken` holds the ids of devices already attached (VFIO).
