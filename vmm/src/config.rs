@@ -73,6 +73,8 @@ pub enum ConfigError {
     MacSyntax(String),
     #[error("MAC address '{0}' is a multicast address; a NIC needs a unicast one (the first byte's lowest bit clear)")]
     MacMulticast(String),
+    #[error("MAC address '{0}' is all zeros, which names no NIC; give another or leave mac out for a random one")]
+    MacZero(String),
     #[error("MAC address {0} is given to more than one network device")]
     DuplicateMac(String),
     #[error("rng source path is empty: give an entropy file such as /dev/urandom (src=...)")]

@@ -214,6 +214,9 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
     if bytes[0] & 1 != 0 {
         return Err(ConfigError::MacMulticast(text.to_string()));
     }
+    if bytes == [0; 6] {
+        return Err(ConfigError::MacZero(text.to_string()));
+    }
     Ok(bytes)
 }
 
@@ -413,6 +416,10 @@ mod tests {
                 "{bad}"
             );
         }
+        assert_eq!(
+            parse_mac("00:00:00:00:00:00"),
+            Err(ConfigError::MacZero("00:00:00:00:00:00".into()))
+        );
     }
 
     #[test]

@@ -71,6 +71,10 @@ impl FromStr for MacAddr {
             if part.len() != 2 {
                 return Err(fail("each byte takes exactly two hex digits"));
             }
+            // from_str_radix would take a sign ("+5") as part of the number.
+            if !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(fail("not a hex digit"));
+            }
             *byte = u8::from_str_radix(part, 16).map_err(|_| fail("not a hex digit"))?;
         }
         if parts.next().is_some() {
@@ -115,6 +119,7 @@ mod tests {
             ("52:54:00:12:34:56:78", "more than six bytes"),
             ("52:54:00:12:34:5", "two hex digits"),
             ("52:54:00:12:34:zz", "not a hex digit"),
+            ("+2:54:00:12:34:56", "not a hex digit"),
             ("52-54-00-12-34-56", "two hex digits"),
             ("", "two hex digits"),
             ("01:00:5e:00:00:01", "multicast"),
