@@ -1,6 +1,7 @@
 //! A VM's disks and network interfaces: checks on what the operator gave, and the
 //! host-side names the service derives for each interface.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use crate::api::types::{DiskConfig, NetworkConfig, NetworkInfo, VmInstanceConfig};
@@ -40,10 +41,12 @@ fn check_disk_file(field: &str, path: &str) -> Result<(), InstanceError> {
         ));
     }
     match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => Ok(()),
+        // A block device (an LVM volume, a partition, an NVMe namespace) serves as
+        // a raw disk too; form-vmm refuses one the host has mounted or holds.
+        Ok(meta) if meta.is_file() || meta.file_type().is_block_device() => Ok(()),
         Ok(meta) if meta.is_dir() => Err(invalid("is a directory, not a disk image".into())),
         Ok(_) => Err(invalid(
-            "is not a regular file; give a raw disk image file".into(),
+            "is neither a regular file nor a block device; give a raw disk image file or a block device".into(),
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(invalid(
             "does not exist; create it (e.g. qemu-img create -f raw IMG 10G) or fix the path"
@@ -143,8 +146,27 @@ mod tests {
             message.contains("disks[1].path") && message.contains("twice"),
             "{message}"
         );
+        // /dev/null is a character device: neither an image nor a block device.
         let message = invalid(validate_disks(&[disk("/dev/null")]));
-        assert!(message.contains("not a regular file"), "{message}");
+        assert!(
+            message.contains("neither a regular file nor a block device"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_block_device_is_a_disk() {
+        // Any block device the host has will do; the check reads its type only.
+        let Some(device) = std::fs::read_dir("/dev")
+            .unwrap()
+            .filter_map(Result::ok)
+            .find(|e| e.file_type().is_ok_and(|t| t.is_block_device()))
+        else {
+            eprintln!("skipping a_block_device_is_a_disk: no block device under /dev");
+            return;
+        };
+        let path = device.path().display().to_string();
+        validate_disks(&[disk(&path)]).unwrap_or_else(|e| panic!("{path}: {e}"));
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub enum BlockError {
     )]
     Locked { path: PathBuf },
 
+    #[error(
+        "block device {path} is in use on the host (mounted, or held by LVM, RAID, swap or \
+         another VM): a guest writing to it would corrupt it; unmount or release it first, \
+         or attach it with readonly=on"
+    )]
+    DeviceBusy { path: PathBuf },
+
     #[error("cannot lock disk image {path}: {source}")]
     Lock {
         path: PathBuf,

@@ -59,19 +59,27 @@ impl DiskImage {
         if !meta.is_file() && !meta.file_type().is_block_device() {
             return Err(BlockError::NotAFileOrBlockDevice { path });
         }
+        // A writable block device is opened exclusively: the kernel then refuses it
+        // (EBUSY) while a file system is mounted from it or LVM, MD or swap holds
+        // it, which flock, advisory and per-file, cannot see.
+        let exclusive = !opts.readonly && meta.file_type().is_block_device();
+        let flags = libc::O_CLOEXEC | if exclusive { libc::O_EXCL } else { 0 };
         let file = OpenOptions::new()
             .read(true)
             .write(!opts.readonly)
-            .custom_flags(libc::O_CLOEXEC)
+            .custom_flags(flags)
             .open(&path)
-            .map_err(|source| BlockError::Open {
-                path: path.clone(),
-                mode: if opts.readonly {
-                    " read-only"
-                } else {
-                    " read-write"
+            .map_err(|source| match source.raw_os_error() {
+                Some(libc::EBUSY) if exclusive => BlockError::DeviceBusy { path: path.clone() },
+                _ => BlockError::Open {
+                    path: path.clone(),
+                    mode: if opts.readonly {
+                        " read-only"
+                    } else {
+                        " read-write"
+                    },
+                    source,
                 },
-                source,
             })?;
         lock(&file, &path, opts.readonly)?;
 

@@ -492,6 +492,97 @@ fn an_image_in_use_is_refused() {
     Block::open(opts(&img.path, false)).expect("the lock must go with the device");
 }
 
+/// A loop device over a patterned image, detached on drop; `None` (after saying
+/// why) where loop devices cannot be made: not root, or no losetup.
+struct LoopDevice {
+    device: PathBuf,
+    _image: TempImage,
+}
+
+impl LoopDevice {
+    fn new(test: &str) -> Option<LoopDevice> {
+        let image = TempImage::patterned("loop-backing", 16);
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image.path)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(LoopDevice {
+                device: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+                _image: image,
+            }),
+            Ok(out) => {
+                eprintln!(
+                    "skipping {test}: losetup failed (root and /dev/loop-control are needed): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipping {test}: cannot run losetup: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("--detach")
+            .arg(&self.device)
+            .status();
+    }
+}
+
+#[test]
+fn a_block_device_the_host_holds_is_refused_for_writing() {
+    let Some(dev) = LoopDevice::new("a_block_device_the_host_holds_is_refused_for_writing") else {
+        return;
+    };
+    // Free, it serves reads and writes like an image file.
+    let d = disk(&dev.device, false);
+    assert_eq!(d.capacity(), 16 * 512);
+    assert_eq!(
+        request(&d, VIRTIO_BLK_T_IN, 3, &[], 512).data_in,
+        [3u8; 512]
+    );
+    drop(d);
+
+    // Held exclusively, as the kernel holds a mounted file system's device (or LVM,
+    // MD and swap theirs): a writable attach is refused and says why; a read-only
+    // one is allowed.
+    use std::os::unix::fs::OpenOptionsExt;
+    let holder = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&dev.device)
+        .unwrap();
+    let msg = open_err(opts(&dev.device, false));
+    assert!(
+        msg.contains("is in use on the host") && msg.contains(dev.device.to_str().unwrap()),
+        "{msg}"
+    );
+    let ro = disk(&dev.device, true);
+    assert_eq!(
+        request(&ro, VIRTIO_BLK_T_IN, 5, &[], 512).data_in,
+        [5u8; 512]
+    );
+    drop((ro, holder));
+
+    // And a VM writing to it keeps the host (and other VMs) from claiming it.
+    let writer = disk(&dev.device, false);
+    let claim = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&dev.device);
+    assert_eq!(
+        claim.err().and_then(|e| e.raw_os_error()),
+        Some(libc::EBUSY)
+    );
+    drop(writer);
+}
+
 #[test]
 fn direct_io_works_with_unaligned_guest_buffers() {
     let img = TempImage::patterned("direct", 4096);
