@@ -132,6 +132,22 @@ check 'edu, exception vector refused' "$LAB" 'edu vector=0x0e' \
 	"${P}FAIL vector=0xe is an exception vector; use 0x20-0xfe"
 check 'edu, no local APIC' '' 'edu' \
 	"${P}FAIL the local APIC timer does not count \(stuck at 0x[0-9a-f]+\)"
+check 'edu-p2p, into the VGA framebuffer and back' "$LAB" 'edu-p2p' \
+	'found 00:02\.0 1234:11e8 class 00ff00' 'p2p: peer 00:01\.0 1234:1111 class 030000' \
+	'p2p: edu DMA 2048 bytes -> 00:01\.0 bar 0 at 0xc0000000: match' \
+	'p2p: edu DMA 2048 bytes <- 00:01\.0 bar 0 at 0xc0000000: match' "$PASS" "$NOFAIL"
+check 'edu-p2p, far end of an 8 GiB BAR above 4 GiB' "$LAB" \
+	'edu-p2p target_vendor=0x1af4 target_device=0x1110 bar=2 offset=0x1ffffe000 len=0xffc' \
+	'mapped 0x3ffffe000-0x3ffffeffb above 4 GiB' \
+	'p2p: edu DMA 4092 bytes -> 00:03\.0 bar 2 at 0x3ffffe000: match' \
+	'p2p: edu DMA 4092 bytes <- 00:03\.0 bar 2 at 0x3ffffe000: match' "$PASS" "$NOFAIL"
+check 'edu-p2p, BARs not reachable by DMA' "$LAB --no-p2p" 'edu-p2p' \
+	'p2p: edu -> peer BAR: 512 of 512 words differ, the first at \+0x0 reads 0x[0-9a-f]+, not 0x[0-9a-f]+' \
+	"${P}FAIL no peer-to-peer DMA \(edu -> peer BAR\); is the BAR mapped in the IOMMU\?" "!$PASS"
+check 'edu-p2p, a whole 4 KiB refused' "$LAB" 'edu-p2p len=0x1000' \
+	"${P}FAIL parameter len=0x1000 is above its limit 0xffc"
+check 'edu-p2p, no such peer' "$LAB" 'edu-p2p target_device=0x2222' \
+	"${P}FAIL no 1234:2222 on bus 0 to DMA into"
 check 'msix, no MSI-X capability' "$LAB" 'msix vendor=0x1234 device=0x11e8' \
 	"${P}FAIL the device has no MSI-X capability"
 check 'pci-wait, present' "$LAB" 'pci-wait vendor=0x1234 device=0x11e8' \

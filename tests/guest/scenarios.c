@@ -99,6 +99,7 @@ static const struct scenario scenarios[] = {
 	{ "pci-scan", scenario_pci_scan },
 	{ "bar-rw", scenario_bar_rw },
 	{ "edu", scenario_edu },
+	{ "edu-p2p", scenario_edu_p2p },
 	{ "msix", scenario_msix },
 	{ "pci-wait", scenario_pci_wait },
 	{ "hotplug-cycle", scenario_hotplug_cycle },

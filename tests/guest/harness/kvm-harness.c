@@ -78,6 +78,7 @@ struct options {
 	uint64_t ecam;
 	bool no_devices;
 	bool lab_devices;
+	bool no_p2p;
 	bool irqchip;
 	unsigned hotplug_ms;
 	unsigned timeout;
@@ -161,8 +162,10 @@ static void usage(void)
 		"  --no-devices      ECAM reads return all ones\n"
 		"  --irqchip         in-kernel LAPIC/IOAPIC (HLT then never exits)\n"
 		"  --lab-devices     the VFIO lab's devices instead: RAM-backed BARs (VGA BAR0,\n"
-		"                    ivshmem's 8 GiB BAR2 above 4 GiB) and an edu with DMA and\n"
-		"                    MSI; implies --irqchip\n"
+		"                    ivshmem's 8 GiB BAR2 above 4 GiB) and an edu with DMA (to\n"
+		"                    RAM and to those BARs) and MSI; implies --irqchip\n"
+		"  --no-p2p          with --lab-devices: edu's DMA reaches guest RAM but not the\n"
+		"                    BARs, as when a VMM leaves them out of the IOMMU\n"
 		"  --hotplug-cycle MS with --lab-devices: edu is absent, present, asked back\n"
 		"                    through PCID (gone once ejected or after MS/2), absent,\n"
 		"                    then present, for MS ms each (add/remove/add)\n"
@@ -191,6 +194,8 @@ static void parse_args(int argc, char **argv, struct options *o)
 			o->no_devices = true, takes_arg = false;
 		else if (!strcmp(opt, "--lab-devices"))
 			o->lab_devices = true, o->irqchip = true, takes_arg = false;
+		else if (!strcmp(opt, "--no-p2p"))
+			o->no_p2p = true, takes_arg = false;
 		else if (!strcmp(opt, "--irqchip"))
 			o->irqchip = true, takes_arg = false;
 		else if (!arg)
@@ -588,6 +593,16 @@ static size_t function_count = sizeof(plain_functions) / sizeof(plain_functions[
 #define STATUS_CAP_LIST (1U << 4)
 #define COMMAND_BUS_MASTER (1U << 2)
 
+/* The RAM-backed BARs, where edu's DMA reaches them (peer-to-peer, as
+ * through an IOMMU that maps every BAR at its guest address). */
+#define MAX_BAR_BACKINGS 8
+static struct {
+	uint64_t addr, size;
+	uint8_t *host;
+} bar_backings[MAX_BAR_BACKINGS];
+static unsigned bar_backing_count;
+static bool bar_dma_refused; /* --no-p2p */
+
 static void map_ram(int vm, unsigned slot, uint64_t addr, uint64_t size)
 {
 	void *backing = mmap(NULL, size, PROT_READ | PROT_WRITE,
@@ -603,6 +618,28 @@ static void map_ram(int vm, unsigned slot, uint64_t addr, uint64_t size)
 	};
 	if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region))
 		die("mapping a BAR at 0x%llx: %s", (unsigned long long)addr, strerror(errno));
+	if (bar_backing_count == MAX_BAR_BACKINGS)
+		die("more than %u RAM-backed BARs", MAX_BAR_BACKINGS);
+	bar_backings[bar_backing_count].addr = addr;
+	bar_backings[bar_backing_count].size = size;
+	bar_backings[bar_backing_count].host = backing;
+	bar_backing_count++;
+}
+
+/* Where [addr, addr + len) of guest physical memory lives here: guest RAM or
+ * one RAM-backed BAR; NULL for anything else. */
+static uint8_t *dma_host(uint64_t addr, uint64_t len)
+{
+	if (addr <= MEM_SIZE && len <= MEM_SIZE - addr)
+		return mem + addr;
+	for (unsigned i = 0; i < bar_backing_count && !bar_dma_refused; i++) {
+		uint64_t off = addr - bar_backings[i].addr;
+
+		if (addr >= bar_backings[i].addr && off <= bar_backings[i].size &&
+		    len <= bar_backings[i].size - off)
+			return bar_backings[i].host + off;
+	}
+	return NULL;
 }
 
 static void lab_devices_init(int vm)
@@ -774,25 +811,26 @@ static void edu_signal(const struct fake_function *f)
 		report("edu: KVM_SIGNAL_MSI: %s", strerror(errno));
 }
 
-/* Copies between guest RAM and the device buffer; out-of-range requests are
- * reported and dropped, as a real device would fault them. */
+/* Copies between guest memory (RAM or a RAM-backed BAR) and the device
+ * buffer; out-of-range requests are reported and dropped, as a real device
+ * would fault them. */
 static void edu_dma(const struct fake_function *f)
 {
 	bool to_ram = edu.dma_cmd & 2;
 	uint64_t ram = to_ram ? edu.dma_dst : edu.dma_src;
 	uint64_t dev = (to_ram ? edu.dma_src : edu.dma_dst) - EDU_BUFFER_ADDR;
+	uint8_t *host = dma_host(ram, edu.dma_count);
 
 	if (!(f->config[1] & COMMAND_BUS_MASTER))
 		report("edu: DMA without bus mastering enabled");
-	else if (dev > EDU_BUFFER_SIZE || edu.dma_count > EDU_BUFFER_SIZE - dev ||
-		 ram > MEM_SIZE || edu.dma_count > MEM_SIZE - ram)
-		report("edu: DMA out of range: ram 0x%llx, buffer offset 0x%llx, 0x%llx bytes",
+	else if (dev > EDU_BUFFER_SIZE || edu.dma_count > EDU_BUFFER_SIZE - dev || !host)
+		report("edu: DMA out of range: address 0x%llx, buffer offset 0x%llx, 0x%llx bytes",
 		       (unsigned long long)ram, (unsigned long long)dev,
 		       (unsigned long long)edu.dma_count);
 	else if (to_ram)
-		memcpy(mem + ram, edu.buffer + dev, edu.dma_count);
+		memcpy(host, edu.buffer + dev, edu.dma_count);
 	else
-		memcpy(edu.buffer + dev, mem + ram, edu.dma_count);
+		memcpy(edu.buffer + dev, host, edu.dma_count);
 	edu.dma_cmd &= ~1ULL;
 	if (edu.dma_cmd & 4) {
 		edu.irq_status |= 0x100;
@@ -967,6 +1005,7 @@ int main(int argc, char **argv)
 	vm_fd = vm;
 	if (o.lab_devices)
 		lab_devices_init(vm);
+	bar_dma_refused = o.no_p2p;
 
 	entry = load_elf(o.elf);
 	build_boot(&o);
