@@ -202,3 +202,60 @@ fn tcp_needs_a_token_file_and_the_token() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["gpus"].as_array().unwrap().len(), 9);
 }
+
+#[test]
+fn the_console_over_tcp_needs_the_token_and_carries_the_bytes() {
+    if !have_python() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = hgx_h100().build();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let token = "console-token-0123456789";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let listen = format!("tcp:127.0.0.1:{port}");
+    let token_arg = token_file.display().to_string();
+    let _service = serve(dir.path(), &fixture, &listen, &["--token-file", &token_arg]);
+    let address = format!("127.0.0.1:{port}");
+    wait_for("the TCP listener", || TcpStream::connect(&address).is_ok());
+
+    let body = json!({"name": "remote", "kernel": kernel(dir.path()), "memory": 268435456});
+    let mut stream = TcpStream::connect(&address).unwrap();
+    let (status, vm) = request(&mut stream, "POST", "/v1/vms", Some(&body), Some(token));
+    assert_eq!(status, 201, "{vm}");
+    let log = PathBuf::from(vm["serial_log"].as_str().unwrap());
+    std::fs::write(&log, b"ci-info: eth0 10.20.0.9\r\n\xc3").unwrap();
+
+    let get = |token: Option<&str>| {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "GET /v1/vms/remote/console?tail=100 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8(answer[..split].to_vec()).unwrap();
+        (head.to_ascii_lowercase(), answer[split + 4..].to_vec())
+    };
+    let (head, _) = get(None);
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    let (head, bytes) = get(Some(token));
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("\r\nx-console-offset: 26\r\n"), "{head}");
+    assert!(head.contains("\r\nx-console-size: 26\r\n"), "{head}");
+    assert_eq!(bytes, b"ci-info: eth0 10.20.0.9\r\n\xc3");
+
+    // Stops the fake VMM, which would otherwise outlive the service killed on drop.
+    let mut stream = TcpStream::connect(&address).unwrap();
+    let (status, _) = request(&mut stream, "DELETE", "/v1/vms/remote", None, Some(token));
+    assert_eq!(status, 204);
+}

@@ -2,20 +2,23 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::types::{
-    AddGpuRequest, BindGpuRequest, DoctorFinding, DoctorResponse, GpuList, PingResponse, VmInfo,
-    VmInstanceConfig, VmList,
+    AddGpuRequest, BindGpuRequest, DoctorFinding, DoctorResponse, ErrorCode, GpuList, PingResponse,
+    VmInfo, VmInstanceConfig, VmList, CONSOLE_DEFAULT_TAIL, CONSOLE_MAX_BYTES,
+    CONSOLE_OFFSET_HEADER, CONSOLE_RESET_HEADER, CONSOLE_SIZE_HEADER,
 };
 use crate::gpu::{self, DoctorInputs, MemlockLimit, Severity};
-use crate::instances::Manager;
+use crate::instances::{ConsoleWindow, Manager};
 
 type Shared = State<Arc<Manager>>;
 type Reply<T> = Result<Json<T>, ApiError>;
@@ -29,6 +32,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/vms/{name}/boot", post(boot_vm))
         .route("/v1/vms/{name}/shutdown", post(shutdown_vm))
         .route("/v1/vms/{name}/reboot", post(reboot_vm))
+        .route("/v1/vms/{name}/console", get(console))
         .route("/v1/vms/{name}/gpus", post(add_gpu))
         .route("/v1/vms/{name}/gpus/{device}", delete(remove_gpu))
         .route("/v1/gpus", get(list_gpus))
@@ -82,6 +86,71 @@ async fn shutdown_vm(State(manager): Shared, Path(name): Path<String>) -> Reply<
 
 async fn reboot_vm(State(manager): Shared, Path(name): Path<String>) -> Reply<VmInfo> {
     Ok(Json(manager.reboot(&name).await?))
+}
+
+async fn console(
+    State(manager): Shared,
+    Path(name): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(pairs) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let window = console_window(&pairs).map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
+    let chunk = manager.console(&name, window)?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(CONSOLE_OFFSET_HEADER, HeaderValue::from(chunk.offset));
+    headers.insert(CONSOLE_SIZE_HEADER, HeaderValue::from(chunk.size));
+    if chunk.reset {
+        headers.insert(CONSOLE_RESET_HEADER, HeaderValue::from_static("1"));
+    }
+    Ok((headers, chunk.bytes).into_response())
+}
+
+/// `tail=N` or `from=OFFSET`, one of them, each at most once; anything else is refused
+/// rather than ignored, so a typo cannot silently answer a different window.
+fn console_window(pairs: &[(String, String)]) -> Result<ConsoleWindow, String> {
+    let mut window = None;
+    for (name, value) in pairs {
+        let parsed = match name.as_str() {
+            "tail" => {
+                let count = bytes_parameter(name, value)?;
+                if count > CONSOLE_MAX_BYTES {
+                    return Err(format!(
+                        "tail={count} is more than the {CONSOLE_MAX_BYTES} bytes one answer holds; read older output with from="
+                    ));
+                }
+                ConsoleWindow::Tail(count)
+            }
+            "from" => ConsoleWindow::From(bytes_parameter(name, value)?),
+            other => {
+                return Err(format!(
+                    "unknown query parameter '{other}'; the console takes tail=BYTES or from=OFFSET"
+                ))
+            }
+        };
+        if let Some(earlier) = window.replace(parsed) {
+            let twice = matches!(
+                (earlier, parsed),
+                (ConsoleWindow::Tail(_), ConsoleWindow::Tail(_))
+                    | (ConsoleWindow::From(_), ConsoleWindow::From(_))
+            );
+            return Err(if twice {
+                format!("{name} is given more than once")
+            } else {
+                "give tail or from, not both".to_string()
+            });
+        }
+    }
+    Ok(window.unwrap_or(ConsoleWindow::Tail(CONSOLE_DEFAULT_TAIL)))
+}
+
+fn bytes_parameter(name: &str, value: &str) -> Result<u64, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{name}='{value}' is not a number of bytes (a non-negative integer)"))
 }
 
 async fn add_gpu(

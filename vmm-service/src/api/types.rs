@@ -12,6 +12,22 @@ pub const API_PREFIX: &str = "/v1";
 /// Guest memory when a create request names none: 512 MiB, as form-vmm's default.
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
 
+/// The most bytes of a VM's serial log one `GET /v1/vms/{name}/console` answers with:
+/// enough for a whole boot, small enough that one answer never holds a GPU host's
+/// service for long.
+pub const CONSOLE_MAX_BYTES: u64 = 4 << 20;
+/// How much of the log's end the console route answers when asked neither `tail` nor
+/// `from`.
+pub const CONSOLE_DEFAULT_TAIL: u64 = 64 << 10;
+/// Console answer header: the offset just past the bytes answered, the next `from`.
+pub const CONSOLE_OFFSET_HEADER: &str = "x-console-offset";
+/// Console answer header: the log's size when it was read (more than the offset when
+/// the answer was capped).
+pub const CONSOLE_SIZE_HEADER: &str = "x-console-size";
+/// Console answer header, `1` when `from` was past the end: the log was restarted
+/// (form-vmm truncates it when the VM is created again), so the answer starts at 0.
+pub const CONSOLE_RESET_HEADER: &str = "x-console-reset";
+
 /// A VM as the operator describes it; the body of `POST /v1/vms`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -300,7 +316,8 @@ pub struct PingResponse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
-    /// 400: the body is not JSON or not the expected shape.
+    /// 400: the body is not JSON or not the expected shape, or a query parameter is
+    /// malformed.
     BadRequest,
     /// 400: a field is out of range or malformed (name, vcpus, memory, cmdline...).
     InvalidConfig,

@@ -15,6 +15,7 @@ use crate::state::{now, GpuAssignment, InstanceRecord, Store, VmmProcess};
 use crate::supervisor::{self, VmPaths};
 use crate::vmm_client::{VmmClient, VmmClientError};
 
+mod console;
 mod gpus;
 mod networks;
 mod vmm_config;
@@ -25,6 +26,8 @@ use super::attachments::network_infos;
 use super::error::InstanceError;
 use super::validate::{validate, GpuSelection, HostLimits};
 use vmm_config::vmm_config;
+
+pub use console::{ConsoleChunk, ConsoleWindow};
 
 /// How long a VMM has to exit after `vmm.shutdown` before it gets SIGTERM, then SIGKILL.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
