@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vmm_service::api::types::{ErrorBody, API_PREFIX};
 
-use crate::client::Client;
+use crate::client::{Client, Reply};
 use crate::error::CtlError;
 
 pub struct Api {
@@ -26,6 +26,24 @@ impl Api {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<Vec<u8>, CtlError> {
+        self.exchange(method, path, body).map(|reply| reply.body)
+    }
+
+    pub fn get(&self, path: &str) -> Result<Vec<u8>, CtlError> {
+        self.call(Method::GET, path, None::<&()>)
+    }
+
+    /// A GET whose answer's headers matter too (the console's offsets).
+    pub fn get_reply(&self, path: &str) -> Result<Reply, CtlError> {
+        self.exchange(Method::GET, path, None::<&()>)
+    }
+
+    fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Reply, CtlError> {
         let json = match body {
             Some(body) => Some(serde_json::to_vec(body).map_err(|e| CtlError::BadResponse {
                 what: path.to_string(),
@@ -36,14 +54,10 @@ impl Api {
         let full_path = format!("{API_PREFIX}{path}");
         let reply = self.client.send(method.clone(), &full_path, json)?;
         if reply.is_success() {
-            Ok(reply.body)
+            Ok(reply)
         } else {
             Err(service_error(&method, &full_path, reply.status, reply.body))
         }
-    }
-
-    pub fn get(&self, path: &str) -> Result<Vec<u8>, CtlError> {
-        self.call(Method::GET, path, None::<&()>)
     }
 }
 

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
+use vmm_service::api::types::CONSOLE_MAX_BYTES;
 use vmm_service::gpu::{self, Bdf};
 
 use crate::options::{parse_disk, parse_net, DiskArg, NetArg};
@@ -112,6 +113,13 @@ pub enum Command {
     Reboot(VmName),
     /// Delete a VM, shutting it down first if it runs.
     Delete(VmName),
+    /// Print a VM's serial console log as the guest wrote it: boot messages, kernel
+    /// panics, cloud-init's first-boot output (addresses, SSH host key fingerprints).
+    #[command(after_help = "Examples:
+  form-vmm-ctl console vm1
+  form-vmm-ctl console vm1 --tail 1M | grep -a 'ci-info'
+  form-vmm-ctl console vm1 -f")]
+    Console(ConsoleArgs),
     /// Give a VM another GPU.
     #[command(after_help = "Examples:
   form-vmm-ctl add-device vm1 --gpu 0000:02:00.0
@@ -139,6 +147,21 @@ pub enum Command {
 pub struct VmName {
     /// The VM's name.
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// The VM's name.
+    pub name: String,
+
+    /// How much of the log's end to print: bytes, or a size such as 512K or 1M
+    /// (at most 4M) [default: the service's, 64K].
+    #[arg(long, value_name = "BYTES", value_parser = parse_tail)]
+    pub tail: Option<u64>,
+
+    /// Keep printing what the guest writes until interrupted or the VM stops.
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -348,6 +371,18 @@ pub fn parse_run(text: &str) -> Result<String, String> {
         return Err("give a shell command, e.g. --run 'nvidia-smi -pm 1'".to_string());
     }
     Ok(text.to_string())
+}
+
+/// A console tail: the service's size syntax, up to what one answer of the service holds.
+pub fn parse_tail(text: &str) -> Result<u64, String> {
+    let bytes = gpu::parse_size(text)?;
+    if bytes > CONSOLE_MAX_BYTES {
+        return Err(format!(
+            "'{text}' is more than the {} MiB the service answers at once",
+            CONSOLE_MAX_BYTES >> 20
+        ));
+    }
+    Ok(bytes)
 }
 
 /// A guest memory size: the service's size syntax, non-zero and page-aligned.
@@ -662,6 +697,35 @@ mod tests {
             );
         }
         assert!(matches!(parse(&["list"]).unwrap().command, Command::List));
+    }
+
+    #[test]
+    fn console_takes_a_tail_and_follow() {
+        let cli = parse(&["console", "vm1", "--tail", "1M", "-f"]).unwrap();
+        let Command::Console(args) = cli.command else {
+            panic!("not console: {:?}", cli.command)
+        };
+        assert_eq!((args.name.as_str(), args.tail), ("vm1", Some(1 << 20)));
+        assert!(args.follow);
+        let Command::Console(args) = parse(&["console", "vm1", "--follow"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!((args.tail, args.follow), (None, true));
+        let Command::Console(args) = parse(&["console", "vm1", "--tail", "0"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!((args.tail, args.follow), (Some(0), false));
+        for (tail, says) in [("5M", "more than the 4 MiB"), ("x", "not a size")] {
+            let err = parse(&["console", "vm1", "--tail", tail]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{tail}");
+            assert!(err.to_string().contains(says), "{tail}: {err}");
+        }
+        assert!(parse(&["console", "vm1", "--tail", "4M"]).is_ok());
+        assert_eq!(
+            parse(&["console"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper::{Method, Request, Uri};
+use hyper::{HeaderMap, Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpStream, UnixStream};
 
@@ -85,12 +85,18 @@ impl fmt::Display for Endpoint {
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
+    pub headers: HeaderMap,
     pub body: Vec<u8>,
 }
 
 impl Reply {
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
+    }
+
+    /// A header's value, when it is there and readable as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
@@ -213,6 +219,7 @@ impl Client {
         tokio::spawn(connection);
         let response = sender.send_request(request).await.map_err(transport)?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let body = response
             .into_body()
             .collect()
@@ -220,7 +227,11 @@ impl Client {
             .map_err(transport)?
             .to_bytes()
             .to_vec();
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
     }
 
     fn unreachable(&self, error: &io::Error) -> CtlError {

@@ -21,7 +21,7 @@ use crate::client::{Client, Endpoint};
 use crate::error::CtlError;
 use crate::exit::Exit;
 use crate::files::{read_ssh_keys, read_user_data};
-use crate::render;
+use crate::{console, render};
 
 /// The environment variable holding the bearer token itself, for --url without
 /// --token-file.
@@ -77,6 +77,15 @@ pub fn run(cli: Cli) -> Result<Exit, CtlError> {
             if !out.json {
                 emit(format!("deleted {}\n", vm.name).as_bytes());
             }
+        }
+        Command::Console(args) => {
+            if out.json {
+                return Err(CtlError::Usage(
+                    "console prints the guest's serial output as it is; --json does not apply to it"
+                        .to_string(),
+                ));
+            }
+            return console::run(&api, &args.name, args.tail, args.follow);
         }
         Command::AddDevice(args) => add_device(&api, &out, &args)?,
         Command::RemoveDevice(args) => remove_device(&api, &out, &args)?,

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod console;
 pub mod error;
 pub mod exit;
 pub mod files;

@@ -744,3 +744,119 @@ fn a_closed_stdout_is_not_a_failure() {
     );
     assert_eq!(service.requests().len(), 1);
 }
+
+#[test]
+fn console_prints_the_log_as_the_guest_wrote_it() {
+    let service = FakeService::unix();
+    // CRLF, an escape sequence and bytes that are not UTF-8, with no final newline: a
+    // serial port's output, which must reach stdout unchanged.
+    let log = b"[    0.000000] Linux\r\n\x1b[1mci-info\x1b[0m: 10.0.0.7 \xff\xfe\r\nlogin: ";
+    service.console("/v1/vms/vm1/console", log, 47, 47, false);
+    service.console(
+        "/v1/vms/vm1/console?tail=1048576",
+        b"login: ",
+        47,
+        47,
+        false,
+    );
+    service.error(
+        "GET",
+        "/v1/vms/ghost/console",
+        404,
+        "vm_not_found",
+        "no VM named ghost",
+    );
+
+    let run = service.ctl(&["console", "vm1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout_bytes, log);
+    let run = service.ctl(&["console", "vm1", "--tail", "1M"]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, "login: "));
+    let run = service.ctl(&["console", "ghost"]);
+    assert_eq!(run.code, 4);
+    assert_eq!(run.stderr, "error: no VM named ghost\n");
+
+    let targets: Vec<String> = service.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(
+        targets,
+        [
+            "/v1/vms/vm1/console",
+            "/v1/vms/vm1/console?tail=1048576",
+            "/v1/vms/ghost/console"
+        ]
+    );
+}
+
+#[test]
+fn console_refuses_json_and_tails_beyond_the_cap_before_any_request() {
+    let service = FakeService::unix();
+    for (args, says) in [
+        (&["--json", "console", "vm1"][..], "--json does not apply"),
+        (&["console", "vm1", "--tail", "5M"], "more than the 4 MiB"),
+        (&["console", "vm1", "--tail", "lots"], "--tail"),
+    ] {
+        let run = service.ctl(args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty());
+    }
+    assert!(service.requests().is_empty());
+}
+
+#[test]
+fn console_follow_reads_on_from_each_offset_and_ends_when_the_vm_stops() {
+    let service = FakeService::unix();
+    service.route("GET", "/v1/vms/vm1", 200, vm("vm1", "running"));
+    service.route_then("GET", "/v1/vms/vm1", 200, vm("vm1", "stopped"));
+    service.console("/v1/vms/vm1/console?tail=5", b"boot\n", 5, 5, false);
+    service.console("/v1/vms/vm1/console?from=5", b"login: ", 12, 12, false);
+    // The VM was started again meanwhile: form-vmm truncated the log to a new boot's.
+    service.console("/v1/vms/vm1/console?from=12", b"again\n", 6, 6, true);
+    service.console("/v1/vms/vm1/console?from=6", b"", 6, 6, false);
+    service.console("/v1/vms/vm1/console?from=6", b"power off\n", 16, 16, false);
+
+    let run = service.ctl(&["console", "vm1", "--tail", "5", "-f"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "boot\nlogin: again\npower off\n");
+    assert_eq!(
+        run.stderr.matches("started over").count(),
+        1,
+        "one note for the one reset: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("vm1"), "{}", run.stderr);
+
+    let targets: Vec<String> = service.requests().into_iter().map(|r| r.target).collect();
+    let state_checks = targets.iter().filter(|t| *t == "/v1/vms/vm1").count();
+    assert_eq!(state_checks, 2, "running, then stopped: {targets:?}");
+    assert_eq!(targets.first().map(String::as_str), Some("/v1/vms/vm1"));
+    // After the VM was seen stopped, the log is read once more for what is left (the
+    // final "power off"), and that read, which reached the end, is the last request.
+    let last_check = targets.iter().rposition(|t| t == "/v1/vms/vm1").unwrap();
+    assert_eq!(
+        &targets[last_check + 1..],
+        ["/v1/vms/vm1/console?from=6"],
+        "{targets:?}"
+    );
+}
+
+#[test]
+fn console_follow_of_a_stopped_vm_prints_its_log_and_ends() {
+    let service = FakeService::unix();
+    service.route("GET", "/v1/vms/old", 200, vm("old", "stopped"));
+    service.console(
+        "/v1/vms/old/console",
+        b"reboot: Power down\n",
+        19,
+        19,
+        false,
+    );
+    let started = std::time::Instant::now();
+    let run = service.ctl(&["console", "old", "--follow"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "reboot: Power down\n");
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_millis(450), "no poll");
+    let targets: Vec<String> = service.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/v1/vms/old", "/v1/vms/old/console"]);
+}

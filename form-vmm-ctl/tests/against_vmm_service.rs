@@ -309,4 +309,19 @@ fn tcp_with_the_services_token() {
     );
     assert_eq!(run.code, 6, "{}", run.stderr);
     assert!(run.stderr.contains("Bearer"), "{}", run.stderr);
+
+    // The console sits behind the token too; past it, the service's own 404.
+    let run = ctl(
+        &["--url", &url, "console", "nope"],
+        Some(("FORM_VMM_TOKEN", "tok-0123456789abcdeX")),
+    );
+    assert_eq!(run.code, 6, "{}", run.stderr);
+    let run = ctl(
+        &["--url", &url, "console", "nope", "--follow"],
+        Some(("FORM_VMM_TOKEN", "tok-0123456789abcdef")),
+    );
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (4, "error: no VM named nope\n")
+    );
 }

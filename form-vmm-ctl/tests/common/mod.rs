@@ -36,13 +36,28 @@ impl Recorded {
 #[derive(Clone)]
 struct Canned {
     status: u16,
-    body: String,
+    body: Vec<u8>,
+    content_type: &'static str,
+    headers: Vec<(&'static str, String)>,
     delay: Duration,
+}
+
+impl Canned {
+    fn json(status: u16, body: &str, delay: Duration) -> Self {
+        Self {
+            status,
+            body: body.as_bytes().to_vec(),
+            content_type: "application/json",
+            headers: Vec::new(),
+            delay,
+        }
+    }
 }
 
 #[derive(Default)]
 struct Shared {
-    routes: HashMap<(String, String), Canned>,
+    /// The answers of each route in turn; the last one repeats.
+    routes: HashMap<(String, String), Vec<Canned>>,
     requests: Vec<Recorded>,
 }
 
@@ -109,14 +124,46 @@ impl FakeService {
     }
 
     pub fn route_raw(&self, method: &str, target: &str, status: u16, body: &str, delay: Duration) {
-        self.shared.lock().unwrap().routes.insert(
-            (method.to_string(), target.to_string()),
-            Canned {
-                status,
-                body: body.to_string(),
-                delay,
-            },
-        );
+        self.answer_with(method, target, Canned::json(status, body, delay), true);
+    }
+
+    /// Answers `method target` with `body` once the answers given so far were used.
+    pub fn route_then(&self, method: &str, target: &str, status: u16, body: serde_json::Value) {
+        let canned = Canned::json(status, &body.to_string(), Duration::ZERO);
+        self.answer_with(method, target, canned, false);
+    }
+
+    /// Answers `GET target` as the service's console route does: the log's bytes as
+    /// text, with the offset after them, the log's size and (when `reset`) the restart.
+    /// Called again for the same target, adds the next answer, as a growing log gives.
+    pub fn console(&self, target: &str, bytes: &[u8], offset: u64, size: u64, reset: bool) {
+        let mut headers = vec![
+            ("x-console-offset", offset.to_string()),
+            ("x-console-size", size.to_string()),
+        ];
+        if reset {
+            headers.push(("x-console-reset", "1".to_string()));
+        }
+        let canned = Canned {
+            status: 200,
+            body: bytes.to_vec(),
+            content_type: "text/plain; charset=utf-8",
+            headers,
+            delay: Duration::ZERO,
+        };
+        self.answer_with("GET", target, canned, false);
+    }
+
+    fn answer_with(&self, method: &str, target: &str, canned: Canned, replace: bool) {
+        let mut shared = self.shared.lock().unwrap();
+        let answers = shared
+            .routes
+            .entry((method.to_string(), target.to_string()))
+            .or_default();
+        if replace {
+            answers.clear();
+        }
+        answers.push(canned);
     }
 
     /// Answers with the service's error body for `code`.
@@ -165,7 +212,11 @@ async fn answer(State(shared): State<Arc<Mutex<Shared>>>, request: Request) -> R
             content_type: header("content-type"),
             body: String::from_utf8_lossy(&body).into_owned(),
         });
-        shared.routes.get(&(method, target)).cloned()
+        match shared.routes.get_mut(&(method, target)) {
+            Some(answers) if answers.len() > 1 => Some(answers.remove(0)),
+            Some(answers) => answers.first().cloned(),
+            None => None,
+        }
     };
     let Some(canned) = canned else {
         // What an axum server says for a route it does not have.
@@ -173,20 +224,24 @@ async fn answer(State(shared): State<Arc<Mutex<Shared>>>, request: Request) -> R
     };
     tokio::time::sleep(canned.delay).await;
     let status = StatusCode::from_u16(canned.status).unwrap();
-    if canned.body.is_empty() {
+    if canned.body.is_empty() && canned.headers.is_empty() {
         return status.into_response();
     }
-    Response::builder()
+    let mut response = Response::builder()
         .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(canned.body))
-        .unwrap()
+        .header("content-type", canned.content_type);
+    for (name, value) in canned.headers {
+        response = response.header(name, value);
+    }
+    response.body(Body::from(canned.body)).unwrap()
 }
 
 /// One run of the binary.
 pub struct Run {
     pub code: i32,
     pub stdout: String,
+    /// stdout as written, for output that need not be UTF-8.
+    pub stdout_bytes: Vec<u8>,
     pub stderr: String,
 }
 
@@ -195,6 +250,7 @@ impl Run {
         Self {
             code: output.status.code().expect("exited, not killed"),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stdout_bytes: output.stdout.clone(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
     }
