@@ -33,7 +33,10 @@ pub struct Cli {
     pub cpus: Option<String>,
 
     /// Guest RAM; sizes take K, M, G or T suffixes.
-    #[arg(long, value_name = "size=SIZE[,shared=on][,hugepages=on]")]
+    #[arg(
+        long,
+        value_name = "size=SIZE[,shared=on][,hugepages=on][,host_numa_node=N]"
+    )]
     pub memory: Option<String>,
 
     /// Where COM1 goes.
@@ -439,7 +442,7 @@ mod tests {
             ),
             (
                 vec!["--memory", "sizee=1G"],
-                "--memory: unknown option 'sizee'; valid options: size, shared, hugepages",
+                "--memory: unknown option 'sizee'; valid options: size, shared, hugepages, host_numa_node",
             ),
             (
                 vec!["--device", "id=gpu0"],

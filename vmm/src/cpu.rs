@@ -230,18 +230,53 @@ pub struct IoBuses {
     pub mmio: Arc<Bus>,
 }
 
-/// Starts the thread that runs `vcpu` until the VM stops.
+/// Starts the thread that runs `vcpu` until the VM stops, on `cpus` when given;
+/// returns it with its kernel thread id. The thread pins itself before its first
+/// KVM_RUN, and a pin that fails is this call's error, not a VM left running
+/// elsewhere than asked.
 pub fn spawn_vcpu_thread(
     mut vcpu: Vcpu,
     buses: IoBuses,
     exit: Arc<ExitSignal>,
-) -> std::io::Result<JoinHandle<()>> {
+    cpus: Option<Arc<Vec<usize>>>,
+) -> std::io::Result<(JoinHandle<()>, libc::pid_t)> {
     let name = format!("vcpu{}", vcpu.id());
-    std::thread::Builder::new().name(name).spawn(move || {
+    let wanted = cpus
+        .as_deref()
+        .map(|cpus| crate::numa::format_list(cpus))
+        .unwrap_or_default();
+    let (started, ready) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new().name(name).spawn(move || {
+        let pinned = match &cpus {
+            Some(cpus) => crate::numa::pin_current_thread(cpus),
+            None => Ok(()),
+        };
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let failed = pinned.is_err();
+        let _ = started.send(pinned.map(|()| tid));
+        if failed {
+            return;
+        }
         vcpu.bind_to_current_thread();
         run_vcpu(&mut vcpu, &buses, &exit);
         vcpu.unbind_thread();
-    })
+    })?;
+    let outcome = ready.recv().unwrap_or_else(|_| {
+        Err(std::io::Error::other(
+            "the vCPU thread ended before it started",
+        ))
+    });
+    match outcome {
+        Ok(tid) => Ok((handle, tid)),
+        Err(e) => {
+            let _ = handle.join();
+            Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot run the vCPU thread on host CPUs {wanted}: {e}"),
+            ))
+        }
+    }
 }
 
 fn run_vcpu(vcpu: &mut Vcpu, buses: &IoBuses, exit: &ExitSignal) {

@@ -10,4 +10,5 @@ pub mod controller;
 pub mod cpu;
 pub mod device_manager;
 pub mod memory;
+pub mod numa;
 pub mod vm;

@@ -1,6 +1,7 @@
 //! Guest RAM: host mappings for the layout's RAM regions, registered with KVM.
 
 use crate::config::MemoryConfig;
+use crate::numa::{self, NumaError};
 use form_vm_allocator::GuestLayout;
 use std::fs::File;
 use std::os::fd::FromRawFd;
@@ -33,6 +34,16 @@ pub enum MemoryError {
     NoHugepages,
     #[error("guest memory size {size:#x} is not a multiple of the {page_kib} KiB huge page size")]
     HugepageAlignment { size: u64, page_kib: u64 },
+    #[error("hugepages=on with host_numa_node={node} needs {needed} free huge pages of {page_kib} KiB on that node but it has {free}; reserve more with `echo N > {path}` or turn hugepages off")]
+    NotEnoughNodeHugepages {
+        node: u32,
+        needed: u64,
+        free: u64,
+        page_kib: u64,
+        path: String,
+    },
+    #[error(transparent)]
+    Numa(#[from] NumaError),
     #[error("cannot register guest memory with KVM: {0}")]
     Register(hypervisor::HypervisorError),
 }
@@ -46,7 +57,7 @@ pub fn meminfo_field(name: &str) -> Option<u64> {
     })
 }
 
-fn check_hugepages(size: u64) -> Result<(), MemoryError> {
+fn check_hugepages(size: u64, node: Option<u32>) -> Result<(), MemoryError> {
     let page_kib = meminfo_field("Hugepagesize").ok_or(MemoryError::NoHugepages)?;
     let total = meminfo_field("HugePages_Total").unwrap_or(0);
     if total == 0 {
@@ -64,6 +75,28 @@ fn check_hugepages(size: u64) -> Result<(), MemoryError> {
             free,
             page_kib,
         });
+    }
+    // Bound RAM draws on that node's pool alone, and hugetlb memory mapped with
+    // MAP_NORESERVE that the pool cannot back is a SIGBUS when the guest touches
+    // it, not an error here.
+    if let Some(node) = node {
+        let dir = format!(
+            "{}/node{node}/hugepages/hugepages-{page_kib}kB",
+            numa::NODE_SYSFS
+        );
+        let free = std::fs::read_to_string(format!("{dir}/free_hugepages"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if needed > free {
+            return Err(MemoryError::NotEnoughNodeHugepages {
+                node,
+                needed,
+                free,
+                page_kib,
+                path: format!("{dir}/nr_hugepages"),
+            });
+        }
     }
     Ok(())
 }
@@ -86,14 +119,15 @@ fn memfd(size: u64, hugepages: bool) -> Result<File, MemoryError> {
 }
 
 /// Maps guest RAM for `layout` as `config` asks: private anonymous memory by
-/// default, a memfd shared mapping with `shared`, huge pages with `hugepages`.
+/// default, a memfd shared mapping with `shared`, huge pages with `hugepages`,
+/// bound to `host_numa_node` when one is given.
 pub fn create_guest_memory(
     layout: &GuestLayout,
     config: &MemoryConfig,
 ) -> Result<GuestMemoryMmap, MemoryError> {
     let total = layout.ram_size();
     if config.hugepages {
-        check_hugepages(total)?;
+        check_hugepages(total, config.host_numa_node)?;
     }
     let file = if config.shared {
         Some(memfd(total, config.hugepages)?)
@@ -128,6 +162,13 @@ pub fn create_guest_memory(
                 size: r.size,
                 source,
             })?;
+        if let Some(node) = config.host_numa_node {
+            // Before anything touches the mapping: a page faulted in first would
+            // stay wherever it landed. For the memfd the policy goes to the file's
+            // range, which is what every mapping of it then sees.
+            // SAFETY: `mapping` is the fresh, page-aligned mapping built above.
+            unsafe { numa::bind_memory(mapping.as_ptr(), mapping.size(), node) }?;
+        }
         let region = GuestRegionMmap::new(mapping, GuestAddress(r.start))
             .ok_or_else(|| MemoryError::Regions(format!("region at {:#x} wraps", r.start)))?;
         regions.push(region);
@@ -164,7 +205,7 @@ mod tests {
             let cfg = MemoryConfig {
                 size: 64 << 20,
                 shared,
-                hugepages: false,
+                ..Default::default()
             };
             let mem = create_guest_memory(&layout, &cfg).unwrap();
             assert_eq!(mem.num_regions(), 1);
@@ -187,10 +228,37 @@ mod tests {
         let layout = GuestLayout::new(64 << 20, 40).unwrap();
         let cfg = MemoryConfig {
             size: 64 << 20,
-            shared: false,
             hugepages: true,
+            ..Default::default()
         };
         let err = create_guest_memory(&layout, &cfg).unwrap_err();
         assert!(err.to_string().contains("nr_hugepages"), "{err}");
+    }
+
+    #[test]
+    fn ram_bound_to_a_node_has_that_policy_private_or_shared() {
+        let layout = GuestLayout::new(64 << 20, 40).unwrap();
+        for shared in [false, true] {
+            let cfg = MemoryConfig {
+                size: 64 << 20,
+                shared,
+                host_numa_node: Some(0),
+                ..Default::default()
+            };
+            let mem = create_guest_memory(&layout, &cfg).unwrap();
+            for region in mem.iter() {
+                let (mode, nodes) = numa::memory_policy(region.as_ptr()).unwrap();
+                assert_eq!((mode, nodes), (libc::MPOL_BIND, vec![0]), "shared={shared}");
+            }
+            mem.write_obj(7u64, GuestAddress(0x10_0000)).unwrap();
+            let host = mem.get_host_address(GuestAddress(0x10_0000)).unwrap();
+            assert_eq!(numa::page_node(host).unwrap(), 0);
+        }
+        let unbound = create_guest_memory(&layout, &MemoryConfig::default()).unwrap();
+        let region = unbound.iter().next().unwrap();
+        assert_ne!(
+            numa::memory_policy(region.as_ptr()).unwrap().0,
+            libc::MPOL_BIND
+        );
     }
 }

@@ -26,6 +26,7 @@ use crate::device_manager::{DeviceError, DeviceManager, PciTeardown};
 use crate::memory::{
     create_guest_memory, meminfo_field, register_guest_memory, GuestMemoryMmap, MemoryError,
 };
+use crate::numa::{self, HostNode, NumaError};
 use devices::acpi::GedEvent;
 use devices::Bus;
 use form_vm_allocator::{GuestLayout, LayoutError};
@@ -99,6 +100,8 @@ pub enum VmError {
     },
     #[error("cannot duplicate the VM's event fds: {0}")]
     EventFd(std::io::Error),
+    #[error("memory.host_numa_node: {0}")]
+    Numa(#[from] NumaError),
 }
 
 pub struct Vm {
@@ -107,6 +110,11 @@ pub struct Vm {
     // Fields drop in order (after Drop joined the threads): vCPUs, devices, KVM,
     // then guest memory, which KVM maps until the VM fd closes.
     vcpu_threads: Vec<JoinHandle<()>>,
+    /// The threads' kernel ids, in vCPU order, while they run.
+    vcpu_tids: Vec<libc::pid_t>,
+    /// Where the vCPU threads run: the CPUs of `memory.host_numa_node`, or
+    /// anywhere when None.
+    vcpu_cpus: Option<Arc<Vec<usize>>>,
     vcpus: Vec<Vcpu>,
     exit: Arc<ExitSignal>,
     devices: DeviceManager,
@@ -115,7 +123,14 @@ pub struct Vm {
     _events: VmEvents,
 }
 
-fn validate(config: &VmConfig, hv: &Hypervisor) -> Result<PathBuf, VmError> {
+/// What `validate` found on the host: the kernel to load and the NUMA node, if
+/// one was asked for.
+struct HostChecks {
+    kernel: PathBuf,
+    node: Option<HostNode>,
+}
+
+fn validate(config: &VmConfig, hv: &Hypervisor) -> Result<HostChecks, VmError> {
     let size = config.memory.size;
     if size == 0 {
         return Err(VmError::NoMemory);
@@ -137,12 +152,17 @@ fn validate(config: &VmConfig, hv: &Hypervisor) -> Result<PathBuf, VmError> {
             max,
         });
     }
+    let node = config
+        .memory
+        .host_numa_node
+        .map(|node| HostNode::probe(std::path::Path::new(numa::NODE_SYSFS), node))
+        .transpose()?;
     let kernel = config.payload.kernel.clone().ok_or(VmError::NoKernel)?;
     if !kernel.exists() {
         return Err(VmError::KernelMissing(kernel));
     }
     boot::kernel::detect_format(&kernel)?;
-    Ok(kernel)
+    Ok(HostChecks { kernel, node })
 }
 
 /// How long remove-device waits for a guest that does not even read the removal
@@ -186,7 +206,8 @@ impl Vm {
         taps: KeptTaps,
     ) -> Result<Vm, VmError> {
         let hv = Hypervisor::new()?;
-        let kernel = validate(config, &hv)?;
+        let HostChecks { kernel, node } = validate(config, &hv)?;
+        let vcpu_cpus = node.as_ref().and_then(numa::vcpu_cpus).map(Arc::new);
         let kvm_vm = Arc::new(hv.create_vm()?);
         // VFIO first: the IOMMU's IOVA ranges, readable only once a group is
         // attached, bound where guest RAM and the 64-bit BAR window may go.
@@ -293,6 +314,8 @@ impl Vm {
             config,
             state: VmState::Created,
             vcpu_threads: Vec::new(),
+            vcpu_tids: Vec::new(),
+            vcpu_cpus,
             vcpus,
             exit,
             devices: DeviceManager {
@@ -319,8 +342,16 @@ impl Vm {
         }
         let vcpus: Vec<Vcpu> = self.vcpus.drain(..).collect();
         for vcpu in vcpus {
-            match spawn_vcpu_thread(vcpu, self.devices.buses.clone(), self.exit.clone()) {
-                Ok(handle) => self.vcpu_threads.push(handle),
+            match spawn_vcpu_thread(
+                vcpu,
+                self.devices.buses.clone(),
+                self.exit.clone(),
+                self.vcpu_cpus.clone(),
+            ) {
+                Ok((handle, tid)) => {
+                    self.vcpu_threads.push(handle);
+                    self.vcpu_tids.push(tid);
+                }
                 Err(e) => {
                     self.stop_threads();
                     self.state = VmState::Shutdown;
@@ -334,6 +365,7 @@ impl Vm {
 
     fn stop_threads(&mut self) {
         self.exit.stop_vcpus();
+        self.vcpu_tids.clear();
         for handle in self.vcpu_threads.drain(..) {
             if handle.join().is_err() {
                 log::error!("a vCPU thread panicked");
@@ -382,6 +414,22 @@ impl Vm {
     /// Bytes of guest RAM actually mapped.
     pub fn memory_actual_size(&self) -> u64 {
         self.memory.iter().map(|r| r.len()).sum()
+    }
+
+    /// Each guest RAM region's host address and length, for tests and
+    /// diagnostics that inspect the mappings (their NUMA policy, say); the
+    /// addresses stay valid as long as this `Vm` does.
+    pub fn ram_host_ranges(&self) -> Vec<(*const u8, usize)> {
+        self.memory
+            .iter()
+            .map(|r| (r.as_ptr().cast_const(), r.len() as usize))
+            .collect()
+    }
+
+    /// The kernel thread ids of the running vCPU threads, in vCPU order (empty
+    /// before boot and after shutdown); for tests and diagnostics.
+    pub fn vcpu_thread_ids(&self) -> Vec<libc::pid_t> {
+        self.vcpu_tids.clone()
     }
 
     fn vm_resources(&mut self) -> (&mut VfioDevices, VmResources<'_>) {

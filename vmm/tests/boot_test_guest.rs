@@ -117,7 +117,7 @@ fn shared_memory_boots() {
     let memory = MemoryConfig {
         size: 256 << 20,
         shared: true,
-        hugepages: false,
+        ..Default::default()
     };
     let run = boot_with("hello", 1, memory);
     assert_passed(&run);

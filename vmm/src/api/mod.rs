@@ -134,6 +134,7 @@ impl ApiError {
             ApiError::Vm(VmError::Vfio(VfioError::UnknownId(_))) => 404,
             ApiError::Vm(VmError::Vfio(e)) if e.is_bad_request() => 400,
             ApiError::Vm(VmError::Virtio(e)) if e.is_bad_request() => 400,
+            ApiError::Vm(VmError::Numa(e)) if e.is_bad_request() => 400,
             ApiError::NoVm | ApiError::UnknownPath(_) => 404,
             ApiError::WrongState { .. } | ApiError::MethodNotAllowed { .. } => 405,
             ApiError::AlreadyCreated => 409,
@@ -245,8 +246,21 @@ mod tests {
                 "/dev/vfio/vfio".into(),
             ))),
             ApiError::ShuttingDown,
+            ApiError::Vm(VmError::Numa(crate::numa::NumaError::NoSuchNode {
+                node: 99,
+                path: "/sys/devices/system/node/node99".into(),
+                online: "0".into(),
+            })),
+            ApiError::Vm(VmError::Numa(crate::numa::NumaError::Bind {
+                node: 0,
+                len: 4096,
+                source: io::Error::from_raw_os_error(libc::EIO),
+            })),
         ];
         let codes: Vec<u16> = errors.iter().map(ApiError::status_code).collect();
-        assert_eq!(codes, [404, 409, 405, 400, 500, 400, 404, 500, 503]);
+        assert_eq!(
+            codes,
+            [404, 409, 405, 400, 500, 400, 404, 500, 503, 400, 500]
+        );
     }
 }
