@@ -44,7 +44,7 @@ pub fn run(api: &Api, name: &str, tail: Option<u64>, follow: bool) -> Result<Exi
         let chunk = read(api, &vm, &query)?;
         if chunk.reset {
             eprintln!(
-                "form-vmm-ctl: the console log of {name} started over (the VM booted again or rebooted); printing it from its beginning"
+                "form-vmm-ctl: the console log of {name} started over (the VM was stopped and booted again); printing it from its beginning"
             );
         }
         if !print(&chunk.bytes) || !follow {

@@ -122,3 +122,31 @@ fn shared_memory_boots() {
     let run = boot_with("hello", 1, memory);
     assert_passed(&run);
 }
+
+#[test]
+fn a_rebuilt_vm_appends_to_the_serial_log_the_first_one_started() {
+    if !kvm_or_skip("a_rebuilt_vm_appends_to_the_serial_log_the_first_one_started") {
+        return;
+    }
+    let dir = ScratchDir::new("serial-append");
+    let serial_path = dir.join("serial.log");
+    std::fs::write(&serial_path, "left by an earlier form-vmm\n").unwrap();
+    let config = test_guest_config("hello", &serial_path);
+    // A reboot builds the VM again from the same configuration; the first VM's
+    // output must survive it.
+    for _ in 0..2 {
+        let (events, exit) = vm_events();
+        let mut vm = Vm::new(&config, events).expect("create VM");
+        vm.boot().expect("boot");
+        let exited = wait_readable(&exit, BOOT_TIMEOUT);
+        vm.shutdown().unwrap();
+        assert!(exited, "no power-off within {BOOT_TIMEOUT:?}");
+    }
+    let serial = std::fs::read_to_string(&serial_path).unwrap();
+    assert!(!serial.contains("earlier form-vmm"), "{serial}");
+    assert_eq!(
+        serial.matches("form-test-guest: PASS").count(),
+        2,
+        "both boots' output:\n{serial}"
+    );
+}

@@ -1,6 +1,7 @@
 //! Legacy platform devices: COM1, the i8042 reset line, the ACPI sleep/reset
 //! register and the ACPI GED.
 
+use super::log_file::open_guest_log;
 use super::{eventfd, DeviceError};
 use crate::config::{ConsoleConfig, ConsoleOutputMode};
 use crate::cpu::IoBuses;
@@ -35,7 +36,7 @@ fn serial_output(cfg: &ConsoleConfig) -> Result<Box<dyn Write + Send>, DeviceErr
         ConsoleOutputMode::Tty => Box::new(std::io::stdout()),
         ConsoleOutputMode::File => {
             let path = cfg.file.as_ref().ok_or(DeviceError::SerialFileMissing)?;
-            let file = std::fs::File::create(path).map_err(|source| DeviceError::SerialFile {
+            let file = open_guest_log(path).map_err(|source| DeviceError::SerialFile {
                 path: path.clone(),
                 source,
             })?;

@@ -4,6 +4,7 @@
 
 pub mod hotplug;
 pub mod legacy;
+pub mod log_file;
 pub mod pci;
 pub mod vfio;
 pub mod vfio_host;

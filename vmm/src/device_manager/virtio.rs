@@ -11,6 +11,7 @@
 //! function put on the PCI bus. A failure undoes the devices this attach placed,
 //! and the error names the device and what to fix.
 
+use super::log_file::open_guest_log;
 use super::pci::PciDevices;
 use super::vfio::{guest_bdf, PciDeviceInfo};
 use super::vfio_resources::KvmInterruptRouting;
@@ -540,7 +541,7 @@ fn open_console(console: &ConsoleConfig) -> Result<Option<Console>, VirtioError>
                 .file
                 .as_ref()
                 .ok_or(VirtioError::ConsoleFileMissing)?;
-            let file = std::fs::File::create(path).map_err(|source| VirtioError::ConsoleFile {
+            let file = open_guest_log(path).map_err(|source| VirtioError::ConsoleFile {
                 path: path.clone(),
                 source,
             })?;

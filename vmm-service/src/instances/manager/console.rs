@@ -27,8 +27,8 @@ pub struct ConsoleChunk {
     pub offset: u64,
     /// The log's size when it was read; beyond `offset` when the answer was capped.
     pub size: u64,
-    /// `from` was beyond the end: form-vmm started the log afresh (it does whenever it
-    /// creates the VM: a boot after a stop, a reboot) after the client last read it, so
+    /// `from` was beyond the end: form-vmm started the log afresh (each form-vmm process
+    /// does when it first opens it: a boot after a stop) after the client last read it, so
     /// the answer starts over at 0.
     pub reset: bool,
 }
