@@ -58,6 +58,7 @@ pub fn vm_details(vm: &VmInfo) -> String {
             "unbind on shutdown",
             yes_no(config.gpu_options.unbind_on_shutdown).to_string(),
         ),
+        ("numa node", numa_node(vm)),
         ("pid", or_none(vm.pid)),
         ("api socket", or_none(vm.api_socket.as_ref())),
         ("serial log", vm.serial_log.clone()),
@@ -85,6 +86,16 @@ pub fn vm_details(vm: &VmInfo) -> String {
     out.push_str(&vm_disks(vm));
     out.push_str(&vm_networks(vm));
     out
+}
+
+/// The node the VM is bound to; "off" says the VM asked not to be, so an empty
+/// field is not mistaken for a host that could not place it.
+fn numa_node(vm: &VmInfo) -> String {
+    match vm.numa_node {
+        Some(node) => node.to_string(),
+        None if !vm.config.gpu_options.numa_affinity => "off".to_string(),
+        None => "-".to_string(),
+    }
 }
 
 /// The VM's disks, the seed disk last, as form-vmm is given them.
@@ -314,6 +325,7 @@ mod tests {
             "networks": [{"id": "net0", "tap": "fv1a2b3c4d0", "mac": "52:54:00:01:02:03",
                           "bridge": "br0"}],
             "seed_image": "/var/lib/form-vmm/vms/train-1/seed.img",
+            "numa_node": 1,
             "last_exit": {"code": 0, "signal": null, "reason": "exited with status 0",
                           "at": 1790000000u64},
             "created_at": 1790000000u64,
@@ -358,6 +370,7 @@ mod tests {
             "gpu request:        H100 x 2\n",
             "gpudirect:          clique 3\n",
             "unbind on shutdown: yes\n",
+            "numa node:          1\n",
             "pid:                4242\n",
             "last exit:          exited with status 0 (2026-09-21 14:13:20 UTC)\n",
             "updated:            2026-09-21 14:14:21 UTC\n",
@@ -391,6 +404,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("gpudirect:          off\n"), "{text}");
+        assert!(text.contains("numa node:          1\n"), "{text}");
+        plain.numa_node = None;
+        assert!(vm_details(&plain).contains("numa node:          -\n"));
+        plain.config.gpu_options.numa_affinity = false;
+        assert!(vm_details(&plain).contains("numa node:          off\n"));
         assert!(!text.contains("last exit"), "{text}");
         assert!(
             text.ends_with("gpus: none\ndisks: none\nnetworks: none\n"),

@@ -128,7 +128,7 @@ fn create_sends_the_whole_configuration() {
             "memory": 17179869184u64,
             "gpu_devices": ["0000:19:00.0", "0000:3b:00.0"],
             "gpu_options": {"enable_nvidia_gpudirect": true, "nvidia_gpudirect_clique": 2,
-                            "unbind_on_shutdown": false},
+                            "unbind_on_shutdown": false, "numa_affinity": true},
             "boot": true
         })
     );
@@ -244,7 +244,7 @@ fn create_by_model_uses_the_defaults_the_service_documents() {
             "name": "t", "kernel": "/k", "vcpus": 1, "memory": 536870912u64,
             "gpu_request": {"model": "h100", "count": 1},
             "gpu_options": {"enable_nvidia_gpudirect": false, "nvidia_gpudirect_clique": 0,
-                            "unbind_on_shutdown": true},
+                            "unbind_on_shutdown": true, "numa_affinity": true},
             "boot": false
         })
     );

@@ -94,6 +94,8 @@ pub struct CpusConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MemoryConfig {
     pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_numa_node: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

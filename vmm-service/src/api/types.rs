@@ -153,6 +153,10 @@ pub struct GpuOptions {
     /// Give the GPUs back to their original host drivers when the VM stops.
     #[serde(default = "default_true")]
     pub unbind_on_shutdown: bool,
+    /// On a host with several NUMA nodes, take the VM's RAM from, and run its
+    /// vCPUs on, the node all its GPUs sit on (form-vmm's `memory.host_numa_node`).
+    #[serde(default = "default_true")]
+    pub numa_affinity: bool,
 }
 
 fn default_true() -> bool {
@@ -165,6 +169,7 @@ impl Default for GpuOptions {
             enable_nvidia_gpudirect: false,
             nvidia_gpudirect_clique: 0,
             unbind_on_shutdown: true,
+            numa_affinity: true,
         }
     }
 }
@@ -222,6 +227,10 @@ pub struct VmInfo {
     /// The cloud-init seed image, when the VM has `cloud_init`.
     #[serde(default)]
     pub seed_image: Option<String>,
+    /// The host NUMA node the running VM's RAM and vCPUs are bound to; none when
+    /// stopped or not bound (see `gpu_options.numa_affinity`).
+    #[serde(default)]
+    pub numa_node: Option<u32>,
     pub last_exit: Option<ExitInfo>,
     pub created_at: u64,
     pub updated_at: u64,

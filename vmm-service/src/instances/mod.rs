@@ -4,6 +4,7 @@ mod allocate;
 mod attachments;
 mod error;
 mod manager;
+mod numa;
 mod validate;
 
 pub use allocate::{choose, matches_model, upstream_bridges, Candidate};

@@ -228,6 +228,28 @@ impl Store {
         Ok(())
     }
 
+    /// Records the host NUMA node the running VM is bound to (None: not bound);
+    /// cleared with the rest of the process's record when the VMM ends.
+    pub fn set_numa_node(&mut self, name: &str, node: Option<u32>) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE instances SET numa_node = ?2 WHERE name = ?1",
+            params![name, node],
+        )?;
+        Ok(())
+    }
+
+    pub fn numa_node_of(&self, name: &str) -> Result<Option<u32>, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT numa_node FROM instances WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
     pub fn set_state(&mut self, name: &str, state: VmState) -> Result<(), StateError> {
         self.conn.execute(
             "UPDATE instances SET state = ?2, updated_at = ?3 WHERE name = ?1",
@@ -244,7 +266,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "UPDATE instances SET state = 'stopped', pid = NULL, pid_start_time = NULL,
-                 api_socket = NULL, exit_code = ?2, exit_signal = ?3, exit_reason = ?4,
+                 api_socket = NULL, numa_node = NULL, exit_code = ?2, exit_signal = ?3, exit_reason = ?4,
                  exit_at = ?5, updated_at = ?5 WHERE name = ?1",
             params![name, exit.code, exit.signal, exit.reason, exit.at as i64],
         )?;
@@ -472,6 +494,9 @@ mod tests {
         };
         store.set_running("a", VmState::Running, &vmm).unwrap();
         assert_eq!(store.instance("a").unwrap().unwrap().vmm, Some(vmm));
+        assert_eq!(store.numa_node_of("a").unwrap(), None);
+        store.set_numa_node("a", Some(1)).unwrap();
+        assert_eq!(store.numa_node_of("a").unwrap(), Some(1));
         let exit = ExitInfo {
             code: None,
             signal: Some(9),
@@ -484,6 +509,35 @@ mod tests {
         assert_eq!(after.vmm, None);
         assert_eq!(after.last_exit, Some(exit));
         assert!(store.all_gpus().unwrap().is_empty());
+        assert_eq!(store.numa_node_of("a").unwrap(), None);
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_numa_node_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(schema::VERSION_1).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO instances (name, config, state, serial_log, created_at, updated_at)
+                 VALUES ('old', ?1, 'stopped', '/dev/null', 1, 1)",
+                params![
+                    r#"{"name":"old","kernel":"/k","gpu_options":{"unbind_on_shutdown":false}}"#
+                ],
+            )
+            .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.numa_node_of("old").unwrap(), None);
+        store.set_numa_node("old", Some(0)).unwrap();
+        assert_eq!(store.numa_node_of("old").unwrap(), Some(0));
+        let old = store.instance("old").unwrap().unwrap();
+        assert!(
+            old.config.gpu_options.numa_affinity,
+            "defaults on for old rows"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use rusqlite::Connection;
 use super::StateError;
 
 /// Steps from version N-1 to N, at index N-1.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[VERSION_1, VERSION_2];
+
+pub(super) const VERSION_1: &str = "
     CREATE TABLE instances (
         name           TEXT PRIMARY KEY,
         config         TEXT NOT NULL,
@@ -32,7 +34,12 @@ const MIGRATIONS: &[&str] = &["
         bdf             TEXT PRIMARY KEY,
         original_driver TEXT
     );
-"];
+";
+
+/// The host NUMA node a running VM is bound to.
+const VERSION_2: &str = "
+    ALTER TABLE instances ADD COLUMN numa_node INTEGER;
+";
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 

@@ -137,6 +137,7 @@ pub struct HostBuilder {
     amd_iommus: usize,
     os_release: String,
     vfio_pci_module: bool,
+    numa_nodes: usize,
 }
 
 impl HostBuilder {
@@ -152,6 +153,7 @@ impl HostBuilder {
             amd_iommus: 0,
             os_release: "6.1.0-28-amd64".into(),
             vfio_pci_module: true,
+            numa_nodes: 0,
         }
     }
 
@@ -195,6 +197,13 @@ impl HostBuilder {
     /// One VT-d unit per (cap, ecap).
     pub fn intel_iommus(mut self, units: &[(u64, u64)]) -> Self {
         self.intel_iommus = units.to_vec();
+        self
+    }
+
+    /// `node0` .. `node{count-1}` under /sys/devices/system/node; none by default,
+    /// as on a kernel without NUMA.
+    pub fn numa_nodes(mut self, count: usize) -> Self {
+        self.numa_nodes = count;
         self
     }
 
@@ -358,6 +367,15 @@ impl HostBuilder {
         }
         for i in 0..self.amd_iommus {
             mkdir(&host.sysfs.join(format!("class/iommu/ivhd{i}/amd-iommu")));
+        }
+        let nodes = host.sysfs.join("devices/system/node");
+        for i in 0..self.numa_nodes {
+            mkdir(&nodes.join(format!("node{i}")));
+        }
+        match self.numa_nodes {
+            0 => {}
+            1 => write(&nodes.join("online"), "0\n"),
+            n => write(&nodes.join("online"), &format!("0-{}\n", n - 1)),
         }
     }
 }

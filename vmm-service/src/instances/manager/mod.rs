@@ -24,6 +24,7 @@ mod watch;
 use super::allocate::{choose, matches_model, Candidate};
 use super::attachments::network_infos;
 use super::error::InstanceError;
+use super::numa::{host_numa_nodes, numa_placement, NumaPlacement};
 use super::validate::{validate, GpuSelection, HostLimits};
 use vmm_config::vmm_config;
 
@@ -146,9 +147,11 @@ impl Manager {
                 .display()
                 .to_string()
         });
+        let numa_node = self.store().numa_node_of(&record.config.name)?;
         Ok(VmInfo {
             networks: network_infos(&record.config),
             seed_image,
+            numa_node,
             name: record.config.name.clone(),
             state: record.state,
             pid: record.vmm.as_ref().map(|v| v.pid),
@@ -311,7 +314,13 @@ impl Manager {
             return Err(e.into());
         }
         let client = VmmClient::new(&paths.api_socket);
-        let vm_config = vmm_config(config, paths, &gpus, &self.config.host);
+        let numa_node = self.numa_node_for(config, &gpus);
+        let recorded = self.store().set_numa_node(name, numa_node);
+        if let Err(e) = recorded {
+            supervisor::stop_child(&mut started.child).await;
+            return Err(e.into());
+        }
+        let vm_config = vmm_config(config, paths, &gpus, &self.config.host, numa_node);
         let setup = async {
             client.create(&vm_config).await.map_err(vmm_error)?;
             // form-vmm made the taps during vm.create; they join their bridges before
@@ -331,6 +340,39 @@ impl Manager {
         }
         self.watch_child(name.clone(), started.pid, started.child);
         Ok(())
+    }
+
+    /// The host NUMA node to bind the VM to: the one its GPUs share, on a host
+    /// with more than one, unless the VM turned it off. Why a VM is left unbound
+    /// is logged, since the operator may have expected otherwise.
+    fn numa_node_for(&self, config: &VmInstanceConfig, gpus: &[GpuAssignment]) -> Option<u32> {
+        let host = &self.config.host;
+        let gpu_nodes: Vec<(Bdf, Option<u32>)> = gpus
+            .iter()
+            .map(|a| {
+                let node = gpu::gpu_info(host, &a.bdf, &gpu::NoOwners)
+                    .ok()
+                    .and_then(|info| info.function.numa_node);
+                (a.bdf, node)
+            })
+            .collect();
+        let name = &config.name;
+        match numa_placement(
+            config.gpu_options.numa_affinity,
+            &gpu_nodes,
+            host_numa_nodes(host),
+        ) {
+            NumaPlacement::Bound(node) => {
+                log::info!("VM {name}: RAM and vCPUs on NUMA node {node}, with its GPUs");
+                Some(node)
+            }
+            NumaPlacement::Unbound(why) => {
+                if !gpus.is_empty() {
+                    log::info!("VM {name}: not bound to a NUMA node: {why}");
+                }
+                None
+            }
+        }
     }
 
     /// Chooses GPUs for `selection` among those nobody holds, numbering their device

@@ -46,11 +46,14 @@ impl DeviceConfig {
     }
 }
 
+/// `numa_node` is where the VM's RAM and vCPUs go, chosen by the caller from
+/// its GPUs (`numa_placement`).
 pub(super) fn vmm_config(
     config: &VmInstanceConfig,
     paths: &VmPaths,
     gpus: &[GpuAssignment],
     host: &HostPaths,
+    numa_node: Option<u32>,
 ) -> VmConfig {
     VmConfig {
         cpus: CpusConfig {
@@ -59,6 +62,7 @@ pub(super) fn vmm_config(
         },
         memory: MemoryConfig {
             size: config.memory,
+            host_numa_node: numa_node,
         },
         payload: PayloadConfig {
             kernel: config.kernel.clone(),
