@@ -169,8 +169,9 @@ fn from_mask(mask: &[libc::c_ulong]) -> Vec<usize> {
 }
 
 /// Sets MPOL_BIND to `node` on the mapping at `addr`: pages faulted in later come
-/// from that node only, and the guest sees an allocation failure (not memory from
-/// another node) when it runs out.
+/// from that node only. When the node runs out the kernel reclaims there or
+/// OOM-kills, rather than quietly handing out a remote node's memory, which is
+/// the point of asking for locality.
 ///
 /// # Safety
 /// `addr..addr + len` must be a mapping the caller owns, page aligned.

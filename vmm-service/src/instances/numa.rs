@@ -3,23 +3,54 @@
 
 use crate::gpu::{Bdf, HostPaths};
 
-/// How many NUMA nodes the host has: the `nodeN` directories the kernel lists.
-/// A host without the directory (no NUMA support) counts as one node.
-pub fn host_numa_nodes(host: &HostPaths) -> usize {
-    let dir = host.sysfs.join("devices/system/node");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return 1;
-    };
-    let count = entries
-        .filter_map(Result::ok)
-        .filter(|e| is_node_dir(&e.file_name().to_string_lossy()) && e.path().is_dir())
-        .count();
-    count.max(1)
+/// What the host says about its NUMA nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNuma {
+    /// The `nodeN` directories the kernel lists; a host without them (no NUMA
+    /// support) counts as one node.
+    pub nodes: usize,
+    /// The nodes with memory (`has_memory`), when the kernel says.
+    pub with_memory: Option<Vec<u32>>,
+}
+
+impl HostNuma {
+    pub fn read(host: &HostPaths) -> HostNuma {
+        let dir = host.sysfs.join("devices/system/node");
+        let nodes = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| is_node_dir(&e.file_name().to_string_lossy()) && e.path().is_dir())
+                    .count()
+            })
+            .unwrap_or(0)
+            .max(1);
+        let with_memory = std::fs::read_to_string(dir.join("has_memory"))
+            .ok()
+            .and_then(|text| parse_node_list(&text));
+        HostNuma { nodes, with_memory }
+    }
 }
 
 fn is_node_dir(name: &str) -> bool {
     name.strip_prefix("node")
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The kernel's node list format (`0-1,3`); None when it is not one.
+fn parse_node_list(text: &str) -> Option<Vec<u32>> {
+    let mut nodes = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let n = part.parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        nodes.extend(first..=last);
+    }
+    Some(nodes)
 }
 
 /// Where a VM goes, or why it is left wherever the kernel puts it.
@@ -29,12 +60,12 @@ pub enum NumaPlacement {
     Unbound(String),
 }
 
-/// The placement of a VM whose GPUs report `gpu_nodes` on a host of `host_nodes`
-/// nodes, when `enabled` (the VM's `gpu_options.numa_affinity`).
+/// The placement of a VM whose GPUs report `gpu_nodes` on `host`, when `enabled`
+/// (the VM's `gpu_options.numa_affinity`).
 pub fn numa_placement(
     enabled: bool,
     gpu_nodes: &[(Bdf, Option<u32>)],
-    host_nodes: usize,
+    host: &HostNuma,
 ) -> NumaPlacement {
     let unbound = |why: String| NumaPlacement::Unbound(why);
     if !enabled {
@@ -43,7 +74,7 @@ pub fn numa_placement(
     if gpu_nodes.is_empty() {
         return unbound("the VM has no GPUs".into());
     }
-    if host_nodes < 2 {
+    if host.nodes < 2 {
         return unbound("the host has a single NUMA node".into());
     }
     let mut nodes = Vec::with_capacity(gpu_nodes.len());
@@ -56,6 +87,11 @@ pub fn numa_placement(
     nodes.sort_unstable();
     nodes.dedup();
     match nodes.as_slice() {
+        // form-vmm refuses a node without memory; starting the VM unbound beats
+        // not starting it.
+        [node] if host.with_memory.as_ref().is_some_and(|m| !m.contains(node)) => {
+            unbound(format!("its GPUs' NUMA node {node} has no memory"))
+        }
         [node] => NumaPlacement::Bound(*node),
         _ => {
             let nodes: Vec<String> = nodes.iter().map(u32::to_string).collect();
@@ -72,20 +108,46 @@ mod tests {
         text.parse().unwrap()
     }
 
+    fn nodes(nodes: usize) -> HostNuma {
+        HostNuma {
+            nodes,
+            with_memory: None,
+        }
+    }
+
     #[test]
     fn gpus_on_one_node_of_several_bind_to_it() {
         let gpus = [
             (bdf("0000:18:00.0"), Some(1)),
             (bdf("0000:2a:00.0"), Some(1)),
         ];
-        assert_eq!(numa_placement(true, &gpus, 2), NumaPlacement::Bound(1));
         assert_eq!(
-            numa_placement(false, &gpus, 2),
+            numa_placement(true, &gpus, &nodes(2)),
+            NumaPlacement::Bound(1)
+        );
+        assert_eq!(
+            numa_placement(false, &gpus, &nodes(2)),
             NumaPlacement::Unbound("gpu_options.numa_affinity is off".into())
         );
         assert_eq!(
-            numa_placement(true, &gpus, 1),
+            numa_placement(true, &gpus, &nodes(1)),
             NumaPlacement::Unbound("the host has a single NUMA node".into())
+        );
+        let memoryless = HostNuma {
+            nodes: 3,
+            with_memory: Some(vec![0, 2]),
+        };
+        assert_eq!(
+            numa_placement(true, &gpus, &memoryless),
+            NumaPlacement::Unbound("its GPUs' NUMA node 1 has no memory".into())
+        );
+        let with_memory = HostNuma {
+            nodes: 2,
+            with_memory: Some(vec![0, 1]),
+        };
+        assert_eq!(
+            numa_placement(true, &gpus, &with_memory),
+            NumaPlacement::Bound(1)
         );
     }
 
@@ -97,16 +159,16 @@ mod tests {
             (bdf("0000:3a:00.0"), Some(1)),
         ];
         assert_eq!(
-            numa_placement(true, &split, 2),
+            numa_placement(true, &split, &nodes(2)),
             NumaPlacement::Unbound("its GPUs span NUMA nodes 0, 1".into())
         );
         let unknown = [(bdf("0000:18:00.0"), Some(0)), (bdf("0000:2a:00.0"), None)];
         assert_eq!(
-            numa_placement(true, &unknown, 2),
+            numa_placement(true, &unknown, &nodes(2)),
             NumaPlacement::Unbound("GPU 0000:2a:00.0 reports no NUMA node".into())
         );
         assert_eq!(
-            numa_placement(true, &[], 2),
+            numa_placement(true, &[], &nodes(2)),
             NumaPlacement::Unbound("the VM has no GPUs".into())
         );
     }
@@ -118,7 +180,13 @@ mod tests {
             sysfs: dir.path().to_path_buf(),
             ..HostPaths::default()
         };
-        assert_eq!(host_numa_nodes(&host), 1);
+        assert_eq!(
+            HostNuma::read(&host),
+            HostNuma {
+                nodes: 1,
+                with_memory: None
+            }
+        );
         let nodes = dir.path().join("devices/system/node");
         for name in ["node0", "node1", "node3", "power"] {
             std::fs::create_dir_all(nodes.join(name)).unwrap();
@@ -126,6 +194,16 @@ mod tests {
         for file in ["online", "possible", "node7"] {
             std::fs::write(nodes.join(file), "0-1\n").unwrap();
         }
-        assert_eq!(host_numa_nodes(&host), 3);
+        std::fs::write(nodes.join("has_memory"), "0-1,3\n").unwrap();
+        assert_eq!(
+            HostNuma::read(&host),
+            HostNuma {
+                nodes: 3,
+                with_memory: Some(vec![0, 1, 3])
+            }
+        );
+        std::fs::write(nodes.join("has_memory"), "zero\n").unwrap();
+        assert_eq!(HostNuma::read(&host).with_memory, None);
+        assert_eq!(parse_node_list("\n"), Some(vec![]));
     }
 }

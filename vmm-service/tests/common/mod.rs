@@ -372,10 +372,14 @@ impl HostBuilder {
         for i in 0..self.numa_nodes {
             mkdir(&nodes.join(format!("node{i}")));
         }
-        match self.numa_nodes {
-            0 => {}
-            1 => write(&nodes.join("online"), "0\n"),
-            n => write(&nodes.join("online"), &format!("0-{}\n", n - 1)),
+        let list = match self.numa_nodes {
+            0 => None,
+            1 => Some("0\n".to_string()),
+            n => Some(format!("0-{}\n", n - 1)),
+        };
+        if let Some(list) = list {
+            write(&nodes.join("online"), &list);
+            write(&nodes.join("has_memory"), &list);
         }
     }
 }

@@ -24,7 +24,7 @@ mod watch;
 use super::allocate::{choose, matches_model, Candidate};
 use super::attachments::network_infos;
 use super::error::InstanceError;
-use super::numa::{host_numa_nodes, numa_placement, NumaPlacement};
+use super::numa::{numa_placement, HostNuma, NumaPlacement};
 use super::validate::{validate, GpuSelection, HostLimits};
 use vmm_config::vmm_config;
 
@@ -360,7 +360,7 @@ impl Manager {
         match numa_placement(
             config.gpu_options.numa_affinity,
             &gpu_nodes,
-            host_numa_nodes(host),
+            &HostNuma::read(host),
         ) {
             NumaPlacement::Bound(node) => {
                 log::info!("VM {name}: RAM and vCPUs on NUMA node {node}, with its GPUs");
