@@ -16,6 +16,19 @@ use kvm_support::{
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// False (after printing why) without KVM or on a kernel without NUMA support,
+/// which has no /sys/devices/system/node and no mbind(2).
+fn kvm_and_numa_or_skip(test: &str) -> bool {
+    if !kvm_or_skip(test) {
+        return false;
+    }
+    if std::path::Path::new(NODE_SYSFS).join("node0").is_dir() {
+        return true;
+    }
+    eprintln!("skipping {test}: this kernel has no NUMA node 0 ({NODE_SYSFS}/node0)");
+    false
+}
+
 fn node0() -> HostNode {
     HostNode::probe(std::path::Path::new(NODE_SYSFS), 0).expect("this host has NUMA node 0")
 }
@@ -32,7 +45,7 @@ fn on_node0(cmdline: &str, serial: &std::path::Path) -> VmConfig {
 
 #[test]
 fn hello_runs_with_its_ram_bound_to_node_0() {
-    if !kvm_or_skip("hello_runs_with_its_ram_bound_to_node_0") {
+    if !kvm_and_numa_or_skip("hello_runs_with_its_ram_bound_to_node_0") {
         return;
     }
     let dir = ScratchDir::new("numa-hello");
@@ -81,7 +94,7 @@ impl Drop for AffinityGuard {
 
 #[test]
 fn vcpu_threads_run_on_node_0s_cpus() {
-    if !kvm_or_skip("vcpu_threads_run_on_node_0s_cpus") {
+    if !kvm_and_numa_or_skip("vcpu_threads_run_on_node_0s_cpus") {
         return;
     }
     let allowed = numa::thread_affinity(0).unwrap();
@@ -129,7 +142,7 @@ fn vcpu_threads_run_on_node_0s_cpus() {
 
 #[test]
 fn without_a_node_nothing_is_bound() {
-    if !kvm_or_skip("without_a_node_nothing_is_bound") {
+    if !kvm_and_numa_or_skip("without_a_node_nothing_is_bound") {
         return;
     }
     let dir = ScratchDir::new("numa-none");
