@@ -25,7 +25,7 @@ pub const CONSOLE_OFFSET_HEADER: &str = "x-console-offset";
 /// the answer was capped).
 pub const CONSOLE_SIZE_HEADER: &str = "x-console-size";
 /// Console answer header, `1` when `from` was past the end: the log was restarted
-/// (form-vmm truncates it whenever it creates the VM: a boot after a stop, a reboot),
+/// (each form-vmm process truncates it when it first opens it: a boot after a stop),
 /// so the answer starts at 0.
 pub const CONSOLE_RESET_HEADER: &str = "x-console-reset";
 
