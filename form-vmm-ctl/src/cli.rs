@@ -219,6 +219,11 @@ pub struct CreateArgs {
     #[arg(long)]
     pub no_unbind_on_shutdown: bool,
 
+    /// Do not bind the VM's memory and vCPUs to its GPUs' NUMA node (by default the
+    /// service does when all its GPUs share a node of a multi-node host).
+    #[arg(long)]
+    pub no_numa_affinity: bool,
+
     /// A raw disk image on the service's host, as PATH or PATH,readonly=on; repeat
     /// for more (the guest sees them in order: /dev/vda, /dev/vdb, ...).
     #[arg(long, value_name = "PATH[,readonly=on]", value_parser = parse_disk, help_heading = "Disks and networks")]
@@ -441,6 +446,7 @@ mod tests {
             "--nvidia-gpudirect-clique",
             "3",
             "--no-unbind-on-shutdown",
+            "--no-numa-affinity",
             "--boot",
         ])
         .unwrap();
@@ -455,7 +461,7 @@ mod tests {
         assert_eq!(args.memory, Some(16 << 30));
         assert_eq!(args.gpu, vec![bdf("0000:01:00.0"), bdf("0000:02:00.0")]);
         assert_eq!(args.nvidia_gpudirect_clique, Some(3));
-        assert!(args.no_unbind_on_shutdown && args.boot);
+        assert!(args.no_unbind_on_shutdown && args.no_numa_affinity && args.boot);
     }
 
     #[test]
@@ -595,7 +601,7 @@ mod tests {
         assert_eq!(args.gpu_count, Some(2));
         assert!(args.gpu.is_empty());
         assert_eq!((args.cpus, args.memory), (None, None));
-        assert!(!args.boot && !args.no_unbind_on_shutdown);
+        assert!(!args.boot && !args.no_unbind_on_shutdown && !args.no_numa_affinity);
         assert!(args.disk.is_empty() && args.net.is_empty() && !args.wants_cloud_init());
     }
 

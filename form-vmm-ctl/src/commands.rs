@@ -163,7 +163,7 @@ pub fn create_config(args: &CreateArgs) -> Result<VmInstanceConfig, CtlError> {
         enable_nvidia_gpudirect: args.nvidia_gpudirect_clique.is_some(),
         nvidia_gpudirect_clique: args.nvidia_gpudirect_clique.unwrap_or(0),
         unbind_on_shutdown: !args.no_unbind_on_shutdown,
-        ..GpuOptions::default()
+        numa_affinity: !args.no_numa_affinity,
     };
     Ok(VmInstanceConfig {
         name: args.name.clone(),

@@ -91,6 +91,7 @@ fn create_sends_the_whole_configuration() {
         "--nvidia-gpudirect-clique",
         "2",
         "--no-unbind-on-shutdown",
+        "--no-numa-affinity",
         "--boot",
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -128,7 +129,7 @@ fn create_sends_the_whole_configuration() {
             "memory": 17179869184u64,
             "gpu_devices": ["0000:19:00.0", "0000:3b:00.0"],
             "gpu_options": {"enable_nvidia_gpudirect": true, "nvidia_gpudirect_clique": 2,
-                            "unbind_on_shutdown": false, "numa_affinity": true},
+                            "unbind_on_shutdown": false, "numa_affinity": false},
             "boot": true
         })
     );
