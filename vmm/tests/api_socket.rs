@@ -2,6 +2,7 @@
 //! backend so these run on any host.
 
 mod api_support;
+mod kvm_support;
 
 use api_support::{existing_file, request, Reply, TempDir};
 use serde_json::json;

@@ -4,6 +4,7 @@
 //! /dev/kvm or the guest toolchain is missing; with CI=true they fail instead.
 
 mod api_support;
+mod kvm_support;
 
 use api_support::{request, wait_for, Finished, Running, TempDir};
 use serde_json::json;

@@ -2,6 +2,7 @@
 //! non-zero exits, no panics, no socket left behind. None of this needs KVM.
 
 mod api_support;
+mod kvm_support;
 
 use api_support::{existing_file, request, run_form_vmm, wait_for, Finished, Running, TempDir};
 use std::time::Duration;

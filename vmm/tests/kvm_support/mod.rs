@@ -5,11 +5,14 @@
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use vmm::config::{ConsoleConfig, ConsoleOutputMode, MemoryConfig, PayloadConfig, VmConfig};
 use vmm::vm::VmEvents;
 use vmm_sys_util::eventfd::EventFd;
+
+mod scratch;
+#[allow(unused_imports)] // as dead_code above: each binary uses its subset
+pub use scratch::ScratchDir;
 
 pub fn ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
@@ -49,37 +52,6 @@ pub fn wait_readable(fd: &EventFd, timeout: Duration) -> bool {
     };
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) == 1 }
-}
-
-/// A directory of its own for one test (numbered, so tests in one binary never
-/// share it), removed with everything in it when dropped.
-pub struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    pub fn new(tag: &str) -> ScratchDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "form-vmm-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("create a scratch directory");
-        ScratchDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The test guest with `cmdline`, 64 MiB and one vCPU, COM1 written to `serial`;
