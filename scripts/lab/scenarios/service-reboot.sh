@@ -173,35 +173,7 @@ wait "$sampler_pid"
 tr -d '\r' <"$serial"
 grep -E 'reboot|powered off|reset' "$vmm_log" 2>/dev/null | sed 's/^/LAB-NOTE vmm.log: /'
 
-step "L2 booted twice from the disk and shut down cleanly"
-expect_l2_ok "$serial"
-if grep -q '^L2-BOOT-FAIL' "$serial"; then
-    fail "L2: $(tr -d '\r' <"$serial" | grep -m1 '^L2-BOOT-FAIL' | cut -d' ' -f2-)"
-fi
-boot1=$(l2_marker "$serial" 'L2-BOOT 1')
-boot2=$(l2_marker "$serial" 'L2-BOOT 2')
-[ -n "$boot1" ] || fail "no 'L2-BOOT 1' line in the serial log: the first boot did not get to its check"
-[ -n "$boot2" ] || fail "no 'L2-BOOT 2' line in the serial log: the guest did not come back after its reset (first boot: '$boot1')"
-roots=$(grep -c '^L2-ROOT-OK' "$serial")
-[ "$roots" = 2 ] || fail "the serial log shows $roots boots from the root disk (L2-ROOT-OK), expected 2"
-id1=${boot1##*boot_id=}
-case "$boot2" in
-*"boot_id=$id1 "*) fail "the second boot has the first boot's boot_id $id1: no real reboot" ;;
-*" marker=$id1") ;;
-*) fail "the second boot read marker '${boot2##*marker=}' from the disk, expected the first boot's id $id1" ;;
-esac
-
-step "the network: 3 ping replies from L1 on both boots"
-case "$boot1" in
-"ping 3/3 "*) ;;
-*) fail "the first boot pinging L1 over $bridge: '$boot1', expected 3/3 replies" ;;
-esac
-case "$boot2" in
-"ping 3/3 "*) ;;
-*) fail "the second boot (after the reboot) pinging L1 over $bridge: '$boot2', expected 3/3 replies" ;;
-esac
-
-step "the tap: one ifindex, a port of $bridge in every sample while it existed"
+# The tap samples, summed up before any check can fail.
 # Sample lines: UPTIME PHASE TAP IFINDEX MASTER, or UPTIME PHASE - absent. A sample
 # without a master right before the tap is gone is the tap leaving at form-vmm's exit
 # (the bridge lets go of a port before sysfs drops it), not a fault.
@@ -237,6 +209,36 @@ summary=$(awk -v tap="$tap" -v br="$bridge" '
 val() { printf ' %s\n' "$summary" | sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
 echo "LAB-NOTE tap $tap: $summary"
 echo "LAB-NOTE first and last samples: $(head -n1 taps.samples) | $(tail -n1 taps.samples)"
+
+step "L2 booted twice from the disk and shut down cleanly"
+expect_l2_ok "$serial"
+if grep -q '^L2-BOOT-FAIL' "$serial"; then
+    fail "L2: $(tr -d '\r' <"$serial" | grep -m1 '^L2-BOOT-FAIL' | cut -d' ' -f2-)"
+fi
+boot1=$(l2_marker "$serial" 'L2-BOOT 1')
+boot2=$(l2_marker "$serial" 'L2-BOOT 2')
+[ -n "$boot1" ] || fail "no 'L2-BOOT 1' line in the serial log: the first boot did not get to its check"
+[ -n "$boot2" ] || fail "no 'L2-BOOT 2' line in the serial log: the guest did not come back after its reset (first boot: '$boot1')"
+roots=$(grep -c '^L2-ROOT-OK' "$serial")
+[ "$roots" = 2 ] || fail "the serial log shows $roots boots from the root disk (L2-ROOT-OK), expected 2"
+id1=${boot1##*boot_id=}
+case "$boot2" in
+*"boot_id=$id1 "*) fail "the second boot has the first boot's boot_id $id1: no real reboot" ;;
+*" marker=$id1") ;;
+*) fail "the second boot read marker '${boot2##*marker=}' from the disk, expected the first boot's id $id1" ;;
+esac
+
+step "the network: 3 ping replies from L1 on both boots"
+case "$boot1" in
+"ping 3/3 "*) ;;
+*) fail "the first boot pinging L1 over $bridge: '$boot1', expected 3/3 replies" ;;
+esac
+case "$boot2" in
+"ping 3/3 "*) ;;
+*) fail "the second boot (after the reboot) pinging L1 over $bridge: '$boot2', expected 3/3 replies" ;;
+esac
+
+step "the tap: one ifindex, a port of $bridge in every sample while it existed"
 [ "$(val samples)" -gt 0 ] || fail "the tap $tap was never seen while the VM ran"
 [ "$(val others)" = 0 ] || fail "an fv* interface other than the VM's tap $tap appeared: $(val other)"
 [ "$(val before)" -gt 0 ] || fail "no sample of $tap before the first boot's result: cannot tell the tap across the reboot"
