@@ -37,6 +37,10 @@ pub const LEGACY_HOLE_START: u64 = 0xa_0000;
 /// the other tables after it up to 1 MiB.
 pub const RSDP_START: u64 = 0xe_0000;
 pub const ACPI_TABLES_END: u64 = 0x10_0000;
+/// The x86 reset vector (F000:FFF0): where a guest that restarts "through the BIOS"
+/// jumps in real mode. Its last 16 bytes below 1 MiB hold the VMM's reset stub, so the
+/// ACPI tables end before it.
+pub const RESET_VECTOR: u64 = 0xf_fff0;
 /// Where RAM used by the kernel proper starts (the 1 MiB line).
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 

@@ -23,8 +23,8 @@ use devices::acpi::{
 };
 use devices::serial::{COM1_GSI, COM1_PORT, SERIAL_PORT_LEN};
 use form_vm_allocator::layout::{
-    GuestLayout, ACPI_TABLES_END, GED_MMIO_START, IOAPIC_START, LAPIC_START, PCI_CONFIG_IO_SIZE,
-    PCI_CONFIG_IO_START, PCI_ECAM_START, RSDP_START,
+    GuestLayout, GED_MMIO_START, IOAPIC_START, LAPIC_START, PCI_CONFIG_IO_SIZE,
+    PCI_CONFIG_IO_START, PCI_ECAM_START, RESET_VECTOR, RSDP_START,
 };
 use std::collections::BTreeSet;
 use vm_memory::{Bytes, GuestAddress};
@@ -259,10 +259,10 @@ impl Writer<'_> {
     fn put(&mut self, table: &'static str, data: &[u8]) -> Result<u64, AcpiError> {
         let addr = self.next.next_multiple_of(TABLE_ALIGN);
         let end = addr + data.len() as u64;
-        if end > ACPI_TABLES_END {
+        if end > RESET_VECTOR {
             return Err(AcpiError::TooLarge {
                 needed: end - RSDP_START,
-                available: ACPI_TABLES_END - RSDP_START,
+                available: RESET_VECTOR - RSDP_START,
             });
         }
         self.mem

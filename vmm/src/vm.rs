@@ -292,6 +292,7 @@ impl Vm {
                 fixed_slots: virtio.slots(),
             },
         )?;
+        boot::write_reset_stub(&memory)?;
         let e820 = boot::e820_map(&layout);
         let boot_info = match payload.entry {
             EntryPoint::Linux64 { .. } => {

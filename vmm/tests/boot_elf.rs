@@ -385,3 +385,15 @@ fn host_validation_errors_say_what_is_wrong() {
     drop(vm);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn acpi_reset_then_a_busy_loop_still_resets() {
+    if !kvm_or_skip("acpi_reset_then_a_busy_loop_still_resets") {
+        return;
+    }
+    // mov dx, 0x600; mov al, 1; out dx, al; cli; jmp $ (as Linux does: it writes the
+    // reset register, then spins in mdelay with interrupts off)
+    let out = run_code(&[0x66, 0xba, 0x00, 0x06, 0xb0, 0x01, 0xee, 0xfa, 0xeb, 0xfe]);
+    assert_eq!(out.reason, Some(VmExitReason::Reset));
+    assert!(out.reset_fired);
+}

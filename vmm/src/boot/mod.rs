@@ -8,6 +8,7 @@ mod cpu_state;
 mod e820;
 pub mod kernel;
 mod pvh;
+mod reset_vector;
 mod zero_page;
 
 pub use cpu_state::{setup_boot_vcpu, BootCpuError};
@@ -23,4 +24,5 @@ pub enum EntryPoint {
     Pvh { entry: u64 },
 }
 pub use pvh::write_start_info;
+pub use reset_vector::write_reset_stub;
 pub use zero_page::write_zero_page;
