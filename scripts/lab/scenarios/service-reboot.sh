@@ -10,11 +10,12 @@
 # "L2-BOOT 2 ..." and returns, and the init powers off. Meanwhile L1 samples the tap's
 # ifindex and bridge master every ~0.2 s.
 #
-# reboot=k: L2's kernel resets through the i8042 (0xfe to port 0x64). Its default,
-# the FADT's reset register first, never resets a form-vmm VM: the guest hangs after
-# "reboot: machine restart" with its vCPU spinning and form-vmm sees no reset request
-# (reboot=k and reboot=t work, and so does 0x01 written to port 0x600 from L2's user
-# space through /dev/port). Drop reboot=k once that is fixed.
+# reboot=k: L2's kernel resets through the i8042 (0xfe to port 0x64). With its
+# default order (the FADT's reset register first, then the i8042) L2 does not come
+# back here: it stops after "reboot: machine restart" (reboot -f) or "sysrq:
+# Resetting" (sysrq b), its vCPU thread spins, and form-vmm (-vv) logs no reset
+# request, while reboot=k, reboot=t and 0x01 written to port 0x600 from L2's user
+# space (/dev/port) all reboot it. Drop reboot=k once that is understood and fixed.
 
 bridge=labbr1
 l1_ip=10.77.2.1
