@@ -68,6 +68,19 @@ expect_file() {
     [ -e "$1" ] || fail "${2:-$1} is missing ($1)"
 }
 
+# service_start: starts `vmm-service serve` on $LAB_TMP/service.sock with its state
+# and run directories under $LAB_TMP (its output appended to ./service.log), sets
+# service_pid and FORM_VMM_SOCKET (for form-vmm-ctl), and waits until it answers.
+service_up() { form-vmm-ctl gpu list >/dev/null 2>&1; }
+service_start() {
+    FORM_VMM_SOCKET=$LAB_TMP/service.sock
+    export FORM_VMM_SOCKET
+    vmm-service serve --listen "unix:$FORM_VMM_SOCKET" --state-dir "$LAB_TMP/state" \
+        --run-dir "$LAB_TMP/run" >>service.log 2>&1 &
+    service_pid=$!
+    wait_until 10 service_up
+}
+
 # wait_until SECONDS COMMAND...: polls COMMAND every 0.1 s until it succeeds; fails the
 # scenario after SECONDS.
 wait_until() {

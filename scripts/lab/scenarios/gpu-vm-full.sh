@@ -11,11 +11,8 @@ bridge=labbr0
 l1_ip=10.77.1.1
 l2_ip=10.77.1.2
 vm=full1
-sock=$LAB_TMP/service.sock
-export FORM_VMM_SOCKET="$sock"
 key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n') lab@l1"
 
-service_up() { form-vmm-ctl gpu list >/dev/null 2>&1; }
 vm_state() {
     form-vmm-ctl --json info "$vm" >info.json 2>/dev/null && json_after info.json name "$vm" state
 }
@@ -45,10 +42,7 @@ bridge_create "$bridge"
 net_up "$bridge" "$l1_ip/24"
 
 step "vmm-service serve starts"
-vmm-service serve --listen "unix:$sock" --state-dir "$LAB_TMP/state" \
-    --run-dir "$LAB_TMP/run" >service.log 2>&1 &
-service_pid=$!
-wait_until 10 service_up
+service_start
 expect_driver "$gpu" bochs-drm
 
 step "L2 initramfs with the display modules and the check, root disk, SSH key"

@@ -6,17 +6,7 @@
 # lab-timeout: 90
 
 gpu=$LAB_DISPLAY_BDF
-sock=$LAB_TMP/service.sock
-export FORM_VMM_SOCKET=$sock
 
-service_up() { form-vmm-ctl gpu list >/dev/null 2>&1; }
-
-start_service() {
-    vmm-service serve --listen "unix:$sock" --state-dir "$LAB_TMP/state" \
-        --run-dir "$LAB_TMP/run" >>service.log 2>&1 &
-    service_pid=$!
-    wait_until 10 service_up
-}
 
 # A zombie (the VMM's first parent, the killed service, cannot reap it) counts as dead.
 alive() { [ -r "/proc/$1/stat" ] && ! grep -qE '\) [ZX] ' "/proc/$1/stat"; }
@@ -31,7 +21,7 @@ command -v form-vmm-ctl >/dev/null ||
     fail "form-vmm-ctl is not in L1: scripts/vfio-lab must build -p form-vmm-ctl and add it to /lab/bin"
 
 step "vmm-service serve starts"
-start_service
+service_start
 
 step "a created VM holds the GPU"
 run_logged create.out form-vmm-ctl create --name crash1 --kernel "$LAB_GUEST_ELF" \
@@ -58,7 +48,7 @@ step "kill -9 the service and start it again"
 kill -9 "$service_pid"
 wait "$service_pid" 2>/dev/null
 alive "$vmm_pid" || fail "the VMM died with the service"
-start_service
+service_start
 
 step "state intact, VMM re-adopted"
 [ "$(vm_field crash1 state)" = stopped ] || fail "crash1 is not stopped after the restart"

@@ -5,20 +5,14 @@
 # lab-timeout: 90
 
 gpu=$LAB_DISPLAY_BDF
-sock=$LAB_TMP/service.sock
-export FORM_VMM_SOCKET=$sock
 
-service_up() { form-vmm-ctl gpu list >/dev/null 2>&1; }
 
 step "form-vmm-ctl is in L1"
 command -v form-vmm-ctl >/dev/null ||
     fail "form-vmm-ctl is not in L1: scripts/vfio-lab must build -p form-vmm-ctl and add it to /lab/bin"
 
 step "vmm-service serve starts"
-vmm-service serve --listen "unix:$sock" --state-dir "$LAB_TMP/state" \
-    --run-dir "$LAB_TMP/run" >service.log 2>&1 &
-service_pid=$!
-wait_until 10 service_up
+service_start
 
 step "the first VM gets the GPU"
 run_logged first.out form-vmm-ctl create --name first --kernel "$LAB_GUEST_ELF" \

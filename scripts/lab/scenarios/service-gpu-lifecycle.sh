@@ -7,20 +7,14 @@
 # The display device, not the boot VGA: a VM's GPU must not be the host's console,
 # and the service does not force that.
 gpu=$LAB_DISPLAY_BDF
-sock=$LAB_TMP/service.sock
-export FORM_VMM_SOCKET=$sock
 
-service_up() { form-vmm-ctl gpu list >/dev/null 2>&1; }
 
 step "form-vmm-ctl is in L1"
 command -v form-vmm-ctl >/dev/null ||
     fail "form-vmm-ctl is not in L1: scripts/vfio-lab must build -p form-vmm-ctl and add it to /lab/bin"
 
 step "vmm-service serve starts"
-vmm-service serve --listen "unix:$sock" --state-dir "$LAB_TMP/state" \
-    --run-dir "$LAB_TMP/run" >service.log 2>&1 &
-service_pid=$!
-wait_until 10 service_up
+service_start
 expect_driver "$gpu" bochs-drm
 
 step "create a VM with the GPU"

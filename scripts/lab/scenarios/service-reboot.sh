@@ -18,10 +18,7 @@ bridge=labbr1
 l1_ip=10.77.2.1
 l2_ip=10.77.2.2
 vm=reboot1
-sock=$LAB_TMP/service.sock
-export FORM_VMM_SOCKET="$sock"
 
-service_up() { form-vmm-ctl gpu list >/dev/null 2>&1; }
 vm_info() { form-vmm-ctl --json info "$vm" >info.json 2>/dev/null; }
 vm_state() { vm_info && json_after info.json name "$vm" state; }
 
@@ -60,10 +57,7 @@ bridge_create "$bridge"
 net_up "$bridge" "$l1_ip/24"
 
 step "vmm-service serve starts"
-vmm-service serve --listen "unix:$sock" --state-dir "$LAB_TMP/state" \
-    --run-dir "$LAB_TMP/run" >service.log 2>&1 &
-service_pid=$!
-wait_until 10 service_up
+service_start
 
 step "L2 initramfs with the reboot-once check, root disk"
 cat >check.sh <<'CHECK'
