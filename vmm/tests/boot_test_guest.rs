@@ -6,7 +6,7 @@ use vmm::config::{CpusConfig, MemoryConfig, VmConfig};
 use vmm::vm::{Vm, VmExitReason};
 
 mod kvm_support;
-use kvm_support::{kvm_or_skip, test_guest_config, vm_events, wait_readable, ScratchDir};
+use kvm_support::{boot_until_stopped, kvm_or_skip, test_guest_config, vm_events, ScratchDir};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -32,14 +32,7 @@ fn boot_with(cmdline: &str, vcpus: u8, memory: MemoryConfig) -> Run {
     };
     let (events, exit) = vm_events();
     let mut vm = Vm::new(&config, events).expect("create VM");
-    vm.boot().expect("boot");
-    let exited = wait_readable(&exit, BOOT_TIMEOUT);
-    vm.shutdown().unwrap();
-    let serial = std::fs::read_to_string(&serial_path).unwrap_or_default();
-    assert!(
-        exited,
-        "guest did not power off within {BOOT_TIMEOUT:?}; serial:\n{serial}"
-    );
+    let serial = boot_until_stopped(&mut vm, &exit, &serial_path, BOOT_TIMEOUT);
     Run {
         reason: vm.exit_reason(),
         serial,
@@ -137,10 +130,7 @@ fn a_rebuilt_vm_appends_to_the_serial_log_the_first_one_started() {
     for _ in 0..2 {
         let (events, exit) = vm_events();
         let mut vm = Vm::new(&config, events).expect("create VM");
-        vm.boot().expect("boot");
-        let exited = wait_readable(&exit, BOOT_TIMEOUT);
-        vm.shutdown().unwrap();
-        assert!(exited, "no power-off within {BOOT_TIMEOUT:?}");
+        boot_until_stopped(&mut vm, &exit, &serial_path, BOOT_TIMEOUT);
     }
     let serial = std::fs::read_to_string(&serial_path).unwrap();
     assert!(!serial.contains("earlier form-vmm"), "{serial}");

@@ -11,7 +11,7 @@ mod api_support;
 mod kvm_support;
 use api_support::{request, run_form_vmm, wait_for, Running, TempDir};
 use kvm_support::{
-    kvm_or_skip, test_guest, test_guest_config, vm_events, wait_readable, ScratchDir,
+    boot_until_stopped, kvm_or_skip, test_guest, test_guest_config, vm_events, ScratchDir,
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,14 +63,7 @@ fn hello_runs_with_its_ram_bound_to_node_0() {
             );
         }
     }
-    vm.boot().expect("boot");
-    let exited = wait_readable(&exit, BOOT_TIMEOUT);
-    vm.shutdown().unwrap();
-    let serial = std::fs::read_to_string(&serial_path).unwrap_or_default();
-    assert!(
-        exited,
-        "no power-off within {BOOT_TIMEOUT:?}; serial:\n{serial}"
-    );
+    let serial = boot_until_stopped(&mut vm, &exit, &serial_path, BOOT_TIMEOUT);
     assert_eq!(vm.exit_reason(), Some(VmExitReason::PowerOff), "{serial}");
     assert!(
         serial.contains("Hello from the form-vmm test guest"),

@@ -16,7 +16,7 @@ use vmm::device_manager::vfio::PciDeviceInfo;
 use vmm::vm::{Vm, VmError, VmExitReason};
 
 mod kvm_support;
-use kvm_support::{kvm_or_skip, test_guest_config, vm_events, wait_readable, ScratchDir};
+use kvm_support::{boot_until_stopped, kvm_or_skip, test_guest_config, vm_events, ScratchDir};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const VIRTIO_VENDOR: u32 = 0x1af4;
@@ -138,11 +138,7 @@ fn disks_rng_and_console_are_virtio_functions_on_bus_0() {
     assert_eq!(bars.len(), 4, "each device has its own BAR0: {bars:x?}");
     assert_eq!(vm.pci_config_read(5, 0), u32::MAX, "slot 5 is empty");
 
-    vm.boot().expect("boot");
-    let exited = wait_readable(&exit, TIMEOUT);
-    vm.shutdown().unwrap();
-    let serial = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
-    assert!(exited, "no power-off within {TIMEOUT:?}; serial:\n{serial}");
+    let serial = boot_until_stopped(&mut vm, &exit, &dir.join("serial.log"), TIMEOUT);
     assert_eq!(vm.exit_reason(), Some(VmExitReason::PowerOff), "{serial}");
     for line in [
         "pci 00:01.0 1af4:1042 class 010000",

@@ -10,7 +10,7 @@ use vmm::config::{DiskConfig, RngConfig};
 use vmm::vm::{Vm, VmExitReason};
 
 mod kvm_support;
-use kvm_support::{kvm_or_skip, test_guest_config, vm_events, wait_readable, ScratchDir};
+use kvm_support::{boot_until_stopped, kvm_or_skip, test_guest_config, vm_events, ScratchDir};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SECTOR: usize = 512;
@@ -39,14 +39,8 @@ fn run_guest(dir: &ScratchDir, cmdline: &str, disks: Vec<DiskConfig>, rng: bool)
     config.rng = rng.then(RngConfig::default);
     let (events, exit) = vm_events();
     let mut vm = Vm::new(&config, events).expect("create VM");
-    vm.boot().expect("boot");
-    let exited = wait_readable(&exit, TIMEOUT);
-    let reason = vm.exit_reason();
-    vm.shutdown().unwrap();
-    drop(vm);
-    let serial = std::fs::read_to_string(&serial_log).unwrap_or_default();
-    assert!(exited, "no power-off within {TIMEOUT:?}; serial:\n{serial}");
-    assert_eq!(reason, Some(VmExitReason::PowerOff), "{serial}");
+    let serial = boot_until_stopped(&mut vm, &exit, &serial_log, TIMEOUT);
+    assert_eq!(vm.exit_reason(), Some(VmExitReason::PowerOff), "{serial}");
     serial
 }
 

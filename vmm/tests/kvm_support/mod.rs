@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use vmm::config::{ConsoleConfig, ConsoleOutputMode, MemoryConfig, PayloadConfig, VmConfig};
-use vmm::vm::VmEvents;
+use vmm::vm::{Vm, VmEvents};
 use vmm_sys_util::eventfd::EventFd;
 
 mod scratch;
@@ -83,4 +83,19 @@ pub fn vm_events() -> (VmEvents, EventFd) {
         reset: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     };
     (events, exit)
+}
+
+/// Boots `vm`, waits up to `timeout` for the guest to stop it, shuts it down and
+/// returns what the guest wrote to `serial`; fails the test, with that output, if
+/// the guest did not stop in time. The caller checks how it stopped.
+pub fn boot_until_stopped(vm: &mut Vm, exit: &EventFd, serial: &Path, timeout: Duration) -> String {
+    vm.boot().expect("boot");
+    let exited = wait_readable(exit, timeout);
+    vm.shutdown().unwrap();
+    let output = std::fs::read_to_string(serial).unwrap_or_default();
+    assert!(
+        exited,
+        "the guest did not stop within {timeout:?}; serial:\n{output}"
+    );
+    output
 }
