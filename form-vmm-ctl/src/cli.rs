@@ -128,7 +128,8 @@ pub enum Command {
     /// Take a GPU from a VM, by PCI address or by its device id (gpu0, gpu1, ...).
     #[command(after_help = "Examples:
   form-vmm-ctl remove-device vm1 --gpu 0000:02:00.0
-  form-vmm-ctl remove-device vm1 --id gpu1")]
+  form-vmm-ctl remove-device vm1 --id gpu1
+  form-vmm-ctl remove-device vm1 --id gpu1 --force   # even if the guest keeps it")]
     RemoveDevice(RemoveDeviceArgs),
     /// The host's GPUs: list them, bind them to vfio-pci, give them back.
     Gpu {
@@ -326,6 +327,12 @@ pub struct RemoveDeviceArgs {
     /// The GPU's device id in the VM, as `info` shows it (gpu0, gpu1, ...).
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
+
+    /// Detach the GPU even if the guest does not eject it within 10 s (its driver
+    /// loses the device mid-use). Without it, a guest that keeps the GPU keeps it
+    /// and the command fails with eject_timeout.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -765,6 +772,12 @@ mod tests {
             panic!()
         };
         assert_eq!(args.gpu, Some(bdf("01:00.0")));
+        assert!(!args.force);
+        let cli = parse(&["remove-device", "vm1", "--id", "gpu0", "--force"]).unwrap();
+        let Command::RemoveDevice(args) = cli.command else {
+            panic!()
+        };
+        assert!(args.force);
         assert_eq!(
             parse(&["remove-device", "vm1"]).unwrap_err().kind(),
             ErrorKind::MissingRequiredArgument

@@ -268,7 +268,10 @@ fn remove_device(api: &Api, out: &Output, args: &RemoveDeviceArgs) -> Result<(),
             ))
         }
     };
-    let path = vm_path(&args.name, &format!("/gpus/{}", segment(&bdf)));
+    let mut path = vm_path(&args.name, &format!("/gpus/{}", segment(&bdf)));
+    if args.force {
+        path.push_str("?force=true");
+    }
     let body = api.call(Method::DELETE, &path, None::<&()>)?;
     out.show("the VM", &body, render::vm_gpus)
 }

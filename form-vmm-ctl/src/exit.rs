@@ -48,10 +48,12 @@ impl Exit {
             | ErrorCode::GpusUnavailable
             | ErrorCode::GpuNotAssignable
             | ErrorCode::VmExists
-            | ErrorCode::InvalidState => Self::Conflict,
+            | ErrorCode::InvalidState
+            | ErrorCode::EjectTimeout => Self::Conflict,
             ErrorCode::Unauthorized => Self::Unauthorized,
             ErrorCode::GpuBindFailed
             | ErrorCode::VmmFailed
+            | ErrorCode::VmmUnresponsive
             | ErrorCode::NotSupported
             | ErrorCode::Internal => Self::Failure,
         }
@@ -91,6 +93,8 @@ mod tests {
             ErrorCode::VmNotFound,
             ErrorCode::VmExists,
             ErrorCode::InvalidState,
+            ErrorCode::EjectTimeout,
+            ErrorCode::VmmUnresponsive,
             ErrorCode::GpuBindFailed,
             ErrorCode::VmmFailed,
             ErrorCode::NotSupported,

@@ -72,6 +72,34 @@ expect_file() {
 # and run directories under $LAB_TMP (its output appended to ./service.log), sets
 # service_pid and FORM_VMM_SOCKET (for form-vmm-ctl), and waits until it answers.
 service_up() { form-vmm-ctl gpu list >/dev/null 2>&1; }
+
+# vm_field VM FIELD: a field of `form-vmm-ctl --json info VM` (state, pid, serial_log).
+vm_field() {
+    form-vmm-ctl --json info "$1" >"$LAB_TMP/vm-field.json" 2>&1 || return 1
+    json_after "$LAB_TMP/vm-field.json" name "$1" "$2"
+}
+
+# gpu_owner BDF: the VM that `form-vmm-ctl gpu list` says holds BDF (empty: none).
+gpu_owner() {
+    form-vmm-ctl --json gpu list >"$LAB_TMP/gpu-owner.json" 2>&1 || fail "gpu list failed: $(cat "$LAB_TMP/gpu-owner.json")"
+    _owner=$(json_after "$LAB_TMP/gpu-owner.json" bdf "$1" owner)
+    [ "$_owner" = null ] && _owner=
+    echo "$_owner"
+}
+
+# expect_gpu_owner BDF VM: fails unless `gpu list` says VM holds BDF ("" for no VM).
+expect_gpu_owner() {
+    _owner=$(gpu_owner "$1")
+    [ "$_owner" = "$2" ] || fail "gpu list says $1 belongs to '${_owner}', not '${2}'"
+}
+
+# wait_for_vm_output SECONDS VM PATTERN: waits for PATTERN (grep -E) in the serial
+# log of VM, a VM of the service, while its VMM runs.
+wait_for_vm_output() {
+    _pid=$(vm_field "$2" pid) || fail "cannot read VM $2: $(cat "$LAB_TMP/vm-field.json")"
+    _serial=$(vm_field "$2" serial_log)
+    wait_for_output "$1" "$_pid" "$_serial" "$3"
+}
 service_start() {
     FORM_VMM_SOCKET=$LAB_TMP/service.sock
     export FORM_VMM_SOCKET
@@ -241,6 +269,50 @@ l2_initramfs_with() {
 # switching to the root disk.
 l2_virtio_initramfs() {
     l2_initramfs_append "$1" "$LAB_L2_VIRTIO_INITRAMFS" "$2" "${3:-}"
+}
+
+# l2_gpu_hotplug_check: prints an L2 check script that waits for a 1234:1111 display
+# device to be hotplugged (L2-HOTPLUG-READY, L2-GPU-ADDED, then L2-GPU-BOUND once
+# bochs-drm binds it, L2-FB0), then for it to go (L2-GPU-REMOVED), each failure as its
+# own marker (L2-GPU-NEVER-ADDED, -NOT-BOUND, -NEVER-REMOVED). For l2_initramfs_with.
+l2_gpu_hotplug_check() {
+    cat <<'CHECK'
+#!/bin/sh
+busybox --install -s /bin
+while read -r name _; do
+    insmod "/lib/modules/lab/$name.ko" || echo "L2-MODULE-FAIL $name"
+done </lib/modules/lab/load-order
+find_gpu() {
+    for dev in /sys/bus/pci/devices/*; do
+        [ "$(cat "$dev/vendor" 2>/dev/null):$(cat "$dev/device" 2>/dev/null)" = 0x1234:0x1111 ] &&
+            echo "${dev##*/}"
+    done
+}
+# wait_for TENTHS COMMAND...: polls COMMAND every 0.1 s.
+wait_for() {
+    n=$1
+    shift
+    until "$@"; do
+        n=$((n - 1))
+        [ $n -gt 0 ] || return 1
+        sleep 0.1
+    done
+}
+gpu_present() { [ -n "$(find_gpu)" ]; }
+gpu_absent() { [ -z "$(find_gpu)" ]; }
+gpu_bound() { [ "$(basename "$(readlink "/sys/bus/pci/devices/$bdf/driver" 2>/dev/null)")" = bochs-drm ]; }
+echo "L2-HOTPLUG-READY $(find_gpu | wc -l) GPUs"
+wait_for 1200 gpu_present || { echo "L2-GPU-NEVER-ADDED"; exit 0; }
+bdf=$(find_gpu)
+echo "L2-GPU-ADDED $bdf"
+wait_for 300 gpu_bound || { echo "L2-GPU-NOT-BOUND $bdf"; exit 0; }
+echo "L2-GPU-BOUND $bdf"
+if wait_for 50 test -e /dev/fb0; then echo "L2-FB0"; else echo "L2-NO-FB0"; fi
+wait_for 1200 gpu_absent || { echo "L2-GPU-NEVER-REMOVED $bdf"; exit 0; }
+echo "L2-GPU-REMOVED $bdf"
+# Keeps the VM up while L1 counts form-vmm's file descriptors.
+sleep 3
+CHECK
 }
 
 # l2_initramfs_append OUT BASE CHECK_SCRIPT [display]: BASE plus a second archive with

@@ -25,7 +25,9 @@ struct watch {
 	struct pci_ecam ecam;
 	uint16_t vendor, device;
 	uint64_t wait_ms;
-	bool eject; /* answer removal requests as the DSDT's _EJ0 would */
+	/* eject=1: answer removal requests as the DSDT's _EJ0 would; eject=2: read
+	 * them and keep the device, as a guest whose driver will not let go. */
+	uint64_t eject;
 };
 
 static const char *watch_setup(const struct guest_env *env, struct watch *w)
@@ -39,7 +41,7 @@ static const char *watch_setup(const struct guest_env *env, struct watch *w)
 	if (!why)
 		why = param_u64_or(env, "wait", DEFAULT_WAIT_S, MAX_WAIT_S, &wait_s);
 	if (!why)
-		why = param_u64_or(env, "eject", 0, 1, &eject);
+		why = param_u64_or(env, "eject", 0, 2, &eject);
 	if (why)
 		return why;
 	w->eject = eject;
@@ -52,12 +54,14 @@ static const char *watch_setup(const struct guest_env *env, struct watch *w)
 	return why ? why : pci_ecam_find(env->rsdp_hint, &w->ecam);
 }
 
-/* Waits for the device to go, ejecting its slot when the VMM asks for it.
- * Returns whether it went; *elapsed_ms says when. */
+/* Waits for the device to go, reading the VMM's removal requests and ejecting
+ * the slot (eject=1) or refusing to (eject=2). Returns whether it went;
+ * *elapsed_ms says when. */
 static bool wait_gone_ejecting(const struct watch *w, uint64_t *elapsed_ms)
 {
 	uint64_t start = lapic_clock_ns();
 	struct pci_function f;
+	bool refused = false;
 
 	for (;;) {
 		uint32_t requested;
@@ -66,9 +70,12 @@ static bool wait_gone_ejecting(const struct watch *w, uint64_t *elapsed_ms)
 		if (!pci_find(&w->ecam, w->vendor, w->device, &f))
 			return true;
 		requested = mmio_read32(HOTPLUG_PCID);
-		if (requested & (1U << f.dev)) {
+		if ((requested & (1U << f.dev)) && w->eject == 1) {
 			serial_printf("eject request for slot %u: ejecting\n", f.dev);
 			mmio_write32(HOTPLUG_PCEJ, f.dev);
+		} else if ((requested & (1U << f.dev)) && !refused) {
+			serial_printf("eject request for slot %u: keeping the device\n", f.dev);
+			refused = true;
 		}
 		if (*elapsed_ms >= w->wait_ms)
 			return false;

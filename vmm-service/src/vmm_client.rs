@@ -13,8 +13,18 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixStream;
 
-/// How long one request may take; building a large VM's memory can take a while.
+/// How long one request may take unless its call says otherwise; building a large
+/// VM's memory can take a while.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long form-vmm waits for a guest to eject a device (its `EJECT_GIVE_UP_AFTER`).
+pub const GUEST_EJECT_WAIT: Duration = Duration::from_secs(10);
+/// `vm.remove-device`: the guest's eject wait, and time to detach after it.
+pub const REMOVE_DEVICE_TIMEOUT: Duration = Duration::from_secs(15);
+/// `vm.add-device`: the first device of a VM maps (pins) all of its RAM for DMA,
+/// which takes long for a large VM.
+pub const ADD_DEVICE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Questions that need no work from form-vmm (`vm.info`, `vmm.ping`).
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmClientError {
@@ -29,10 +39,28 @@ pub enum VmmClientError {
     Refused {
         endpoint: String,
         status: u16,
+        /// form-vmm's error code (`eject_timeout`, `unknown_device`, ...).
+        code: Option<String>,
         message: String,
     },
-    #[error("the VMM did not answer {endpoint} within {0:?}", REQUEST_TIMEOUT)]
-    Timeout { endpoint: String },
+    #[error("the VMM did not answer {endpoint} within {}s", limit.as_secs())]
+    Timeout { endpoint: String, limit: Duration },
+}
+
+impl VmmClientError {
+    /// form-vmm's error code, when it answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Refused { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether form-vmm answered at all: a refusal says the request changed nothing,
+    /// anything else leaves what form-vmm did unknown.
+    pub fn was_answered(&self) -> bool {
+        matches!(self, Self::Refused { .. })
+    }
 }
 
 /// form-vmm's `DeviceConfig`, as the service sends it.
@@ -140,40 +168,89 @@ impl VmmClient {
     }
 
     pub async fn ping(&self) -> Result<VmmPing, VmmClientError> {
-        let body = self.request(Method::GET, "vmm.ping", None).await?;
+        let body = self
+            .request(Method::GET, "vmm.ping", None, QUERY_TIMEOUT)
+            .await?;
         serde_json::from_slice(&body).map_err(|e| self.http_error(format!("vmm.ping answer: {e}")))
     }
 
     pub async fn create(&self, config: &VmConfig) -> Result<(), VmmClientError> {
-        self.put_json("vm.create", config).await
+        self.put_json("vm.create", config, REQUEST_TIMEOUT).await
     }
 
     pub async fn boot(&self) -> Result<(), VmmClientError> {
-        self.request(Method::PUT, "vm.boot", None).await.map(drop)
+        self.request(Method::PUT, "vm.boot", None, REQUEST_TIMEOUT)
+            .await
+            .map(drop)
     }
 
     pub async fn reboot(&self) -> Result<(), VmmClientError> {
-        self.request(Method::PUT, "vm.reboot", None).await.map(drop)
+        self.request(Method::PUT, "vm.reboot", None, REQUEST_TIMEOUT)
+            .await
+            .map(drop)
     }
 
     pub async fn shutdown_vmm(&self) -> Result<(), VmmClientError> {
-        self.request(Method::PUT, "vmm.shutdown", None)
+        self.request(Method::PUT, "vmm.shutdown", None, REQUEST_TIMEOUT)
             .await
             .map(drop)
     }
 
     pub async fn add_device(&self, device: &DeviceConfig) -> Result<(), VmmClientError> {
-        self.put_json("vm.add-device", device).await
-    }
-
-    pub async fn remove_device(&self, id: &str) -> Result<(), VmmClientError> {
-        self.put_json("vm.remove-device", &serde_json::json!({ "id": id }))
+        self.put_json("vm.add-device", device, ADD_DEVICE_TIMEOUT)
             .await
     }
 
-    async fn put_json<T: Serialize>(&self, endpoint: &str, body: &T) -> Result<(), VmmClientError> {
+    /// Takes device `id` out of the VM. With `require_eject`, a guest that does not
+    /// eject it within [`GUEST_EJECT_WAIT`] keeps it, and form-vmm answers 409
+    /// `eject_timeout`; without, form-vmm detaches it anyway.
+    pub async fn remove_device(&self, id: &str, require_eject: bool) -> Result<(), VmmClientError> {
+        let body = if require_eject {
+            serde_json::json!({ "id": id, "require_eject": true })
+        } else {
+            serde_json::json!({ "id": id })
+        };
+        self.put_json("vm.remove-device", &body, REMOVE_DEVICE_TIMEOUT)
+            .await
+    }
+
+    /// The ids of the devices passed through to the VM, as form-vmm's `vm.info`
+    /// reports them: a device is in this list exactly while form-vmm holds it.
+    pub async fn device_ids(&self) -> Result<Vec<String>, VmmClientError> {
+        #[derive(Deserialize)]
+        struct Info {
+            config: InfoConfig,
+        }
+        #[derive(Deserialize)]
+        struct InfoConfig {
+            #[serde(default)]
+            devices: Vec<InfoDevice>,
+        }
+        #[derive(Deserialize)]
+        struct InfoDevice {
+            id: Option<String>,
+        }
+        let body = self
+            .request(Method::GET, "vm.info", None, QUERY_TIMEOUT)
+            .await?;
+        let info: Info = serde_json::from_slice(&body)
+            .map_err(|e| self.http_error(format!("vm.info answer: {e}")))?;
+        Ok(info
+            .config
+            .devices
+            .into_iter()
+            .filter_map(|d| d.id)
+            .collect())
+    }
+
+    async fn put_json<T: Serialize>(
+        &self,
+        endpoint: &str,
+        body: &T,
+        limit: Duration,
+    ) -> Result<(), VmmClientError> {
         let body = serde_json::to_vec(body).map_err(|e| self.http_error(e.to_string()))?;
-        self.request(Method::PUT, endpoint, Some(body))
+        self.request(Method::PUT, endpoint, Some(body), limit)
             .await
             .map(drop)
     }
@@ -183,12 +260,14 @@ impl VmmClient {
         method: Method,
         endpoint: &str,
         body: Option<Vec<u8>>,
+        limit: Duration,
     ) -> Result<Bytes, VmmClientError> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, endpoint, body))
+        tokio::time::timeout(limit, self.exchange(method, endpoint, body))
             .await
             .unwrap_or_else(|_| {
                 Err(VmmClientError::Timeout {
                     endpoint: endpoint.to_string(),
+                    limit,
                 })
             })
     }
@@ -235,10 +314,12 @@ impl VmmClient {
         if status.is_success() {
             return Ok(bytes);
         }
+        let (message, code) = error_message(status, &bytes);
         Err(VmmClientError::Refused {
             endpoint: endpoint.to_string(),
             status: status.as_u16(),
-            message: error_message(status, &bytes),
+            code,
+            message,
         })
     }
 
@@ -250,15 +331,20 @@ impl VmmClient {
     }
 }
 
-/// form-vmm's error bodies are `{"error": "message"}`; fall back to the raw text.
-fn error_message(status: StatusCode, body: &[u8]) -> String {
+/// form-vmm's error bodies are `{"error": "message", "code": "..."}` (older ones
+/// without the code); fall back to the raw text.
+fn error_message(status: StatusCode, body: &[u8]) -> (String, Option<String>) {
     #[derive(Deserialize)]
     struct ErrorBody {
         error: String,
+        code: Option<String>,
     }
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(parsed) => parsed.error,
-        Err(_) if body.is_empty() => status.canonical_reason().unwrap_or("error").to_string(),
-        Err(_) => String::from_utf8_lossy(body).into_owned(),
+        Ok(parsed) => (parsed.error, parsed.code),
+        Err(_) if body.is_empty() => (
+            status.canonical_reason().unwrap_or("error").to_string(),
+            None,
+        ),
+        Err(_) => (String::from_utf8_lossy(body).into_owned(), None),
     }
 }

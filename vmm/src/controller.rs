@@ -9,7 +9,7 @@ pub mod testing;
 
 use crate::api::{ApiError, ApiInbox, ApiRequest, ApiResponse, ApiResult, VmInfo, VmmPing};
 use crate::config::VmConfig;
-use crate::vm::{KeptTaps, VmEvents, VmExitReason, VmState};
+use crate::vm::{KeptTaps, Removal, VmEvents, VmExitReason, VmState};
 use backend::{VmBackend, VmInstance};
 use signals::StopSignals;
 use std::io;
@@ -140,7 +140,12 @@ impl<B: VmBackend> Controller<B> {
             }
             ApiRequest::VmRemoveDevice(data) => {
                 let managed = self.live_vm("remove a device")?;
-                managed.vm.remove_device(&data.id)?;
+                let policy = if data.require_eject {
+                    Removal::KeepUnlessEjected
+                } else {
+                    Removal::DetachAnyway
+                };
+                managed.vm.remove_device(&data.id, policy)?;
                 self.config = Some(managed.vm.config().clone());
                 Ok(ApiResponse::Done)
             }

@@ -93,6 +93,12 @@ pub enum VmError {
     Acpi(#[from] AcpiError),
     #[error("cannot start a vCPU thread: {0}")]
     VcpuThread(std::io::Error),
+    #[error("the guest did not eject device {id} within {}s ({}); it is still attached to the VM. Retry, remove it without the guest's consent (require_eject false), or shut the VM down", waited.as_secs(), if *saw_request { "it read the removal request but did not eject" } else { "it never read the removal request: no ACPI PCI hotplug?" })]
+    NotEjected {
+        id: String,
+        saw_request: bool,
+        waited: Duration,
+    },
     #[error("cannot {action}: the VM is {state:?}")]
     InvalidState {
         action: &'static str,
@@ -172,6 +178,17 @@ pub const EJECT_IGNORED_AFTER: Duration = Duration::from_secs(1);
 /// How long it waits for a guest that read the request to run the slot's `_EJ0`
 /// (its driver unbinding the device first).
 pub const EJECT_GIVE_UP_AFTER: Duration = Duration::from_secs(10);
+
+/// What [`Vm::remove_device`] does with a device a running guest did not eject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Detach it anyway, as when a device is pulled: the guest's driver loses it
+    /// mid-use, the host gets it back for sure.
+    DetachAnyway,
+    /// Leave it attached and fail with [`VmError::NotEjected`]; a guest that ejects
+    /// it later still gives it up (as a guest-initiated eject).
+    KeepUnlessEjected,
+}
 
 impl Vm {
     pub fn new(config: &VmConfig, events: VmEvents) -> Result<Vm, VmError> {
@@ -483,9 +500,9 @@ impl Vm {
 
     /// Takes a passed-through device away. A running guest is asked to eject it
     /// first and given [`EJECT_IGNORED_AFTER`] to react (or
-    /// [`EJECT_GIVE_UP_AFTER`] once it did); the device is then detached whether
-    /// the guest ejected it or not, as when a device is pulled.
-    pub fn remove_device(&mut self, id: &str) -> Result<PciDeviceInfo, VmError> {
+    /// [`EJECT_GIVE_UP_AFTER`] once it did). What happens to a device the guest
+    /// did not eject is `policy`'s to say.
+    pub fn remove_device(&mut self, id: &str, policy: Removal) -> Result<PciDeviceInfo, VmError> {
         if self.devices.virtio.contains_id(id) {
             return Err(VirtioError::NotRemovable(id.to_string()).into());
         }
@@ -503,6 +520,21 @@ impl Vm {
                     .wait_for_eject(slot, EJECT_IGNORED_AFTER, EJECT_GIVE_UP_AFTER);
             match outcome {
                 EjectOutcome::Ejected => log::info!("vfio: the guest ejected {id}"),
+                EjectOutcome::Ignored | EjectOutcome::TimedOut
+                    if policy == Removal::KeepUnlessEjected =>
+                {
+                    let saw_request = outcome == EjectOutcome::TimedOut;
+                    log::warn!("vfio: the guest did not eject {id}; it stays attached");
+                    return Err(VmError::NotEjected {
+                        id: id.to_string(),
+                        saw_request,
+                        waited: if saw_request {
+                            EJECT_GIVE_UP_AFTER
+                        } else {
+                            EJECT_IGNORED_AFTER
+                        },
+                    });
+                }
                 EjectOutcome::Ignored => {
                     log::info!("vfio: the guest did not react to the eject request for {id}; detaching it anyway")
                 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use vmm::config::DeviceConfig;
 use vmm::device_manager::vfio::testing::FakeVfioHost;
-use vmm::vm::{Vm, VmExitReason};
+use vmm::vm::{Removal, Vm, VmExitReason};
 use vmm_sys_util::eventfd::EventFd;
 
 mod kvm_support;
@@ -128,7 +128,10 @@ fn hotplug_add_remove_add_reaches_a_polling_guest() {
     // The test guest has no ACPI hotplug: the removal goes ahead after the
     // short wait for a guest that ignores the request.
     let started = std::time::Instant::now();
-    guest.vm.remove_device("edu0").unwrap();
+    guest
+        .vm
+        .remove_device("edu0", Removal::DetachAnyway)
+        .unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(host.containers_open.load(Ordering::SeqCst), 0);
     assert!(guest.vm.config().devices.is_empty());

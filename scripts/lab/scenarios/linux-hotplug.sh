@@ -9,43 +9,7 @@ gpu=$LAB_GPU_BDF
 sock=$LAB_TMP/vmm.sock
 
 step "L2 initramfs that waits for the GPU to come and go"
-cat >check.sh <<'CHECK'
-#!/bin/sh
-busybox --install -s /bin
-while read -r name _; do
-    insmod "/lib/modules/lab/$name.ko" || echo "L2-MODULE-FAIL $name"
-done </lib/modules/lab/load-order
-find_gpu() {
-    for dev in /sys/bus/pci/devices/*; do
-        [ "$(cat "$dev/vendor" 2>/dev/null):$(cat "$dev/device" 2>/dev/null)" = 0x1234:0x1111 ] &&
-            echo "${dev##*/}"
-    done
-}
-# wait_for TENTHS COMMAND...: polls COMMAND every 0.1 s.
-wait_for() {
-    n=$1
-    shift
-    until "$@"; do
-        n=$((n - 1))
-        [ $n -gt 0 ] || return 1
-        sleep 0.1
-    done
-}
-gpu_present() { [ -n "$(find_gpu)" ]; }
-gpu_absent() { [ -z "$(find_gpu)" ]; }
-gpu_bound() { [ "$(basename "$(readlink "/sys/bus/pci/devices/$bdf/driver" 2>/dev/null)")" = bochs-drm ]; }
-echo "L2-HOTPLUG-READY $(find_gpu | wc -l) GPUs"
-wait_for 1200 gpu_present || { echo "L2-GPU-NEVER-ADDED"; exit 0; }
-bdf=$(find_gpu)
-echo "L2-GPU-ADDED $bdf"
-wait_for 300 gpu_bound || { echo "L2-GPU-NOT-BOUND $bdf"; exit 0; }
-echo "L2-GPU-BOUND $bdf"
-if wait_for 50 test -e /dev/fb0; then echo "L2-FB0"; else echo "L2-NO-FB0"; fi
-wait_for 1200 gpu_absent || { echo "L2-GPU-NEVER-REMOVED $bdf"; exit 0; }
-echo "L2-GPU-REMOVED $bdf"
-# Keeps the VM up while L1 counts form-vmm's file descriptors.
-sleep 3
-CHECK
+l2_gpu_hotplug_check >check.sh
 l2_initramfs_with l2.cpio.gz check.sh
 
 step "bind the GPU to vfio-pci"

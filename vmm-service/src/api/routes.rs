@@ -95,7 +95,7 @@ async fn console(
 ) -> Result<Response, ApiError> {
     let Query(pairs) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     let window = console_window(&pairs).map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
-    let chunk = manager.console(&name, window)?;
+    let chunk = manager.console(&name, window).await?;
     let mut headers = HeaderMap::new();
     headers.insert(
         CONTENT_TYPE,
@@ -162,11 +162,21 @@ async fn add_gpu(
     Ok(Json(manager.add_gpu(&name, request).await?))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveGpuQuery {
+    /// Detach the GPU even if the guest does not eject it.
+    #[serde(default)]
+    force: bool,
+}
+
 async fn remove_gpu(
     State(manager): Shared,
     Path((name, device)): Path<(String, String)>,
+    query: Result<Query<RemoveGpuQuery>, QueryRejection>,
 ) -> Reply<VmInfo> {
-    Ok(Json(manager.remove_gpu(&name, &device).await?))
+    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    Ok(Json(manager.remove_gpu(&name, &device, query.force).await?))
 }
 
 async fn list_gpus(State(manager): Shared) -> Reply<GpuList> {

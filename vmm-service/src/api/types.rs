@@ -353,6 +353,12 @@ pub enum ErrorCode {
     VmExists,
     /// 409: the VM is not in a state that allows the action.
     InvalidState,
+    /// 409: the guest did not eject the GPU within its deadline; the GPU stays in
+    /// the VM (retry, remove it with `force`, or shut the VM down).
+    EjectTimeout,
+    /// 504: the VM's form-vmm did not answer within its deadline; what it holds is
+    /// left recorded with the VM until it answers or the VM is deleted.
+    VmmUnresponsive,
     /// 500: moving a GPU to or from vfio-pci failed.
     GpuBindFailed,
     /// 502: the VM's form-vmm refused a request or could not be started.
@@ -381,10 +387,12 @@ impl ErrorCode {
             | Self::GpusUnavailable
             | Self::GpuNotAssignable
             | Self::VmExists
-            | Self::InvalidState => 409,
+            | Self::InvalidState
+            | Self::EjectTimeout => 409,
             Self::GpuBindFailed | Self::Internal => 500,
             Self::NotSupported => 501,
             Self::VmmFailed => 502,
+            Self::VmmUnresponsive => 504,
         }
     }
 }

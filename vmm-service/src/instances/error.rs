@@ -39,6 +39,10 @@ pub enum InstanceError {
     #[error("{0}")]
     Vmm(String),
     #[error("{0}")]
+    EjectTimeout(String),
+    #[error("{0}")]
+    VmmUnresponsive(String),
+    #[error("{0}")]
     NotSupported(String),
     #[error("{0}")]
     Internal(String),
@@ -61,6 +65,8 @@ impl InstanceError {
             Self::Exists(_) => ErrorCode::VmExists,
             Self::InvalidState(_) => ErrorCode::InvalidState,
             Self::Vmm(_) => ErrorCode::VmmFailed,
+            Self::EjectTimeout(_) => ErrorCode::EjectTimeout,
+            Self::VmmUnresponsive(_) => ErrorCode::VmmUnresponsive,
             Self::NotSupported(_) => ErrorCode::NotSupported,
             Self::Internal(_) => ErrorCode::Internal,
         }

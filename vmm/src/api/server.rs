@@ -154,6 +154,7 @@ fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
 #[derive(Serialize)]
 struct ErrorBody {
     error: String,
+    code: &'static str,
 }
 
 fn json_header() -> Option<Header> {
@@ -183,6 +184,7 @@ fn render(url: &str, result: ApiResult) -> Response<io::Cursor<Vec<u8>>> {
                 error.status_code(),
                 &ErrorBody {
                     error: error.to_string(),
+                    code: error.code(),
                 },
             );
             if let ApiError::MethodNotAllowed { .. } = error {

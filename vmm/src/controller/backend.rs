@@ -5,7 +5,7 @@
 use crate::api::VmCounters;
 use crate::config::{DeviceConfig, VmConfig};
 use crate::device_manager::vfio::PciDeviceInfo;
-use crate::vm::{KeptTaps, Vm, VmError, VmEvents, VmExitReason, VmState};
+use crate::vm::{KeptTaps, Removal, Vm, VmError, VmEvents, VmExitReason, VmState};
 
 /// One VM as the controller sees it: the operations of the `vm::Vm` facade.
 pub trait VmInstance {
@@ -18,7 +18,7 @@ pub trait VmInstance {
     fn memory_actual_size(&self) -> u64;
     /// Passes a device through (cold if the VM has not booted, hot if it runs).
     fn add_device(&mut self, device: DeviceConfig) -> Result<PciDeviceInfo, VmError>;
-    fn remove_device(&mut self, id: &str) -> Result<PciDeviceInfo, VmError>;
+    fn remove_device(&mut self, id: &str, policy: Removal) -> Result<PciDeviceInfo, VmError>;
     fn counters(&self) -> VmCounters;
     /// Duplicates of the NICs' taps, by net id, for the VM that replaces this one
     /// on a reboot; asked for before this one is dropped, while it holds them.
@@ -101,8 +101,8 @@ impl VmInstance for Vm {
         Vm::add_device(self, device)
     }
 
-    fn remove_device(&mut self, id: &str) -> Result<PciDeviceInfo, VmError> {
-        Vm::remove_device(self, id)
+    fn remove_device(&mut self, id: &str, policy: Removal) -> Result<PciDeviceInfo, VmError> {
+        Vm::remove_device(self, id, policy)
     }
 
     fn counters(&self) -> VmCounters {

@@ -6,7 +6,7 @@ use super::backend::{VmBackend, VmInstance};
 use crate::api::VmCounters;
 use crate::config::{DeviceConfig, VmConfig};
 use crate::device_manager::vfio::{guest_bdf, PciDeviceInfo, VfioError};
-use crate::vm::{KeptTaps, VmError, VmEvents, VmExitReason, VmState};
+use crate::vm::{KeptTaps, Removal, VmError, VmEvents, VmExitReason, VmState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What the fake saw and how it should behave; shared between the backend, its VMs
@@ -25,6 +25,8 @@ pub struct FakeState {
     pub device_counters: std::collections::BTreeMap<String, u64>,
     /// Devices removed, by id, in order.
     pub removed_devices: Vec<String>,
+    /// The guest never ejects: a removal that needs its eject fails.
+    pub guest_keeps_devices: bool,
     /// Per `keep_taps` call: whether the VM asked was still up (not shut down),
     /// as it must be for its taps to be open.
     pub taps_kept_from_live_vm: Vec<bool>,
@@ -211,7 +213,17 @@ impl VmInstance for FakeVm {
         })
     }
 
-    fn remove_device(&mut self, id: &str) -> Result<PciDeviceInfo, VmError> {
+    fn remove_device(&mut self, id: &str, policy: Removal) -> Result<PciDeviceInfo, VmError> {
+        if !self.slots.contains_key(id) {
+            return Err(VfioError::UnknownId(id.to_string()).into());
+        }
+        if policy == Removal::KeepUnlessEjected && self.shared().guest_keeps_devices {
+            return Err(VmError::NotEjected {
+                id: id.to_string(),
+                saw_request: true,
+                waited: crate::vm::EJECT_GIVE_UP_AFTER,
+            });
+        }
         let slot = self
             .slots
             .remove(id)

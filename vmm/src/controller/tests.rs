@@ -353,7 +353,59 @@ fn add_device(path: &str, id: Option<&str>) -> ApiRequest {
 }
 
 fn remove_device(id: &str) -> ApiRequest {
-    ApiRequest::VmRemoveDevice(api::VmRemoveDeviceData { id: id.into() })
+    ApiRequest::VmRemoveDevice(api::VmRemoveDeviceData {
+        id: id.into(),
+        require_eject: false,
+    })
+}
+
+#[test]
+fn a_removal_that_needs_the_guests_eject_keeps_the_device_when_the_guest_keeps_it() {
+    let backend = FakeBackend::default();
+    let mut controller = Controller::new(backend.clone(), None);
+    controller.handle(create(config())).unwrap();
+    controller.handle(ApiRequest::VmBoot).unwrap();
+    controller
+        .handle(add_device(
+            "/sys/bus/pci/devices/0000:01:00.0",
+            Some("gpu0"),
+        ))
+        .unwrap();
+    backend.state().guest_keeps_devices = true;
+    let strict = |id: &str| {
+        ApiRequest::VmRemoveDevice(api::VmRemoveDeviceData {
+            id: id.into(),
+            require_eject: true,
+        })
+    };
+    let err = controller.handle(strict("gpu0")).unwrap_err();
+    assert_eq!(
+        (err.status_code(), err.code()),
+        (409, "eject_timeout"),
+        "{err}"
+    );
+    let ApiResponse::VmInfo(info) = controller.handle(ApiRequest::VmInfo).unwrap() else {
+        panic!("vm.info answered otherwise");
+    };
+    assert_eq!(
+        info.config.devices.len(),
+        1,
+        "the device stays in the config"
+    );
+    assert!(backend.state().removed_devices.is_empty());
+
+    // Without require_eject the device goes whatever the guest does.
+    assert_eq!(
+        controller.handle(remove_device("gpu0")).unwrap(),
+        ApiResponse::Done
+    );
+    assert_eq!(backend.state().removed_devices, ["gpu0"]);
+    let err = controller.handle(strict("gpu0")).unwrap_err();
+    assert_eq!(
+        (err.status_code(), err.code()),
+        (404, "unknown_device"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::api::types::CONSOLE_MAX_BYTES;
 
@@ -34,19 +34,22 @@ pub struct ConsoleChunk {
 }
 
 impl Manager {
-    pub fn console(
+    pub async fn console(
         &self,
         name: &str,
         window: ConsoleWindow,
     ) -> Result<ConsoleChunk, InstanceError> {
         let record = self.record(name)?;
-        let path = Path::new(&record.serial_log);
-        blocking(|| read_window(path, window)).map_err(|e| {
-            InstanceError::Internal(format!(
-                "cannot read the serial log {}: {e}",
-                path.display()
-            ))
-        })
+        let path = PathBuf::from(&record.serial_log);
+        let log = path.clone();
+        blocking(move || read_window(&log, window))
+            .await
+            .map_err(|e| {
+                InstanceError::Internal(format!(
+                    "cannot read the serial log {}: {e}",
+                    path.display()
+                ))
+            })
     }
 }
 

@@ -1,15 +1,36 @@
 //! GPUs added to and removed from VMs whose VMM runs, and GPUs no VM holds.
+//!
+//! The service unbinds a GPU from vfio-pci only once form-vmm has said that it let
+//! go of it: by answering `vm.remove-device`, or, when that answer does not come in
+//! time, by no longer listing the device in `vm.info`. A form-vmm that says neither
+//! keeps the GPU recorded with its VM (still on vfio-pci), so the record never
+//! claims a GPU is free while a VMM may still hold it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::api::types::{AddGpuRequest, GpuRequest, VmInfo};
-use crate::gpu::{Bdf, BindOptions, GpuBinder};
+use crate::gpu::Bdf;
 use crate::state::GpuAssignment;
-use crate::vmm_client::VmmClient;
+use crate::vmm_client::{VmmClient, GUEST_EJECT_WAIT, QUERY_TIMEOUT};
 
 use super::vmm_config::device_config;
 use super::{vmm_error, InstanceError, Manager};
 use crate::instances::validate::{parse_devices, validate_request, GpuSelection};
+
+/// After a `vm.remove-device` or `vm.add-device` that got no answer, how long the
+/// service keeps asking form-vmm (`vm.info`) whether it holds the device.
+pub const HOLD_CHECK_DEADLINE: Duration = Duration::from_secs(5);
+const HOLD_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What form-vmm said about one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Yes,
+    No,
+    /// form-vmm did not answer.
+    Unknown,
+}
 
 impl Manager {
     // ----- GPUs on a running VM -----------------------------------------------------
@@ -54,37 +75,50 @@ impl Manager {
         let client = VmmClient::new(&vmm.api_socket);
         let unbind = record.config.gpu_options.unbind_on_shutdown;
         for (index, assignment) in gpus.iter().enumerate() {
-            let result = match self.bind(&assignment.bdf) {
-                Ok(()) => client
-                    .add_device(&device_config(
-                        assignment,
-                        &record.config,
-                        &self.config.host,
-                    ))
-                    .await
-                    .map_err(vmm_error),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                // Give back this GPU and the ones not yet handed over; earlier ones are
-                // in the guest now and stay.
-                let mut store = self.store();
-                for rest in gpus.iter().skip(index) {
-                    if unbind {
-                        self.unbind(&mut store, &rest.bdf);
-                    }
-                    store.unassign_gpu(&rest.bdf)?;
-                }
+            // Earlier GPUs are in the guest now and stay; this one and the rest go
+            // back unless form-vmm may hold this one.
+            let not_handed_over = |from: usize| gpus[from..].iter().map(|a| a.bdf).collect();
+            if let Err(e) = self.bind(assignment.bdf).await {
+                self.give_back(not_handed_over(index), unbind).await;
                 return Err(e);
+            }
+            let device = device_config(assignment, &record.config, &self.config.host);
+            let Err(e) = client.add_device(&device).await else {
+                continue;
+            };
+            if e.was_answered() {
+                self.give_back(not_handed_over(index), unbind).await;
+                return Err(vmm_error(e));
+            }
+            match holds(&client, &assignment.device_id).await {
+                Held::Yes => {
+                    log::warn!("VM {name}: vm.add-device for {} got no answer ({e}), but form-vmm holds it", assignment.bdf);
+                }
+                Held::No => {
+                    self.give_back(not_handed_over(index), unbind).await;
+                    return Err(vmm_error(e));
+                }
+                Held::Unknown => {
+                    self.give_back(not_handed_over(index + 1), unbind).await;
+                    return Err(InstanceError::VmmUnresponsive(format!(
+                        "the VMM of VM {name} did not answer while GPU {} was being added ({e}); the GPU stays recorded with the VM, on vfio-pci, until the VMM answers: remove it, or delete the VM to free it",
+                        assignment.bdf
+                    )));
+                }
             }
         }
         self.info(name)
     }
 
+    /// Takes GPU `device` out of VM `name`. The guest is asked to eject it; one that
+    /// does not within [`GUEST_EJECT_WAIT`] keeps it (`eject_timeout`), unless
+    /// `force`, which detaches it anyway. Either way the answer comes within
+    /// [`crate::vmm_client::REMOVE_DEVICE_TIMEOUT`] plus [`HOLD_CHECK_DEADLINE`].
     pub async fn remove_gpu(
         self: &Arc<Self>,
         name: &str,
         device: &str,
+        force: bool,
     ) -> Result<VmInfo, InstanceError> {
         let _changes = self.changes.lock().await;
         let record = self.record(name)?;
@@ -101,16 +135,29 @@ impl Manager {
         let Some(vmm) = record.vmm else {
             return Err(InstanceError::InvalidState(format!("VM {name} is stopped")));
         };
-        VmmClient::new(&vmm.api_socket)
-            .remove_device(&assignment.device_id)
-            .await
-            .map_err(vmm_error)?;
-        let mut store = self.store();
-        if record.config.gpu_options.unbind_on_shutdown {
-            self.unbind(&mut store, &bdf);
+        let client = VmmClient::new(&vmm.api_socket);
+        let id = &assignment.device_id;
+        match client.remove_device(id, !force).await {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("unknown_device") => {
+                log::info!("VM {name}: form-vmm no longer holds {id} ({bdf}): the guest ejected it on its own");
+            }
+            Err(e) if e.code() == Some("eject_timeout") => {
+                return Err(not_ejected(name, bdf));
+            }
+            Err(e) if e.was_answered() => return Err(vmm_error(e)),
+            Err(e) => match holds(&client, id).await {
+                Held::No => {}
+                Held::Yes => return Err(not_ejected(name, bdf)),
+                Held::Unknown => {
+                    return Err(InstanceError::VmmUnresponsive(format!(
+                        "the VMM of VM {name} did not answer the removal of GPU {bdf} ({e}); the GPU stays recorded with the VM, on vfio-pci, until the VMM answers: retry, or delete the VM to free it"
+                    )))
+                }
+            },
         }
-        store.unassign_gpu(&bdf)?;
-        drop(store);
+        self.give_back(vec![bdf], record.config.gpu_options.unbind_on_shutdown)
+            .await;
         self.info(name)
     }
 
@@ -119,34 +166,23 @@ impl Manager {
     /// Binds a GPU that no VM holds to vfio-pci (operators do this ahead of time to
     /// check a host); the driver it leaves is recorded like a VM's.
     pub async fn bind_free_gpu(
-        &self,
+        self: &Arc<Self>,
         device: &str,
         force: bool,
     ) -> Result<serde_json::Value, InstanceError> {
         let _changes = self.changes.lock().await;
         let bdf = self.free_gpu(device)?;
-        let mut store = self.store();
-        let mut records = store.driver_records();
-        let options = BindOptions {
-            force,
-            ..self.config.bind
-        };
-        let outcome = GpuBinder::new(&self.config.host, self.writer.as_ref(), &mut records)
-            .bind(&bdf, &options)
-            .map_err(InstanceError::from_bind)?;
-        serde_json::to_value(outcome).map_err(|e| InstanceError::Internal(e.to_string()))
+        self.bind_free(bdf, force).await
     }
 
     /// Returns a GPU that no VM holds from vfio-pci to its recorded driver.
-    pub async fn unbind_free_gpu(&self, device: &str) -> Result<serde_json::Value, InstanceError> {
+    pub async fn unbind_free_gpu(
+        self: &Arc<Self>,
+        device: &str,
+    ) -> Result<serde_json::Value, InstanceError> {
         let _changes = self.changes.lock().await;
         let bdf = self.free_gpu(device)?;
-        let mut store = self.store();
-        let mut records = store.driver_records();
-        let outcome = GpuBinder::new(&self.config.host, self.writer.as_ref(), &mut records)
-            .release(&bdf)
-            .map_err(InstanceError::from_bind)?;
-        serde_json::to_value(outcome).map_err(|e| InstanceError::Internal(e.to_string()))
+        self.release_free(bdf).await
     }
 
     fn free_gpu(&self, device: &str) -> Result<Bdf, InstanceError> {
@@ -159,6 +195,37 @@ impl Manager {
             return Err(InstanceError::GpuInUse { bdf, owner });
         }
         Ok(bdf)
+    }
+}
+
+fn not_ejected(name: &str, bdf: Bdf) -> InstanceError {
+    InstanceError::EjectTimeout(format!(
+        "the guest of VM {name} did not eject GPU {bdf} within {}s; the GPU stays in the VM and recorded as its own. Retry once the guest has released it, remove it without the guest's consent with force (form-vmm-ctl remove-device --force), or shut the VM down",
+        GUEST_EJECT_WAIT.as_secs()
+    ))
+}
+
+/// Asks form-vmm, until [`HOLD_CHECK_DEADLINE`], whether it holds device `id`.
+/// `vm.info` waits behind a request form-vmm is still working on, so its answer
+/// comes after that request finished.
+async fn holds(client: &VmmClient, id: &str) -> Held {
+    let deadline = tokio::time::Instant::now() + HOLD_CHECK_DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let answer = tokio::time::timeout(left.min(QUERY_TIMEOUT), client.device_ids()).await;
+        // An error or no answer: form-vmm is not up or still busy; ask again until
+        // the deadline.
+        if let Ok(Ok(ids)) = answer {
+            return if ids.iter().any(|d| d == id) {
+                Held::Yes
+            } else {
+                Held::No
+            };
+        }
+        if tokio::time::Instant::now() + HOLD_CHECK_INTERVAL >= deadline {
+            return Held::Unknown;
+        }
+        tokio::time::sleep(HOLD_CHECK_INTERVAL).await;
     }
 }
 

@@ -10,12 +10,13 @@ use crate::api::types::{
     AssignedGpu, ExitInfo, GpuEntry, GpuRequest, VmInfo, VmInstanceConfig, VmState,
 };
 use crate::cloud_init::{self, SeedFiles};
-use crate::gpu::{self, Bdf, BindOptions, GpuBinder, GpuError, GpuInfo, HostPaths, SysfsWriter};
+use crate::gpu::{self, Bdf, BindOptions, GpuError, GpuInfo, HostPaths, SysfsWriter};
 use crate::state::{now, GpuAssignment, InstanceRecord, Store, VmmProcess};
 use crate::supervisor::{self, VmPaths};
 use crate::vmm_client::{VmmClient, VmmClientError};
 
 mod console;
+mod drivers;
 mod gpus;
 mod networks;
 mod vmm_config;
@@ -26,6 +27,7 @@ use super::attachments::network_infos;
 use super::error::InstanceError;
 use super::numa::{numa_placement, HostNuma, NumaPlacement};
 use super::validate::{validate, GpuSelection, HostLimits};
+use drivers::blocking;
 use vmm_config::vmm_config;
 
 pub use console::{ConsoleChunk, ConsoleWindow};
@@ -266,7 +268,8 @@ impl Manager {
         let result = self.try_start(config, paths, boot).await;
         if let Err(e) = &result {
             let name = &config.name;
-            self.release_gpus(name, config.gpu_options.unbind_on_shutdown);
+            self.release_gpus(name, config.gpu_options.unbind_on_shutdown)
+                .await;
             let exit = ExitInfo {
                 code: None,
                 signal: None,
@@ -291,12 +294,14 @@ impl Manager {
             // Written on every start, so the guest always gets what the VM's
             // configuration says, even if the file was removed meanwhile.
             let files = SeedFiles::for_vm(name, cloud_init);
-            blocking(|| cloud_init::write_seed_image(&paths.seed_image, &files))
+            let seed_image = paths.seed_image.clone();
+            blocking(move || cloud_init::write_seed_image(&seed_image, &files))
+                .await
                 .map_err(|e| InstanceError::Internal(e.to_string()))?;
         }
         let gpus = self.store().gpus_of(name)?;
         for assignment in &gpus {
-            self.bind(&assignment.bdf)?;
+            self.bind(assignment.bdf).await?;
         }
         let mut started = supervisor::start(&self.config.vmm_binary, paths)
             .await
@@ -439,55 +444,6 @@ impl Manager {
         })
     }
 
-    fn bind(&self, bdf: &Bdf) -> Result<(), InstanceError> {
-        blocking(|| {
-            let mut store = self.store();
-            let mut records = store.driver_records();
-            GpuBinder::new(&self.config.host, self.writer.as_ref(), &mut records)
-                .bind(bdf, &self.config.bind)
-                .map(drop)
-                .map_err(InstanceError::from_bind)
-        })
-    }
-
-    /// Gives the VM's GPUs back to their drivers (when asked to) and forgets the
-    /// assignments. Failures to unbind are logged: the GPU is free for another VM
-    /// either way, as it is still on vfio-pci.
-    fn release_gpus(&self, name: &str, unbind: bool) {
-        blocking(|| self.release_gpus_now(name, unbind));
-    }
-
-    fn release_gpus_now(&self, name: &str, unbind: bool) {
-        let mut store = self.store();
-        let gpus = match store.gpus_of(name) {
-            Ok(gpus) => gpus,
-            Err(e) => {
-                log::error!("cannot read the GPUs of VM {name}: {e}");
-                return;
-            }
-        };
-        for assignment in gpus {
-            if unbind {
-                self.unbind(&mut store, &assignment.bdf);
-            }
-            if let Err(e) = store.unassign_gpu(&assignment.bdf) {
-                log::error!("cannot forget GPU {} of VM {name}: {e}", assignment.bdf);
-            }
-        }
-    }
-
-    fn unbind(&self, store: &mut Store, bdf: &Bdf) {
-        let mut records = store.driver_records();
-        match GpuBinder::new(&self.config.host, self.writer.as_ref(), &mut records).release(bdf) {
-            Ok(outcome) => {
-                for warning in outcome.warnings {
-                    log::warn!("releasing {bdf}: {warning}");
-                }
-            }
-            Err(e) => log::error!("cannot return GPU {bdf} to its driver: {e}"),
-        }
-    }
-
     // ----- stopping -----------------------------------------------------------------
 
     /// Stops the VM's VMM and releases its GPUs; the VM stays recorded, stopped.
@@ -510,13 +466,14 @@ impl Manager {
         if let Some(vmm) = record.vmm.clone() {
             self.stop_vmm(name, &vmm).await;
         }
-        self.release_gpus(name, record.config.gpu_options.unbind_on_shutdown);
+        self.release_gpus(name, record.config.gpu_options.unbind_on_shutdown)
+            .await;
         self.store().delete_instance(name)?;
         remove_seed(name, &self.paths(name));
         Ok(())
     }
 
-    async fn stop_vmm(&self, name: &str, vmm: &VmmProcess) {
+    async fn stop_vmm(self: &Arc<Self>, name: &str, vmm: &VmmProcess) {
         let client = VmmClient::new(&vmm.api_socket);
         if let Err(e) = client.shutdown_vmm().await {
             log::warn!("VM {name}: vmm.shutdown failed ({e}); terminating the process");
@@ -534,12 +491,12 @@ impl Manager {
             reason: "shut down through the service".to_string(),
             at: now(),
         };
-        self.finish(name, vmm.pid, exit);
+        self.finish(name, vmm.pid, exit).await;
     }
 
     /// Records that the VMM `pid` of VM `name` ended and releases its GPUs; nothing
     /// if the record already moved on (another path handled the same exit).
-    fn finish(&self, name: &str, pid: u32, exit: ExitInfo) {
+    async fn finish(self: &Arc<Self>, name: &str, pid: u32, exit: ExitInfo) {
         let record = match self.store().instance(name) {
             Ok(Some(record)) => record,
             Ok(None) => return,
@@ -552,7 +509,8 @@ impl Manager {
             return;
         }
         log::info!("VM {name}: {}", exit.reason);
-        self.release_gpus(name, record.config.gpu_options.unbind_on_shutdown);
+        self.release_gpus(name, record.config.gpu_options.unbind_on_shutdown)
+            .await;
         if let Err(e) = self.store().record_exit(name, &exit) {
             log::error!("VM {name}: cannot record how its VMM ended: {e}");
         }
@@ -561,17 +519,6 @@ impl Manager {
 
     fn paths(&self, name: &str) -> VmPaths {
         VmPaths::new(&self.config.run_dir, &self.config.state_dir, name)
-    }
-}
-
-/// Runs sysfs work that may sleep (binding waits for the VFIO node; the kernel's unbind
-/// waits for the device to go quiet) without stalling the other tasks of a
-/// multi-threaded runtime. A single-threaded runtime (tests) just runs it.
-fn blocking<T>(work: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|handle| handle.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
-        _ => work(),
     }
 }
 

@@ -26,7 +26,7 @@ impl Manager {
                 },
             };
             let _changes = manager.changes.lock().await;
-            manager.finish(&name, pid, exit);
+            manager.finish(&name, pid, exit).await;
         });
     }
 
@@ -45,7 +45,7 @@ impl Manager {
                 at: now(),
             };
             let _changes = manager.changes.lock().await;
-            manager.finish(&name, vmm.pid, exit);
+            manager.finish(&name, vmm.pid, exit).await;
         });
     }
 
@@ -72,11 +72,14 @@ impl Manager {
                         reason: "the VMM ended while the service was not running".to_string(),
                         at: now(),
                     };
-                    self.finish(&name, vmm.pid, exit);
+                    self.finish(&name, vmm.pid, exit).await;
                 }
                 // Stopped, but GPUs still recorded: the service died mid-create or
                 // mid-release.
-                None => self.release_gpus(&name, record.config.gpu_options.unbind_on_shutdown),
+                None => {
+                    self.release_gpus(&name, record.config.gpu_options.unbind_on_shutdown)
+                        .await
+                }
             }
         }
         Ok(adopted)
