@@ -4,7 +4,7 @@
 //! address on every trapped access, so lookups take a read lock only.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A device reachable through trapped guest accesses.
 ///
@@ -42,6 +42,20 @@ impl Range {
 
 type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
+// Poisoning is tolerated: a device that panicked once must not turn every later
+// guest access on the bus into a panic on the vCPU thread.
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write_lock<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[derive(Default)]
 pub struct Bus {
     devices: RwLock<BTreeMap<u64, (Range, SharedDevice)>>,
@@ -56,7 +70,7 @@ impl Bus {
         if len == 0 {
             return Err(BusError::ZeroLength(base));
         }
-        let mut devices = self.devices.write().unwrap();
+        let mut devices = write_lock(&self.devices);
         if devices.values().any(|(r, _)| r.overlaps(base, len)) {
             return Err(BusError::Overlap { base, len });
         }
@@ -66,9 +80,7 @@ impl Bus {
 
     /// Removes the device inserted at exactly `base` and hands it back.
     pub fn remove(&self, base: u64) -> Result<SharedDevice, BusError> {
-        self.devices
-            .write()
-            .unwrap()
+        write_lock(&self.devices)
             .remove(&base)
             .map(|(_, d)| d)
             .ok_or(BusError::NoDevice(base))
@@ -76,7 +88,7 @@ impl Bus {
 
     /// Moves a device to a new base, as when a guest reprograms a trapped BAR.
     pub fn relocate(&self, old_base: u64, new_base: u64) -> Result<(), BusError> {
-        let mut devices = self.devices.write().unwrap();
+        let mut devices = write_lock(&self.devices);
         let (range, dev) = devices
             .remove(&old_base)
             .ok_or(BusError::NoDevice(old_base))?;
@@ -104,7 +116,7 @@ impl Bus {
     }
 
     fn resolve(&self, addr: u64) -> Option<(u64, SharedDevice)> {
-        let devices = self.devices.read().unwrap();
+        let devices = read_lock(&self.devices);
         let (_, (range, dev)) = devices.range(..=addr).next_back()?;
         range.contains(addr).then(|| (range.base, dev.clone()))
     }
@@ -114,7 +126,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr) {
             Some((base, dev)) => {
-                dev.lock().unwrap().read(base, addr - base, data);
+                lock(&*dev).read(base, addr - base, data);
                 true
             }
             None => false,
@@ -124,7 +136,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr) {
             Some((base, dev)) => {
-                dev.lock().unwrap().write(base, addr - base, data);
+                lock(&*dev).write(base, addr - base, data);
                 true
             }
             None => false,
@@ -197,5 +209,33 @@ mod tests {
         bus.remove(0x2000).unwrap();
         assert!(!bus.read(0x2001, &mut b));
         assert!(bus.remove(0x2000).is_err());
+    }
+
+    /// Panics in its first read only, poisoning its lock.
+    struct PanicsOnce(bool);
+    impl BusDevice for PanicsOnce {
+        fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
+            if std::mem::take(&mut self.0) {
+                panic!("device bug");
+            }
+            data.fill(7);
+        }
+        fn write(&mut self, _base: u64, _offset: u64, _data: &[u8]) {}
+    }
+
+    #[test]
+    fn a_device_that_panicked_once_still_answers_later_accesses() {
+        let bus = Bus::new();
+        let dev = Arc::new(Mutex::new(PanicsOnce(true)));
+        bus.insert(dev.clone(), 0x10, 1).unwrap();
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            bus.read(0x10, &mut [0u8]);
+        }));
+        assert!(first.is_err());
+        assert!(dev.is_poisoned());
+        let mut b = [0u8];
+        assert!(bus.read(0x10, &mut b));
+        assert_eq!(b, [7]);
+        assert!(bus.write(0x10, &[1]));
     }
 }

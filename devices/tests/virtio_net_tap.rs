@@ -26,9 +26,11 @@ const GUEST_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x0a, 0x0b, 0x0c]);
 const HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 
 fn real_taps_usable() -> bool {
+    // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+    let euid = unsafe { libc::geteuid() };
     let reason = if !Path::new("/dev/net/tun").exists() {
         "/dev/net/tun is missing (load the tun module)"
-    } else if unsafe { libc::geteuid() } != 0 {
+    } else if euid != 0 {
         "creating taps needs root (CAP_NET_ADMIN)"
     } else {
         return true;
@@ -74,16 +76,25 @@ struct PacketSocket {
 impl PacketSocket {
     fn open(iface: &str) -> PacketSocket {
         let name = std::ffi::CString::new(iface).unwrap();
+        // SAFETY: `name` is a NUL-terminated CString that outlives the call, which
+        // only reads it.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
         assert!(ifindex > 0, "no interface {iface}");
         let proto = ETHERTYPE.to_be();
+        // SAFETY: socket takes no pointers; the returned fd is checked below.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
         assert!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
+        // SAFETY: `fd` was just returned by socket (checked non-negative above) and
+        // nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is a plain C struct of integers and byte arrays, for
+        // which all-zero bytes are a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_protocol = proto;
         addr.sll_ifindex = ifindex;
+        // SAFETY: `addr` is a live, initialised sockaddr_ll and the length passed is
+        // its exact size; bind only reads it.
         let ret = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
@@ -96,6 +107,8 @@ impl PacketSocket {
             tv_sec: 5,
             tv_usec: 0,
         };
+        // SAFETY: `timeout` is a live timeval and the length passed is its exact
+        // size, as SO_RCVTIMEO expects; setsockopt only reads it.
         let ret = unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
@@ -111,6 +124,8 @@ impl PacketSocket {
 
     fn recv(&self) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; 2048];
+        // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which is
+        // owned here and lives across the call.
         let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());
@@ -120,12 +135,16 @@ impl PacketSocket {
     }
 
     fn send(&self, frame: &[u8]) {
+        // SAFETY: sockaddr_ll is a plain C struct of integers and byte arrays, for
+        // which all-zero bytes are a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_protocol = ETHERTYPE.to_be();
         addr.sll_ifindex = self.ifindex;
         addr.sll_halen = 6;
         addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: sendto only reads `frame.len()` bytes of `frame` and the whole of
+        // `addr`, whose exact size is passed; both outlive the call.
         let n = unsafe {
             libc::sendto(
                 self.fd.as_raw_fd(),
@@ -296,14 +315,21 @@ fn a_tap_held_by_another_device_is_refused_as_busy() {
 
 /// Opens a tap the way a parent process that passes fds would.
 fn open_tap_fd(name: &str, flags: i32) -> OwnedFd {
+    // SAFETY: the path is a NUL-terminated C string literal with static lifetime.
     let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     assert!(fd >= 0);
+    // SAFETY: `fd` was just returned by open (checked above) and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is a plain C struct and union of integers and byte arrays, for
+    // which all-zero bytes are a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
     }
     req.ifr_ifru.ifru_flags = flags as i16;
+    // SAFETY: TUNSETIFF reads and writes one ifreq, and `req` is a live one; the
+    // name is NUL-terminated because tap names are shorter than IFNAMSIZ and the
+    // rest of `req` was zeroed.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
     assert_eq!(ret, 0, "TUNSETIFF: {}", io::Error::last_os_error());
     fd

@@ -1,10 +1,10 @@
 //! The service's routes as calls: paths, request bodies, and error answers turned
 //! into [`CtlError::Service`] with the service's stable code.
 
+use form_service_api::types::{ErrorBody, API_PREFIX};
 use hyper::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vmm_service::api::types::{ErrorBody, API_PREFIX};
 
 use crate::client::{Client, Reply};
 use crate::error::CtlError;
@@ -131,7 +131,7 @@ pub fn segment(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::exit::Exit;
-    use vmm_service::api::types::ErrorCode;
+    use form_service_api::types::ErrorCode;
 
     #[test]
     fn error_bodies_keep_the_services_code_and_message() {

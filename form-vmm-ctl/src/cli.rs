@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use vmm_service::api::types::CONSOLE_MAX_BYTES;
-use vmm_service::gpu::{self, Bdf};
+use form_service_api::types::CONSOLE_MAX_BYTES;
+use form_service_api::{parse_size, Bdf};
 
 use crate::options::{parse_disk, parse_net, DiskArg, NetArg};
 
@@ -387,7 +387,7 @@ pub fn parse_run(text: &str) -> Result<String, String> {
 
 /// A console tail: the service's size syntax, up to what one answer of the service holds.
 pub fn parse_tail(text: &str) -> Result<u64, String> {
-    let bytes = gpu::parse_size(text)?;
+    let bytes = parse_size(text)?;
     if bytes > CONSOLE_MAX_BYTES {
         return Err(format!(
             "'{text}' is more than the {} MiB the service answers at once",
@@ -399,7 +399,7 @@ pub fn parse_tail(text: &str) -> Result<u64, String> {
 
 /// A guest memory size: the service's size syntax, non-zero and page-aligned.
 pub fn parse_memory(text: &str) -> Result<u64, String> {
-    let bytes = gpu::parse_size(text)?;
+    let bytes = parse_size(text)?;
     if bytes == 0 {
         return Err(format!("'{text}': memory must be more than zero"));
     }

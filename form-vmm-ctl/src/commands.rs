@@ -6,12 +6,12 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hyper::Method;
-use vmm_service::api::types::{
+use form_service_api::types::{
     AddGpuRequest, BindGpuRequest, CloudInitConfig, DiskConfig, DoctorResponse, GpuOptions,
     GpuRequest, NetworkConfig, VmInfo, VmInstanceConfig, DEFAULT_MEMORY,
 };
-use vmm_service::gpu::Bdf;
+use form_service_api::Bdf;
+use hyper::Method;
 
 use crate::api::{decode, segment, Api};
 use crate::cli::{

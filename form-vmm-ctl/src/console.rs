@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::thread;
 use std::time::Duration;
 
-use vmm_service::api::types::{
+use form_service_api::types::{
     VmInfo, VmState, CONSOLE_OFFSET_HEADER, CONSOLE_RESET_HEADER, CONSOLE_SIZE_HEADER,
 };
 

@@ -4,7 +4,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vmm_service::api::types::ErrorCode;
+use form_service_api::types::ErrorCode;
 
 use crate::client::Endpoint;
 use crate::exit::Exit;

@@ -3,7 +3,7 @@
 //! The mapping keys on the service's stable error codes first and falls back to the HTTP
 //! status, so a code added to the service later still lands in the right class.
 
-use vmm_service::api::types::ErrorCode;
+use form_service_api::types::ErrorCode;
 
 /// The process exit status of `form-vmm-ctl`. The numbers are part of the CLI's
 /// contract (docs/cli.md); never renumber them.

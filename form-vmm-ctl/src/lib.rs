@@ -1,6 +1,6 @@
 //! `form-vmm-ctl`: the operator's command line for the Formation VMM service.
 //!
-//! The request and response bodies are `vmm_service::api::types`, shared with the
+//! The request and response bodies are `form_service_api::types`, shared with the
 //! service, so the two cannot drift apart without a compile error.
 
 pub mod api;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use vmm_service::net::{parse_mac, validate_ifname};
+use form_service_api::{parse_mac, validate_ifname};
 
 /// `--disk PATH[,readonly=on]` (`path=PATH` is accepted too, as form-vmm writes it).
 #[derive(Debug, Clone, PartialEq, Eq)]

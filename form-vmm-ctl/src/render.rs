@@ -3,10 +3,10 @@
 
 use std::fmt::Write as _;
 
-use vmm_service::api::types::{
+use form_service_api::format_bytes;
+use form_service_api::types::{
     CloudInitConfig, DoctorResponse, GpuList, VmInfo, VmInstanceConfig, VmList, VmState,
 };
-use vmm_service::gpu::format_bytes;
 
 use crate::table::{or_none, Table, NONE};
 

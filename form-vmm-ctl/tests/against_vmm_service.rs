@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ctl;
-use vmm_service::api::types::{DoctorResponse, GpuList, VmList};
+use form_service_api::types::{DoctorResponse, GpuList, VmList};
 
 const GPU: &str = "0000:19:00.0";
 

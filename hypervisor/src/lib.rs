@@ -5,6 +5,10 @@
 //! the rest of the VMM never names `kvm-ioctls`. The KVM structure types that callers
 //! must fill in (registers, CPUID, MSRs, LAPIC state) are re-exported as [`bindings`].
 
+// A panic in device or hypervisor code kills the vCPU thread a guest access
+// runs on; failures there are errors, not unwraps.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod error;
 mod hypervisor;
 mod kick;

@@ -14,6 +14,7 @@ use log::warn;
 use crate::config::BarReprogram;
 use crate::device::SharedPciDevice;
 use crate::host_bridge::HostBridge;
+use crate::lock;
 
 /// Device slots on a bus.
 pub const NUM_SLOTS: usize = 32;
@@ -141,9 +142,9 @@ struct ConfigTarget {
 /// A guest config read of `reg_idx` of bus 0, `device`, `function`. Absent functions
 /// read all ones, as on real hardware where nobody answers.
 pub fn config_read(bus: &Mutex<PciBus>, device: u8, function: u8, reg_idx: usize) -> u32 {
-    let target = bus.lock().unwrap().target(device, function);
+    let target = lock(bus).target(device, function);
     match target {
-        Some(t) => t.device.lock().unwrap().read_config_register(reg_idx),
+        Some(t) => lock(&*t.device).read_config_register(reg_idx),
         None => u32::MAX,
     }
 }
@@ -159,18 +160,14 @@ pub fn config_write(
     offset: u64,
     data: &[u8],
 ) {
-    let Some(target) = bus.lock().unwrap().target(device, function) else {
+    let Some(target) = lock(bus).target(device, function) else {
         return;
     };
-    let reprogram = target
-        .device
-        .lock()
-        .unwrap()
-        .write_config_register(reg_idx, offset, data);
+    let reprogram = lock(&*target.device).write_config_register(reg_idx, offset, data);
     let Some(reprogram) = reprogram else {
         return;
     };
-    if let Err(e) = target.device.lock().unwrap().move_bar(&reprogram) {
+    if let Err(e) = lock(&*target.device).move_bar(&reprogram) {
         warn!("pci {:02x}.0: {e}", target.slot);
     }
     if let Some(handler) = &target.bar_handler {
@@ -348,5 +345,23 @@ mod tests {
         };
         assert_eq!(*moves.0.lock().unwrap(), vec![(4, expected)]);
         assert_eq!(dev.lock().unwrap().moves, vec![expected]);
+    }
+
+    #[test]
+    fn config_accesses_survive_a_poisoned_device_lock() {
+        let bus = Mutex::new(PciBus::new());
+        let dev = TestDevice::shared();
+        bus.lock().unwrap().add_device(2, dev.clone()).unwrap();
+        let poisoner = dev.clone();
+        std::thread::spawn(move || {
+            let _guard = poisoner.lock().unwrap();
+            panic!("device bug while locked");
+        })
+        .join()
+        .unwrap_err();
+        assert!(dev.is_poisoned());
+        assert_eq!(config_read(&bus, 2, 0, 0), 0x1000_1af4);
+        config_write(&bus, 2, 0, 1, 0, &[0x02]);
+        assert_eq!(config_read(&bus, 2, 0, 1) & 0xffff, 2);
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use devices::BusDevice;
 
 use crate::config::{BarReprogram, PciBar};
+use crate::lock;
 
 /// A device could not follow a BAR the guest moved. The guest cannot be told; the
 /// VMM logs it and the BAR's contents stay unreachable at the new address.
@@ -90,11 +91,11 @@ impl PciBarRegion {
 
 impl BusDevice for PciBarRegion {
     fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
-        self.device.lock().unwrap().read_bar(base, offset, data);
+        lock(&*self.device).read_bar(base, offset, data);
     }
 
     fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
-        self.device.lock().unwrap().write_bar(base, offset, data);
+        lock(&*self.device).write_bar(base, offset, data);
     }
 }
 

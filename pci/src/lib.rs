@@ -1,6 +1,10 @@
 //! PCI for form-vmm: configuration space, the segment 0 bus with its host bridge,
 //! the config access mechanisms (port I/O and ECAM) and MSI/MSI-X emulation.
 
+// A panic in device or hypervisor code kills the vCPU thread a guest access
+// runs on; failures there are errors, not unwraps.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod bus;
 pub mod config;
 pub mod config_io;
@@ -20,3 +24,11 @@ pub use device::{PciDevice, SharedPciDevice};
 pub use interrupt::{MsiInterruptRoute, MsiMessage, MsiRouteError};
 pub use msi_irqfd::IrqfdMsiRoute;
 pub use virtio::{IoEventRegistrar, VirtioPciDevice, VirtioPciError, VIRTIO_PCI_BAR_SIZE};
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Locks `m` even if an earlier holder panicked: a device that panicked once must
+/// not make every later guest access to it panic the vCPU thread.
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -61,6 +61,11 @@ pub const PLATFORM_MMIO_SIZE: u64 = 0x0ec0_0000;
 /// The ACPI Generic Event Device's registers, first in the platform window.
 pub const GED_MMIO_START: u64 = PLATFORM_MMIO_START;
 pub const GED_MMIO_SIZE: u64 = 0x1000;
+/// The GED's interrupt line (platform.md: GSI 5).
+pub const GED_GSI: u32 = 5;
+/// The PCI hotplug controller's registers (platform.md), right after the GED.
+pub const HOTPLUG_MMIO_START: u64 = GED_MMIO_START + GED_MMIO_SIZE;
+pub const HOTPLUG_MMIO_SIZE: u64 = 0x10;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const IOAPIC_SIZE: u64 = 0x10_0000;
 pub const LAPIC_START: u64 = 0xfee0_0000;

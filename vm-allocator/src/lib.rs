@@ -2,6 +2,10 @@
 //! hand out pieces of it: MMIO and port-I/O ranges for BARs and platform devices,
 //! GSIs for MSI routes, and PCI device slots.
 
+// Allocations run on API requests (hotplug) in a live VMM; a failure is an
+// error for the caller, never a panic.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod address;
 mod gsi;
 pub mod layout;

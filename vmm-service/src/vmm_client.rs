@@ -6,11 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use form_vmm_api::config::{DeviceConfig, VmConfig};
+use form_vmm_api::types::{ErrorBody, VmInfo, VmRemoveDeviceData, VmmPing};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::net::UnixStream;
 
 /// How long one request may take unless its call says otherwise; building a large
@@ -61,94 +63,6 @@ impl VmmClientError {
     pub fn was_answered(&self) -> bool {
         matches!(self, Self::Refused { .. })
     }
-}
-
-/// form-vmm's `DeviceConfig`, as the service sends it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceConfig {
-    pub path: String,
-    pub id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub x_nv_gpudirect_clique: Option<u8>,
-}
-
-/// The subset of form-vmm's `VmConfig` the service fills in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VmConfig {
-    pub cpus: CpusConfig,
-    pub memory: MemoryConfig,
-    pub payload: PayloadConfig,
-    pub serial: ConsoleConfig,
-    pub console: ConsoleConfig,
-    pub devices: Vec<DeviceConfig>,
-    /// Left out when empty, so a form-vmm without virtio devices takes the request.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub disks: Vec<DiskConfig>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub net: Vec<NetConfig>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rng: Option<RngConfig>,
-}
-
-/// form-vmm's `RngConfig`: a virtio-rng device fed from a host file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RngConfig {
-    pub src: String,
-}
-
-/// form-vmm's `DiskConfig`: a virtio-blk device on a raw image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskConfig {
-    pub path: String,
-    pub readonly: bool,
-    pub id: String,
-}
-
-/// form-vmm's `NetConfig`: a virtio-net device on a tap form-vmm creates (or opens)
-/// by name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetConfig {
-    pub tap: String,
-    pub mac: String,
-    pub id: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CpusConfig {
-    pub boot_vcpus: u32,
-    pub max_vcpus: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MemoryConfig {
-    pub size: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_numa_node: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PayloadConfig {
-    pub kernel: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub initramfs: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cmdline: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ConsoleConfig {
-    pub mode: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-}
-
-/// form-vmm's `vmm.ping` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct VmmPing {
-    #[serde(default)]
-    pub version: String,
-    #[serde(default)]
-    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -205,10 +119,9 @@ impl VmmClient {
     /// eject it within [`GUEST_EJECT_WAIT`] keeps it, and form-vmm answers 409
     /// `eject_timeout`; without, form-vmm detaches it anyway.
     pub async fn remove_device(&self, id: &str, require_eject: bool) -> Result<(), VmmClientError> {
-        let body = if require_eject {
-            serde_json::json!({ "id": id, "require_eject": true })
-        } else {
-            serde_json::json!({ "id": id })
+        let body = VmRemoveDeviceData {
+            id: id.to_string(),
+            require_eject,
         };
         self.put_json("vm.remove-device", &body, REMOVE_DEVICE_TIMEOUT)
             .await
@@ -217,23 +130,10 @@ impl VmmClient {
     /// The ids of the devices passed through to the VM, as form-vmm's `vm.info`
     /// reports them: a device is in this list exactly while form-vmm holds it.
     pub async fn device_ids(&self) -> Result<Vec<String>, VmmClientError> {
-        #[derive(Deserialize)]
-        struct Info {
-            config: InfoConfig,
-        }
-        #[derive(Deserialize)]
-        struct InfoConfig {
-            #[serde(default)]
-            devices: Vec<InfoDevice>,
-        }
-        #[derive(Deserialize)]
-        struct InfoDevice {
-            id: Option<String>,
-        }
         let body = self
             .request(Method::GET, "vm.info", None, QUERY_TIMEOUT)
             .await?;
-        let info: Info = serde_json::from_slice(&body)
+        let info: VmInfo = serde_json::from_slice(&body)
             .map_err(|e| self.http_error(format!("vm.info answer: {e}")))?;
         Ok(info
             .config
@@ -331,14 +231,8 @@ impl VmmClient {
     }
 }
 
-/// form-vmm's error bodies are `{"error": "message", "code": "..."}` (older ones
-/// without the code); fall back to the raw text.
+/// form-vmm's error body, or else the raw text.
 fn error_message(status: StatusCode, body: &[u8]) -> (String, Option<String>) {
-    #[derive(Deserialize)]
-    struct ErrorBody {
-        error: String,
-        code: Option<String>,
-    }
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(parsed) => (parsed.error, parsed.code),
         Err(_) if body.is_empty() => (

@@ -80,13 +80,14 @@ async fn disks_networks_and_cloud_init_reach_form_vmm_and_persist() {
     );
 
     // form-vmm is given the disks in order, the seed last and read-only, and the taps.
+    // (`direct` is form-vmm's own DiskConfig field, which the service leaves off.)
     let config = vm_create_body(&h, "full");
     assert_eq!(
         config["disks"],
         json!([
-            {"path": body["disks"][0]["path"], "readonly": false, "id": "disk0"},
-            {"path": body["disks"][1]["path"], "readonly": true, "id": "disk1"},
-            {"path": seed.display().to_string(), "readonly": true, "id": "cidata"}
+            {"path": body["disks"][0]["path"], "readonly": false, "direct": false, "id": "disk0"},
+            {"path": body["disks"][1]["path"], "readonly": true, "direct": false, "id": "disk1"},
+            {"path": seed.display().to_string(), "readonly": true, "direct": false, "id": "cidata"}
         ])
     );
     assert_eq!(

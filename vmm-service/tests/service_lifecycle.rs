@@ -68,7 +68,8 @@ async fn a_vm_gets_its_gpu_and_loses_it_when_the_vmm_is_killed() {
     let sysfs = h.fixture.lock().unwrap().host.sysfs.display().to_string();
     assert_eq!(
         config["devices"],
-        json!([{"path": format!("{sysfs}/bus/pci/devices/{GPU}"), "id": "gpu0", "x_nv_gpudirect_clique": 3}])
+        json!([{"path": format!("{sysfs}/bus/pci/devices/{GPU}"), "id": "gpu0", "x_nv_gpudirect_clique": 3,
+                "iommu": false, "pci_segment": 0}])
     );
     assert_eq!(config["cpus"], json!({"boot_vcpus": 2, "max_vcpus": 2}));
     assert_eq!(config["memory"]["size"], 256u64 << 20);

@@ -3,7 +3,6 @@
 //! control/reset register at port 0x600, and a GED for the power button and PCI
 //! hotplug (the slot objects are in [`crate::acpi_pci`]).
 
-use crate::device_manager::legacy::GED_GSI;
 use crate::memory::GuestMemoryMmap;
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, And, Device, EISAName, Equal, Field,
@@ -23,7 +22,7 @@ use devices::acpi::{
 };
 use devices::serial::{COM1_GSI, COM1_PORT, SERIAL_PORT_LEN};
 use form_vm_allocator::layout::{
-    GuestLayout, GED_MMIO_START, IOAPIC_START, LAPIC_START, PCI_CONFIG_IO_SIZE,
+    GuestLayout, GED_GSI, GED_MMIO_START, IOAPIC_START, LAPIC_START, PCI_CONFIG_IO_SIZE,
     PCI_CONFIG_IO_START, PCI_ECAM_START, RESET_VECTOR, RSDP_START,
 };
 use std::collections::BTreeSet;

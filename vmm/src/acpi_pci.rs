@@ -6,12 +6,12 @@
 //! `_ADR` and `_EJ0`; a `Notify(slot, 1)` (device check) makes it scan the slot and
 //! a `Notify(slot, 3)` (eject request) makes it remove the device and call `_EJ0`.
 
-use crate::device_manager::hotplug::{HOTPLUG_MMIO_SIZE, HOTPLUG_MMIO_START};
 use acpi_tables::aml::{
     self, And, Device, Equal, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule,
     If, Local, Method, Name, Notify, OpRegion, OpRegionSpace, Package, Path, Scope, Store,
 };
 use acpi_tables::{Aml, AmlSink};
+use form_vm_allocator::layout::{HOTPLUG_MMIO_SIZE, HOTPLUG_MMIO_START};
 use std::collections::BTreeSet;
 
 /// First IOAPIC GSI of PCI INTx (platform.md: 10-15).

@@ -5,9 +5,11 @@
 pub mod backend;
 pub mod signals;
 #[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod testing;
 
-use crate::api::{ApiError, ApiInbox, ApiRequest, ApiResponse, ApiResult, VmInfo, VmmPing};
+use crate::api::{ApiError, ApiInbox, ApiRequest, ApiResponse, ApiResult, VmInfo};
 use crate::config::VmConfig;
 use crate::vm::{KeptTaps, Removal, VmEvents, VmExitReason, VmState};
 use backend::{VmBackend, VmInstance};
@@ -158,7 +160,7 @@ impl<B: VmBackend> Controller<B> {
                         .unwrap_or_default(),
                 ))
             }
-            ApiRequest::VmmPing => Ok(ApiResponse::VmmPing(VmmPing::for_this_process())),
+            ApiRequest::VmmPing => Ok(ApiResponse::VmmPing(crate::api::ping_this_process())),
             ApiRequest::VmmShutdown => {
                 if let Err(e) = self.stop_vm() {
                     log::warn!("VMM shutdown: the VM's shutdown failed: {e}");

@@ -1,7 +1,7 @@
 //! vCPUs: per-vCPU CPUID and MSRs, and the thread that runs each one.
 
-use crate::vm::VmExitReason;
-use devices::Bus;
+use crate::exit_reason::VmExitReason;
+use crate::io_buses::IoBuses;
 use hypervisor::bindings::{CpuId, KVM_MP_STATE_UNINITIALIZED};
 use hypervisor::{SystemEventKind, Vcpu, VcpuKicker, VmExit};
 use std::os::fd::AsRawFd;
@@ -221,13 +221,6 @@ impl ExitSignal {
         drop(slot);
         self.stop_vcpus();
     }
-}
-
-/// The buses trapped accesses go to.
-#[derive(Clone)]
-pub struct IoBuses {
-    pub pio: Arc<Bus>,
-    pub mmio: Arc<Bus>,
 }
 
 /// Starts the thread that runs `vcpu` until the VM stops, on `cpus` when given;

@@ -14,45 +14,30 @@ use crate::acpi::{create_acpi_tables, AcpiError, AcpiPlatform};
 use crate::boot::{self, BootCpuError, BootError, EntryPoint, PayloadRequest};
 use crate::config::DeviceConfig;
 use crate::config::VmConfig;
-use crate::cpu::{configure_vcpu, spawn_vcpu_thread, DeviceRequests, ExitSignal, IoBuses};
-use crate::device_manager::hotplug::{attach_hotplug_controller, EjectOutcome};
-use crate::device_manager::legacy::attach_legacy_devices;
-use crate::device_manager::pci::PciDevices;
-use crate::device_manager::vfio::{PciDeviceInfo, VfioDevices, VfioError, VmResources};
+use crate::cpu::{configure_vcpu, spawn_vcpu_thread, DeviceRequests, ExitSignal};
+pub use crate::device_manager::hotplug::{Removal, EJECT_GIVE_UP_AFTER, EJECT_IGNORED_AFTER};
+use crate::device_manager::pci::PciDeviceInfo;
+use crate::device_manager::vfio_error::VfioError;
 use crate::device_manager::vfio_host::{KernelVfioHost, VfioHost};
 pub use crate::device_manager::virtio::KeptTaps;
-use crate::device_manager::virtio::{VirtioDevices, VirtioError, VirtioResources};
-use crate::device_manager::{DeviceError, DeviceManager, PciTeardown};
+use crate::device_manager::virtio::VirtioError;
+use crate::device_manager::{
+    DeviceError, DeviceManager, DeviceManagerError, OpenedPassthrough, Platform,
+};
+pub use crate::exit_reason::VmExitReason;
 use crate::memory::{
     create_guest_memory, meminfo_field, register_guest_memory, GuestMemoryMmap, MemoryError,
 };
 use crate::numa::{self, HostNode, NumaError};
-use devices::acpi::GedEvent;
-use devices::Bus;
 use form_vm_allocator::{GuestLayout, LayoutError};
+pub use form_vmm_api::types::VmState;
 use hypervisor::{host_phys_bits, Hypervisor, HypervisorError, Vcpu};
-use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum VmState {
-    Created,
-    Running,
-    Shutdown,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VmExitReason {
-    PowerOff,
-    Reset,
-    Crashed(String),
-}
 
 pub struct VmEvents {
     pub exit: EventFd,
@@ -93,12 +78,6 @@ pub enum VmError {
     Acpi(#[from] AcpiError),
     #[error("cannot start a vCPU thread: {0}")]
     VcpuThread(std::io::Error),
-    #[error("the guest did not eject device {id} within {}s ({}); it is still attached to the VM. Retry, remove it without the guest's consent (require_eject false), or shut the VM down", waited.as_secs(), if *saw_request { "it read the removal request but did not eject" } else { "it never read the removal request: no ACPI PCI hotplug?" })]
-    NotEjected {
-        id: String,
-        saw_request: bool,
-        waited: Duration,
-    },
     #[error("cannot {action}: the VM is {state:?}")]
     InvalidState {
         action: &'static str,
@@ -108,6 +87,18 @@ pub enum VmError {
     EventFd(std::io::Error),
     #[error("memory.host_numa_node: {0}")]
     Numa(#[from] NumaError),
+}
+
+/// The device manager's errors land in the variants the API already maps to
+/// statuses, by attachment family.
+impl From<DeviceManagerError> for VmError {
+    fn from(e: DeviceManagerError) -> Self {
+        match e {
+            DeviceManagerError::Platform(e) => VmError::Device(e),
+            DeviceManagerError::Vfio(e) => VmError::Vfio(e),
+            DeviceManagerError::Virtio(e) => VmError::Virtio(e),
+        }
+    }
 }
 
 pub struct Vm {
@@ -171,25 +162,6 @@ fn validate(config: &VmConfig, hv: &Hypervisor) -> Result<HostChecks, VmError> {
     Ok(HostChecks { kernel, node })
 }
 
-/// How long remove-device waits for a guest that does not even read the removal
-/// request (no ACPI PCI hotplug: the test guest, a guest without acpiphp) before
-/// detaching the device anyway.
-pub const EJECT_IGNORED_AFTER: Duration = Duration::from_secs(1);
-/// How long it waits for a guest that read the request to run the slot's `_EJ0`
-/// (its driver unbinding the device first).
-pub const EJECT_GIVE_UP_AFTER: Duration = Duration::from_secs(10);
-
-/// What [`Vm::remove_device`] does with a device a running guest did not eject.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removal {
-    /// Detach it anyway, as when a device is pulled: the guest's driver loses it
-    /// mid-use, the host gets it back for sure.
-    DetachAnyway,
-    /// Leave it attached and fail with [`VmError::NotEjected`]; a guest that ejects
-    /// it later still gives it up (as a guest-initiated eject).
-    KeepUnlessEjected,
-}
-
 impl Vm {
     pub fn new(config: &VmConfig, events: VmEvents) -> Result<Vm, VmError> {
         Vm::with_kept_taps(config, events, KeptTaps::default())
@@ -226,16 +198,10 @@ impl Vm {
         let HostChecks { kernel, node } = validate(config, &hv)?;
         let vcpu_cpus = node.as_ref().and_then(numa::vcpu_cpus).map(Arc::new);
         let kvm_vm = Arc::new(hv.create_vm()?);
-        // VFIO first: the IOMMU's IOVA ranges, readable only once a group is
-        // attached, bound where guest RAM and the 64-bit BAR window may go.
-        let gsis = PciDevices::gsi_pool();
-        let mut vfio = VfioDevices::on_kvm(vfio_host, &kvm_vm, gsis.clone());
-        let opened = if config.devices.is_empty() {
-            Vec::new()
-        } else {
-            vfio.open(Some(&kvm_vm), &config.devices)?
-        };
-        let (iova_ranges, mmio64_needed) = vfio.layout_constraints(&opened)?;
+        // Passthrough devices first: the IOMMU's IOVA ranges, readable only once a
+        // group is attached, bound where guest RAM and the 64-bit BAR window may go.
+        let passthrough = OpenedPassthrough::open(vfio_host, &kvm_vm, &config.devices)?;
+        let (iova_ranges, mmio64_needed) = passthrough.layout_constraints()?;
         let phys_bits = host_phys_bits().min(52);
         let layout = match iova_ranges {
             Some(ranges) => GuestLayout::with_iova_ranges(
@@ -257,48 +223,23 @@ impl Vm {
         let payload = boot::load_payload(&memory, &layout, &request)?;
         let vcpu_count = u32::from(config.cpus.boot_vcpus);
 
-        let buses = IoBuses {
-            pio: Arc::new(Bus::new()),
-            mmio: Arc::new(Bus::new()),
-        };
-        let legacy = attach_legacy_devices(&kvm_vm, &buses, &config.serial)?;
-        let requests = DeviceRequests {
-            power_off: legacy.power_off.try_clone().map_err(VmError::EventFd)?,
-            reset: legacy.reset.try_clone().map_err(VmError::EventFd)?,
-        };
+        let mut config = config.clone();
+        let devices = DeviceManager::create(
+            passthrough,
+            &Platform {
+                kvm: &kvm_vm,
+                memory: &memory,
+                layout: &layout,
+                serial: &config.serial.clone(),
+            },
+            &mut config,
+            taps,
+        )?;
+        let (power_off, reset) = devices.power_requests().map_err(VmError::EventFd)?;
+        let requests = DeviceRequests { power_off, reset };
         let exit_evt = events.exit.try_clone().map_err(VmError::EventFd)?;
         let reset_evt = events.reset.try_clone().map_err(VmError::EventFd)?;
         let exit = Arc::new(ExitSignal::new(exit_evt, reset_evt, requests));
-        let hotplug = attach_hotplug_controller(&buses)?;
-        let mut pci = PciDevices::attach(&layout, &buses, gsis)?;
-        let teardown = PciTeardown::new(pci.bus.clone());
-        let attached = vfio.attach(
-            opened,
-            &mut VmResources {
-                memory: &memory,
-                pci: &mut pci,
-                buses: &buses,
-            },
-        )?;
-        // The configuration says which id each device got, so vm.info and a
-        // reboot see the same ids.
-        let mut config = config.clone();
-        for (device, info) in config.devices.iter_mut().zip(&attached) {
-            device.id = Some(info.id.clone());
-        }
-        // After the VFIO devices, which so keep the slots they always had.
-        let vfio_ids: BTreeSet<String> = attached.into_iter().map(|info| info.id).collect();
-        let virtio = VirtioDevices::attach(
-            &mut config,
-            &vfio_ids,
-            &mut VirtioResources {
-                memory: &memory,
-                pci: &mut pci,
-                buses: &buses,
-                kvm: &kvm_vm,
-            },
-            taps,
-        )?;
 
         // After the devices: the DSDT marks the virtio slots as not hotpluggable.
         let rsdp = create_acpi_tables(
@@ -306,7 +247,7 @@ impl Vm {
             &AcpiPlatform {
                 layout: &layout,
                 vcpus: vcpu_count,
-                fixed_slots: virtio.slots(),
+                fixed_slots: devices.fixed_slots(),
             },
         )?;
         boot::write_reset_stub(&memory)?;
@@ -336,15 +277,7 @@ impl Vm {
             vcpu_cpus,
             vcpus,
             exit,
-            devices: DeviceManager {
-                buses,
-                legacy,
-                pci,
-                vfio,
-                virtio,
-                hotplug,
-                teardown,
-            },
+            devices,
             kvm_vm,
             memory,
             _events: events,
@@ -362,7 +295,7 @@ impl Vm {
         for vcpu in vcpus {
             match spawn_vcpu_thread(
                 vcpu,
-                self.devices.buses.clone(),
+                self.devices.buses().clone(),
                 self.exit.clone(),
                 self.vcpu_cpus.clone(),
             ) {
@@ -406,7 +339,7 @@ impl Vm {
                 state: self.state,
             });
         }
-        self.devices.legacy.press_power_button();
+        self.devices.press_power_button();
         Ok(())
     }
 
@@ -426,7 +359,7 @@ impl Vm {
     /// replaces this one ([`Vm::with_kept_taps`]); taken while this VM still holds
     /// its taps, that is before it is dropped.
     pub fn keep_taps(&self) -> KeptTaps {
-        self.devices.virtio.keep_taps()
+        self.devices.keep_taps()
     }
 
     /// Bytes of guest RAM actually mapped.
@@ -450,21 +383,8 @@ impl Vm {
         self.vcpu_tids.clone()
     }
 
-    fn vm_resources(&mut self) -> (&mut VfioDevices, VmResources<'_>) {
-        let devices = &mut self.devices;
-        (
-            &mut devices.vfio,
-            VmResources {
-                memory: &self.memory,
-                pci: &mut devices.pci,
-                buses: &devices.buses,
-            },
-        )
-    }
-
     /// Passes a host device through to the VM. A running guest is told through
-    /// ACPI (the GED's hotplug event, then a device check on the slot); a guest
-    /// without ACPI hotplug finds it by rescanning bus 0.
+    /// ACPI; a guest without ACPI hotplug finds it by rescanning bus 0.
     pub fn add_device(&mut self, config: DeviceConfig) -> Result<PciDeviceInfo, VmError> {
         if self.state == VmState::Shutdown {
             return Err(VmError::InvalidState {
@@ -472,82 +392,23 @@ impl Vm {
                 state: self.state,
             });
         }
-        if let Some(id) = config.id.as_deref() {
-            if self.devices.virtio.contains_id(id) {
-                return Err(VfioError::DuplicateId(id.to_string()).into());
-            }
-        }
-        let opened = self
+        let running = self.state == VmState::Running;
+        let info = self
             .devices
-            .vfio
-            .open(Some(&self.kvm_vm), std::slice::from_ref(&config))?;
-        let (vfio, mut resources) = self.vm_resources();
-        let info = vfio
-            .attach(opened, &mut resources)?
-            .pop()
-            .ok_or_else(|| VfioError::UnknownId(config.id.clone().unwrap_or_default()))?;
+            .add_device(&self.kvm_vm, &self.memory, &config, running)?;
         let mut recorded = config;
         recorded.id = Some(info.id.clone());
         self.config.devices.push(recorded);
-        if self.state == VmState::Running {
-            if let Some(slot) = self.devices.vfio.slot_of(&info.id) {
-                self.devices.hotplug.slot_added(slot);
-                self.notify_hotplug();
-            }
-        }
         Ok(info)
     }
 
-    /// Takes a passed-through device away. A running guest is asked to eject it
-    /// first and given [`EJECT_IGNORED_AFTER`] to react (or
-    /// [`EJECT_GIVE_UP_AFTER`] once it did). What happens to a device the guest
-    /// did not eject is `policy`'s to say.
+    /// Takes a passed-through device away; a running guest is asked to eject it
+    /// first ([`DeviceManager::remove_device`]).
     pub fn remove_device(&mut self, id: &str, policy: Removal) -> Result<PciDeviceInfo, VmError> {
-        if self.devices.virtio.contains_id(id) {
-            return Err(VirtioError::NotRemovable(id.to_string()).into());
-        }
-        let slot = self
+        let running = self.state == VmState::Running;
+        let info = self
             .devices
-            .vfio
-            .slot_of(id)
-            .ok_or_else(|| VfioError::UnknownId(id.to_string()))?;
-        if self.state == VmState::Running {
-            self.devices.hotplug.request_removal(slot);
-            self.notify_hotplug();
-            let outcome =
-                self.devices
-                    .hotplug
-                    .wait_for_eject(slot, EJECT_IGNORED_AFTER, EJECT_GIVE_UP_AFTER);
-            match outcome {
-                EjectOutcome::Ejected => log::info!("vfio: the guest ejected {id}"),
-                EjectOutcome::Ignored | EjectOutcome::TimedOut
-                    if policy == Removal::KeepUnlessEjected =>
-                {
-                    let saw_request = outcome == EjectOutcome::TimedOut;
-                    log::warn!("vfio: the guest did not eject {id}; it stays attached");
-                    return Err(VmError::NotEjected {
-                        id: id.to_string(),
-                        saw_request,
-                        waited: if saw_request {
-                            EJECT_GIVE_UP_AFTER
-                        } else {
-                            EJECT_IGNORED_AFTER
-                        },
-                    });
-                }
-                EjectOutcome::Ignored => {
-                    log::info!("vfio: the guest did not react to the eject request for {id}; detaching it anyway")
-                }
-                EjectOutcome::TimedOut => log::warn!(
-                    "vfio: the guest did not eject {id} within {}s; detaching it anyway",
-                    EJECT_GIVE_UP_AFTER.as_secs()
-                ),
-            }
-        }
-        let (vfio, mut resources) = self.vm_resources();
-        let info = vfio
-            .detach(id, &mut resources)
-            .ok_or_else(|| VfioError::UnknownId(id.to_string()))?;
+            .remove_device(&self.memory, id, running, policy)?;
         self.config.devices.retain(|d| d.id.as_deref() != Some(id));
         Ok(info)
     }
@@ -556,67 +417,35 @@ impl Vm {
     /// [`Vm::handle_guest_ejects`].
     pub fn device_events_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
-        self.devices
-            .hotplug
-            .guest_eject_fd()
-            .map(|fd| fd.as_raw_fd())
+        self.devices.guest_eject_fd().map(|fd| fd.as_raw_fd())
     }
 
-    /// Detaches the devices whose slots the guest ejected without being asked (an
-    /// administrator in the guest powering a slot off); returns them.
+    /// Detaches the devices the guest ejected on its own; returns them.
     pub fn handle_guest_ejects(&mut self) -> Vec<PciDeviceInfo> {
-        if let Some(fd) = self.devices.hotplug.guest_eject_fd() {
-            // The count is irrelevant: the bitmap says which slots.
-            let _ = fd.read();
-        }
-        let ejected = self.devices.hotplug.take_unrequested_ejects();
-        let ids: Vec<String> = self
-            .devices
-            .vfio
-            .list()
-            .into_iter()
-            .filter(|(_, slot)| ejected & (1u32 << slot) != 0)
-            .map(|(info, _)| info.id)
-            .collect();
-        let mut removed = Vec::new();
-        for id in ids {
-            let (vfio, mut resources) = self.vm_resources();
-            if let Some(info) = vfio.detach(&id, &mut resources) {
-                log::info!("vfio: the guest ejected {id} ({}) on its own", info.bdf);
-                self.config.devices.retain(|d| d.id.as_deref() != Some(&id));
-                removed.push(info);
-            }
+        let removed = self.devices.handle_guest_ejects(&self.memory);
+        for info in &removed {
+            self.config
+                .devices
+                .retain(|d| d.id.as_deref() != Some(&info.id));
         }
         removed
-    }
-
-    fn notify_hotplug(&self) {
-        self.devices
-            .legacy
-            .ged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .notify(GedEvent::PciHotplug);
     }
 
     /// Every device on the PCI bus (passed-through and virtio) with its guest
     /// address, in slot order.
     pub fn pci_devices(&self) -> Vec<PciDeviceInfo> {
-        let mut all = self.devices.vfio.list();
-        all.extend(self.devices.virtio.list());
-        all.sort_by_key(|(_, slot)| *slot);
-        all.into_iter().map(|(info, _)| info).collect()
+        self.devices.pci_devices()
     }
 
     /// Config dword `reg` of bus 0, `slot`, function 0, read as the guest reads
     /// it; all ones for an empty slot. For tests and diagnostics.
     pub fn pci_config_read(&self, slot: u8, reg: usize) -> u32 {
-        pci::bus::config_read(&self.devices.pci.bus, slot, 0, reg)
+        self.devices.pci_config_read(slot, reg)
     }
 
     /// Every passed-through device's counters, by device id.
     pub fn counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
-        self.devices.vfio.counters()
+        self.devices.counters()
     }
 }
 

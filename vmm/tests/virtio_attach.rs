@@ -11,8 +11,8 @@ use std::time::Duration;
 use vmm::config::{
     ConsoleConfig, ConsoleOutputMode, DeviceConfig, DiskConfig, RngConfig, VmConfig,
 };
+use vmm::device_manager::pci::PciDeviceInfo;
 use vmm::device_manager::vfio::testing::FakeVfioHost;
-use vmm::device_manager::vfio::PciDeviceInfo;
 use vmm::vm::{Vm, VmError, VmExitReason};
 
 mod kvm_support;

@@ -10,6 +10,10 @@ pub(crate) mod kicked_queue;
 pub mod net;
 pub mod rng;
 #[doc(hidden)]
+// Test support, built only for tests and the `testing` feature; a failed setup
+// there should fail the test loudly.
+#[cfg(any(test, feature = "testing"))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod testing;
 pub mod worker;
 

@@ -5,7 +5,8 @@
 //! One module per job, each testable alone:
 //!
 //! - [`ops`]: the kernel VFIO calls a device makes ([`VfioDeviceOps`]);
-//!   [`kernel`] implements it on vfio-ioctls, [`fake`] models devices for tests.
+//!   [`kernel`] implements it on vfio-ioctls, `fake` (feature `testing`) models
+//!   devices for tests.
 //! - [`container`]: the VM's VFIO container: groups, the DMA map of guest RAM,
 //!   the IOMMU's IOVA ranges ([`iova`]) and the IOMMU group rules ([`group`]).
 //! - [`config`]: the guest's view of config space (virtualised BARs, command,
@@ -39,6 +40,10 @@ pub mod config;
 pub mod container;
 pub mod counters;
 pub mod device;
+// Test support, built only for tests and the `testing` feature; a failed setup
+// there should fail the test loudly.
+#[cfg(any(test, feature = "testing"))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod fake;
 pub mod group;
 pub mod interrupts;

@@ -2,7 +2,7 @@
 //!
 //! [`VfioPciDevice`](super::VfioPciDevice) only talks to hardware through
 //! [`VfioDeviceOps`], so config-space, BAR and interrupt logic run in tests against
-//! [`FakeVfioDevice`](super::fake::FakeVfioDevice), while
+//! `fake::FakeVfioDevice` (feature `testing`), while
 //! [`KernelVfioDevice`](super::kernel::KernelVfioDevice) issues the real ioctls.
 
 use std::error::Error;

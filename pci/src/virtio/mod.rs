@@ -35,6 +35,10 @@
 
 pub mod common_config;
 pub mod device;
+// Test support, built only for tests and the `testing` feature; a failed setup
+// there should fail the test loudly.
+#[cfg(any(test, feature = "testing"))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod fake;
 pub mod interrupt;
 pub mod layout;

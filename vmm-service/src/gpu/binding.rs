@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::bdf::Bdf;
 use super::error::GpuError;
 use super::host::HostPaths;
 use super::inventory::{iommu_group_members, PciFunction};
 use super::records::{DriverRecord, DriverRecords};
 use super::writer::SysfsWriter;
+use super::Bdf;
 
 pub const VFIO_PCI: &str = "vfio-pci";
 

@@ -6,9 +6,9 @@ use std::fs;
 use serde::Serialize;
 
 use super::binding::VFIO_PCI;
+use super::format_bytes;
 use super::host::{parse_hex, read_attr, HostPaths};
 use super::inventory::{list_gpus, GpuInfo, NoOwners};
-use super::units::format_bytes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use super::bdf::{Bdf, BdfError};
+use super::{Bdf, BdfError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {

@@ -7,7 +7,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::bdf::Bdf;
+use super::Bdf;
 
 /// Roots of the kernel interfaces the module reads.
 #[derive(Debug, Clone, PartialEq, Eq)]

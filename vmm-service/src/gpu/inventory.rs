@@ -6,12 +6,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::bdf::Bdf;
 use super::class;
 use super::error::GpuError;
 use super::host::{link_name, parse_hex, read_attr, HostPaths};
 use super::names;
 use super::resource::{parse_bars, Bar};
+use super::Bdf;
 
 /// Tells which VM holds a device; the service answers from its state, the CLI has none.
 pub trait OwnerLookup {

@@ -5,7 +5,6 @@
 //! through a [`SysfsWriter`], so tests run against generated fixture trees with a
 //! writer that plays the kernel.
 
-mod bdf;
 mod binding;
 mod class;
 mod doctor;
@@ -15,10 +14,8 @@ mod inventory;
 mod names;
 mod records;
 mod resource;
-mod units;
 mod writer;
 
-pub use bdf::{Bdf, BdfError};
 pub use binding::{
     BindOptions, BindOutcome, DriverChange, GpuBinder, ReleaseOutcome, DEFAULT_VFIO_NODE_TIMEOUT,
     VFIO_PCI,
@@ -26,6 +23,7 @@ pub use binding::{
 pub use class::{is_bridge, is_gpu};
 pub use doctor::{doctor, render, DoctorInputs, DoctorReport, Finding, MemlockLimit, Severity};
 pub use error::GpuError;
+pub use form_service_api::{format_bytes, parse_size, Bdf, BdfError};
 pub use host::HostPaths;
 pub use inventory::{
     gpu_info, iommu_group_members, list_functions, list_gpus, FunctionSummary, GpuInfo, NoOwners,
@@ -35,5 +33,4 @@ pub use records::{
     DriverRecord, DriverRecords, JsonFileRecords, MemoryRecords, DEFAULT_RECORDS_PATH,
 };
 pub use resource::{Bar, BarKind};
-pub use units::{format_bytes, parse_size};
 pub use writer::{KernelSysfs, SysfsWriter};

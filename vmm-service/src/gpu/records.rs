@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::bdf::Bdf;
 use super::error::GpuError;
+use super::Bdf;
 
 /// The driver a function had before it was bound to vfio-pci (`None`: it had none).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,4 +5,5 @@ mod bridge;
 mod names;
 
 pub use bridge::{attach_to_bridge, BridgeError};
-pub use names::{default_mac, parse_mac, tap_name, validate_ifname, MacError, MAX_NETWORKS_PER_VM};
+pub use form_service_api::{parse_mac, validate_ifname, MacError};
+pub use names::{default_mac, tap_name, MAX_NETWORKS_PER_VM};

@@ -9,9 +9,10 @@ pub mod routes;
 pub mod server;
 
 use crate::config::{ConfigError, DeviceConfig, VmConfig};
-use crate::device_manager::vfio::{PciDeviceInfo, VfioError};
+use crate::device_manager::pci::PciDeviceInfo;
+use crate::device_manager::vfio_error::VfioError;
 use crate::vm::{VmError, VmState};
-use serde::{Deserialize, Serialize};
+pub use form_vmm_api::types::{VmInfo, VmRemoveDeviceData, VmmPing};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -34,19 +35,6 @@ pub enum ApiRequest {
     VmCounters,
 }
 
-/// The body of vm.remove-device: Cloud Hypervisor's VmRemoveDeviceData, plus
-/// `require_eject`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmRemoveDeviceData {
-    pub id: String,
-    /// A running guest that does not eject the device in time keeps it, and the
-    /// request fails with 409 `eject_timeout`. Without it (the default, as in Cloud
-    /// Hypervisor's body) the device is detached anyway, as when it is pulled.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub require_eject: bool,
-}
-
 /// vm.counters: device id → counter name → value.
 pub type VmCounters = BTreeMap<String, BTreeMap<String, u64>>;
 
@@ -63,33 +51,13 @@ pub enum ApiResponse {
     Counters(VmCounters),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct VmInfo {
-    pub config: VmConfig,
-    pub state: VmState,
-    pub memory_actual_size: u64,
-    /// Every device on the guest's PCI bus (passed-through and virtio) with its
-    /// guest address, in slot order; empty while the VM is shut down.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pci_devices: Vec<PciDeviceInfo>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct VmmPing {
-    pub build_version: String,
-    pub version: String,
-    pub pid: u32,
-    pub features: Vec<String>,
-}
-
-impl VmmPing {
-    pub fn for_this_process() -> VmmPing {
-        VmmPing {
-            build_version: concat!("form-vmm ", env!("CARGO_PKG_VERSION")).to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            pid: std::process::id(),
-            features: Vec::new(),
-        }
+/// What `vmm.ping` says about this process.
+pub fn ping_this_process() -> VmmPing {
+    VmmPing {
+        build_version: concat!("form-vmm ", env!("CARGO_PKG_VERSION")).to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        features: Vec::new(),
     }
 }
 
@@ -143,7 +111,8 @@ impl ApiError {
             ApiError::Vm(VmError::Numa(e)) if e.is_bad_request() => 400,
             ApiError::NoVm | ApiError::UnknownPath(_) => 404,
             ApiError::WrongState { .. } | ApiError::MethodNotAllowed { .. } => 405,
-            ApiError::AlreadyCreated | ApiError::Vm(VmError::NotEjected { .. }) => 409,
+            ApiError::AlreadyCreated
+            | ApiError::Vm(VmError::Vfio(VfioError::NotEjected { .. })) => 409,
             ApiError::BodyTooLarge { .. } => 413,
             ApiError::Vm(_) | ApiError::EventFd(_) => 500,
             ApiError::ShuttingDown => 503,
@@ -158,7 +127,7 @@ impl ApiError {
             ApiError::AlreadyCreated => "vm_exists",
             ApiError::WrongState { .. } => "invalid_state",
             ApiError::InvalidConfig(_) => "invalid_config",
-            ApiError::Vm(VmError::NotEjected { .. }) => "eject_timeout",
+            ApiError::Vm(VmError::Vfio(VfioError::NotEjected { .. })) => "eject_timeout",
             ApiError::Vm(VmError::Vfio(VfioError::UnknownId(_))) => "unknown_device",
             ApiError::Vm(_) | ApiError::EventFd(_) if self.status_code() == 400 => "invalid_device",
             ApiError::Vm(_) | ApiError::EventFd(_) => "internal",
@@ -309,11 +278,11 @@ mod tests {
 
     #[test]
     fn a_guest_that_keeps_a_device_is_a_conflict_named_eject_timeout() {
-        let error = ApiError::Vm(VmError::NotEjected {
+        let error = ApiError::Vm(VmError::Vfio(VfioError::NotEjected {
             id: "gpu0".into(),
             saw_request: true,
             waited: std::time::Duration::from_secs(10),
-        });
+        }));
         assert_eq!(error.status_code(), 409);
         assert_eq!(error.code(), "eject_timeout");
         let message = error.to_string();

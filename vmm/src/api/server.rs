@@ -4,6 +4,7 @@
 
 use super::routes::{allowed_method, route};
 use super::{ApiClient, ApiError, ApiResponse, ApiResult};
+use form_vmm_api::types::ErrorBody;
 use serde::Serialize;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -150,13 +151,6 @@ fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
     Ok(body)
 }
 
-/// The JSON shape of every error response.
-#[derive(Serialize)]
-struct ErrorBody {
-    error: String,
-    code: &'static str,
-}
-
 fn json_header() -> Option<Header> {
     Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).ok()
 }
@@ -184,7 +178,7 @@ fn render(url: &str, result: ApiResult) -> Response<io::Cursor<Vec<u8>>> {
                 error.status_code(),
                 &ErrorBody {
                     error: error.to_string(),
-                    code: error.code(),
+                    code: Some(error.code().to_string()),
                 },
             );
             if let ApiError::MethodNotAllowed { .. } = error {

@@ -4,7 +4,7 @@
 
 use crate::api::VmCounters;
 use crate::config::{DeviceConfig, VmConfig};
-use crate::device_manager::vfio::PciDeviceInfo;
+use crate::device_manager::pci::PciDeviceInfo;
 use crate::vm::{KeptTaps, Removal, Vm, VmError, VmEvents, VmExitReason, VmState};
 
 /// One VM as the controller sees it: the operations of the `vm::Vm` facade.

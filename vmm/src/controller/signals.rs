@@ -42,10 +42,10 @@ impl StopSignals {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: signalfd returned a fresh fd that nothing else owns.
-        Ok(StopSignals {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        // SAFETY: signalfd returned this fd (checked non-negative above), and nothing
+        // else owns or closes it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(StopSignals { fd })
     }
 
     /// The pending stop signal, if one arrived.

@@ -5,7 +5,8 @@
 use super::backend::{VmBackend, VmInstance};
 use crate::api::VmCounters;
 use crate::config::{DeviceConfig, VmConfig};
-use crate::device_manager::vfio::{guest_bdf, PciDeviceInfo, VfioError};
+use crate::device_manager::pci::{guest_bdf, PciDeviceInfo};
+use crate::device_manager::vfio_error::VfioError;
 use crate::vm::{KeptTaps, Removal, VmError, VmEvents, VmExitReason, VmState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -218,11 +219,12 @@ impl VmInstance for FakeVm {
             return Err(VfioError::UnknownId(id.to_string()).into());
         }
         if policy == Removal::KeepUnlessEjected && self.shared().guest_keeps_devices {
-            return Err(VmError::NotEjected {
+            return Err(VfioError::NotEjected {
                 id: id.to_string(),
                 saw_request: true,
                 waited: crate::vm::EJECT_GIVE_UP_AFTER,
-            });
+            }
+            .into());
         }
         let slot = self
             .slots

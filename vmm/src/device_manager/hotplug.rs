@@ -12,17 +12,34 @@
 //! `_EJ0` of a slot writes `PCEJ`; the VMM then detaches the device.
 
 use devices::BusDevice;
-use form_vm_allocator::layout::{GED_MMIO_SIZE, GED_MMIO_START};
+pub use form_vm_allocator::layout::{HOTPLUG_MMIO_SIZE, HOTPLUG_MMIO_START};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
+
 use vmm_sys_util::eventfd::EventFd;
 
-/// Right after the GED in platform MMIO (platform.md).
-pub const HOTPLUG_MMIO_START: u64 = GED_MMIO_START + GED_MMIO_SIZE;
-pub const HOTPLUG_MMIO_SIZE: u64 = 0x10;
 pub const PCIU_OFFSET: u64 = 0x0;
 pub const PCID_OFFSET: u64 = 0x4;
 pub const PCEJ_OFFSET: u64 = 0x8;
+
+/// How long remove-device waits for a guest that does not even read the removal
+/// request (no ACPI PCI hotplug: the test guest, a guest without acpiphp) before
+/// detaching the device anyway.
+pub const EJECT_IGNORED_AFTER: Duration = Duration::from_secs(1);
+/// How long it waits for a guest that read the request to run the slot's `_EJ0`
+/// (its driver unbinding the device first).
+pub const EJECT_GIVE_UP_AFTER: Duration = Duration::from_secs(10);
+
+/// What [`super::DeviceManager::remove_device`] does with a device a running guest did not eject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Detach it anyway, as when a device is pulled: the guest's driver loses it
+    /// mid-use, the host gets it back for sure.
+    DetachAnyway,
+    /// Leave it attached and fail with [`super::vfio_error::VfioError::NotEjected`]; a guest that ejects
+    /// it later still gives it up (as a guest-initiated eject).
+    KeepUnlessEjected,
+}
 
 #[derive(Default, Debug)]
 struct Registers {
@@ -184,9 +201,9 @@ fn slot_bit(slot: u8) -> u32 {
 
 /// Puts the controller on the MMIO bus and returns its state.
 pub fn attach_hotplug_controller(
-    buses: &crate::cpu::IoBuses,
-) -> Result<std::sync::Arc<HotplugState>, super::DeviceError> {
-    let guest_eject = super::eventfd("guest-initiated PCI ejects")?;
+    buses: &crate::io_buses::IoBuses,
+) -> Result<std::sync::Arc<HotplugState>, super::error::DeviceError> {
+    let guest_eject = super::error::eventfd("guest-initiated PCI ejects")?;
     let state = std::sync::Arc::new(HotplugState::new(guest_eject));
     let device = PciHotplugController::new(state.clone());
     buses
@@ -196,7 +213,7 @@ pub fn attach_hotplug_controller(
             HOTPLUG_MMIO_START,
             HOTPLUG_MMIO_SIZE,
         )
-        .map_err(|source| super::DeviceError::Bus {
+        .map_err(|source| super::error::DeviceError::Bus {
             what: "PCI hotplug controller",
             source,
         })?;

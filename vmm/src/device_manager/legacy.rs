@@ -1,21 +1,18 @@
 //! Legacy platform devices: COM1, the i8042 reset line, the ACPI sleep/reset
 //! register and the ACPI GED.
 
+use super::error::{eventfd, DeviceError};
 use super::log_file::open_guest_log;
-use super::{eventfd, DeviceError};
 use crate::config::{ConsoleConfig, ConsoleOutputMode};
-use crate::cpu::IoBuses;
+use crate::io_buses::IoBuses;
 use devices::acpi::{AcpiPmDevice, Ged, GedEvent, ACPI_PM_PORT, ACPI_PM_PORT_LEN};
 use devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use devices::serial::{Serial, COM1_GSI, COM1_PORT, SERIAL_PORT_LEN};
-use form_vm_allocator::layout::GED_MMIO_START;
+use form_vm_allocator::layout::{GED_GSI, GED_MMIO_START};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, Weak};
 use vmm_sys_util::eventfd::EventFd;
-
-/// The GED's interrupt line (platform.md: GSI 5).
-pub const GED_GSI: u32 = 5;
 
 pub struct LegacyDevices {
     pub serial: Arc<Mutex<Serial>>,

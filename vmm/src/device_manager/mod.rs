@@ -1,99 +1,344 @@
-//! Creates the VM's devices and puts them on the I/O buses, one file per
+//! The VM's devices, from creation to teardown: what is placed where, passed
+//! through or emulated, added and removed while the guest runs. One file per
 //! attachment family (legacy platform devices, PCI, VFIO passthrough, virtio, the
-//! PCI hotplug controller).
+//! PCI hotplug controller); [`DeviceManager`] is the one owner `Vm` asks.
 
+pub mod error;
 pub mod hotplug;
 pub mod legacy;
 pub mod log_file;
 pub mod pci;
 pub mod vfio;
+pub mod vfio_error;
 pub mod vfio_host;
 pub mod vfio_resources;
 pub mod virtio;
 
-use crate::cpu::IoBuses;
+use crate::config::{ConsoleConfig, DeviceConfig, VmConfig};
+use crate::io_buses::IoBuses;
+use crate::memory::GuestMemoryMmap;
+use devices::acpi::GedEvent;
+use devices::Bus;
+pub use error::DeviceError;
+use form_vm_allocator::{GsiAllocator, GuestLayout, IovaRange};
+use hotplug::{attach_hotplug_controller, EjectOutcome, HotplugState, Removal};
+use hotplug::{EJECT_GIVE_UP_AFTER, EJECT_IGNORED_AFTER};
+use legacy::{attach_legacy_devices, LegacyDevices};
+use pci::{PciDeviceInfo, PciDevices, PciTeardown};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use vfio::{OpenedDevice, VfioDevices, VmResources};
+use vfio_error::VfioError;
+use vfio_host::VfioHost;
+use virtio::{KeptTaps, VirtioDevices, VirtioError, VirtioResources};
 use vmm_sys_util::eventfd::EventFd;
 
+/// Why the device manager could not do what it was asked, by attachment family.
 #[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    #[error("cannot create an event fd for {what}: {source}")]
-    EventFd {
-        what: &'static str,
-        source: std::io::Error,
-    },
-    #[error("cannot place {what} on the bus: {source}")]
-    Bus {
-        what: &'static str,
-        source: devices::BusError,
-    },
-    #[error("cannot wire the {what} interrupt to GSI {gsi}: {source}")]
-    Irqfd {
-        what: &'static str,
-        gsi: u32,
-        source: hypervisor::HypervisorError,
-    },
-    #[error("serial mode File needs a file path (serial.file)")]
-    SerialFileMissing,
-    #[error("cannot open serial output file {path}: {source}")]
-    SerialFile {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("serial mode {0:?} is not supported; use Tty, File, Off or Null")]
-    SerialModeUnsupported(crate::config::ConsoleOutputMode),
-    #[error("PCI address pools: {0}")]
-    Allocator(#[from] form_vm_allocator::AllocError),
-    #[error("cannot start the {what} thread: {source}")]
-    Thread {
-        what: &'static str,
-        source: std::io::Error,
-    },
+pub enum DeviceManagerError {
+    #[error(transparent)]
+    Platform(#[from] DeviceError),
+    #[error(transparent)]
+    Vfio(#[from] VfioError),
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
 }
 
-pub(crate) fn eventfd(what: &'static str) -> Result<EventFd, DeviceError> {
-    EventFd::new(libc::EFD_NONBLOCK).map_err(|source| DeviceError::EventFd { what, source })
+/// The passthrough devices of a VM being built, opened (their IOMMU groups
+/// attached) before guest memory exists: the IOMMU's usable ranges decide where RAM
+/// and the 64-bit BAR window may go.
+pub struct OpenedPassthrough {
+    vfio: VfioDevices,
+    opened: Vec<OpenedDevice>,
+    gsis: Arc<Mutex<GsiAllocator>>,
 }
 
-/// The VM's buses and the devices on them.
-pub struct DeviceManager {
-    pub buses: IoBuses,
-    pub legacy: legacy::LegacyDevices,
-    pub pci: pci::PciDevices,
-    pub vfio: vfio::VfioDevices,
-    pub virtio: virtio::VirtioDevices,
-    pub hotplug: std::sync::Arc<hotplug::HotplugState>,
-    pub teardown: PciTeardown,
-}
+impl OpenedPassthrough {
+    /// Opens `devices` through `host` for the VM `kvm`.
+    pub fn open(
+        host: Arc<dyn VfioHost>,
+        kvm: &Arc<hypervisor::Vm>,
+        devices: &[DeviceConfig],
+    ) -> Result<Self, VfioError> {
+        let gsis = PciDevices::gsi_pool();
+        let mut vfio = VfioDevices::on_kvm(host, kvm, gsis.clone());
+        let opened = if devices.is_empty() {
+            Vec::new()
+        } else {
+            vfio.open(Some(kvm), devices)?
+        };
+        Ok(Self { vfio, opened, gsis })
+    }
 
-/// Frees the PCI devices when the VM goes. The PCI bus's BAR-move handler holds the
-/// I/O buses, which hold the config-space devices, which hold the PCI bus: a cycle
-/// that would keep every device (VFIO fds, disk images and their locks, taps, the
-/// KVM VM its routes point into) alive after the VM is dropped, or after a create
-/// that failed half-way. Dropping this guard replaces the handler, which breaks
-/// the cycle; create it as soon as the PCI bus exists.
-pub struct PciTeardown {
-    bus: Arc<Mutex<::pci::PciBus>>,
-}
-
-impl PciTeardown {
-    pub fn new(bus: Arc<Mutex<::pci::PciBus>>) -> Self {
-        Self { bus }
+    /// The IOMMU's usable IOVA ranges (None without passthrough devices) and the
+    /// bytes the devices' 64-bit BARs need.
+    pub fn layout_constraints(&self) -> Result<(Option<Vec<IovaRange>>, u64), VfioError> {
+        self.vfio.layout_constraints(&self.opened)
     }
 }
 
-/// The handler left on a bus whose VM is going away: BARs no longer move anywhere.
-struct NoBarMoves;
-
-impl ::pci::BarReprogramHandler for NoBarMoves {
-    fn bar_moved(&self, _: u8, _: &::pci::SharedPciDevice, _: &::pci::BarReprogram) {}
+/// What the devices of a VM being built attach to.
+pub struct Platform<'a> {
+    pub kvm: &'a Arc<hypervisor::Vm>,
+    pub memory: &'a GuestMemoryMmap,
+    pub layout: &'a GuestLayout,
+    pub serial: &'a ConsoleConfig,
 }
 
-impl Drop for PciTeardown {
-    fn drop(&mut self) {
-        self.bus
+/// The VM's buses and every device on them.
+pub struct DeviceManager {
+    buses: IoBuses,
+    legacy: LegacyDevices,
+    pci: PciDevices,
+    vfio: VfioDevices,
+    virtio: VirtioDevices,
+    hotplug: Arc<HotplugState>,
+    // Last: dropping it breaks the PCI bus's reference cycle, after the devices
+    // above let go of what they hold.
+    _teardown: PciTeardown,
+}
+
+impl DeviceManager {
+    /// Places the platform devices, the PCI bus, the passthrough devices (first, so
+    /// they keep the slots they always had) and the virtio devices of `config`,
+    /// writing the id each device got back into `config` so that vm.info and a
+    /// reboot see the same ids. The NICs named in `taps` reuse those taps.
+    pub fn create(
+        passthrough: OpenedPassthrough,
+        platform: &Platform<'_>,
+        config: &mut VmConfig,
+        taps: KeptTaps,
+    ) -> Result<Self, DeviceManagerError> {
+        let buses = IoBuses {
+            pio: Arc::new(Bus::new()),
+            mmio: Arc::new(Bus::new()),
+        };
+        let legacy = attach_legacy_devices(platform.kvm, &buses, platform.serial)?;
+        let hotplug = attach_hotplug_controller(&buses)?;
+        let mut pci = PciDevices::attach(platform.layout, &buses, passthrough.gsis)?;
+        let teardown = PciTeardown::new(pci.bus.clone());
+        let mut vfio = passthrough.vfio;
+        let attached = vfio.attach(
+            passthrough.opened,
+            &mut VmResources {
+                memory: platform.memory,
+                pci: &mut pci,
+                buses: &buses,
+            },
+        )?;
+        for (device, info) in config.devices.iter_mut().zip(&attached) {
+            device.id = Some(info.id.clone());
+        }
+        let vfio_ids: BTreeSet<String> = attached.into_iter().map(|info| info.id).collect();
+        let virtio = VirtioDevices::attach(
+            config,
+            &vfio_ids,
+            &mut VirtioResources {
+                memory: platform.memory,
+                pci: &mut pci,
+                buses: &buses,
+                kvm: platform.kvm,
+            },
+            taps,
+        )?;
+        Ok(Self {
+            buses,
+            legacy,
+            pci,
+            vfio,
+            virtio,
+            hotplug,
+            _teardown: teardown,
+        })
+    }
+
+    /// The buses the vCPU threads dispatch trapped accesses to.
+    pub fn buses(&self) -> &IoBuses {
+        &self.buses
+    }
+
+    /// Duplicates of the event fds the guest's power-off and reset requests are
+    /// written to (the ACPI PM device, the i8042).
+    pub fn power_requests(&self) -> std::io::Result<(EventFd, EventFd)> {
+        Ok((
+            self.legacy.power_off.try_clone()?,
+            self.legacy.reset.try_clone()?,
+        ))
+    }
+
+    /// Bus-0 slots whose devices stay for the VM's life (virtio): the DSDT does not
+    /// make them hotpluggable.
+    pub fn fixed_slots(&self) -> BTreeSet<u8> {
+        self.virtio.slots()
+    }
+
+    pub fn press_power_button(&self) {
+        self.legacy.press_power_button();
+    }
+
+    /// A duplicate of each NIC's tap by net id, for the VM that replaces this one.
+    pub fn keep_taps(&self) -> KeptTaps {
+        self.virtio.keep_taps()
+    }
+
+    /// Passes a host device through: opened, placed on the next free slot and, in a
+    /// running guest, announced through ACPI (the GED's hotplug event, then a device
+    /// check on the slot).
+    pub fn add_device(
+        &mut self,
+        kvm: &hypervisor::Vm,
+        memory: &GuestMemoryMmap,
+        config: &DeviceConfig,
+        guest_running: bool,
+    ) -> Result<PciDeviceInfo, DeviceManagerError> {
+        if let Some(id) = config.id.as_deref() {
+            if self.virtio.contains_id(id) {
+                return Err(VfioError::DuplicateId(id.to_string()).into());
+            }
+        }
+        let opened = self.vfio.open(Some(kvm), std::slice::from_ref(config))?;
+        let (vfio, mut resources) = self.vfio_with_resources(memory);
+        let info = vfio
+            .attach(opened, &mut resources)?
+            .pop()
+            .ok_or_else(|| VfioError::UnknownId(config.id.clone().unwrap_or_default()))?;
+        if guest_running {
+            if let Some(slot) = self.vfio.slot_of(&info.id) {
+                self.hotplug.slot_added(slot);
+                self.notify_hotplug();
+            }
+        }
+        Ok(info)
+    }
+
+    /// Takes a passed-through device away. A running guest is asked to eject it
+    /// first and given [`EJECT_IGNORED_AFTER`] to react (or [`EJECT_GIVE_UP_AFTER`]
+    /// once it did); what happens to a device it did not eject is `policy`'s to say.
+    pub fn remove_device(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        id: &str,
+        guest_running: bool,
+        policy: Removal,
+    ) -> Result<PciDeviceInfo, DeviceManagerError> {
+        if self.virtio.contains_id(id) {
+            return Err(VirtioError::NotRemovable(id.to_string()).into());
+        }
+        let slot = self
+            .vfio
+            .slot_of(id)
+            .ok_or_else(|| VfioError::UnknownId(id.to_string()))?;
+        if guest_running {
+            self.hotplug.request_removal(slot);
+            self.notify_hotplug();
+            let outcome =
+                self.hotplug
+                    .wait_for_eject(slot, EJECT_IGNORED_AFTER, EJECT_GIVE_UP_AFTER);
+            match outcome {
+                EjectOutcome::Ejected => log::info!("vfio: the guest ejected {id}"),
+                EjectOutcome::Ignored | EjectOutcome::TimedOut
+                    if policy == Removal::KeepUnlessEjected =>
+                {
+                    let saw_request = outcome == EjectOutcome::TimedOut;
+                    log::warn!("vfio: the guest did not eject {id}; it stays attached");
+                    return Err(VfioError::NotEjected {
+                        id: id.to_string(),
+                        saw_request,
+                        waited: if saw_request {
+                            EJECT_GIVE_UP_AFTER
+                        } else {
+                            EJECT_IGNORED_AFTER
+                        },
+                    }
+                    .into());
+                }
+                EjectOutcome::Ignored => {
+                    log::info!("vfio: the guest did not react to the eject request for {id}; detaching it anyway")
+                }
+                EjectOutcome::TimedOut => log::warn!(
+                    "vfio: the guest did not eject {id} within {}s; detaching it anyway",
+                    EJECT_GIVE_UP_AFTER.as_secs()
+                ),
+            }
+        }
+        let (vfio, mut resources) = self.vfio_with_resources(memory);
+        Ok(vfio
+            .detach(id, &mut resources)
+            .ok_or_else(|| VfioError::UnknownId(id.to_string()))?)
+    }
+
+    /// Readable when the guest ejected a device on its own; then call
+    /// [`DeviceManager::handle_guest_ejects`].
+    pub fn guest_eject_fd(&self) -> Option<&EventFd> {
+        self.hotplug.guest_eject_fd()
+    }
+
+    /// Detaches the devices whose slots the guest ejected without being asked (an
+    /// administrator in the guest powering a slot off); returns them.
+    pub fn handle_guest_ejects(&mut self, memory: &GuestMemoryMmap) -> Vec<PciDeviceInfo> {
+        if let Some(fd) = self.hotplug.guest_eject_fd() {
+            // The count is irrelevant: the bitmap says which slots.
+            let _ = fd.read();
+        }
+        let ejected = self.hotplug.take_unrequested_ejects();
+        let ids: Vec<String> = self
+            .vfio
+            .list()
+            .into_iter()
+            .filter(|(_, slot)| ejected & (1u32 << slot) != 0)
+            .map(|(info, _)| info.id)
+            .collect();
+        let mut removed = Vec::new();
+        for id in ids {
+            let (vfio, mut resources) = self.vfio_with_resources(memory);
+            if let Some(info) = vfio.detach(&id, &mut resources) {
+                log::info!("vfio: the guest ejected {id} ({}) on its own", info.bdf);
+                removed.push(info);
+            }
+        }
+        removed
+    }
+
+    /// Every device on the PCI bus (passed-through and virtio) with its guest
+    /// address, in slot order.
+    pub fn pci_devices(&self) -> Vec<PciDeviceInfo> {
+        let mut all = self.vfio.list();
+        all.extend(self.virtio.list());
+        all.sort_by_key(|(_, slot)| *slot);
+        all.into_iter().map(|(info, _)| info).collect()
+    }
+
+    /// Config dword `reg` of bus 0, `slot`, function 0, read as the guest reads
+    /// it; all ones for an empty slot.
+    pub fn pci_config_read(&self, slot: u8, reg: usize) -> u32 {
+        ::pci::bus::config_read(&self.pci.bus, slot, 0, reg)
+    }
+
+    /// Every passed-through device's counters, by device id.
+    pub fn counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.vfio.counters()
+    }
+
+    /// The passthrough devices and, apart, what attaching and detaching them needs.
+    fn vfio_with_resources<'a>(
+        &'a mut self,
+        memory: &'a GuestMemoryMmap,
+    ) -> (&'a mut VfioDevices, VmResources<'a>) {
+        (
+            &mut self.vfio,
+            VmResources {
+                memory,
+                pci: &mut self.pci,
+                buses: &self.buses,
+            },
+        )
+    }
+
+    fn notify_hotplug(&self) {
+        self.legacy
+            .ged
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .set_bar_reprogram_handler(Arc::new(NoBarMoves));
+            .notify(GedEvent::PciHotplug);
     }
 }

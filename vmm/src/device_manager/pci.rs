@@ -2,18 +2,19 @@
 //! mechanism #1 (ports 0xCF8-0xCFF) and ECAM, plus the address and GSI pools that
 //! PCI devices' BARs and MSI routes are drawn from.
 
-use super::vfio::BarRegionMover;
-use super::DeviceError;
-use crate::cpu::IoBuses;
+use super::error::DeviceError;
+use crate::io_buses::IoBuses;
 use form_vm_allocator::layout::{
     PCI_CONFIG_IO_SIZE, PCI_CONFIG_IO_START, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_IO_SIZE,
     PCI_IO_START,
 };
 use form_vm_allocator::{AddressAllocator, GsiAllocator, GuestLayout};
+pub use form_vmm_api::types::PciDeviceInfo;
 use pci::config_io::PciConfigIo;
 use pci::config_mmio::PciConfigMmio;
+use pci::device::PciBarRegion;
 use pci::vfio::BarAllocators;
-use pci::PciBus;
+use pci::{BarKind, PciBar, PciBus, PciBusError, SharedPciDevice};
 use std::sync::{Arc, Mutex};
 
 pub struct PciDevices {
@@ -90,6 +91,169 @@ impl PciDevices {
             mmio64: &mut self.mmio64,
             io: &mut self.io,
         }
+    }
+}
+
+/// Why a device could not be plugged into bus 0.
+#[derive(Debug, thiserror::Error)]
+pub enum PlugError {
+    #[error("cannot trap BAR {index} at {addr:#x}: {source}")]
+    BarRegion {
+        index: usize,
+        addr: u64,
+        #[source]
+        source: devices::BusError,
+    },
+    #[error("{0}")]
+    Slot(#[source] PciBusError),
+}
+
+impl PciDevices {
+    /// The lowest free slot of bus 0.
+    pub fn free_slot(&self) -> Result<u8, PciBusError> {
+        lock(&self.bus).next_free_slot().ok_or(PciBusError::Full)
+    }
+
+    /// The window BARs of `kind` are drawn from.
+    pub fn window(&mut self, kind: BarKind) -> &mut AddressAllocator {
+        match kind {
+            BarKind::Io => &mut self.io,
+            BarKind::Memory32 => &mut self.mmio32,
+            BarKind::Memory64 => &mut self.mmio64,
+        }
+    }
+
+    /// Puts `device` into `slot` with each of `bars` trapped on its bus: the one
+    /// attach routine of every PCI device, passed through or emulated. On failure
+    /// nothing of the device stays on the buses; its BARs' addresses stay the
+    /// caller's to give back.
+    pub fn plug(
+        &mut self,
+        buses: &IoBuses,
+        slot: u8,
+        device: &SharedPciDevice,
+        bars: &[PciBar],
+    ) -> Result<(), PlugError> {
+        let mut trapped: Vec<&PciBar> = Vec::new();
+        let mut failure = None;
+        for bar in bars {
+            let region = Arc::new(Mutex::new(PciBarRegion::new(device.clone())));
+            match bus_for(buses, bar.kind).insert(region, bar.addr, bar.size) {
+                Ok(()) => trapped.push(bar),
+                Err(source) => {
+                    failure = Some(PlugError::BarRegion {
+                        index: bar.index,
+                        addr: bar.addr,
+                        source,
+                    });
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            if let Err(source) = lock(&self.bus).add_device(slot, device.clone()) {
+                failure = Some(PlugError::Slot(source));
+            }
+        }
+        match failure {
+            None => Ok(()),
+            Some(e) => {
+                for bar in trapped {
+                    let _ = bus_for(buses, bar.kind).remove(bar.addr);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the device in `slot` off bus 0 and its BAR regions off the buses,
+    /// found where the guest last put them (`current`) or else where they were
+    /// placed; `what` names the device in the warnings about anything missing.
+    pub fn unplug(
+        &mut self,
+        buses: &IoBuses,
+        slot: u8,
+        current: &[PciBar],
+        placed: &[PciBar],
+        what: &str,
+    ) {
+        if let Err(e) = lock(&self.bus).remove_device(slot) {
+            log::warn!("{what}: taking slot {slot} off the bus: {e}");
+        }
+        for (bar, original) in current.iter().zip(placed) {
+            let bus = bus_for(buses, bar.kind);
+            if bus.remove(bar.addr).is_err() && bus.remove(original.addr).is_err() {
+                log::warn!("{what}: BAR {} was not on the bus", bar.index);
+            }
+        }
+    }
+}
+
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bus_for(buses: &IoBuses, kind: BarKind) -> &devices::Bus {
+    match kind {
+        BarKind::Io => &buses.pio,
+        BarKind::Memory32 | BarKind::Memory64 => &buses.mmio,
+    }
+}
+
+/// The guest's address of a bus-0 slot.
+pub fn guest_bdf(slot: u8) -> String {
+    format!("0000:00:{slot:02x}.0")
+}
+
+/// Moves a trapped BAR's bus region when the guest reprograms the BAR (the device
+/// already moved its memory slots).
+pub struct BarRegionMover {
+    pub buses: IoBuses,
+}
+
+impl pci::BarReprogramHandler for BarRegionMover {
+    fn bar_moved(&self, slot: u8, _device: &SharedPciDevice, reprogram: &pci::BarReprogram) {
+        let bus = bus_for(&self.buses, reprogram.kind);
+        if let Err(e) = bus.relocate(reprogram.old, reprogram.new) {
+            log::warn!(
+                "pci: slot {slot} BAR {} moved {:#x} -> {:#x}, but its region did not follow: {e}",
+                reprogram.index,
+                reprogram.old,
+                reprogram.new
+            );
+        }
+    }
+}
+
+/// Frees the PCI devices when the VM goes. The PCI bus's BAR-move handler holds the
+/// I/O buses, which hold the config-space devices, which hold the PCI bus: a cycle
+/// that would keep every device (VFIO fds, disk images and their locks, taps, the
+/// KVM VM its routes point into) alive after the VM is dropped, or after a create
+/// that failed half-way. Dropping this guard replaces the handler, which breaks
+/// the cycle; create it as soon as the PCI bus exists.
+pub struct PciTeardown {
+    bus: Arc<Mutex<PciBus>>,
+}
+
+impl PciTeardown {
+    pub fn new(bus: Arc<Mutex<PciBus>>) -> Self {
+        Self { bus }
+    }
+}
+
+/// The handler left on a bus whose VM is going away: BARs no longer move anywhere.
+struct NoBarMoves;
+
+impl pci::BarReprogramHandler for NoBarMoves {
+    fn bar_moved(&self, _: u8, _: &pci::SharedPciDevice, _: &pci::BarReprogram) {}
+}
+
+impl Drop for PciTeardown {
+    fn drop(&mut self) {
+        self.bus
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_bar_reprogram_handler(Arc::new(NoBarMoves));
     }
 }
 

@@ -20,24 +20,20 @@
 //!   parts never exit), then the device goes on the PCI bus. Detach undoes it in
 //!   reverse, finding trapped BARs where the guest last put them.
 
-use super::pci::PciDevices;
+use super::pci::{guest_bdf, lock, PciDeviceInfo, PciDevices, PlugError};
+use super::vfio_error::VfioError;
 use super::vfio_host::{VfioContainerOps, VfioHost};
 use super::vfio_resources::{KvmInterruptRouting, KvmMemorySlots};
 use crate::acpi_pci::intx_gsi;
 use crate::config::DeviceConfig;
-use crate::cpu::IoBuses;
+use crate::io_buses::IoBuses;
 use crate::memory::GuestMemoryMmap;
-use form_vm_allocator::{IovaRange, LayoutError};
-use pci::device::PciBarRegion;
-use pci::vfio::bars::BarError;
-use pci::vfio::container::ContainerError;
+use form_vm_allocator::IovaRange;
 use pci::vfio::{
     discover_bars, place_bars, read_raw_config, release_bars, ConfigOptions, DmaMappedSlots,
-    GuestMemorySlots, HostBar, InterruptRouting, VfioDeviceOps, VfioPciDevice, VfioPciError,
-    VfioResources,
+    GuestMemorySlots, HostBar, InterruptRouting, VfioDeviceOps, VfioPciDevice, VfioResources,
 };
-use pci::{BarKind, PciBar, PciBusError, PciDevice, SharedPciDevice};
-use serde::Serialize;
+use pci::{BarKind, PciBar, PciDevice, SharedPciDevice};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -45,92 +41,6 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// Offset of the interrupt pin register in config space.
 const INTERRUPT_PIN: usize = 0x3d;
-
-#[derive(Debug, thiserror::Error)]
-pub enum VfioError {
-    #[error("VFIO is not available on this host (load vfio-pci): {0} does not exist")]
-    Unavailable(PathBuf),
-    #[error("{0} is not a PCI device path; give /sys/bus/pci/devices/<domain:bus:dev.fn>")]
-    NotAPciDevice(PathBuf),
-    #[error("{path}: there is no PCI device {bdf} on this host")]
-    NoSuchDevice { path: PathBuf, bdf: String },
-    #[error("{bdf} is {}, not to vfio-pci: bind it to vfio-pci first: vmm-service gpu bind {bdf}", bound_to(driver.as_deref()))]
-    NotVfioBound { bdf: String, driver: Option<String> },
-    #[error("device id {0:?} is already in use; pick another id or remove that device first")]
-    DuplicateId(String),
-    #[error("{path} ({bdf}) is already passed through to this VM as {id:?}")]
-    DuplicateDevice {
-        path: PathBuf,
-        bdf: String,
-        id: String,
-    },
-    #[error("no device with id {0:?} is attached to this VM")]
-    UnknownId(String),
-    #[error("VFIO: {0}")]
-    Container(#[source] ContainerError),
-    #[error("device {id}: {source}")]
-    Device {
-        id: String,
-        #[source]
-        source: VfioPciError,
-    },
-    #[error("device {id}: {source}")]
-    Bars {
-        id: String,
-        #[source]
-        source: BarError,
-    },
-    #[error("device {id}: {source}")]
-    Slot {
-        id: String,
-        #[source]
-        source: PciBusError,
-    },
-    #[error("device {id}: cannot trap BAR {index} at {addr:#x}: {source}")]
-    BarRegion {
-        id: String,
-        index: usize,
-        addr: u64,
-        #[source]
-        source: devices::BusError,
-    },
-    #[error("guest address layout for passthrough: {0}")]
-    Layout(#[from] LayoutError),
-    #[error("guest RAM {start:#x}-{end:#x} lies outside the host IOMMU's usable IOVA ranges [{ranges}], so the device could not reach it; create the VM with the device (its layout then follows the IOMMU) or with less RAM")]
-    RamOutsideIova {
-        start: u64,
-        end: u64,
-        ranges: String,
-    },
-}
-
-fn bound_to(driver: Option<&str>) -> String {
-    match driver {
-        Some(driver) => format!("bound to {driver}"),
-        None => "bound to no driver".to_string(),
-    }
-}
-
-impl VfioError {
-    /// Whether the request itself was wrong (a client error), not the host.
-    pub fn is_bad_request(&self) -> bool {
-        matches!(
-            self,
-            VfioError::NotAPciDevice(_)
-                | VfioError::NoSuchDevice { .. }
-                | VfioError::NotVfioBound { .. }
-                | VfioError::DuplicateId(_)
-                | VfioError::DuplicateDevice { .. }
-        )
-    }
-}
-
-/// Where a device landed, as the API reports it (Cloud Hypervisor's PciDeviceInfo).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PciDeviceInfo {
-    pub id: String,
-    pub bdf: String,
-}
 
 /// A device opened (its group attached) but not yet on the bus.
 pub struct OpenedDevice {
@@ -426,12 +336,10 @@ impl VfioDevices {
         vm: &mut VmResources<'_>,
     ) -> Result<PciDeviceInfo, VfioError> {
         let id = opened.id.clone();
-        let slot = lock(&vm.pci.bus)
-            .next_free_slot()
-            .ok_or_else(|| VfioError::Slot {
-                id: id.clone(),
-                source: PciBusError::Full,
-            })?;
+        let slot = vm.pci.free_slot().map_err(|source| VfioError::Slot {
+            id: id.clone(),
+            source,
+        })?;
         let pin = opened
             .raw_config
             .get(INTERRUPT_PIN)
@@ -444,7 +352,7 @@ impl VfioDevices {
             let held = self.hold_moved_bars(vm.pci);
             let placed = place_bars(&opened.host_bars, &mut vm.pci.bar_allocators());
             for (kind, addr) in held {
-                if let Err(e) = window(vm.pci, kind).free(addr) {
+                if let Err(e) = vm.pci.window(kind).free(addr) {
                     log::warn!("vfio: releasing the hold on {addr:#x}: {e}");
                 }
             }
@@ -473,40 +381,24 @@ impl VfioDevices {
             }
         };
         let shared: SharedPciDevice = device.clone();
-        let mut trapped = Vec::new();
-        let mut failure = None;
-        for bar in &placed {
-            let bus = bus_for(vm.buses, bar.kind);
-            let region = Arc::new(Mutex::new(PciBarRegion::new(shared.clone())));
-            match bus.insert(region, bar.addr, bar.size) {
-                Ok(()) => trapped.push(*bar),
-                Err(source) => {
-                    failure = Some(VfioError::BarRegion {
-                        id: id.clone(),
-                        index: bar.index,
-                        addr: bar.addr,
-                        source,
-                    });
-                    break;
-                }
-            }
-        }
-        if failure.is_none() {
-            if let Err(source) = lock(&vm.pci.bus).add_device(slot, shared) {
-                failure = Some(VfioError::Slot {
-                    id: id.clone(),
-                    source,
-                });
-            }
-        }
-        if let Some(e) = failure {
-            for bar in &trapped {
-                let _ = bus_for(vm.buses, bar.kind).remove(bar.addr);
-            }
+        if let Err(e) = vm.pci.plug(vm.buses, slot, &shared, &placed) {
             lock(&device).detach();
+            drop(shared);
             drop(device);
             release_bars(&placed, &mut vm.pci.bar_allocators());
-            return Err(e);
+            return Err(match e {
+                PlugError::BarRegion {
+                    index,
+                    addr,
+                    source,
+                } => VfioError::BarRegion {
+                    id,
+                    index,
+                    addr,
+                    source,
+                },
+                PlugError::Slot(source) => VfioError::Slot { id, source },
+            });
         }
         log::info!(
             "vfio: {id} ({}) attached at {}",
@@ -536,10 +428,7 @@ impl VfioDevices {
                 if bar.addr == original.addr {
                     continue;
                 }
-                if window(pci, bar.kind)
-                    .allocate_at(bar.addr, bar.size)
-                    .is_ok()
-                {
+                if pci.window(bar.kind).allocate_at(bar.addr, bar.size).is_ok() {
                     held.push((bar.kind, bar.addr));
                 }
             }
@@ -552,16 +441,14 @@ impl VfioDevices {
     /// device.
     pub fn detach(&mut self, id: &str, vm: &mut VmResources<'_>) -> Option<PciDeviceInfo> {
         let attached = self.devices.remove(id)?;
-        if let Err(e) = lock(&vm.pci.bus).remove_device(attached.slot) {
-            log::warn!("vfio: {id}: taking slot {} off the bus: {e}", attached.slot);
-        }
         let current = lock(&attached.device).bars();
-        for (bar, original) in current.iter().zip(&attached.placed) {
-            let bus = bus_for(vm.buses, bar.kind);
-            if bus.remove(bar.addr).is_err() && bus.remove(original.addr).is_err() {
-                log::warn!("vfio: {id}: BAR {} was not on the bus", bar.index);
-            }
-        }
+        vm.pci.unplug(
+            vm.buses,
+            attached.slot,
+            &current,
+            &attached.placed,
+            &format!("vfio: {id}"),
+        );
         lock(&attached.device).detach();
         drop(attached.device);
         release_bars(&attached.placed, &mut vm.pci.bar_allocators());
@@ -601,30 +488,6 @@ impl VfioDevices {
     }
 }
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn window(pci: &mut PciDevices, kind: BarKind) -> &mut form_vm_allocator::AddressAllocator {
-    match kind {
-        BarKind::Io => &mut pci.io,
-        BarKind::Memory32 => &mut pci.mmio32,
-        BarKind::Memory64 => &mut pci.mmio64,
-    }
-}
-
-fn bus_for(buses: &IoBuses, kind: BarKind) -> &devices::Bus {
-    match kind {
-        BarKind::Io => &buses.pio,
-        BarKind::Memory32 | BarKind::Memory64 => &buses.mmio,
-    }
-}
-
-/// The guest's address of a bus-0 slot.
-pub fn guest_bdf(slot: u8) -> String {
-    format!("0000:00:{slot:02x}.0")
-}
-
 fn guest_info(id: &str, slot: u8) -> PciDeviceInfo {
     PciDeviceInfo {
         id: id.to_string(),
@@ -632,30 +495,11 @@ fn guest_info(id: &str, slot: u8) -> PciDeviceInfo {
     }
 }
 
-/// Moves a trapped BAR's bus region when the guest reprograms the BAR (the device
-/// already moved its memory slots).
-pub struct BarRegionMover {
-    pub buses: IoBuses,
-}
-
-impl pci::BarReprogramHandler for BarRegionMover {
-    fn bar_moved(&self, slot: u8, _device: &SharedPciDevice, reprogram: &pci::BarReprogram) {
-        let bus = bus_for(&self.buses, reprogram.kind);
-        if let Err(e) = bus.relocate(reprogram.old, reprogram.new) {
-            log::warn!(
-                "pci: slot {slot} BAR {} moved {:#x} -> {:#x}, but its region did not follow: {e}",
-                reprogram.index,
-                reprogram.old,
-                reprogram.new
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests;
 
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod testing {
     //! A [`VfioHost`] over `pci::vfio::fake` devices, for tests here and in
     //! `vmm/tests`.

@@ -2,7 +2,7 @@
 //! opening the VM's container and its devices. [`KernelVfioHost`] does it with the
 //! kernel; tests give the device manager fakes over `pci::vfio::fake`.
 
-use super::vfio::VfioError;
+use super::vfio_error::VfioError;
 use crate::memory::GuestMemoryMmap;
 use form_vm_allocator::IovaRange;
 use pci::vfio::container::{bdf_of, IommuDma};

@@ -13,10 +13,10 @@
 
 use super::log_file::open_guest_log;
 use super::pci::PciDevices;
-use super::vfio::{guest_bdf, PciDeviceInfo};
+use super::pci::{guest_bdf, lock, PciDeviceInfo, PlugError};
 use super::vfio_resources::KvmInterruptRouting;
 use crate::config::{ConsoleConfig, ConsoleOutputMode, VmConfig};
-use crate::cpu::IoBuses;
+use crate::io_buses::IoBuses;
 use crate::memory::GuestMemoryMmap;
 use devices::virtio::block::{Block, BlockError, BlockOptions};
 use devices::virtio::console::Console;
@@ -24,7 +24,6 @@ use devices::virtio::net::{MacAddr, Net, NetError, NetOptions, Tap, TapSource};
 use devices::virtio::rng::{Rng, RngError};
 use devices::virtio::VirtioDevice;
 use hypervisor::IoEventAddress;
-use pci::device::PciBarRegion;
 use pci::vfio::ops::BoxError;
 use pci::virtio::{IoEventRegistrar, VirtioPciDevice, VirtioPciError, VIRTIO_PCI_BAR_SIZE};
 use pci::{PciBusError, SharedPciDevice};
@@ -329,12 +328,10 @@ impl VirtioDevices {
         device: Box<dyn VirtioDevice>,
         vm: &mut VirtioResources<'_>,
     ) -> Result<(), VirtioError> {
-        let slot = lock(&vm.pci.bus)
-            .next_free_slot()
-            .ok_or_else(|| VirtioError::Slot {
-                id: id.to_string(),
-                source: PciBusError::Full,
-            })?;
+        let slot = vm.pci.free_slot().map_err(|source| VirtioError::Slot {
+            id: id.to_string(),
+            source,
+        })?;
         let bar0 = vm
             .pci
             .mmio32
@@ -368,22 +365,19 @@ impl VirtioDevices {
             }
         };
         let shared: SharedPciDevice = device.clone();
-        let region = Arc::new(Mutex::new(PciBarRegion::new(shared.clone())));
-        if let Err(source) = vm.buses.mmio.insert(region, bar0, VIRTIO_PCI_BAR_SIZE) {
+        let bars = pci::PciDevice::bars(&*lock(&device));
+        if let Err(e) = vm.pci.plug(vm.buses, slot, &shared, &bars) {
             release_bar(vm.pci);
-            return Err(VirtioError::BarRegion {
-                id: id.to_string(),
-                addr: bar0,
-                source,
-            });
-        }
-        let added = lock(&vm.pci.bus).add_device(slot, shared);
-        if let Err(source) = added {
-            let _ = vm.buses.mmio.remove(bar0);
-            release_bar(vm.pci);
-            return Err(VirtioError::Slot {
-                id: id.to_string(),
-                source,
+            return Err(match e {
+                PlugError::BarRegion { addr, source, .. } => VirtioError::BarRegion {
+                    id: id.to_string(),
+                    addr,
+                    source,
+                },
+                PlugError::Slot(source) => VirtioError::Slot {
+                    id: id.to_string(),
+                    source,
+                },
             });
         }
         log::info!(
@@ -404,21 +398,21 @@ impl VirtioDevices {
     fn detach_all(&mut self, vm: &mut VirtioResources<'_>) {
         self.taps.clear();
         for attached in self.devices.drain(..).rev() {
-            if let Err(e) = lock(&vm.pci.bus).remove_device(attached.slot) {
-                log::warn!(
-                    "virtio: {}: taking slot {} off the bus: {e}",
-                    attached.id,
-                    attached.slot
-                );
-            }
-            let current = pci::PciDevice::bars(&*lock(&attached.device))
-                .first()
-                .map_or(attached.bar0, |bar| bar.addr);
-            if vm.buses.mmio.remove(current).is_err()
-                && vm.buses.mmio.remove(attached.bar0).is_err()
-            {
-                log::warn!("virtio: {}: BAR0 was not on the bus", attached.id);
-            }
+            let current = pci::PciDevice::bars(&*lock(&attached.device));
+            let placed: Vec<pci::PciBar> = current
+                .iter()
+                .map(|bar| pci::PciBar {
+                    addr: attached.bar0,
+                    ..*bar
+                })
+                .collect();
+            vm.pci.unplug(
+                vm.buses,
+                attached.slot,
+                &current,
+                &placed,
+                &format!("virtio: {}", attached.id),
+            );
             if let Err(e) = vm.pci.mmio32.free(attached.bar0) {
                 log::warn!("virtio: {}: releasing BAR0: {e}", attached.id);
             }
@@ -564,10 +558,6 @@ fn stdin_if_terminal() -> Result<Option<std::fs::File>, VirtioError> {
         .try_clone_to_owned()
         .map_err(VirtioError::ConsoleStdin)?;
     Ok(Some(std::fs::File::from(fd)))
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

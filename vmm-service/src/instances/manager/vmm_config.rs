@@ -6,9 +6,9 @@ use crate::gpu::HostPaths;
 use crate::instances::network_infos;
 use crate::state::GpuAssignment;
 use crate::supervisor::VmPaths;
-use crate::vmm_client::{
-    ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, MemoryConfig, NetConfig, PayloadConfig,
-    RngConfig, VmConfig,
+use form_vmm_api::config::{
+    ConsoleConfig, ConsoleOutputMode, CpusConfig, DeviceConfig, DiskConfig, MemoryConfig,
+    NetConfig, PayloadConfig, RngConfig, VmConfig,
 };
 
 /// Where every VM's virtio-rng draws from. A cloud image generates its SSH host keys
@@ -26,23 +26,16 @@ pub(super) fn device_config(
 ) -> DeviceConfig {
     let options = &config.gpu_options;
     DeviceConfig {
-        // The canonical sysfs path on the real host, never one the user typed.
-        path: format!("/sys/bus/pci/devices/{}", assignment.bdf),
-        id: assignment.device_id.clone(),
+        // The canonical sysfs path on the real host, never one the user typed; under
+        // the service's sysfs root (a fixture tree in tests).
+        path: host
+            .sysfs
+            .join(format!("bus/pci/devices/{}", assignment.bdf)),
+        id: Some(assignment.device_id.clone()),
         x_nv_gpudirect_clique: options
             .enable_nvidia_gpudirect
             .then_some(options.nvidia_gpudirect_clique),
-    }
-    .relative_to(host)
-}
-
-impl DeviceConfig {
-    /// Points the device path at the service's sysfs root (a fixture tree in tests).
-    fn relative_to(mut self, host: &HostPaths) -> Self {
-        if let Some(rest) = self.path.strip_prefix("/sys") {
-            self.path = format!("{}{rest}", host.sysfs.display());
-        }
-        self
+        ..DeviceConfig::default()
     }
 }
 
@@ -55,28 +48,28 @@ pub(super) fn vmm_config(
     host: &HostPaths,
     numa_node: Option<u32>,
 ) -> VmConfig {
+    // The service caps vcpus at 255 (validate), form-vmm's limit.
+    let vcpus = u8::try_from(config.vcpus).unwrap_or(u8::MAX);
     VmConfig {
         cpus: CpusConfig {
-            boot_vcpus: config.vcpus,
-            max_vcpus: config.vcpus,
+            boot_vcpus: vcpus,
+            max_vcpus: vcpus,
         },
         memory: MemoryConfig {
             size: config.memory,
             host_numa_node: numa_node,
+            ..MemoryConfig::default()
         },
         payload: PayloadConfig {
-            kernel: config.kernel.clone(),
-            initramfs: config.initramfs.clone(),
+            kernel: Some(config.kernel.clone().into()),
+            initramfs: config.initramfs.clone().map(Into::into),
             cmdline: config.cmdline.clone(),
         },
         serial: ConsoleConfig {
-            mode: "File".into(),
-            file: Some(paths.serial_log.display().to_string()),
+            mode: ConsoleOutputMode::File,
+            file: Some(paths.serial_log.clone()),
         },
-        console: ConsoleConfig {
-            mode: "Off".into(),
-            file: None,
-        },
+        console: ConsoleConfig::off(),
         devices: gpus
             .iter()
             .map(|a| device_config(a, config, host))
@@ -85,9 +78,10 @@ pub(super) fn vmm_config(
         net: network_infos(config)
             .into_iter()
             .map(|info| NetConfig {
-                tap: info.tap,
-                mac: info.mac,
-                id: info.id,
+                tap: Some(info.tap),
+                mac: Some(info.mac),
+                id: Some(info.id),
+                ..NetConfig::default()
             })
             .collect(),
         rng: Some(RngConfig {
@@ -104,16 +98,18 @@ fn disks(config: &VmInstanceConfig, paths: &VmPaths) -> Vec<DiskConfig> {
         .iter()
         .enumerate()
         .map(|(i, disk)| DiskConfig {
-            path: disk.path.clone(),
+            path: disk.path.clone().into(),
             readonly: disk.readonly,
-            id: format!("disk{i}"),
+            id: Some(format!("disk{i}")),
+            ..DiskConfig::default()
         })
         .collect();
     if config.cloud_init.is_some() {
         disks.push(DiskConfig {
-            path: paths.seed_image.display().to_string(),
+            path: paths.seed_image.clone(),
             readonly: true,
-            id: SEED_DISK_ID.to_string(),
+            id: Some(SEED_DISK_ID.to_string()),
+            ..DiskConfig::default()
         });
     }
     disks

@@ -91,6 +91,6 @@ impl Manager {
         if vmm.start_time != 0 {
             return supervisor::is_alive(vmm.pid, vmm.start_time);
         }
-        matches!(VmmClient::new(&vmm.api_socket).ping().await, Ok(ping) if ping.pid.is_none_or(|p| p == vmm.pid))
+        matches!(VmmClient::new(&vmm.api_socket).ping().await, Ok(ping) if ping.pid == vmm.pid)
     }
 }

@@ -1,0 +1,61 @@
+//! The JSON that form-vmm's endpoints take and return, besides the VM
+//! configuration (`docs/api.md`): Cloud Hypervisor's shapes where it has them.
+
+use crate::config::VmConfig;
+use serde::{Deserialize, Serialize};
+
+/// The body of vm.remove-device: Cloud Hypervisor's VmRemoveDeviceData, plus
+/// `require_eject`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmRemoveDeviceData {
+    pub id: String,
+    /// A running guest that does not eject the device in time keeps it, and the
+    /// request fails with 409 `eject_timeout`. Without it (the default, as in Cloud
+    /// Hypervisor's body) the device is detached anyway, as when it is pulled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_eject: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    Created,
+    Running,
+    Shutdown,
+}
+
+/// Where a device landed, as the API reports it (Cloud Hypervisor's PciDeviceInfo).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciDeviceInfo {
+    pub id: String,
+    pub bdf: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub config: VmConfig,
+    pub state: VmState,
+    pub memory_actual_size: u64,
+    /// Every device on the guest's PCI bus (passed-through and virtio) with its
+    /// guest address, in slot order; empty while the VM is shut down.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pci_devices: Vec<PciDeviceInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmPing {
+    pub build_version: String,
+    pub version: String,
+    pub pid: u32,
+    pub features: Vec<String>,
+}
+
+/// The body of every error answer: a message for people, a stable code for
+/// programs (docs/api.md lists the codes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    /// Absent in answers of form-vmm builds older than the codes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}

@@ -1,0 +1,94 @@
+//! Why passing a host device through failed.
+
+use form_vm_allocator::LayoutError;
+use pci::vfio::bars::BarError;
+use pci::vfio::container::ContainerError;
+use pci::vfio::VfioPciError;
+use pci::PciBusError;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VfioError {
+    #[error("VFIO is not available on this host (load vfio-pci): {0} does not exist")]
+    Unavailable(PathBuf),
+    #[error("{0} is not a PCI device path; give /sys/bus/pci/devices/<domain:bus:dev.fn>")]
+    NotAPciDevice(PathBuf),
+    #[error("{path}: there is no PCI device {bdf} on this host")]
+    NoSuchDevice { path: PathBuf, bdf: String },
+    #[error("{bdf} is {}, not to vfio-pci: bind it to vfio-pci first: vmm-service gpu bind {bdf}", bound_to(driver.as_deref()))]
+    NotVfioBound { bdf: String, driver: Option<String> },
+    #[error("device id {0:?} is already in use; pick another id or remove that device first")]
+    DuplicateId(String),
+    #[error("{path} ({bdf}) is already passed through to this VM as {id:?}")]
+    DuplicateDevice {
+        path: PathBuf,
+        bdf: String,
+        id: String,
+    },
+    #[error("no device with id {0:?} is attached to this VM")]
+    UnknownId(String),
+    #[error("the guest did not eject device {id} within {}s ({}); it is still attached to the VM. Retry, remove it without the guest's consent (require_eject false), or shut the VM down", waited.as_secs(), if *saw_request { "it read the removal request but did not eject" } else { "it never read the removal request: no ACPI PCI hotplug?" })]
+    NotEjected {
+        id: String,
+        saw_request: bool,
+        waited: Duration,
+    },
+    #[error("VFIO: {0}")]
+    Container(#[source] ContainerError),
+    #[error("device {id}: {source}")]
+    Device {
+        id: String,
+        #[source]
+        source: VfioPciError,
+    },
+    #[error("device {id}: {source}")]
+    Bars {
+        id: String,
+        #[source]
+        source: BarError,
+    },
+    #[error("device {id}: {source}")]
+    Slot {
+        id: String,
+        #[source]
+        source: PciBusError,
+    },
+    #[error("device {id}: cannot trap BAR {index} at {addr:#x}: {source}")]
+    BarRegion {
+        id: String,
+        index: usize,
+        addr: u64,
+        #[source]
+        source: devices::BusError,
+    },
+    #[error("guest address layout for passthrough: {0}")]
+    Layout(#[from] LayoutError),
+    #[error("guest RAM {start:#x}-{end:#x} lies outside the host IOMMU's usable IOVA ranges [{ranges}], so the device could not reach it; create the VM with the device (its layout then follows the IOMMU) or with less RAM")]
+    RamOutsideIova {
+        start: u64,
+        end: u64,
+        ranges: String,
+    },
+}
+
+fn bound_to(driver: Option<&str>) -> String {
+    match driver {
+        Some(driver) => format!("bound to {driver}"),
+        None => "bound to no driver".to_string(),
+    }
+}
+
+impl VfioError {
+    /// Whether the request itself was wrong (a client error), not the host.
+    pub fn is_bad_request(&self) -> bool {
+        matches!(
+            self,
+            VfioError::NotAPciDevice(_)
+                | VfioError::NoSuchDevice { .. }
+                | VfioError::NotVfioBound { .. }
+                | VfioError::DuplicateId(_)
+                | VfioError::DuplicateDevice { .. }
+        )
+    }
+}
