@@ -9,6 +9,7 @@
 //! bits and delivered with [`MsiInterruptRoute::trigger`] when the vector is unmasked.
 
 use std::error::Error;
+use vmm_sys_util::eventfd::EventFd;
 
 /// The address/data pair a vector writes to signal an interrupt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,6 +48,27 @@ pub trait MsiInterruptRoute: Send + Sync {
 
     /// Delivers one interrupt on an enabled `vector` now.
     fn trigger(&self, vector: usize) -> Result<(), MsiRouteError>;
+}
+
+/// A boxed error from the VMM's side of a trait (KVM, the allocators).
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// What the VMM provides for interrupt delivery; it implements this with the
+/// hypervisor crate's `Vm` (GSI routing, irqfds) and vm-allocator's `GsiAllocator`.
+pub trait InterruptRouting: Send + Sync {
+    fn allocate_gsi(&self) -> Result<u32, BoxError>;
+    fn free_gsi(&self, gsi: u32);
+    /// Adds or updates the MSI route of `gsi`.
+    fn set_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), BoxError>;
+    fn remove_msi_route(&self, gsi: u32) -> Result<(), BoxError>;
+    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), BoxError>;
+    fn register_irqfd_with_resample(
+        &self,
+        fd: &EventFd,
+        resample: &EventFd,
+        gsi: u32,
+    ) -> Result<(), BoxError>;
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), BoxError>;
 }
 
 #[cfg(test)]

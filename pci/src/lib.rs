@@ -21,7 +21,7 @@ pub mod virtio;
 pub use bus::{BarReprogramHandler, PciBus, PciBusError};
 pub use config::{BarKind, BarReprogram, PciBar, PciConfiguration};
 pub use device::{PciDevice, SharedPciDevice};
-pub use interrupt::{MsiInterruptRoute, MsiMessage, MsiRouteError};
+pub use interrupt::{BoxError, InterruptRouting, MsiInterruptRoute, MsiMessage, MsiRouteError};
 pub use msi_irqfd::IrqfdMsiRoute;
 pub use virtio::{IoEventRegistrar, VirtioPciDevice, VirtioPciError, VIRTIO_PCI_BAR_SIZE};
 

@@ -12,9 +12,8 @@ use std::sync::{Mutex, MutexGuard};
 use log::warn;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::interrupt::{BoxError, InterruptRouting};
 use crate::interrupt::{MsiInterruptRoute, MsiMessage, MsiRouteError};
-use crate::vfio::ops::BoxError;
-use crate::vfio::InterruptRouting;
 use std::sync::Arc;
 
 #[derive(Default)]

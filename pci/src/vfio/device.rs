@@ -8,11 +8,12 @@ use log::{debug, warn};
 
 use crate::config::{BarKind, PciBar, COMMAND_MEMORY_SPACE, CONFIG_SPACE_SIZE};
 use crate::device::{BarMoveError, PciDevice};
+use crate::interrupt::InterruptRouting;
 use crate::msix::MsixRegion;
 use crate::vfio::bars::{mappable_areas, BarMapper, GuestMemorySlots, HostBar, PAGE_SIZE};
 use crate::vfio::config::{ConfigHardware, ConfigOptions, VfioConfig, VfioConfigError};
 use crate::vfio::counters::VfioCounters;
-use crate::vfio::interrupts::{InterruptRouting, VfioIntx, VfioMsiRoute};
+use crate::vfio::interrupts::{VfioIntx, VfioMsiRoute};
 use crate::vfio::ops::{IrqIndex, VfioDeviceOps, VfioOpsError, BAR0_REGION, CONFIG_REGION};
 use crate::BarReprogram;
 

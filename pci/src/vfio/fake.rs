@@ -11,9 +11,9 @@ use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::interrupt::InterruptRouting;
 use crate::vfio::bars::GuestMemorySlots;
 use crate::vfio::container::IommuDma;
-use crate::vfio::interrupts::InterruptRouting;
 use crate::vfio::ops::{
     BoxError, DeviceInfo, IrqIndex, IrqInfo, OpsResult, RegionInfo, SparseArea, VfioDeviceOps,
     VfioOpsError, CONFIG_REGION,

@@ -81,7 +81,8 @@ pub fn group_members(sysfs_root: &Path, group: u32) -> Vec<String> {
     members
 }
 
-fn driver(sysfs_root: &Path, bdf: &str) -> Option<String> {
+/// The driver `bdf` is bound to, by its sysfs `driver` link (None: no driver).
+pub fn bound_driver(sysfs_root: &Path, bdf: &str) -> Option<String> {
     let link = fs::read_link(sysfs_root.join("bus/pci/devices").join(bdf).join("driver")).ok()?;
     Some(link.file_name()?.to_str()?.to_string())
 }
@@ -106,7 +107,7 @@ pub fn check_group(
         if member == bdf || vm_devices.contains(&member) || is_bridge(sysfs_root, &member) {
             continue;
         }
-        match driver(sysfs_root, &member) {
+        match bound_driver(sysfs_root, &member) {
             Some(d) if VFIO_DRIVERS.contains(&d.as_str()) => elsewhere.push(member),
             Some(d) => {
                 return Err(GroupError::NotViable {

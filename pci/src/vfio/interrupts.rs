@@ -36,27 +36,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use log::warn;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::interrupt::{BoxError, InterruptRouting};
 use crate::vfio::counters::VfioCounters;
-use crate::vfio::ops::{BoxError, IrqIndex, VfioDeviceOps, VfioOpsError};
+use crate::vfio::ops::{IrqIndex, VfioDeviceOps, VfioOpsError};
 use crate::{MsiInterruptRoute, MsiMessage, MsiRouteError};
-
-/// What the VMM provides for interrupt delivery; it implements this with the
-/// hypervisor crate's `Vm` (GSI routing, irqfds) and vm-allocator's `GsiAllocator`.
-pub trait InterruptRouting: Send + Sync {
-    fn allocate_gsi(&self) -> Result<u32, BoxError>;
-    fn free_gsi(&self, gsi: u32);
-    /// Adds or updates the MSI route of `gsi`.
-    fn set_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), BoxError>;
-    fn remove_msi_route(&self, gsi: u32) -> Result<(), BoxError>;
-    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), BoxError>;
-    fn register_irqfd_with_resample(
-        &self,
-        fd: &EventFd,
-        resample: &EventFd,
-        gsi: u32,
-    ) -> Result<(), BoxError>;
-    fn unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), BoxError>;
-}
 
 #[derive(Default)]
 struct Vector {

@@ -53,6 +53,7 @@ pub mod ops;
 pub mod p2p;
 pub mod region_info;
 
+pub use crate::interrupt::InterruptRouting;
 pub use bars::{
     discover_bars, mappable_areas, place_bars, release_bars, BarAllocators, GuestMemorySlots,
     HostBar, MapArea,
@@ -61,6 +62,5 @@ pub use config::ConfigOptions;
 pub use container::VfioDmaContainer;
 pub use counters::VfioCounters;
 pub use device::{read_raw_config, VfioPciDevice, VfioPciError, VfioResources};
-pub use interrupts::InterruptRouting;
 pub use ops::VfioDeviceOps;
 pub use p2p::DmaMappedSlots;

@@ -5,7 +5,6 @@
 //! `fake::FakeVfioDevice` (feature `testing`), while
 //! [`KernelVfioDevice`](super::kernel::KernelVfioDevice) issues the real ioctls.
 
-use std::error::Error;
 use std::io;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -16,7 +15,7 @@ pub const ROM_REGION: u32 = 6;
 pub const CONFIG_REGION: u32 = 7;
 
 /// An error any trait implementation may return.
-pub type BoxError = Box<dyn Error + Send + Sync>;
+pub use crate::interrupt::BoxError;
 
 /// An area of a region the kernel lets us mmap (`VFIO_REGION_INFO_CAP_SPARSE_MMAP`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

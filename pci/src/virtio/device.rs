@@ -19,9 +19,9 @@ use crate::config::{
     BarKind, BarReprogram, PciBar, PciClassCode, PciConfiguration, PciHeader, PciInterruptPin,
 };
 use crate::device::{BarMoveError, PciDevice};
+use crate::interrupt::InterruptRouting;
 use crate::msi_irqfd::IrqfdMsiRoute;
 use crate::msix::{Msix, MsixLayout, MsixRegion};
-use crate::vfio::InterruptRouting;
 use crate::virtio::common_config::{CommonConfig, QueueConfig, StatusEffect};
 use crate::virtio::interrupt::VirtioPciInterrupt;
 use crate::virtio::layout::{self, Bar0Region, MAX_QUEUES, VIRTIO_PCI_BAR_SIZE};

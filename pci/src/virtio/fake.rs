@@ -11,7 +11,7 @@ use devices::virtio::{
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vfio::ops::BoxError;
+use crate::interrupt::BoxError;
 use crate::virtio::IoEventRegistrar;
 
 /// An [`IoEventRegistrar`] that records registrations by address and refuses a

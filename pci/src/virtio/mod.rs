@@ -50,8 +50,8 @@ use std::io;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::PciConfigError;
+pub use crate::interrupt::BoxError;
 use crate::msix::MsixError;
-pub use crate::vfio::ops::BoxError;
 
 pub use common_config::{CommonConfig, QueueConfig, NO_VECTOR};
 pub use device::VirtioPciDevice;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use log::warn;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vfio::ops::BoxError;
+use crate::interrupt::BoxError;
 use crate::virtio::layout::notify_addr;
 use crate::virtio::IoEventRegistrar;
 

@@ -1,6 +1,8 @@
 //! Interface names and MAC addresses as a VM's configuration gives them, checked the
 //! same way by the service and by clients before they send a request.
 
+use form_vmm_api::config::ConfigError;
+
 /// Linux interface names are at most 15 bytes (IFNAMSIZ 16 with the NUL).
 pub const MAX_IFNAME_LEN: usize = 15;
 
@@ -17,26 +19,12 @@ pub enum MacError {
 /// Parses `aa:bb:cc:dd:ee:ff` (either case) into bytes, refusing addresses no
 /// interface can have.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], MacError> {
-    let syntax = || MacError::Syntax(text.escape_default().to_string());
-    let mut bytes = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut bytes {
-        let part = parts.next().ok_or_else(syntax)?;
-        if part.len() != 2 {
-            return Err(syntax());
-        }
-        *byte = u8::from_str_radix(part, 16).map_err(|_| syntax())?;
-    }
-    if parts.next().is_some() {
-        return Err(syntax());
-    }
-    if bytes[0] & 1 == 1 {
-        return Err(MacError::Multicast(text.to_string()));
-    }
-    if bytes == [0; 6] {
-        return Err(MacError::Zero(text.to_string()));
-    }
-    Ok(bytes)
+    // form-vmm's parser, so the service never accepts an address form-vmm refuses.
+    form_vmm_api::config::virtio::parse_mac(text).map_err(|e| match e {
+        ConfigError::MacMulticast(_) => MacError::Multicast(text.to_string()),
+        ConfigError::MacZero(_) => MacError::Zero(text.to_string()),
+        _ => MacError::Syntax(text.escape_default().to_string()),
+    })
 }
 
 /// Whether the kernel would accept `name` as an interface name: 1 to 15 bytes, not
@@ -81,6 +69,7 @@ mod tests {
             "52-54-00-12-34-56",
             "5:54:00:12:34:567",
             "zz:54:00:12:34:56",
+            "+5:54:00:12:34:56",
         ] {
             assert!(matches!(parse_mac(bad), Err(MacError::Syntax(_))), "{bad}");
         }

@@ -2,6 +2,7 @@
 //! so the GPUs' DMA and the vCPUs' accesses to guest RAM stay on one socket.
 
 use crate::gpu::{Bdf, HostPaths};
+use form_vmm_api::host_list::parse_list;
 
 /// What the host says about its NUMA nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,18 +40,10 @@ fn is_node_dir(name: &str) -> bool {
 
 /// The kernel's node list format (`0-1,3`); None when it is not one.
 fn parse_node_list(text: &str) -> Option<Vec<u32>> {
-    let mut nodes = Vec::new();
-    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
-        let (first, last) = match part.split_once('-') {
-            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
-            None => {
-                let n = part.parse::<u32>().ok()?;
-                (n, n)
-            }
-        };
-        nodes.extend(first..=last);
-    }
-    Some(nodes)
+    parse_list(text)?
+        .into_iter()
+        .map(|node| u32::try_from(node).ok())
+        .collect()
 }
 
 /// Where a VM goes, or why it is left wherever the kernel puts it.
@@ -205,5 +198,7 @@ mod tests {
         std::fs::write(nodes.join("has_memory"), "zero\n").unwrap();
         assert_eq!(HostNuma::read(&host).with_memory, None);
         assert_eq!(parse_node_list("\n"), Some(vec![]));
+        // A reversed range is no list (it once read as no nodes).
+        assert_eq!(parse_node_list("3-1"), None);
     }
 }

@@ -6,6 +6,7 @@ use super::vfio_error::VfioError;
 use crate::memory::GuestMemoryMmap;
 use form_vm_allocator::IovaRange;
 use pci::vfio::container::{bdf_of, IommuDma};
+use pci::vfio::group::bound_driver;
 use pci::vfio::{VfioDeviceOps, VfioDmaContainer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,11 +64,6 @@ impl KernelVfioHost {
     }
 }
 
-fn driver_of(sysfs: &Path, bdf: &str) -> Option<String> {
-    let link = std::fs::read_link(sysfs.join("bus/pci/devices").join(bdf).join("driver")).ok()?;
-    Some(link.file_name()?.to_str()?.to_string())
-}
-
 impl VfioHost for KernelVfioHost {
     fn check_device(&self, path: &Path) -> Result<String, VfioError> {
         let bdf = bdf_of(path).ok_or_else(|| VfioError::NotAPciDevice(path.into()))?;
@@ -82,7 +78,7 @@ impl VfioHost for KernelVfioHost {
                 bdf,
             });
         }
-        match driver_of(&self.sysfs, &bdf) {
+        match bound_driver(&self.sysfs, &bdf) {
             Some(d) if d == "vfio-pci" => {}
             driver => return Err(VfioError::NotVfioBound { bdf, driver }),
         }

@@ -3,8 +3,9 @@
 //! pool.
 
 use form_vm_allocator::GsiAllocator;
-use pci::vfio::ops::BoxError;
-use pci::vfio::{GuestMemorySlots, InterruptRouting};
+use pci::vfio::GuestMemorySlots;
+use pci::BoxError;
+use pci::InterruptRouting;
 use pci::MsiMessage;
 use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
