@@ -506,6 +506,41 @@ fn device_commands_send_addresses() {
 }
 
 #[test]
+fn a_gpu_the_guest_keeps_is_a_conflict_and_force_asks_for_detach() {
+    let service = FakeService::unix();
+    service.error(
+        "DELETE",
+        "/v1/vms/vm1/gpus/0000:3b:00.0",
+        409,
+        "eject_timeout",
+        "the guest of VM vm1 did not eject GPU 0000:3b:00.0 within 10s",
+    );
+    service.route(
+        "DELETE",
+        "/v1/vms/vm1/gpus/0000:3b:00.0?force=true",
+        200,
+        vm("vm1", "running"),
+    );
+    let run = service.ctl(&["remove-device", "vm1", "--gpu", "3b:00.0"]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("did not eject GPU"), "{}", run.stderr);
+    let run = service.ctl(&["remove-device", "vm1", "--gpu", "3b:00.0", "--force"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let targets: Vec<String> = service
+        .requests()
+        .iter()
+        .map(|r| r.target.clone())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "/v1/vms/vm1/gpus/0000:3b:00.0",
+            "/v1/vms/vm1/gpus/0000:3b:00.0?force=true"
+        ]
+    );
+}
+
+#[test]
 fn doctor_passes_memory_and_exits_1_on_errors() {
     let service = FakeService::unix();
     let report = json!({"worst": "error", "findings": [

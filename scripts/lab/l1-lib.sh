@@ -68,9 +68,6 @@ expect_file() {
     [ -e "$1" ] || fail "${2:-$1} is missing ($1)"
 }
 
-# service_start: starts `vmm-service serve` on $LAB_TMP/service.sock with its state
-# and run directories under $LAB_TMP (its output appended to ./service.log), sets
-# service_pid and FORM_VMM_SOCKET (for form-vmm-ctl), and waits until it answers.
 service_up() { form-vmm-ctl gpu list >/dev/null 2>&1; }
 
 # vm_field VM FIELD: a field of `form-vmm-ctl --json info VM` (state, pid, serial_log).
@@ -79,18 +76,20 @@ vm_field() {
     json_after "$LAB_TMP/vm-field.json" name "$1" "$2"
 }
 
-# gpu_owner BDF: the VM that `form-vmm-ctl gpu list` says holds BDF (empty: none).
+# gpu_owner BDF: sets GPU_OWNER to the VM that `form-vmm-ctl gpu list` says holds BDF
+# (empty: none). Not for $(...): its fail would end only the subshell.
 gpu_owner() {
-    form-vmm-ctl --json gpu list >"$LAB_TMP/gpu-owner.json" 2>&1 || fail "gpu list failed: $(cat "$LAB_TMP/gpu-owner.json")"
-    _owner=$(json_after "$LAB_TMP/gpu-owner.json" bdf "$1" owner)
-    [ "$_owner" = null ] && _owner=
-    echo "$_owner"
+    form-vmm-ctl --json gpu list >"$LAB_TMP/gpu-owner.json" 2>&1 ||
+        fail "gpu list failed: $(cat "$LAB_TMP/gpu-owner.json")"
+    GPU_OWNER=$(json_after "$LAB_TMP/gpu-owner.json" bdf "$1" owner)
+    [ "$GPU_OWNER" = null ] && GPU_OWNER=
+    return 0
 }
 
 # expect_gpu_owner BDF VM: fails unless `gpu list` says VM holds BDF ("" for no VM).
 expect_gpu_owner() {
-    _owner=$(gpu_owner "$1")
-    [ "$_owner" = "$2" ] || fail "gpu list says $1 belongs to '${_owner}', not '${2}'"
+    gpu_owner "$1"
+    [ "$GPU_OWNER" = "$2" ] || fail "gpu list says $1 belongs to '${GPU_OWNER}', not '${2}'"
 }
 
 # wait_for_vm_output SECONDS VM PATTERN: waits for PATTERN (grep -E) in the serial
@@ -100,6 +99,9 @@ wait_for_vm_output() {
     _serial=$(vm_field "$2" serial_log)
     wait_for_output "$1" "$_pid" "$_serial" "$3"
 }
+# service_start: starts `vmm-service serve` on $LAB_TMP/service.sock with its state
+# and run directories under $LAB_TMP (its output appended to ./service.log), sets
+# service_pid and FORM_VMM_SOCKET (for form-vmm-ctl), and waits until it answers.
 service_start() {
     FORM_VMM_SOCKET=$LAB_TMP/service.sock
     export FORM_VMM_SOCKET
@@ -271,13 +273,15 @@ l2_virtio_initramfs() {
     l2_initramfs_append "$1" "$LAB_L2_VIRTIO_INITRAMFS" "$2" "${3:-}"
 }
 
-# l2_gpu_hotplug_check: prints an L2 check script that waits for a 1234:1111 display
-# device to be hotplugged (L2-HOTPLUG-READY, L2-GPU-ADDED, then L2-GPU-BOUND once
-# bochs-drm binds it, L2-FB0), then for it to go (L2-GPU-REMOVED), each failure as its
-# own marker (L2-GPU-NEVER-ADDED, -NOT-BOUND, -NEVER-REMOVED). For l2_initramfs_with.
+# l2_gpu_hotplug_check [LINGER]: prints an L2 check script that waits for a 1234:1111
+# display device to be hotplugged (L2-HOTPLUG-READY, L2-GPU-ADDED, then L2-GPU-BOUND
+# once bochs-drm binds it, L2-FB0), then for it to go (L2-GPU-REMOVED), each failure as
+# its own marker (L2-GPU-NEVER-ADDED, -NOT-BOUND, -NEVER-REMOVED), and keeps L2 up
+# LINGER seconds more (default 3) for L1's checks. For l2_initramfs_with.
 l2_gpu_hotplug_check() {
+    echo "#!/bin/sh"
+    echo "linger=${1:-3}"
     cat <<'CHECK'
-#!/bin/sh
 busybox --install -s /bin
 while read -r name _; do
     insmod "/lib/modules/lab/$name.ko" || echo "L2-MODULE-FAIL $name"
@@ -310,8 +314,8 @@ echo "L2-GPU-BOUND $bdf"
 if wait_for 50 test -e /dev/fb0; then echo "L2-FB0"; else echo "L2-NO-FB0"; fi
 wait_for 1200 gpu_absent || { echo "L2-GPU-NEVER-REMOVED $bdf"; exit 0; }
 echo "L2-GPU-REMOVED $bdf"
-# Keeps the VM up while L1 counts form-vmm's file descriptors.
-sleep 3
+# Keeps the VM up while L1 checks what it needs to.
+sleep "$linger"
 CHECK
 }
 

@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
-use vmm_service::instances::{HostLimits, Manager, ServiceConfig};
+use vmm_service::instances::{HostLimits, Manager, ServiceConfig, HOLD_CHECK_DEADLINE};
 use vmm_service::state::Store;
+use vmm_service::vmm_client::VmmDeadlines;
 
 use vmm_service::api::{self, Listen};
 use vmm_service::gpu::{
@@ -227,6 +228,8 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
             .vmm_binary
             .unwrap_or_else(vmm_service::supervisor::default_vmm_binary),
         bind: BindOptions::default(),
+        vmm_deadlines: VmmDeadlines::default(),
+        hold_check: HOLD_CHECK_DEADLINE,
     };
     let manager = Manager::new(config, store, Box::new(KernelSysfs));
     let adopted = manager.reconcile().await.map_err(|e| e.to_string())?;

@@ -15,18 +15,34 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::UnixStream;
 
-/// How long one request may take unless its call says otherwise; building a large
-/// VM's memory can take a while.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long form-vmm waits for a guest to eject a device (its `EJECT_GIVE_UP_AFTER`).
-pub const GUEST_EJECT_WAIT: Duration = Duration::from_secs(10);
-/// `vm.remove-device`: the guest's eject wait, and time to detach after it.
-pub const REMOVE_DEVICE_TIMEOUT: Duration = Duration::from_secs(15);
-/// `vm.add-device`: the first device of a VM maps (pins) all of its RAM for DMA,
-/// which takes long for a large VM.
-pub const ADD_DEVICE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Questions that need no work from form-vmm (`vm.info`, `vmm.ping`).
-pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long form-vmm waits for a guest to eject a device.
+pub use form_vmm_api::types::EJECT_GIVE_UP_AFTER as GUEST_EJECT_WAIT;
+
+/// How long each call to form-vmm may take before the service stops waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmmDeadlines {
+    /// `vm.boot`, `vm.reboot`, `vmm.shutdown`.
+    pub request: Duration,
+    /// `vm.create` and `vm.add-device`: a VM's first passthrough device maps (pins)
+    /// all of its RAM for DMA, which takes long for a large VM.
+    pub pin_memory: Duration,
+    /// `vm.remove-device`: the guest's eject wait, then the detach, which unpins all
+    /// of a large VM's RAM with its last device.
+    pub remove_device: Duration,
+    /// Questions that need no work from form-vmm (`vm.info`, `vmm.ping`).
+    pub query: Duration,
+}
+
+impl Default for VmmDeadlines {
+    fn default() -> Self {
+        Self {
+            request: Duration::from_secs(60),
+            pin_memory: Duration::from_secs(120),
+            remove_device: GUEST_EJECT_WAIT + Duration::from_secs(30),
+            query: Duration::from_secs(5),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmClientError {
@@ -58,22 +74,29 @@ impl VmmClientError {
         }
     }
 
-    /// Whether form-vmm answered at all: a refusal says the request changed nothing,
-    /// anything else leaves what form-vmm did unknown.
-    pub fn was_answered(&self) -> bool {
-        matches!(self, Self::Refused { .. })
+    /// Whether the request certainly changed nothing in form-vmm: it refused it, or
+    /// it never reached form-vmm (no connection). After anything else (no answer in
+    /// time, a broken connection) what form-vmm did is unknown.
+    pub fn changed_nothing(&self) -> bool {
+        matches!(self, Self::Refused { .. } | Self::Connect { .. })
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct VmmClient {
     socket: PathBuf,
+    deadlines: VmmDeadlines,
 }
 
 impl VmmClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self::with_deadlines(socket, VmmDeadlines::default())
+    }
+
+    pub fn with_deadlines(socket: impl Into<PathBuf>, deadlines: VmmDeadlines) -> Self {
         Self {
             socket: socket.into(),
+            deadlines,
         }
     }
 
@@ -83,35 +106,36 @@ impl VmmClient {
 
     pub async fn ping(&self) -> Result<VmmPing, VmmClientError> {
         let body = self
-            .request(Method::GET, "vmm.ping", None, QUERY_TIMEOUT)
+            .request(Method::GET, "vmm.ping", None, self.deadlines.query)
             .await?;
         serde_json::from_slice(&body).map_err(|e| self.http_error(format!("vmm.ping answer: {e}")))
     }
 
     pub async fn create(&self, config: &VmConfig) -> Result<(), VmmClientError> {
-        self.put_json("vm.create", config, REQUEST_TIMEOUT).await
+        self.put_json("vm.create", config, self.deadlines.pin_memory)
+            .await
     }
 
     pub async fn boot(&self) -> Result<(), VmmClientError> {
-        self.request(Method::PUT, "vm.boot", None, REQUEST_TIMEOUT)
+        self.request(Method::PUT, "vm.boot", None, self.deadlines.request)
             .await
             .map(drop)
     }
 
     pub async fn reboot(&self) -> Result<(), VmmClientError> {
-        self.request(Method::PUT, "vm.reboot", None, REQUEST_TIMEOUT)
+        self.request(Method::PUT, "vm.reboot", None, self.deadlines.request)
             .await
             .map(drop)
     }
 
     pub async fn shutdown_vmm(&self) -> Result<(), VmmClientError> {
-        self.request(Method::PUT, "vmm.shutdown", None, REQUEST_TIMEOUT)
+        self.request(Method::PUT, "vmm.shutdown", None, self.deadlines.request)
             .await
             .map(drop)
     }
 
     pub async fn add_device(&self, device: &DeviceConfig) -> Result<(), VmmClientError> {
-        self.put_json("vm.add-device", device, ADD_DEVICE_TIMEOUT)
+        self.put_json("vm.add-device", device, self.deadlines.pin_memory)
             .await
     }
 
@@ -123,7 +147,7 @@ impl VmmClient {
             id: id.to_string(),
             require_eject,
         };
-        self.put_json("vm.remove-device", &body, REMOVE_DEVICE_TIMEOUT)
+        self.put_json("vm.remove-device", &body, self.deadlines.remove_device)
             .await
     }
 
@@ -131,7 +155,7 @@ impl VmmClient {
     /// reports them: a device is in this list exactly while form-vmm holds it.
     pub async fn device_ids(&self) -> Result<Vec<String>, VmmClientError> {
         let body = self
-            .request(Method::GET, "vm.info", None, QUERY_TIMEOUT)
+            .request(Method::GET, "vm.info", None, self.deadlines.query)
             .await?;
         let info: VmInfo = serde_json::from_slice(&body)
             .map_err(|e| self.http_error(format!("vm.info answer: {e}")))?;

@@ -191,3 +191,101 @@ async fn gpu_list_is_answered_while_a_bind_waits_on_the_kernel() {
     );
     assert!(h.db_snapshot().iter().all(|row| !row.contains("waits")));
 }
+
+#[tokio::test]
+async fn a_removal_form_vmm_finishes_late_is_confirmed_through_vm_info() {
+    if !have_python() {
+        return;
+    }
+    let h = Harness::new(hgx_h100());
+    vm_with_hotplugged_gpu(&h, "late").await;
+    // Past the test deadline for vm.remove-device (2 s), within the hold check
+    // that follows it.
+    behave(&h, "late", "slow-remove", "2.6");
+    let (status, vm) = h
+        .call(Method::DELETE, &format!("/v1/vms/late/gpus/{GPU}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{vm}");
+    assert_eq!(vm["gpus"], json!([]));
+    assert_eq!(h.driver_of(GPU).as_deref(), Some("nvidia"));
+    let asked: Vec<Value> = h
+        .vmm_requests("late")
+        .into_iter()
+        .filter(|r| r["endpoint"] == "vm.info")
+        .collect();
+    assert!(!asked.is_empty(), "the service asked vm.info");
+}
+
+#[tokio::test]
+async fn a_vmm_that_does_not_answer_a_removal_keeps_the_gpu_recorded_and_bound() {
+    if !have_python() {
+        return;
+    }
+    let h = Harness::new(hgx_h100());
+    vm_with_hotplugged_gpu(&h, "mute").await;
+    let before = h.db_snapshot();
+    behave(&h, "mute", "slow-remove", "8");
+    let (status, body) = h
+        .call(Method::DELETE, &format!("/v1/vms/mute/gpus/{GPU}"), None)
+        .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(code(&body), "vmm_unresponsive");
+    assert_eq!(h.db_snapshot(), before, "still the VM's GPU");
+    assert_eq!(
+        h.driver_of(GPU).as_deref(),
+        Some("vfio-pci"),
+        "never unbound while the VMM may hold it"
+    );
+    // Deleting the VM stops the VMM and frees the GPU.
+    let (status, body) = h.call(Method::DELETE, "/v1/vms/mute", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(h.driver_of(GPU).as_deref(), Some("nvidia"));
+}
+
+#[tokio::test]
+async fn a_vmm_from_before_require_eject_is_told_to_use_force() {
+    if !have_python() {
+        return;
+    }
+    let h = Harness::new(hgx_h100());
+    vm_with_hotplugged_gpu(&h, "old").await;
+    behave(&h, "old", "before-require-eject", "");
+    let before = h.db_snapshot();
+    let path = format!("/v1/vms/old/gpus/{GPU}");
+    let (status, body) = h.call(Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
+    assert_eq!(code(&body), "not_supported");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("force"),
+        "{body}"
+    );
+    assert_eq!(h.db_snapshot(), before);
+    let (status, vm) = h
+        .call(Method::DELETE, &format!("{path}?force=true"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{vm}");
+    assert_eq!(h.driver_of(GPU).as_deref(), Some("nvidia"));
+}
+
+#[tokio::test]
+async fn a_gpu_given_at_create_is_one_form_vmm_holds() {
+    if !have_python() {
+        return;
+    }
+    let h = Harness::new(hgx_h100());
+    let folder = h.dir.path().join("run/vms/cold");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("hotplug"), "").unwrap();
+    let mut body = h.vm("cold");
+    body["gpu_devices"] = json!([GPU]);
+    let (status, vm) = h.call(Method::POST, "/v1/vms", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{vm}");
+    // The removal of a cold-plugged GPU that form-vmm answers late is confirmed
+    // against vm.info, which lists the devices given at create.
+    behave(&h, "cold", "slow-remove", "8");
+    let (status, body) = h
+        .call(Method::DELETE, &format!("/v1/vms/cold/gpus/{GPU}"), None)
+        .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(h.driver_of(GPU).as_deref(), Some("vfio-pci"));
+}

@@ -230,7 +230,6 @@ impl Vm {
                 kvm: &kvm_vm,
                 memory: &memory,
                 layout: &layout,
-                serial: &config.serial.clone(),
             },
             &mut config,
             taps,

@@ -148,3 +148,44 @@ fn hotplug_add_remove_add_reaches_a_polling_guest() {
     guest.finish();
     assert_eq!(host.containers_opened.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_guest_that_keeps_a_device_keeps_it_unless_the_removal_detaches_anyway() {
+    if !kvm_or_skip("a_guest_that_keeps_a_device_keeps_it_unless_the_removal_detaches_anyway") {
+        return;
+    }
+    let host = fake_host();
+    // eject=2: the guest reads the removal request and never ejects.
+    let mut guest = start(
+        "hotplug-cycle vendor=0x1234 device=0x11e8 wait=60 eject=2",
+        Vec::new(),
+        host.clone(),
+    );
+    use std::sync::atomic::Ordering;
+    guest.wait_for("waiting for 1234:11e8");
+    guest.vm.add_device(edu_config("edu0")).unwrap();
+    guest.wait_for("found");
+
+    let err = guest
+        .vm
+        .remove_device("edu0", Removal::KeepUnlessEjected)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("did not eject device edu0"),
+        "{err}"
+    );
+    guest.wait_for("keeping the device");
+    assert_eq!(guest.vm.config().devices.len(), 1, "still configured");
+    assert_eq!(host.containers_open.load(Ordering::SeqCst), 1, "still held");
+    assert!(guest.vm.counters().contains_key("edu0"));
+
+    guest
+        .vm
+        .remove_device("edu0", Removal::DetachAnyway)
+        .unwrap();
+    assert!(guest.vm.config().devices.is_empty());
+    assert_eq!(host.containers_open.load(Ordering::SeqCst), 0);
+    guest.wait_for("gone after");
+    guest.vm.add_device(edu_config("edu0")).unwrap();
+    guest.finish();
+}

@@ -8,7 +8,8 @@
 gpu=$LAB_DISPLAY_BDF
 
 step "L2 initramfs that waits for the GPU to come and go"
-l2_gpu_hotplug_check >check.sh
+# L2 stays up after the removal until the scenario deletes it.
+l2_gpu_hotplug_check 120 >check.sh
 l2_initramfs_with l2.cpio.gz check.sh
 
 step "vmm-service serve starts"
@@ -35,11 +36,12 @@ t0=$(lab_uptime)
 run_logged remove.out form-vmm-ctl remove-device hpl --gpu "$gpu" ||
     fail "remove-device exited with status $? (service log: $(tail -n 5 service.log))"
 removed_in=$(lab_seconds_since "$t0")
+state=$(vm_field hpl state)
+[ "$state" = running ] || fail "the VM is '$state' after the removal, not running"
 expect_driver "$gpu" bochs-drm
 expect_gpu_owner "$gpu" ""
 wait_for_vm_output 30 hpl '^L2-GPU-(REMOVED|NEVER-REMOVED)'
 expect_output "$serial" '^L2-GPU-REMOVED ' "the GPU leaving the guest"
-[ "$(vm_field hpl state)" = running ] || fail "the VM is '$(vm_field hpl state)' after the removal, not running"
 
 step "delete"
 run_logged delete.out form-vmm-ctl delete hpl || fail "delete exited with status $?"

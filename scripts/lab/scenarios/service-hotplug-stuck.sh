@@ -1,7 +1,7 @@
 # service-hotplug-stuck: a guest that reads the removal request and keeps the GPU:
 # remove-device ends within its deadline (the guest's 10 s plus margin) with exit
 # status 5 and eject_timeout, and the GPU stays the VM's, on vfio-pci; throughout, gpu
-# list answers within 3 s; the VM can still be deleted, which frees the GPU; and on a
+# list answers (each within 5 s); the VM can still be deleted, which frees the GPU; and on a
 # second such VM, remove-device --force detaches it without the guest.
 # lab-order: 67
 # lab-timeout: 150
@@ -26,7 +26,10 @@ slowest=0
 lists=0
 while kill -0 "$remover" 2>/dev/null; do
     t1=$(lab_uptime)
-    form-vmm-ctl gpu list >list.out 2>&1 || fail "gpu list failed during the removal: $(cat list.out)"
+    if ! form-vmm-ctl gpu list >list.out 2>&1; then
+        kill "$remover" 2>/dev/null
+        fail "gpu list failed during the removal: $(cat list.out)"
+    fi
     took=$(lab_seconds_since "$t1")
     lists=$((lists + 1))
     slowest=$(awk -v a="$slowest" -v b="$took" 'BEGIN { print (b > a) ? b : a }')
@@ -39,10 +42,14 @@ cat remove.out
 echo "LAB-NOTE remove-device ended with status $status after ${took}s; $lists gpu lists meanwhile, the slowest ${slowest}s"
 [ "$status" = 5 ] || fail "remove-device exited with status $status, not 5 (conflict)"
 expect_output remove.out 'did not eject GPU' "the eject_timeout message"
-awk -v t="$took" 'BEGIN { exit !(t >= 9 && t <= 25) }' ||
-    fail "remove-device took ${took}s; the guest has 10 s and the service answers within 20 s"
-[ "$lists" -ge 5 ] || fail "only $lists gpu lists finished during a ${took}s removal"
-awk -v t="$slowest" 'BEGIN { exit !(t < 3) }' || fail "a gpu list took ${slowest}s during the removal"
+# The guest has 10 s; form-vmm answers then, the service at once after it. The
+# upper bound leaves room for a slow emulated L1, not for a service that waits on
+# anything else.
+awk -v t="$took" 'BEGIN { exit !(t >= 9 && t <= 30) }' ||
+    fail "remove-device took ${took}s; the guest has 10 s and the service answers at once after"
+# A service that serialised gpu list behind the removal would finish one list, after it.
+[ "$lists" -ge 3 ] || fail "only $lists gpu lists finished during a ${took}s removal"
+awk -v t="$slowest" 'BEGIN { exit !(t < 5) }' || fail "a gpu list took ${slowest}s during the removal"
 serial=$(vm_field hps serial_log)
 expect_output "$serial" '^eject request for slot [0-9]+: keeping the device' "the guest reading the request"
 expect_driver "$gpu" vfio-pci

@@ -18,7 +18,7 @@ use super::types::{
     CONSOLE_OFFSET_HEADER, CONSOLE_RESET_HEADER, CONSOLE_SIZE_HEADER,
 };
 use crate::gpu::{self, DoctorInputs, MemlockLimit, Severity};
-use crate::instances::{ConsoleWindow, Manager};
+use crate::instances::{ConsoleWindow, InstanceError, Manager};
 
 type Shared = State<Arc<Manager>>;
 type Reply<T> = Result<Json<T>, ApiError>;
@@ -42,6 +42,22 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .with_state(manager)
 }
 
+/// Runs a change to its end even if the client goes away mid-request: axum drops a
+/// handler's future when its connection closes, which would cut a change between
+/// its steps (a GPU detached from its VM but not yet back on its driver, a VM
+/// stopped but not yet forgotten).
+async fn to_completion<T: Send + 'static>(
+    change: impl std::future::Future<Output = Result<T, InstanceError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(change).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("the change did not finish: {e}"),
+        )),
+    }
+}
+
 async fn ping() -> Json<PingResponse> {
     Json(PingResponse {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -60,7 +76,7 @@ async fn create_vm(
     body: Result<Json<VmInstanceConfig>, JsonRejection>,
 ) -> Result<(StatusCode, Json<VmInfo>), ApiError> {
     let Json(config) = body?;
-    let info = manager.create(config).await?;
+    let info = to_completion(async move { manager.create(config).await }).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -72,20 +88,26 @@ async fn delete_vm(
     State(manager): Shared,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    manager.delete(&name).await?;
+    to_completion(async move { manager.delete(&name).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn boot_vm(State(manager): Shared, Path(name): Path<String>) -> Reply<VmInfo> {
-    Ok(Json(manager.boot(&name).await?))
+    Ok(Json(
+        to_completion(async move { manager.boot(&name).await }).await?,
+    ))
 }
 
 async fn shutdown_vm(State(manager): Shared, Path(name): Path<String>) -> Reply<VmInfo> {
-    Ok(Json(manager.shutdown(&name).await?))
+    Ok(Json(
+        to_completion(async move { manager.shutdown(&name).await }).await?,
+    ))
 }
 
 async fn reboot_vm(State(manager): Shared, Path(name): Path<String>) -> Reply<VmInfo> {
-    Ok(Json(manager.reboot(&name).await?))
+    Ok(Json(
+        to_completion(async move { manager.reboot(&name).await }).await?,
+    ))
 }
 
 async fn console(
@@ -159,7 +181,9 @@ async fn add_gpu(
     body: Result<Json<AddGpuRequest>, JsonRejection>,
 ) -> Reply<VmInfo> {
     let Json(request) = body?;
-    Ok(Json(manager.add_gpu(&name, request).await?))
+    Ok(Json(
+        to_completion(async move { manager.add_gpu(&name, request).await }).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -176,7 +200,9 @@ async fn remove_gpu(
     query: Result<Query<RemoveGpuQuery>, QueryRejection>,
 ) -> Reply<VmInfo> {
     let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
-    Ok(Json(manager.remove_gpu(&name, &device, query.force).await?))
+    Ok(Json(
+        to_completion(async move { manager.remove_gpu(&name, &device, query.force).await }).await?,
+    ))
 }
 
 async fn list_gpus(State(manager): Shared) -> Reply<GpuList> {
@@ -191,14 +217,18 @@ async fn bind_gpu(
     body: Option<Json<BindGpuRequest>>,
 ) -> Reply<serde_json::Value> {
     let force = body.is_some_and(|Json(request)| request.force);
-    Ok(Json(manager.bind_free_gpu(&device, force).await?))
+    Ok(Json(
+        to_completion(async move { manager.bind_free_gpu(&device, force).await }).await?,
+    ))
 }
 
 async fn unbind_gpu(
     State(manager): Shared,
     Path(device): Path<String>,
 ) -> Reply<serde_json::Value> {
-    Ok(Json(manager.unbind_free_gpu(&device).await?))
+    Ok(Json(
+        to_completion(async move { manager.unbind_free_gpu(&device).await }).await?,
+    ))
 }
 
 #[derive(Deserialize)]

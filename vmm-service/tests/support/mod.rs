@@ -19,6 +19,7 @@ use vmm_service::api;
 use vmm_service::gpu::{BindOptions, SysfsWriter};
 use vmm_service::instances::{HostLimits, Manager, ServiceConfig};
 use vmm_service::state::Store;
+use vmm_service::vmm_client::VmmDeadlines;
 
 use crate::common::{Fixture, HostBuilder};
 
@@ -41,6 +42,15 @@ pub struct Harness {
     pub router: Router,
     pub dir: TempDir,
     pub kernel: String,
+}
+
+/// Deadlines short enough for tests to reach a VMM that does not answer; the
+/// fake VMM answers everything else at once.
+pub fn test_deadlines() -> VmmDeadlines {
+    VmmDeadlines {
+        remove_device: Duration::from_secs(2),
+        ..VmmDeadlines::default()
+    }
 }
 
 pub fn fake_vmm() -> PathBuf {
@@ -107,6 +117,8 @@ impl Harness {
                 force: false,
                 vfio_node_timeout: Duration::from_millis(200),
             },
+            vmm_deadlines: test_deadlines(),
+            hold_check: Duration::from_millis(1500),
         };
         Manager::new(config, store, Box::new(SharedKernel(Arc::clone(fixture))))
     }

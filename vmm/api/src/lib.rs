@@ -4,6 +4,10 @@
 //! types); [`types`] the other requests and answers; [`host_list`] the kernel's
 //! list format the NUMA node ids of `memory.host_numa_node` are read in.
 
+// form-vmm parses API bodies with this crate on its controller thread: a panic
+// there takes the VM's API down, so bad input is an error.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod config;
 pub mod host_list;
 pub mod types;

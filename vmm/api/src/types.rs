@@ -3,6 +3,16 @@
 
 use crate::config::VmConfig;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How long `vm.remove-device` waits for a running guest that does not even read the
+/// removal request (no ACPI PCI hotplug: a guest without acpiphp) before detaching
+/// the device anyway; with `require_eject` it waits [`EJECT_GIVE_UP_AFTER`] instead,
+/// since a slow guest must not lose its device to a short wait.
+pub const EJECT_IGNORED_AFTER: Duration = Duration::from_secs(1);
+/// How long `vm.remove-device` waits for a guest that read the request to run the
+/// slot's `_EJ0` (its driver unbinding the device first).
+pub const EJECT_GIVE_UP_AFTER: Duration = Duration::from_secs(10);
 
 /// The body of vm.remove-device: Cloud Hypervisor's VmRemoveDeviceData, plus
 /// `require_eject`.

@@ -129,7 +129,8 @@ impl ApiError {
             ApiError::InvalidConfig(_) => "invalid_config",
             ApiError::Vm(VmError::Vfio(VfioError::NotEjected { .. })) => "eject_timeout",
             ApiError::Vm(VmError::Vfio(VfioError::UnknownId(_))) => "unknown_device",
-            ApiError::Vm(_) | ApiError::EventFd(_) if self.status_code() == 400 => "invalid_device",
+            ApiError::Vm(VmError::Vfio(e)) if e.is_bad_request() => "invalid_device",
+            ApiError::Vm(_) if self.status_code() == 400 => "invalid_config",
             ApiError::Vm(_) | ApiError::EventFd(_) => "internal",
             ApiError::UnknownPath(_) => "unknown_path",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -270,7 +271,7 @@ mod tests {
                 "unknown_device",
                 "internal",
                 "shutting_down",
-                "invalid_device",
+                "invalid_config",
                 "internal"
             ]
         );

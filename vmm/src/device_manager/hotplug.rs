@@ -22,22 +22,17 @@ pub const PCIU_OFFSET: u64 = 0x0;
 pub const PCID_OFFSET: u64 = 0x4;
 pub const PCEJ_OFFSET: u64 = 0x8;
 
-/// How long remove-device waits for a guest that does not even read the removal
-/// request (no ACPI PCI hotplug: the test guest, a guest without acpiphp) before
-/// detaching the device anyway.
-pub const EJECT_IGNORED_AFTER: Duration = Duration::from_secs(1);
-/// How long it waits for a guest that read the request to run the slot's `_EJ0`
-/// (its driver unbinding the device first).
-pub const EJECT_GIVE_UP_AFTER: Duration = Duration::from_secs(10);
+pub use form_vmm_api::types::{EJECT_GIVE_UP_AFTER, EJECT_IGNORED_AFTER};
 
-/// What [`super::DeviceManager::remove_device`] does with a device a running guest did not eject.
+/// What [`super::DeviceManager::remove_device`] does with a device a running
+/// guest did not eject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
     /// Detach it anyway, as when a device is pulled: the guest's driver loses it
     /// mid-use, the host gets it back for sure.
     DetachAnyway,
-    /// Leave it attached and fail with [`super::vfio_error::VfioError::NotEjected`]; a guest that ejects
-    /// it later still gives it up (as a guest-initiated eject).
+    /// Leave it attached and fail with [`super::vfio_error::VfioError::NotEjected`];
+    /// a guest that ejects it later still gives it up (as a guest-initiated eject).
     KeepUnlessEjected,
 }
 

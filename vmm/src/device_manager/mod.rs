@@ -14,7 +14,7 @@ pub mod vfio_host;
 pub mod vfio_resources;
 pub mod virtio;
 
-use crate::config::{ConsoleConfig, DeviceConfig, VmConfig};
+use crate::config::{DeviceConfig, VmConfig};
 use crate::io_buses::IoBuses;
 use crate::memory::GuestMemoryMmap;
 use devices::acpi::GedEvent;
@@ -82,7 +82,6 @@ pub struct Platform<'a> {
     pub kvm: &'a Arc<hypervisor::Vm>,
     pub memory: &'a GuestMemoryMmap,
     pub layout: &'a GuestLayout,
-    pub serial: &'a ConsoleConfig,
 }
 
 /// The VM's buses and every device on them.
@@ -113,7 +112,7 @@ impl DeviceManager {
             pio: Arc::new(Bus::new()),
             mmio: Arc::new(Bus::new()),
         };
-        let legacy = attach_legacy_devices(platform.kvm, &buses, platform.serial)?;
+        let legacy = attach_legacy_devices(platform.kvm, &buses, &config.serial)?;
         let hotplug = attach_hotplug_controller(&buses)?;
         let mut pci = PciDevices::attach(platform.layout, &buses, passthrough.gsis)?;
         let teardown = PciTeardown::new(pci.bus.clone());
@@ -231,24 +230,25 @@ impl DeviceManager {
         if guest_running {
             self.hotplug.request_removal(slot);
             self.notify_hotplug();
-            let outcome =
-                self.hotplug
-                    .wait_for_eject(slot, EJECT_IGNORED_AFTER, EJECT_GIVE_UP_AFTER);
+            // Giving up early on a guest that has not looked yet only pays when the
+            // device goes anyway; a removal that needs the eject waits it out.
+            let ignore_after = match policy {
+                Removal::DetachAnyway => EJECT_IGNORED_AFTER,
+                Removal::KeepUnlessEjected => EJECT_GIVE_UP_AFTER,
+            };
+            let outcome = self
+                .hotplug
+                .wait_for_eject(slot, ignore_after, EJECT_GIVE_UP_AFTER);
             match outcome {
                 EjectOutcome::Ejected => log::info!("vfio: the guest ejected {id}"),
                 EjectOutcome::Ignored | EjectOutcome::TimedOut
                     if policy == Removal::KeepUnlessEjected =>
                 {
-                    let saw_request = outcome == EjectOutcome::TimedOut;
                     log::warn!("vfio: the guest did not eject {id}; it stays attached");
                     return Err(VfioError::NotEjected {
                         id: id.to_string(),
-                        saw_request,
-                        waited: if saw_request {
-                            EJECT_GIVE_UP_AFTER
-                        } else {
-                            EJECT_IGNORED_AFTER
-                        },
+                        saw_request: outcome == EjectOutcome::TimedOut,
+                        waited: EJECT_GIVE_UP_AFTER,
                     }
                     .into());
                 }

@@ -166,20 +166,24 @@ impl PciDevices {
         }
     }
 
-    /// Takes the device in `slot` off bus 0 and its BAR regions off the buses,
-    /// found where the guest last put them (`current`) or else where they were
-    /// placed; `what` names the device in the warnings about anything missing.
+    /// Takes `device` out of `slot` on bus 0 and its BAR regions off the buses,
+    /// found where the guest last put them or else where they were `placed`;
+    /// `what` names the device in the warnings about anything missing. Off the bus
+    /// first, so the guest cannot move a BAR between the read of where it is and
+    /// the removal of its region (a region left behind would keep the device, and
+    /// with a passthrough device its VFIO descriptors, alive).
     pub fn unplug(
         &mut self,
         buses: &IoBuses,
         slot: u8,
-        current: &[PciBar],
+        device: &SharedPciDevice,
         placed: &[PciBar],
         what: &str,
     ) {
         if let Err(e) = lock(&self.bus).remove_device(slot) {
             log::warn!("{what}: taking slot {slot} off the bus: {e}");
         }
+        let current = lock(device).bars();
         for (bar, original) in current.iter().zip(placed) {
             let bus = bus_for(buses, bar.kind);
             if bus.remove(bar.addr).is_err() && bus.remove(original.addr).is_err() {

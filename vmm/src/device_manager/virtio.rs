@@ -154,6 +154,8 @@ struct AttachedVirtio {
     slot: u8,
     /// Where BAR0 was allocated (the guest may move it; the region follows).
     bar0: u64,
+    /// The BARs as placed, for finding their regions if the guest's moves did not.
+    placed: Vec<pci::PciBar>,
     device: Arc<Mutex<VirtioPciDevice>>,
 }
 
@@ -388,6 +390,7 @@ impl VirtioDevices {
             id: id.to_string(),
             slot,
             bar0,
+            placed: bars,
             device,
         });
         Ok(())
@@ -398,21 +401,15 @@ impl VirtioDevices {
     fn detach_all(&mut self, vm: &mut VirtioResources<'_>) {
         self.taps.clear();
         for attached in self.devices.drain(..).rev() {
-            let current = pci::PciDevice::bars(&*lock(&attached.device));
-            let placed: Vec<pci::PciBar> = current
-                .iter()
-                .map(|bar| pci::PciBar {
-                    addr: attached.bar0,
-                    ..*bar
-                })
-                .collect();
+            let shared: SharedPciDevice = attached.device.clone();
             vm.pci.unplug(
                 vm.buses,
                 attached.slot,
-                &current,
-                &placed,
+                &shared,
+                &attached.placed,
                 &format!("virtio: {}", attached.id),
             );
+            drop(shared);
             if let Err(e) = vm.pci.mmio32.free(attached.bar0) {
                 log::warn!("virtio: {}: releasing BAR0: {e}", attached.id);
             }

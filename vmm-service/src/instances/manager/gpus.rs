@@ -12,15 +12,12 @@ use std::time::Duration;
 use crate::api::types::{AddGpuRequest, GpuRequest, VmInfo};
 use crate::gpu::Bdf;
 use crate::state::GpuAssignment;
-use crate::vmm_client::{VmmClient, GUEST_EJECT_WAIT, QUERY_TIMEOUT};
+use crate::vmm_client::{VmmClient, VmmClientError, GUEST_EJECT_WAIT};
 
 use super::vmm_config::device_config;
 use super::{vmm_error, InstanceError, Manager};
 use crate::instances::validate::{parse_devices, validate_request, GpuSelection};
 
-/// After a `vm.remove-device` or `vm.add-device` that got no answer, how long the
-/// service keeps asking form-vmm (`vm.info`) whether it holds the device.
-pub const HOLD_CHECK_DEADLINE: Duration = Duration::from_secs(5);
 const HOLD_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What form-vmm said about one device.
@@ -72,34 +69,39 @@ impl Manager {
             store.assign_gpus(&gpus)?;
             gpus
         };
-        let client = VmmClient::new(&vmm.api_socket);
+        let client = self.vmm(&vmm.api_socket);
         let unbind = record.config.gpu_options.unbind_on_shutdown;
         for (index, assignment) in gpus.iter().enumerate() {
-            // Earlier GPUs are in the guest now and stay; this one and the rest go
-            // back unless form-vmm may hold this one.
-            let not_handed_over = |from: usize| gpus[from..].iter().map(|a| a.bdf).collect();
+            // Earlier GPUs are in the guest now and stay. This one was bound here and
+            // goes back to its driver unless form-vmm may hold it; later ones were
+            // never touched, so only their assignments go.
+            let bdfs = |range: std::ops::Range<usize>| gpus[range].iter().map(|a| a.bdf).collect();
+            let untouched = index + 1..gpus.len();
             if let Err(e) = self.bind(assignment.bdf).await {
-                self.give_back(not_handed_over(index), unbind).await;
+                self.give_back(bdfs(index..index + 1), unbind).await;
+                self.give_back(bdfs(untouched), false).await;
                 return Err(e);
             }
             let device = device_config(assignment, &record.config, &self.config.host);
             let Err(e) = client.add_device(&device).await else {
                 continue;
             };
-            if e.was_answered() {
-                self.give_back(not_handed_over(index), unbind).await;
-                return Err(vmm_error(e));
-            }
-            match holds(&client, &assignment.device_id).await {
+            let held = if e.changed_nothing() {
+                Held::No
+            } else {
+                self.holds(&client, &assignment.device_id).await
+            };
+            match held {
                 Held::Yes => {
                     log::warn!("VM {name}: vm.add-device for {} got no answer ({e}), but form-vmm holds it", assignment.bdf);
                 }
                 Held::No => {
-                    self.give_back(not_handed_over(index), unbind).await;
+                    self.give_back(bdfs(index..index + 1), unbind).await;
+                    self.give_back(bdfs(untouched), false).await;
                     return Err(vmm_error(e));
                 }
                 Held::Unknown => {
-                    self.give_back(not_handed_over(index + 1), unbind).await;
+                    self.give_back(bdfs(untouched), false).await;
                     return Err(InstanceError::VmmUnresponsive(format!(
                         "the VMM of VM {name} did not answer while GPU {} was being added ({e}); the GPU stays recorded with the VM, on vfio-pci, until the VMM answers: remove it, or delete the VM to free it",
                         assignment.bdf
@@ -112,8 +114,8 @@ impl Manager {
 
     /// Takes GPU `device` out of VM `name`. The guest is asked to eject it; one that
     /// does not within [`GUEST_EJECT_WAIT`] keeps it (`eject_timeout`), unless
-    /// `force`, which detaches it anyway. Either way the answer comes within
-    /// [`crate::vmm_client::REMOVE_DEVICE_TIMEOUT`] plus [`HOLD_CHECK_DEADLINE`].
+    /// `force`, which detaches it anyway. Either way the answer comes within the
+    /// removal's deadline plus the hold check's ([`super::ServiceConfig`]).
     pub async fn remove_gpu(
         self: &Arc<Self>,
         name: &str,
@@ -135,7 +137,7 @@ impl Manager {
         let Some(vmm) = record.vmm else {
             return Err(InstanceError::InvalidState(format!("VM {name} is stopped")));
         };
-        let client = VmmClient::new(&vmm.api_socket);
+        let client = self.vmm(&vmm.api_socket);
         let id = &assignment.device_id;
         match client.remove_device(id, !force).await {
             Ok(()) => {}
@@ -145,13 +147,24 @@ impl Manager {
             Err(e) if e.code() == Some("eject_timeout") => {
                 return Err(not_ejected(name, bdf));
             }
-            Err(e) if e.was_answered() => return Err(vmm_error(e)),
-            Err(e) => match holds(&client, id).await {
+            Err(VmmClientError::Refused {
+                status: 400,
+                code: None,
+                ..
+            }) if !force => {
+                // A form-vmm from before require_eject (adopted across a service
+                // upgrade) refuses the field; it has no error codes either.
+                return Err(InstanceError::NotSupported(format!(
+                    "the VMM of VM {name} predates removals that wait for the guest's eject; remove GPU {bdf} with force (form-vmm-ctl remove-device --force), or restart the VM; nothing was changed"
+                )));
+            }
+            Err(e) if e.changed_nothing() => return Err(vmm_error(e)),
+            Err(e) => match self.holds(&client, id).await {
                 Held::No => {}
-                Held::Yes => return Err(not_ejected(name, bdf)),
-                Held::Unknown => {
+                Held::Yes if !force => return Err(not_ejected(name, bdf)),
+                Held::Yes | Held::Unknown => {
                     return Err(InstanceError::VmmUnresponsive(format!(
-                        "the VMM of VM {name} did not answer the removal of GPU {bdf} ({e}); the GPU stays recorded with the VM, on vfio-pci, until the VMM answers: retry, or delete the VM to free it"
+                        "the VMM of VM {name} did not finish the removal of GPU {bdf} ({e}); the GPU stays recorded with the VM, on vfio-pci, until the VMM lets it go: retry, or delete the VM to free it"
                     )))
                 }
             },
@@ -205,27 +218,29 @@ fn not_ejected(name: &str, bdf: Bdf) -> InstanceError {
     ))
 }
 
-/// Asks form-vmm, until [`HOLD_CHECK_DEADLINE`], whether it holds device `id`.
-/// `vm.info` waits behind a request form-vmm is still working on, so its answer
-/// comes after that request finished.
-async fn holds(client: &VmmClient, id: &str) -> Held {
-    let deadline = tokio::time::Instant::now() + HOLD_CHECK_DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let answer = tokio::time::timeout(left.min(QUERY_TIMEOUT), client.device_ids()).await;
-        // An error or no answer: form-vmm is not up or still busy; ask again until
-        // the deadline.
-        if let Ok(Ok(ids)) = answer {
-            return if ids.iter().any(|d| d == id) {
-                Held::Yes
-            } else {
-                Held::No
-            };
+impl Manager {
+    /// Asks form-vmm, until the hold check's deadline, whether it holds device
+    /// `id`. `vm.info` waits behind a request form-vmm is still working on, so its
+    /// answer comes after that request finished.
+    async fn holds(&self, client: &VmmClient, id: &str) -> Held {
+        let deadline = tokio::time::Instant::now() + self.config.hold_check;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let answer = tokio::time::timeout(left, client.device_ids()).await;
+            // An error or no answer: form-vmm is not up or still busy; ask again
+            // until the deadline.
+            if let Ok(Ok(ids)) = answer {
+                return if ids.iter().any(|d| d == id) {
+                    Held::Yes
+                } else {
+                    Held::No
+                };
+            }
+            if tokio::time::Instant::now() + HOLD_CHECK_INTERVAL >= deadline {
+                return Held::Unknown;
+            }
+            tokio::time::sleep(HOLD_CHECK_INTERVAL).await;
         }
-        if tokio::time::Instant::now() + HOLD_CHECK_INTERVAL >= deadline {
-            return Held::Unknown;
-        }
-        tokio::time::sleep(HOLD_CHECK_INTERVAL).await;
     }
 }
 

@@ -13,7 +13,7 @@ use crate::cloud_init::{self, SeedFiles};
 use crate::gpu::{self, Bdf, BindOptions, GpuError, GpuInfo, HostPaths, SysfsWriter};
 use crate::state::{now, GpuAssignment, InstanceRecord, Store, VmmProcess};
 use crate::supervisor::{self, VmPaths};
-use crate::vmm_client::{VmmClient, VmmClientError};
+use crate::vmm_client::{VmmClient, VmmClientError, VmmDeadlines};
 
 mod console;
 mod drivers;
@@ -48,7 +48,15 @@ pub struct ServiceConfig {
     pub vmm_binary: PathBuf,
     pub limits: HostLimits,
     pub bind: BindOptions,
+    /// How long each call to a VMM may take.
+    pub vmm_deadlines: VmmDeadlines,
+    /// After a call that got no answer, how long to keep asking the VMM (`vm.info`)
+    /// whether it holds a device.
+    pub hold_check: Duration,
 }
+
+/// The default of [`ServiceConfig::hold_check`].
+pub const HOLD_CHECK_DEADLINE: Duration = Duration::from_secs(5);
 
 pub struct Manager {
     config: ServiceConfig,
@@ -73,6 +81,11 @@ impl Manager {
 
     pub fn config(&self) -> &ServiceConfig {
         &self.config
+    }
+
+    /// A client of the VMM listening on `socket`, with this service's deadlines.
+    fn vmm(&self, socket: impl Into<PathBuf>) -> VmmClient {
+        VmmClient::with_deadlines(socket, self.config.vmm_deadlines)
     }
 
     /// The database, for callers that only read (and tests).
@@ -212,10 +225,7 @@ impl Manager {
         let record = self.record(name)?;
         match (record.state, &record.vmm) {
             (VmState::Created, Some(vmm)) => {
-                VmmClient::new(&vmm.api_socket)
-                    .boot()
-                    .await
-                    .map_err(vmm_error)?;
+                self.vmm(&vmm.api_socket).boot().await.map_err(vmm_error)?;
                 self.store().set_state(name, VmState::Running)?;
             }
             (VmState::Stopped, _) => {
@@ -242,7 +252,8 @@ impl Manager {
         let _changes = self.changes.lock().await;
         let record = self.record(name)?;
         match (record.state, &record.vmm) {
-            (VmState::Running, Some(vmm)) => VmmClient::new(&vmm.api_socket)
+            (VmState::Running, Some(vmm)) => self
+                .vmm(&vmm.api_socket)
                 .reboot()
                 .await
                 .map_err(vmm_error)?,
@@ -318,7 +329,7 @@ impl Manager {
             supervisor::stop_child(&mut started.child).await;
             return Err(e.into());
         }
-        let client = VmmClient::new(&paths.api_socket);
+        let client = self.vmm(&paths.api_socket);
         let numa_node = self.numa_node_for(config, &gpus);
         let recorded = self.store().set_numa_node(name, numa_node);
         if let Err(e) = recorded {
@@ -474,7 +485,7 @@ impl Manager {
     }
 
     async fn stop_vmm(self: &Arc<Self>, name: &str, vmm: &VmmProcess) {
-        let client = VmmClient::new(&vmm.api_socket);
+        let client = self.vmm(&vmm.api_socket);
         if let Err(e) = client.shutdown_vmm().await {
             log::warn!("VM {name}: vmm.shutdown failed ({e}); terminating the process");
         }
@@ -485,18 +496,34 @@ impl Manager {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         supervisor::terminate(vmm.pid, vmm.start_time, SHUTDOWN_GRACE).await;
+        // SIGKILLed, a VMM still unpinning a large VM's RAM lives on in the kernel,
+        // holding its VFIO devices: their GPUs are let go of but left on vfio-pci,
+        // where no host driver probes a device a process still owns.
+        let lingering = supervisor::is_alive(vmm.pid, vmm.start_time);
+        if lingering {
+            log::error!(
+                "VM {name}: its VMM (pid {}) is still exiting after SIGKILL; its GPUs stay on vfio-pci",
+                vmm.pid
+            );
+        }
         let exit = ExitInfo {
             code: None,
             signal: None,
             reason: "shut down through the service".to_string(),
             at: now(),
         };
-        self.finish(name, vmm.pid, exit).await;
+        self.finish_as(name, vmm.pid, exit, !lingering).await;
     }
 
     /// Records that the VMM `pid` of VM `name` ended and releases its GPUs; nothing
     /// if the record already moved on (another path handled the same exit).
     async fn finish(self: &Arc<Self>, name: &str, pid: u32, exit: ExitInfo) {
+        self.finish_as(name, pid, exit, true).await
+    }
+
+    /// [`Manager::finish`], returning the GPUs to their drivers only if `may_unbind`
+    /// (and the VM asks for it).
+    async fn finish_as(self: &Arc<Self>, name: &str, pid: u32, exit: ExitInfo, may_unbind: bool) {
         let record = match self.store().instance(name) {
             Ok(Some(record)) => record,
             Ok(None) => return,
@@ -509,8 +536,8 @@ impl Manager {
             return;
         }
         log::info!("VM {name}: {}", exit.reason);
-        self.release_gpus(name, record.config.gpu_options.unbind_on_shutdown)
-            .await;
+        let unbind = may_unbind && record.config.gpu_options.unbind_on_shutdown;
+        self.release_gpus(name, unbind).await;
         if let Err(e) = self.store().record_exit(name, &exit) {
             log::error!("VM {name}: cannot record how its VMM ended: {e}");
         }

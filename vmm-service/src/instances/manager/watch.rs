@@ -8,7 +8,6 @@ use tokio::process::Child;
 use crate::api::types::ExitInfo;
 use crate::state::{now, VmmProcess};
 use crate::supervisor;
-use crate::vmm_client::VmmClient;
 
 use super::{InstanceError, Manager, ADOPTED_POLL};
 
@@ -91,6 +90,6 @@ impl Manager {
         if vmm.start_time != 0 {
             return supervisor::is_alive(vmm.pid, vmm.start_time);
         }
-        matches!(VmmClient::new(&vmm.api_socket).ping().await, Ok(ping) if ping.pid == vmm.pid)
+        matches!(self.vmm(&vmm.api_socket).ping().await, Ok(ping) if ping.pid == vmm.pid)
     }
 }
