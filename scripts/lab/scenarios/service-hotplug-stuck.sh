@@ -8,15 +8,21 @@
 
 gpu=$LAB_DISPLAY_BDF
 
+# vm_keeping_the_gpu NAME: creates and boots VM NAME, whose test guest reads removal
+# requests and never ejects (eject=2), gives it the GPU and waits until the guest has it.
+vm_keeping_the_gpu() {
+    run_logged "create-$1.out" form-vmm-ctl create --name "$1" --kernel "$LAB_GUEST_ELF" \
+        --memory 64M --cmdline "hotplug-cycle vendor=0x1234 device=0x1111 wait=120 eject=2" \
+        --boot || fail "create $1 exited with status $? (service log: $(tail -n 5 service.log))"
+    wait_for_vm_output 30 "$1" '^waiting for 1234:1111 to appear'
+    run_logged "add-$1.out" form-vmm-ctl add-device "$1" --gpu "$gpu" ||
+        fail "add-device to $1 exited with status $? (service log: $(tail -n 5 service.log))"
+    wait_for_vm_output 30 "$1" '^found 00:'
+}
+
 step "vmm-service serve starts; a VM whose guest keeps the GPU"
 service_start
-run_logged create.out form-vmm-ctl create --name hps --kernel "$LAB_GUEST_ELF" --memory 64M \
-    --cmdline "hotplug-cycle vendor=0x1234 device=0x1111 wait=120 eject=2" --boot ||
-    fail "create exited with status $? (service log: $(tail -n 5 service.log))"
-wait_for_vm_output 30 hps '^waiting for 1234:1111 to appear'
-run_logged add.out form-vmm-ctl add-device hps --gpu "$gpu" ||
-    fail "add-device exited with status $? (service log: $(tail -n 5 service.log))"
-wait_for_vm_output 30 hps '^found 00:'
+vm_keeping_the_gpu hps
 
 step "remove-device: eject_timeout within the deadline, gpu list answers throughout"
 t0=$(lab_uptime)
@@ -62,13 +68,7 @@ expect_driver "$gpu" bochs-drm
 expect_gpu_owner "$gpu" ""
 
 step "remove-device --force on a second such VM: detached without the guest"
-run_logged create2.out form-vmm-ctl create --name hpf --kernel "$LAB_GUEST_ELF" --memory 64M \
-    --cmdline "hotplug-cycle vendor=0x1234 device=0x1111 wait=120 eject=2" --boot ||
-    fail "the second create exited with status $?"
-wait_for_vm_output 30 hpf '^waiting for 1234:1111 to appear'
-run_logged add2.out form-vmm-ctl add-device hpf --gpu "$gpu" ||
-    fail "add-device to hpf exited with status $?"
-wait_for_vm_output 30 hpf '^found 00:'
+vm_keeping_the_gpu hpf
 run_logged force.out form-vmm-ctl remove-device hpf --gpu "$gpu" --force ||
     fail "remove-device --force exited with status $? (service log: $(tail -n 5 service.log))"
 expect_driver "$gpu" bochs-drm
