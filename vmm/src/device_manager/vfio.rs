@@ -35,7 +35,7 @@ use pci::vfio::{
 };
 use pci::{BarKind, PciBar, PciDevice, SharedPciDevice};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
@@ -508,6 +508,7 @@ pub mod testing {
     use super::*;
     use form_vm_allocator::IovaRange;
     use pci::vfio::fake::{FakeIommu, FakeVfioDevice};
+    use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A host whose devices are fakes, by path. Paths must still end in a BDF.
