@@ -17,7 +17,8 @@ use crate::api::{decode, segment, Api};
 use crate::cli::{
     AddDeviceArgs, Cli, Command, ConnectionArgs, CreateArgs, GpuCommand, RemoveDeviceArgs,
 };
-use crate::client::{Client, Endpoint};
+use crate::client::Client;
+use crate::endpoint::Endpoint;
 use crate::error::CtlError;
 use crate::exit::Exit;
 use crate::files::{read_ssh_keys, read_user_data};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use form_service_api::types::ErrorCode;
 
-use crate::client::Endpoint;
+use crate::endpoint::Endpoint;
 use crate::exit::Exit;
 
 #[derive(Debug, thiserror::Error)]

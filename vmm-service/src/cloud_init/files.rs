@@ -3,7 +3,7 @@
 use crate::api::types::CloudInitConfig;
 
 use super::mime::{self, Part};
-use super::validate::default_hostname;
+use super::validate::{default_hostname, wants_generated};
 use super::yaml::YamlDoc;
 
 /// What the seed disk holds, file by file.
@@ -48,15 +48,6 @@ fn meta_data(vm: &str, hostname: &str) -> String {
     doc.string(0, "instance-id", vm)
         .string(0, "local-hostname", hostname);
     doc.finish()
-}
-
-/// Whether the request asks for anything only a generated cloud-config can give.
-/// The host name does not count: meta-data carries it whatever user-data is.
-pub(super) fn wants_generated(config: &CloudInitConfig) -> bool {
-    config.user.is_some()
-        || !config.ssh_authorized_keys.is_empty()
-        || !config.packages.is_empty()
-        || !config.runcmd.is_empty()
 }
 
 /// The generated cloud-config alone; the operator's user-data alone, as given; or,

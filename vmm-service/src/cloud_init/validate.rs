@@ -2,7 +2,6 @@
 
 use crate::api::types::CloudInitConfig;
 
-use super::files::wants_generated;
 use super::mime::{self, NotAPart};
 
 /// An RFC 1123 label.
@@ -71,6 +70,15 @@ pub fn validate(config: &CloudInitConfig) -> Result<(), String> {
         MAX_NETWORK_CONFIG_LEN,
     )?;
     Ok(())
+}
+
+/// Whether the request asks for anything only a generated cloud-config can give.
+/// The host name does not count: meta-data carries it whatever user-data is.
+pub(super) fn wants_generated(config: &CloudInitConfig) -> bool {
+    config.user.is_some()
+        || !config.ssh_authorized_keys.is_empty()
+        || !config.packages.is_empty()
+        || !config.runcmd.is_empty()
 }
 
 /// The host name a VM gets when `cloud_init.hostname` is absent: its name with
