@@ -14,7 +14,7 @@ use pci::config_io::PciConfigIo;
 use pci::config_mmio::PciConfigMmio;
 use pci::device::PciBarRegion;
 use pci::vfio::BarAllocators;
-use pci::{BarKind, PciBar, PciBus, PciBusError, SharedPciDevice};
+use pci::{BarKind, PciBar, PciBus, PciBusError, PciDevice, SharedPciDevice};
 use std::sync::{Arc, Mutex};
 
 pub struct PciDevices {
@@ -172,11 +172,11 @@ impl PciDevices {
     /// first, so the guest cannot move a BAR between the read of where it is and
     /// the removal of its region (a region left behind would keep the device, and
     /// with a passthrough device its VFIO descriptors, alive).
-    pub fn unplug(
+    pub fn unplug<D: PciDevice + ?Sized>(
         &mut self,
         buses: &IoBuses,
         slot: u8,
-        device: &SharedPciDevice,
+        device: &Mutex<D>,
         placed: &[PciBar],
         what: &str,
     ) {

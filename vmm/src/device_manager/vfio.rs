@@ -441,15 +441,13 @@ impl VfioDevices {
     /// device.
     pub fn detach(&mut self, id: &str, vm: &mut VmResources<'_>) -> Option<PciDeviceInfo> {
         let attached = self.devices.remove(id)?;
-        let shared: SharedPciDevice = attached.device.clone();
         vm.pci.unplug(
             vm.buses,
             attached.slot,
-            &shared,
+            &attached.device,
             &attached.placed,
             &format!("vfio: {id}"),
         );
-        drop(shared);
         lock(&attached.device).detach();
         drop(attached.device);
         release_bars(&attached.placed, &mut vm.pci.bar_allocators());

@@ -401,15 +401,13 @@ impl VirtioDevices {
     fn detach_all(&mut self, vm: &mut VirtioResources<'_>) {
         self.taps.clear();
         for attached in self.devices.drain(..).rev() {
-            let shared: SharedPciDevice = attached.device.clone();
             vm.pci.unplug(
                 vm.buses,
                 attached.slot,
-                &shared,
+                &attached.device,
                 &attached.placed,
                 &format!("virtio: {}", attached.id),
             );
-            drop(shared);
             if let Err(e) = vm.pci.mmio32.free(attached.bar0) {
                 log::warn!("virtio: {}: releasing BAR0: {e}", attached.id);
             }
