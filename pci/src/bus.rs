@@ -1,11 +1,17 @@
-//! PCI bus 0 of segment 0: 32 device slots, function 0 only, the host bridge in
-//! slot 0.
+//! PCI bus 0 of segment 0: 32 device slots of up to 8 functions each, the host
+//! bridge in slot 0.
 //!
 //! Config accesses from the guest (through [`PciConfigIo`](crate::config_io::PciConfigIo)
 //! or [`PciConfigMmio`](crate::config_mmio::PciConfigMmio)) go through [`config_read`]
 //! and [`config_write`]. They hold the bus lock only to find the device, so a BAR
 //! move can be handled (memory slots moved, trapped regions relocated) with no PCI lock
 //! held.
+//!
+//! A slot with functions besides 0 (a GPU at .0 and its audio function at .1, passed
+//! through together) reports itself multifunction in function 0's header type: the
+//! guest scans functions 1-7 only when that bit is set. The bus sets it from what the
+//! slot holds, so no device model has to know its neighbours; a slot without function
+//! 0 is invisible to the guest, so the bus refuses to fill one that way.
 
 use std::sync::{Arc, Mutex};
 
@@ -18,10 +24,15 @@ use crate::lock;
 
 /// Device slots on a bus.
 pub const NUM_SLOTS: usize = 32;
-/// Functions per slot an address can name (only function 0 is ever populated).
+/// Functions per slot.
 pub const NUM_FUNCTIONS: usize = 8;
 /// The host bridge's slot.
 pub const HOST_BRIDGE_SLOT: u8 = 0;
+
+/// Config register (dword) holding the header type, in its third byte.
+const HEADER_TYPE_REG: usize = 3;
+/// The header type's multifunction bit, as seen in [`HEADER_TYPE_REG`].
+const MULTIFUNCTION_BIT: u32 = 0x80 << 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PciBusError {
@@ -35,6 +46,14 @@ pub enum PciBusError {
     HostBridgeSlot,
     #[error("all 31 device slots of PCI bus 0 are in use")]
     Full,
+    #[error("PCI function {slot:02x}.{function} does not exist; functions are 0 to 7")]
+    FunctionOutOfRange { slot: u8, function: u8 },
+    #[error("PCI function {slot:02x}.{function} is occupied")]
+    FunctionOccupied { slot: u8, function: u8 },
+    #[error("PCI function {slot:02x}.{function} is empty")]
+    FunctionEmpty { slot: u8, function: u8 },
+    #[error("PCI slot {slot} has no function 0, so the guest would never see function {function}; plug function 0 last, remove it first")]
+    NoFunctionZero { slot: u8, function: u8 },
 }
 
 /// Told about every BAR a guest moves, after the device itself was (through
@@ -44,8 +63,10 @@ pub trait BarReprogramHandler: Send + Sync {
     fn bar_moved(&self, slot: u8, device: &SharedPciDevice, reprogram: &BarReprogram);
 }
 
+type Slot = [Option<SharedPciDevice>; NUM_FUNCTIONS];
+
 pub struct PciBus {
-    slots: Vec<Option<SharedPciDevice>>,
+    slots: Vec<Slot>,
     bar_handler: Option<Arc<dyn BarReprogramHandler>>,
 }
 
@@ -58,8 +79,8 @@ impl Default for PciBus {
 impl PciBus {
     /// A bus with only the host bridge.
     pub fn new() -> Self {
-        let mut slots: Vec<Option<SharedPciDevice>> = vec![None; NUM_SLOTS];
-        slots[usize::from(HOST_BRIDGE_SLOT)] = Some(Arc::new(Mutex::new(HostBridge::new())));
+        let mut slots: Vec<Slot> = vec![Default::default(); NUM_SLOTS];
+        slots[usize::from(HOST_BRIDGE_SLOT)][0] = Some(Arc::new(Mutex::new(HostBridge::new())));
         Self {
             slots,
             bar_handler: None,
@@ -70,16 +91,25 @@ impl PciBus {
         self.bar_handler = Some(handler);
     }
 
+    /// Puts `device` at function 0 of an empty `slot`.
     pub fn add_device(&mut self, slot: u8, device: SharedPciDevice) -> Result<(), PciBusError> {
-        if slot == HOST_BRIDGE_SLOT {
-            return Err(PciBusError::HostBridgeSlot);
-        }
-        let entry = self
-            .slots
-            .get_mut(usize::from(slot))
-            .ok_or(PciBusError::SlotOutOfRange(slot))?;
-        if entry.is_some() {
+        if self.slot(slot)?.iter().any(Option::is_some) {
             return Err(PciBusError::SlotOccupied(slot));
+        }
+        self.add_function(slot, 0, device)
+    }
+
+    /// Puts `device` at `slot`.`function`. Functions other than 0 go in while
+    /// function 0 is still absent, so a guest that scans the slot finds it whole.
+    pub fn add_function(
+        &mut self,
+        slot: u8,
+        function: u8,
+        device: SharedPciDevice,
+    ) -> Result<(), PciBusError> {
+        let entry = self.function_entry(slot, function)?;
+        if entry.is_some() {
+            return Err(PciBusError::FunctionOccupied { slot, function });
         }
         *entry = Some(device);
         Ok(())
@@ -92,42 +122,100 @@ impl PciBus {
         Ok(slot)
     }
 
+    /// The lowest slot with no function in it.
     pub fn next_free_slot(&self) -> Option<u8> {
-        let index = self.slots.iter().position(Option::is_none)?;
+        let index = self
+            .slots
+            .iter()
+            .position(|slot| slot.iter().all(Option::is_none))?;
         u8::try_from(index).ok()
     }
 
+    /// Takes function 0 out of `slot`; other functions must be gone first.
     pub fn remove_device(&mut self, slot: u8) -> Result<SharedPciDevice, PciBusError> {
-        if slot == HOST_BRIDGE_SLOT {
-            return Err(PciBusError::HostBridgeSlot);
+        self.remove_function(slot, 0)
+    }
+
+    /// Takes `slot`.`function` out. Function 0 goes last: a slot whose function 0
+    /// is gone while others stay would hide them from the guest.
+    pub fn remove_function(
+        &mut self,
+        slot: u8,
+        function: u8,
+    ) -> Result<SharedPciDevice, PciBusError> {
+        if function == 0 {
+            let others = self.slot(slot)?[1..].iter().position(Option::is_some);
+            if let Some(other) = others {
+                return Err(PciBusError::NoFunctionZero {
+                    slot,
+                    function: other as u8 + 1,
+                });
+            }
         }
-        self.slots
-            .get_mut(usize::from(slot))
-            .ok_or(PciBusError::SlotOutOfRange(slot))?
-            .take()
-            .ok_or(PciBusError::SlotEmpty(slot))
+        let taken = self.function_entry(slot, function)?.take();
+        taken.ok_or(if function == 0 {
+            PciBusError::SlotEmpty(slot)
+        } else {
+            PciBusError::FunctionEmpty { slot, function }
+        })
     }
 
+    /// Function 0 of `slot`.
     pub fn device(&self, slot: u8) -> Option<SharedPciDevice> {
-        self.slots.get(usize::from(slot))?.clone()
+        self.function(slot, 0)
     }
 
-    /// Occupied slots, host bridge included.
+    pub fn function(&self, slot: u8, function: u8) -> Option<SharedPciDevice> {
+        self.slots
+            .get(usize::from(slot))?
+            .get(usize::from(function))?
+            .clone()
+    }
+
+    /// Occupied slots (function 0), host bridge included.
     pub fn devices(&self) -> impl Iterator<Item = (u8, &SharedPciDevice)> {
         self.slots
             .iter()
             .zip(0u8..)
-            .filter_map(|(dev, slot)| Some((slot, dev.as_ref()?)))
+            .filter_map(|(functions, slot)| Some((slot, functions[0].as_ref()?)))
+    }
+
+    fn slot(&self, slot: u8) -> Result<&Slot, PciBusError> {
+        if slot == HOST_BRIDGE_SLOT {
+            return Err(PciBusError::HostBridgeSlot);
+        }
+        self.slots
+            .get(usize::from(slot))
+            .ok_or(PciBusError::SlotOutOfRange(slot))
+    }
+
+    fn function_entry(
+        &mut self,
+        slot: u8,
+        function: u8,
+    ) -> Result<&mut Option<SharedPciDevice>, PciBusError> {
+        self.slot(slot)?;
+        self.slots[usize::from(slot)]
+            .get_mut(usize::from(function))
+            .ok_or(PciBusError::FunctionOutOfRange { slot, function })
+    }
+
+    fn is_multifunction(&self, slot: u8) -> bool {
+        self.slots
+            .get(usize::from(slot))
+            .is_some_and(|functions| functions[1..].iter().any(Option::is_some))
     }
 
     fn target(&self, device: u8, function: u8) -> Option<ConfigTarget> {
-        if function != 0 {
-            return None;
-        }
+        let functions = self.slots.get(usize::from(device))?;
+        // Without function 0 nothing of the slot exists for the guest.
+        functions[0].as_ref()?;
         Some(ConfigTarget {
             slot: device,
-            device: self.device(device)?,
+            function,
+            device: functions.get(usize::from(function))?.clone()?,
             bar_handler: self.bar_handler.clone(),
+            multifunction: self.is_multifunction(device),
         })
     }
 }
@@ -135,8 +223,10 @@ impl PciBus {
 /// The device a config access reaches, taken out of the bus lock.
 struct ConfigTarget {
     slot: u8,
+    function: u8,
     device: SharedPciDevice,
     bar_handler: Option<Arc<dyn BarReprogramHandler>>,
+    multifunction: bool,
 }
 
 /// A guest config read of `reg_idx` of bus 0, `device`, `function`. Absent functions
@@ -144,7 +234,14 @@ struct ConfigTarget {
 pub fn config_read(bus: &Mutex<PciBus>, device: u8, function: u8, reg_idx: usize) -> u32 {
     let target = lock(bus).target(device, function);
     match target {
-        Some(t) => lock(&*t.device).read_config_register(reg_idx),
+        Some(t) => {
+            let value = lock(&*t.device).read_config_register(reg_idx);
+            if t.function == 0 && reg_idx == HEADER_TYPE_REG && t.multifunction {
+                value | MULTIFUNCTION_BIT
+            } else {
+                value
+            }
+        }
         None => u32::MAX,
     }
 }
@@ -168,7 +265,7 @@ pub fn config_write(
         return;
     };
     if let Err(e) = lock(&*target.device).move_bar(&reprogram) {
-        warn!("pci {:02x}.0: {e}", target.slot);
+        warn!("pci {:02x}.{}: {e}", target.slot, target.function);
     }
     if let Some(handler) = &target.bar_handler {
         handler.bar_moved(target.slot, &target.device, &reprogram);
@@ -305,7 +402,58 @@ mod tests {
     }
 
     #[test]
-    fn config_accesses_reach_function_0_only() {
+    fn functions_share_a_slot_and_function_0_says_so() {
+        let bus = Mutex::new(PciBus::new());
+        {
+            let mut b = bus.lock().unwrap();
+            b.add_function(4, 1, TestDevice::shared()).unwrap();
+            assert_eq!(b.next_free_slot(), Some(1));
+        }
+        assert_eq!(
+            config_read(&bus, 4, 1, 0),
+            u32::MAX,
+            "a slot without function 0 is empty to the guest"
+        );
+        bus.lock()
+            .unwrap()
+            .add_function(4, 0, TestDevice::shared())
+            .unwrap();
+        assert_eq!(config_read(&bus, 4, 1, 0), 0x1000_1af4);
+        assert_eq!(config_read(&bus, 4, 2, 0), u32::MAX);
+        assert_ne!(config_read(&bus, 4, 0, 3) & MULTIFUNCTION_BIT, 0);
+        assert_eq!(config_read(&bus, 4, 1, 3) & MULTIFUNCTION_BIT, 0);
+        let mut b = bus.lock().unwrap();
+        assert_eq!(
+            b.add_device(4, TestDevice::shared()).err(),
+            Some(PciBusError::SlotOccupied(4))
+        );
+        assert_eq!(
+            b.add_function(4, 8, TestDevice::shared()).err(),
+            Some(PciBusError::FunctionOutOfRange {
+                slot: 4,
+                function: 8
+            })
+        );
+        assert_eq!(
+            b.remove_device(4).err(),
+            Some(PciBusError::NoFunctionZero {
+                slot: 4,
+                function: 1
+            })
+        );
+        b.remove_function(4, 1).unwrap();
+        drop(b);
+        assert_eq!(
+            config_read(&bus, 4, 0, 3) & MULTIFUNCTION_BIT,
+            0,
+            "alone again, function 0 is single-function"
+        );
+        bus.lock().unwrap().remove_device(4).unwrap();
+        assert_eq!(bus.lock().unwrap().next_free_slot(), Some(1));
+    }
+
+    #[test]
+    fn config_accesses_reach_only_present_functions() {
         let bus = Mutex::new(PciBus::new());
         bus.lock()
             .unwrap()

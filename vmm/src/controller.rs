@@ -10,7 +10,8 @@ pub mod signals;
 pub mod testing;
 
 use crate::api::{ApiError, ApiInbox, ApiRequest, ApiResponse, ApiResult, VmInfo};
-use crate::config::VmConfig;
+use crate::config::{DeviceConfig, VmConfig};
+use crate::device_manager::pci::PciDeviceInfo;
 use crate::vm::{KeptTaps, Removal, VmEvents, VmExitReason, VmState};
 use backend::{VmBackend, VmInstance};
 use signals::StopSignals;
@@ -134,11 +135,19 @@ impl<B: VmBackend> Controller<B> {
                 })))
             }
             ApiRequest::VmAddDevice(device) => {
-                device.validate()?;
-                let managed = self.live_vm("add a device")?;
-                let info = managed.vm.add_device(*device)?;
-                self.config = Some(managed.vm.config().clone());
+                let mut infos = self.add_devices(vec![*device])?;
+                let info = infos.pop().ok_or(ApiError::NoVm)?;
                 Ok(ApiResponse::PciDeviceInfo(info))
+            }
+            ApiRequest::VmAddDevices(data) => {
+                if data.devices.is_empty() {
+                    return Err(ApiError::BadBody {
+                        endpoint: "vm.add-devices",
+                        reason: "`devices` is empty; give at least one device".into(),
+                    });
+                }
+                let infos = self.add_devices(data.devices)?;
+                Ok(ApiResponse::PciDevices(infos))
             }
             ApiRequest::VmRemoveDevice(data) => {
                 let managed = self.live_vm("remove a device")?;
@@ -169,6 +178,16 @@ impl<B: VmBackend> Controller<B> {
                 Ok(ApiResponse::Done)
             }
         }
+    }
+
+    fn add_devices(&mut self, devices: Vec<DeviceConfig>) -> Result<Vec<PciDeviceInfo>, ApiError> {
+        for device in &devices {
+            device.validate()?;
+        }
+        let managed = self.live_vm("add a device")?;
+        let infos = managed.vm.add_devices(devices)?;
+        self.config = Some(managed.vm.config().clone());
+        Ok(infos)
     }
 
     /// The VM's state: `Shutdown` once stopped, until it is booted again.

@@ -385,6 +385,19 @@ impl Vm {
     /// Passes a host device through to the VM. A running guest is told through
     /// ACPI; a guest without ACPI hotplug finds it by rescanning bus 0.
     pub fn add_device(&mut self, config: DeviceConfig) -> Result<PciDeviceInfo, VmError> {
+        let mut infos = self.add_devices(vec![config])?;
+        infos.pop().ok_or(VmError::InvalidState {
+            action: "add a device",
+            state: self.state,
+        })
+    }
+
+    /// Passes host devices through together, all or none; functions of one host
+    /// slot share a guest slot ([`DeviceManager::add_devices`]).
+    pub fn add_devices(
+        &mut self,
+        configs: Vec<DeviceConfig>,
+    ) -> Result<Vec<PciDeviceInfo>, VmError> {
         if self.state == VmState::Shutdown {
             return Err(VmError::InvalidState {
                 action: "add a device",
@@ -392,24 +405,34 @@ impl Vm {
             });
         }
         let running = self.state == VmState::Running;
-        let info = self
+        let infos = self
             .devices
-            .add_device(&self.kvm_vm, &self.memory, &config, running)?;
-        let mut recorded = config;
-        recorded.id = Some(info.id.clone());
-        self.config.devices.push(recorded);
-        Ok(info)
+            .add_devices(&self.kvm_vm, &self.memory, &configs, running)?;
+        for (mut recorded, info) in configs.into_iter().zip(&infos) {
+            recorded.id = Some(info.id.clone());
+            self.config.devices.push(recorded);
+        }
+        Ok(infos)
     }
 
-    /// Takes a passed-through device away; a running guest is asked to eject it
-    /// first ([`DeviceManager::remove_device`]).
-    pub fn remove_device(&mut self, id: &str, policy: Removal) -> Result<PciDeviceInfo, VmError> {
+    /// Takes a passed-through device away, with the functions sharing its guest
+    /// slot; a running guest is asked to eject it first
+    /// ([`DeviceManager::remove_device`]). Returns every device removed.
+    pub fn remove_device(
+        &mut self,
+        id: &str,
+        policy: Removal,
+    ) -> Result<Vec<PciDeviceInfo>, VmError> {
         let running = self.state == VmState::Running;
-        let info = self
+        let removed = self
             .devices
             .remove_device(&self.memory, id, running, policy)?;
-        self.config.devices.retain(|d| d.id.as_deref() != Some(id));
-        Ok(info)
+        for info in &removed {
+            self.config
+                .devices
+                .retain(|d| d.id.as_deref() != Some(&info.id));
+        }
+        Ok(removed)
     }
 
     /// Readable when the guest ejected a device on its own; then call

@@ -6,7 +6,7 @@
 //!
 //! | bytes | handling |
 //! | --- | --- |
-//! | IDs, class, revision, subsystem, header type | copied once, read-only (multifunction bit cleared: the guest sees function 0 only) |
+//! | IDs, class, revision, subsystem, header type | copied once, read-only (multifunction bit cleared: the guest bus sets it for a slot that holds several functions) |
 //! | command | emulated with the standard masks; every guest write is also forwarded, so memory, I/O, bus-master and INTx-disable reach the hardware |
 //! | status | emulated (capability-list bit ours, error bits write-1-to-clear) |
 //! | BARs | virtualised: guest addresses, sizing answered with the host sizes |

@@ -49,6 +49,8 @@ pub enum ContainerError {
     BadDevicePath(PathBuf),
     #[error(transparent)]
     Group(#[from] GroupError),
+    #[error("IOMMU group {group} of {bdf} is held by another process (another VM has a member of it, or a VMM is still exiting); a group goes to one VM at a time: give {bdf} to that VM or free it there first")]
+    GroupBusy { bdf: String, group: u32 },
     #[error("opening VFIO device {path}: {source}")]
     OpenDevice {
         path: PathBuf,
@@ -227,17 +229,33 @@ impl VfioDmaContainer {
     pub fn open_device(&self, sysfs_path: &Path) -> Result<KernelVfioDevice, ContainerError> {
         let bdf =
             bdf_of(sysfs_path).ok_or_else(|| ContainerError::BadDevicePath(sysfs_path.into()))?;
-        {
+        let group = {
             let mut devices = self.vm_devices.lock().unwrap_or_else(|e| e.into_inner());
             devices.insert(bdf.clone());
-            check_group(&self.sysfs_root, &bdf, &devices)?;
+            check_group(&self.sysfs_root, &bdf, &devices)?
+        };
+        if !group.idle.is_empty() {
+            log::warn!(
+                "vfio: IOMMU group {} of {bdf} also holds {}, on vfio-pci but not given to this VM: nobody can use them while this VM holds the group",
+                group.group,
+                group.idle.join(", ")
+            );
         }
-        let device = VfioDevice::new(sysfs_path, self.inner.clone(), false).map_err(|source| {
-            ContainerError::OpenDevice {
-                path: sysfs_path.into(),
-                source,
-            }
-        })?;
+        let device =
+            VfioDevice::new(sysfs_path, self.inner.clone(), false).map_err(
+                |source| match &source {
+                    VfioError::OpenGroup(e, _) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        ContainerError::GroupBusy {
+                            bdf: bdf.clone(),
+                            group: group.group,
+                        }
+                    }
+                    _ => ContainerError::OpenDevice {
+                        path: sysfs_path.into(),
+                        source,
+                    },
+                },
+            )?;
         Ok(KernelVfioDevice::new(device, bdf)?)
     }
 

@@ -1,10 +1,14 @@
 //! IOMMU group membership: which other functions share a device's group.
 //!
 //! The IOMMU isolates groups, not devices, so a group's functions can only be
-//! given to one VM together. When another member is bound to `vfio-pci` it must be
-//! attached to the same VM; a member on a host driver makes the kernel refuse the
-//! group ("not viable"), which is reported with the member and its driver. PCI
-//! bridges (class 0x0604) may share a group and are ignored, as the kernel does.
+//! given to one VM together. A member on a host driver makes the kernel refuse the
+//! group ("not viable"), which is reported with the member and its driver. A
+//! member bound to `vfio-pci` but not passed to this VM is accepted: the kernel
+//! hands the group to one container only, so nobody else can use that member
+//! while this VM holds the group, and another VMM that asks for it is refused
+//! when it opens the group (busy). Such members are reported so the VMM can say
+//! so. PCI bridges (class 0x0604) may share a group and are ignored, as the kernel
+//! does.
 //!
 //! Reads `<root>/bus/pci/devices/<bdf>/iommu_group` (a link whose name is the group
 //! number), `<root>/kernel/iommu_groups/<n>/devices/*`, and each member's `driver`
@@ -24,12 +28,6 @@ pub enum GroupError {
         bdf: String,
         path: PathBuf,
         reason: String,
-    },
-    #[error("IOMMU group {group} of {bdf} also holds {others:?}, bound to vfio-pci but not given to this VM; a group goes to one VM whole: attach them too or unbind them")]
-    MembersElsewhere {
-        bdf: String,
-        group: u32,
-        others: Vec<String>,
     },
     #[error("IOMMU group {group} of {bdf} is not viable: {member} is bound to host driver {driver}; bind every member of the group to vfio-pci")]
     NotViable {
@@ -94,21 +92,30 @@ fn is_bridge(sysfs_root: &Path, bdf: &str) -> bool {
         .is_some_and(|class| class >> 8 == PCI_BRIDGE_CLASS)
 }
 
+/// A group `bdf` may be attached with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupCheck {
+    pub group: u32,
+    /// Members on vfio-pci that the VM does not pass through: held idle, out of
+    /// everyone's reach, while the VM holds the group.
+    pub idle: Vec<String>,
+}
+
 /// Checks that `bdf` may be attached to a VM whose VFIO devices are `vm_devices`
 /// (`bdf` included or not) and returns its group.
 pub fn check_group(
     sysfs_root: &Path,
     bdf: &str,
     vm_devices: &BTreeSet<String>,
-) -> Result<u32, GroupError> {
+) -> Result<GroupCheck, GroupError> {
     let group = iommu_group(sysfs_root, bdf)?;
-    let mut elsewhere = Vec::new();
+    let mut idle = Vec::new();
     for member in group_members(sysfs_root, group) {
         if member == bdf || vm_devices.contains(&member) || is_bridge(sysfs_root, &member) {
             continue;
         }
         match bound_driver(sysfs_root, &member) {
-            Some(d) if VFIO_DRIVERS.contains(&d.as_str()) => elsewhere.push(member),
+            Some(d) if VFIO_DRIVERS.contains(&d.as_str()) => idle.push(member),
             Some(d) => {
                 return Err(GroupError::NotViable {
                     bdf: bdf.to_string(),
@@ -121,12 +128,5 @@ pub fn check_group(
             None => {}
         }
     }
-    if !elsewhere.is_empty() {
-        return Err(GroupError::MembersElsewhere {
-            bdf: bdf.to_string(),
-            group,
-            others: elsewhere,
-        });
-    }
-    Ok(group)
+    Ok(GroupCheck { group, idle })
 }

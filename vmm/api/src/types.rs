@@ -1,7 +1,7 @@
 //! The JSON that form-vmm's endpoints take and return, besides the VM
 //! configuration (`docs/api.md`): Cloud Hypervisor's shapes where it has them.
 
-use crate::config::VmConfig;
+use crate::config::{DeviceConfig, VmConfig};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -25,6 +25,18 @@ pub struct VmRemoveDeviceData {
     /// Hypervisor's body) the device is detached anyway, as when it is pulled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_eject: bool,
+}
+
+/// The body of vm.add-devices: host devices hot-plugged together, all or none.
+/// Functions of one host slot (`0000:01:00.0` and `0000:01:00.1`: a GPU and its
+/// audio function) share one guest slot and keep their function numbers, which
+/// `vm.add-device`, one device per call, cannot do: the guest scans a slot once,
+/// when it is told of it. The answer is a JSON array of [`PciDeviceInfo`], in the
+/// order of `devices`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmAddDevicesData {
+    pub devices: Vec<DeviceConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

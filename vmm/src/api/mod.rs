@@ -12,7 +12,7 @@ use crate::config::{ConfigError, DeviceConfig, VmConfig};
 use crate::device_manager::pci::PciDeviceInfo;
 use crate::device_manager::vfio_error::VfioError;
 use crate::vm::{VmError, VmState};
-pub use form_vmm_api::types::{VmInfo, VmRemoveDeviceData, VmmPing};
+pub use form_vmm_api::types::{VmAddDevicesData, VmInfo, VmRemoveDeviceData, VmmPing};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -31,6 +31,7 @@ pub enum ApiRequest {
     VmmPing,
     VmmShutdown,
     VmAddDevice(Box<DeviceConfig>),
+    VmAddDevices(VmAddDevicesData),
     VmRemoveDevice(VmRemoveDeviceData),
     VmCounters,
 }
@@ -47,6 +48,8 @@ pub enum ApiResponse {
     VmmPing(VmmPing),
     /// 200 with the device's id and guest address (vm.add-device).
     PciDeviceInfo(PciDeviceInfo),
+    /// 200 with each device's id and guest address (vm.add-devices).
+    PciDevices(Vec<PciDeviceInfo>),
     /// 200 with every device's counters (vm.counters).
     Counters(VmCounters),
 }
@@ -113,6 +116,7 @@ impl ApiError {
             ApiError::WrongState { .. } | ApiError::MethodNotAllowed { .. } => 405,
             ApiError::AlreadyCreated
             | ApiError::Vm(VmError::Vfio(VfioError::NotEjected { .. })) => 409,
+            ApiError::Vm(VmError::Vfio(e)) if e.is_busy() => 409,
             ApiError::BodyTooLarge { .. } => 413,
             ApiError::Vm(_) | ApiError::EventFd(_) => 500,
             ApiError::ShuttingDown => 503,
@@ -130,6 +134,7 @@ impl ApiError {
             ApiError::Vm(VmError::Vfio(VfioError::NotEjected { .. })) => "eject_timeout",
             ApiError::Vm(VmError::Vfio(VfioError::UnknownId(_))) => "unknown_device",
             ApiError::Vm(VmError::Vfio(e)) if e.is_bad_request() => "invalid_device",
+            ApiError::Vm(VmError::Vfio(e)) if e.is_busy() => "device_busy",
             ApiError::Vm(_) if self.status_code() == 400 => "invalid_config",
             ApiError::Vm(_) | ApiError::EventFd(_) => "internal",
             ApiError::UnknownPath(_) => "unknown_path",
@@ -274,6 +279,54 @@ mod tests {
                 "invalid_config",
                 "internal"
             ]
+        );
+    }
+
+    #[test]
+    fn devices_refused_for_what_they_are_are_client_errors() {
+        use pci::vfio::config::VfioConfigError;
+        use pci::vfio::container::ContainerError;
+        use pci::vfio::group::GroupError;
+        let vfio = |e| ApiError::Vm(VmError::Vfio(e));
+        let refusals = [
+            vfio(VfioError::Container(ContainerError::Group(
+                GroupError::NotViable {
+                    bdf: "0000:01:00.0".into(),
+                    group: 7,
+                    member: "0000:01:00.1".into(),
+                    driver: "snd_hda_intel".into(),
+                },
+            ))),
+            vfio(VfioError::Device {
+                id: "nic0".into(),
+                source: pci::vfio::VfioPciError::Config(VfioConfigError::CliqueNotNvidia(0x8086)),
+            }),
+            vfio(VfioError::Bars {
+                id: "gpu0".into(),
+                source: pci::vfio::bars::BarError::Bar64AtEnd { index: 5 },
+            }),
+        ];
+        for error in &refusals {
+            assert_eq!(
+                (error.status_code(), error.code()),
+                (400, "invalid_device"),
+                "{error}"
+            );
+        }
+        let busy = vfio(VfioError::Container(ContainerError::GroupBusy {
+            bdf: "0000:01:00.0".into(),
+            group: 7,
+        }));
+        assert_eq!((busy.status_code(), busy.code()), (409, "device_busy"));
+        assert!(busy.to_string().contains("another process"), "{busy}");
+        let host = vfio(VfioError::Device {
+            id: "gpu0".into(),
+            source: pci::vfio::VfioPciError::NoConfigRegion,
+        });
+        assert_eq!(
+            host.status_code(),
+            500,
+            "a host failure stays a server error"
         );
     }
 

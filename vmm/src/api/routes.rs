@@ -1,7 +1,7 @@
 //! Maps an HTTP method, path and body to an [`ApiRequest`], or to the error the
 //! client gets back. Kept apart from the server so it can be tested without sockets.
 
-use super::{ApiError, ApiRequest, VmRemoveDeviceData};
+use super::{ApiError, ApiRequest, VmAddDevicesData, VmRemoveDeviceData};
 use crate::config::{DeviceConfig, VmConfig};
 use serde::de::DeserializeOwned;
 
@@ -28,6 +28,7 @@ enum Action {
     Plain(fn() -> ApiRequest),
     CreateVm,
     AddDevice,
+    AddDevices,
     RemoveDevice,
 }
 
@@ -89,6 +90,11 @@ const ENDPOINTS: &[Endpoint] = &[
         action: Action::AddDevice,
     },
     Endpoint {
+        name: "vm.add-devices",
+        method: Method::Put,
+        action: Action::AddDevices,
+    },
+    Endpoint {
         name: "vm.remove-device",
         method: Method::Put,
         action: Action::RemoveDevice,
@@ -122,6 +128,9 @@ pub fn route(method: &str, url: &str, body: &[u8]) -> Result<ApiRequest, ApiErro
         }
         Action::AddDevice => parse::<DeviceConfig>(endpoint, body)
             .map(|device| ApiRequest::VmAddDevice(Box::new(device))),
+        Action::AddDevices => {
+            parse::<VmAddDevicesData>(endpoint, body).map(ApiRequest::VmAddDevices)
+        }
         Action::RemoveDevice => {
             parse::<VmRemoveDeviceData>(endpoint, body).map(ApiRequest::VmRemoveDevice)
         }
@@ -235,8 +244,20 @@ mod tests {
             ApiRequest::VmRemoveDevice(data) => assert_eq!(data.id, "gpu0"),
             other => panic!("routed to {other:?}"),
         }
+        let body = br#"{"devices":[{"path":"/sys/bus/pci/devices/0000:01:00.1","id":"gpu0-f1"},{"path":"/sys/bus/pci/devices/0000:01:00.0","id":"gpu0"}]}"#;
+        match route("PUT", "/api/v1/vm.add-devices", body).unwrap() {
+            ApiRequest::VmAddDevices(data) => {
+                let ids: Vec<_> = data.devices.iter().map(|d| d.id.as_deref()).collect();
+                assert_eq!(ids, [Some("gpu0-f1"), Some("gpu0")]);
+            }
+            other => panic!("routed to {other:?}"),
+        }
         for (name, body) in [
             ("vm.add-device", &b"{}"[..]),
+            (
+                "vm.add-devices",
+                br#"{"path":"/sys/bus/pci/devices/0000:01:00.0"}"#,
+            ),
             ("vm.remove-device", b"{}"),
             ("vm.remove-device", br#"{"id":"a","extra":1}"#),
         ] {

@@ -172,6 +172,7 @@ fn render(url: &str, result: ApiResult) -> Response<io::Cursor<Vec<u8>>> {
         Ok(ApiResponse::VmInfo(info)) => json_response(200, &info),
         Ok(ApiResponse::VmmPing(ping)) => json_response(200, &ping),
         Ok(ApiResponse::PciDeviceInfo(info)) => json_response(200, &info),
+        Ok(ApiResponse::PciDevices(infos)) => json_response(200, &infos),
         Ok(ApiResponse::Counters(counters)) => json_response(200, &counters),
         Err(error) => {
             let mut response = json_response(

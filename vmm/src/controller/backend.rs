@@ -16,9 +16,11 @@ pub trait VmInstance {
     fn config(&self) -> &VmConfig;
     fn exit_reason(&self) -> Option<VmExitReason>;
     fn memory_actual_size(&self) -> u64;
-    /// Passes a device through (cold if the VM has not booted, hot if it runs).
-    fn add_device(&mut self, device: DeviceConfig) -> Result<PciDeviceInfo, VmError>;
-    fn remove_device(&mut self, id: &str, policy: Removal) -> Result<PciDeviceInfo, VmError>;
+    /// Passes devices through, all or none (cold if the VM has not booted, hot if
+    /// it runs); one answer per device, in order.
+    fn add_devices(&mut self, devices: Vec<DeviceConfig>) -> Result<Vec<PciDeviceInfo>, VmError>;
+    /// Removes a device and the functions sharing its guest slot; returns them all.
+    fn remove_device(&mut self, id: &str, policy: Removal) -> Result<Vec<PciDeviceInfo>, VmError>;
     fn counters(&self) -> VmCounters;
     /// Duplicates of the NICs' taps, by net id, for the VM that replaces this one
     /// on a reboot; asked for before this one is dropped, while it holds them.
@@ -97,11 +99,11 @@ impl VmInstance for Vm {
         Vm::memory_actual_size(self)
     }
 
-    fn add_device(&mut self, device: DeviceConfig) -> Result<PciDeviceInfo, VmError> {
-        Vm::add_device(self, device)
+    fn add_devices(&mut self, devices: Vec<DeviceConfig>) -> Result<Vec<PciDeviceInfo>, VmError> {
+        Vm::add_devices(self, devices)
     }
 
-    fn remove_device(&mut self, id: &str, policy: Removal) -> Result<PciDeviceInfo, VmError> {
+    fn remove_device(&mut self, id: &str, policy: Removal) -> Result<Vec<PciDeviceInfo>, VmError> {
         Vm::remove_device(self, id, policy)
     }
 

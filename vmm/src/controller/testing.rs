@@ -127,9 +127,7 @@ impl VmBackend for FakeBackend {
         };
         drop(state);
         let devices = std::mem::take(&mut vm.config.devices);
-        for device in devices {
-            vm.add_device(device)?;
-        }
+        vm.add_devices(devices)?;
         Ok(vm)
     }
 }
@@ -183,38 +181,53 @@ impl VmInstance for FakeVm {
         self.config.memory.size
     }
 
-    fn add_device(&mut self, mut device: DeviceConfig) -> Result<PciDeviceInfo, VmError> {
-        let bdf = pci::vfio::container::bdf_of(&device.path)
-            .ok_or_else(|| VfioError::NotAPciDevice(device.path.clone()))?;
-        if let Some(other) = self.config.devices.iter().find(|d| d.path == device.path) {
-            return Err(VfioError::DuplicateDevice {
-                path: device.path.clone(),
-                bdf,
-                id: other.id.clone().unwrap_or_default(),
+    fn add_devices(&mut self, devices: Vec<DeviceConfig>) -> Result<Vec<PciDeviceInfo>, VmError> {
+        // All or none, as the real device manager: check every device first.
+        let mut ids = Vec::with_capacity(devices.len());
+        for (index, device) in devices.iter().enumerate() {
+            let bdf = pci::vfio::container::bdf_of(&device.path)
+                .ok_or_else(|| VfioError::NotAPciDevice(device.path.clone()))?;
+            let earlier = &devices[..index];
+            let same_path = self
+                .config
+                .devices
+                .iter()
+                .chain(earlier)
+                .find(|d| d.path == device.path);
+            if let Some(other) = same_path {
+                return Err(VfioError::DuplicateDevice {
+                    path: device.path.clone(),
+                    bdf,
+                    id: other.id.clone().unwrap_or_default(),
+                }
+                .into());
             }
-            .into());
+            let taken = |id: &String| self.slots.contains_key(id) || ids.contains(id);
+            let id = match device.id.clone() {
+                Some(id) if taken(&id) => return Err(VfioError::DuplicateId(id).into()),
+                Some(id) => id,
+                None => (0..)
+                    .map(|n| format!("_vfio{n}"))
+                    .find(|id| !taken(id))
+                    .unwrap_or_default(),
+            };
+            ids.push(id);
         }
-        let id = match device.id.clone() {
-            Some(id) if self.slots.contains_key(&id) => {
-                return Err(VfioError::DuplicateId(id).into())
-            }
-            Some(id) => id,
-            None => (0..)
-                .map(|n| format!("_vfio{n}"))
-                .find(|id| !self.slots.contains_key(id))
-                .unwrap_or_default(),
-        };
-        let slot = self.unused_slot();
-        self.slots.insert(id.clone(), slot);
-        device.id = Some(id.clone());
-        self.config.devices.push(device);
-        Ok(PciDeviceInfo {
-            id,
-            bdf: guest_bdf(slot),
-        })
+        let mut infos = Vec::with_capacity(devices.len());
+        for (mut device, id) in devices.into_iter().zip(ids) {
+            let slot = self.unused_slot();
+            self.slots.insert(id.clone(), slot);
+            device.id = Some(id.clone());
+            self.config.devices.push(device);
+            infos.push(PciDeviceInfo {
+                id,
+                bdf: guest_bdf(slot),
+            });
+        }
+        Ok(infos)
     }
 
-    fn remove_device(&mut self, id: &str, policy: Removal) -> Result<PciDeviceInfo, VmError> {
+    fn remove_device(&mut self, id: &str, policy: Removal) -> Result<Vec<PciDeviceInfo>, VmError> {
         if !self.slots.contains_key(id) {
             return Err(VfioError::UnknownId(id.to_string()).into());
         }
@@ -232,10 +245,10 @@ impl VmInstance for FakeVm {
             .ok_or_else(|| VfioError::UnknownId(id.to_string()))?;
         self.config.devices.retain(|d| d.id.as_deref() != Some(id));
         self.shared().removed_devices.push(id.to_string());
-        Ok(PciDeviceInfo {
+        Ok(vec![PciDeviceInfo {
             id: id.to_string(),
             bdf: guest_bdf(slot),
-        })
+        }])
     }
 
     /// One descriptor per NIC (on /dev/null: the fake has no taps), by the NIC's

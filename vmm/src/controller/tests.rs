@@ -515,3 +515,48 @@ fn devices_come_and_go_on_a_running_vm_and_survive_a_reboot() {
     let err = controller.handle(remove_device("gpu1")).unwrap_err();
     assert_eq!(err.status_code(), 405, "{err}");
 }
+
+#[test]
+fn devices_added_together_go_in_all_or_none() {
+    let backend = FakeBackend::default();
+    let mut controller = Controller::new(backend.clone(), None);
+    controller.handle(create(config())).unwrap();
+    controller.handle(ApiRequest::VmBoot).unwrap();
+    let device = |path: &str, id: &str| crate::config::DeviceConfig {
+        path: path.into(),
+        id: Some(id.into()),
+        ..Default::default()
+    };
+    let together = |devices| ApiRequest::VmAddDevices(api::VmAddDevicesData { devices });
+    let err = controller.handle(together(vec![])).unwrap_err();
+    assert_eq!((err.status_code(), err.code()), (400, "bad_request"));
+
+    // The second device's id is taken by the first: neither goes in.
+    let err = controller
+        .handle(together(vec![
+            device("/sys/bus/pci/devices/0000:01:00.0", "gpu0"),
+            device("/sys/bus/pci/devices/0000:01:00.1", "gpu0"),
+        ]))
+        .unwrap_err();
+    assert_eq!((err.status_code(), err.code()), (400, "invalid_device"));
+    let ApiResponse::VmInfo(info) = controller.handle(ApiRequest::VmInfo).unwrap() else {
+        panic!("vm.info answered otherwise");
+    };
+    assert!(info.config.devices.is_empty(), "{:?}", info.config.devices);
+
+    let added = controller
+        .handle(together(vec![
+            device("/sys/bus/pci/devices/0000:01:00.0", "gpu0"),
+            device("/sys/bus/pci/devices/0000:01:00.1", "gpu0-f1"),
+        ]))
+        .unwrap();
+    let ApiResponse::PciDevices(infos) = added else {
+        panic!("vm.add-devices answered {added:?}");
+    };
+    let ids: Vec<&str> = infos.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["gpu0", "gpu0-f1"]);
+    let ApiResponse::VmInfo(info) = controller.handle(ApiRequest::VmInfo).unwrap() else {
+        panic!("vm.info answered otherwise");
+    };
+    assert_eq!(info.config.devices.len(), 2);
+}

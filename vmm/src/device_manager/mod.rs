@@ -180,46 +180,48 @@ impl DeviceManager {
         self.virtio.keep_taps()
     }
 
-    /// Passes a host device through: opened, placed on the next free slot and, in a
-    /// running guest, announced through ACPI (the GED's hotplug event, then a device
-    /// check on the slot).
-    pub fn add_device(
+    /// Passes host devices through, all or none: opened, placed on free slots
+    /// (a host slot's functions sharing one) and, in a running guest, announced
+    /// through ACPI once every slot is whole (the GED's hotplug event, then a
+    /// device check on each slot).
+    pub fn add_devices(
         &mut self,
         kvm: &hypervisor::Vm,
         memory: &GuestMemoryMmap,
-        config: &DeviceConfig,
+        configs: &[DeviceConfig],
         guest_running: bool,
-    ) -> Result<PciDeviceInfo, DeviceManagerError> {
-        if let Some(id) = config.id.as_deref() {
+    ) -> Result<Vec<PciDeviceInfo>, DeviceManagerError> {
+        for id in configs.iter().filter_map(|c| c.id.as_deref()) {
             if self.virtio.contains_id(id) {
                 return Err(VfioError::DuplicateId(id.to_string()).into());
             }
         }
-        let opened = self.vfio.open(Some(kvm), std::slice::from_ref(config))?;
+        let opened = self.vfio.open(Some(kvm), configs)?;
         let (vfio, mut resources) = self.vfio_with_resources(memory);
-        let info = vfio
-            .attach(opened, &mut resources)?
-            .pop()
-            .ok_or_else(|| VfioError::UnknownId(config.id.clone().unwrap_or_default()))?;
-        if guest_running {
-            if let Some(slot) = self.vfio.slot_of(&info.id) {
-                self.hotplug.slot_added(slot);
-                self.notify_hotplug();
+        let infos = vfio.attach(opened, &mut resources)?;
+        if guest_running && !infos.is_empty() {
+            for info in &infos {
+                if let Some(slot) = self.vfio.slot_of(&info.id) {
+                    self.hotplug.slot_added(slot);
+                }
             }
+            self.notify_hotplug();
         }
-        Ok(info)
+        Ok(infos)
     }
 
-    /// Takes a passed-through device away. A running guest is asked to eject it
-    /// first and given [`EJECT_IGNORED_AFTER`] to react (or [`EJECT_GIVE_UP_AFTER`]
-    /// once it did); what happens to a device it did not eject is `policy`'s to say.
+    /// Takes a passed-through device away, with every function sharing its guest
+    /// slot: the guest ejects slots, not functions. A running guest is asked to
+    /// eject it first and given [`EJECT_IGNORED_AFTER`] to react (or
+    /// [`EJECT_GIVE_UP_AFTER`] once it did); what happens to a device it did not
+    /// eject is `policy`'s to say. Returns every device removed, `id`'s first.
     pub fn remove_device(
         &mut self,
         memory: &GuestMemoryMmap,
         id: &str,
         guest_running: bool,
         policy: Removal,
-    ) -> Result<PciDeviceInfo, DeviceManagerError> {
+    ) -> Result<Vec<PciDeviceInfo>, DeviceManagerError> {
         if self.virtio.contains_id(id) {
             return Err(VirtioError::NotRemovable(id.to_string()).into());
         }
@@ -261,10 +263,20 @@ impl DeviceManager {
                 ),
             }
         }
+        let mut removed = self.detach_slot(memory, slot);
+        if let Some(first) = removed.iter().position(|info| info.id == id) {
+            removed.swap(0, first);
+        }
+        Ok(removed)
+    }
+
+    /// Detaches every function of `slot`, function 0 last.
+    fn detach_slot(&mut self, memory: &GuestMemoryMmap, slot: u8) -> Vec<PciDeviceInfo> {
+        let ids = self.vfio.ids_in_slot(slot);
         let (vfio, mut resources) = self.vfio_with_resources(memory);
-        Ok(vfio
-            .detach(id, &mut resources)
-            .ok_or_else(|| VfioError::UnknownId(id.to_string()))?)
+        ids.iter()
+            .filter_map(|id| vfio.detach(id, &mut resources))
+            .collect()
     }
 
     /// Readable when the guest ejected a device on its own; then call
@@ -281,18 +293,22 @@ impl DeviceManager {
             let _ = fd.read();
         }
         let ejected = self.hotplug.take_unrequested_ejects();
-        let ids: Vec<String> = self
+        let mut slots: Vec<u8> = self
             .vfio
             .list()
             .into_iter()
-            .filter(|(_, slot)| ejected & (1u32 << slot) != 0)
-            .map(|(info, _)| info.id)
+            .map(|(_, slot)| slot)
+            .filter(|slot| ejected & (1u32 << slot) != 0)
             .collect();
+        slots.dedup();
         let mut removed = Vec::new();
-        for id in ids {
-            let (vfio, mut resources) = self.vfio_with_resources(memory);
-            if let Some(info) = vfio.detach(&id, &mut resources) {
-                log::info!("vfio: the guest ejected {id} ({}) on its own", info.bdf);
+        for slot in slots {
+            for info in self.detach_slot(memory, slot) {
+                log::info!(
+                    "vfio: the guest ejected {} ({}) on its own",
+                    info.id,
+                    info.bdf
+                );
                 removed.push(info);
             }
         }

@@ -123,14 +123,14 @@ impl PciDevices {
         }
     }
 
-    /// Puts `device` into `slot` with each of `bars` trapped on its bus: the one
+    /// Puts `device` at `at` with each of `bars` trapped on its bus: the one
     /// attach routine of every PCI device, passed through or emulated. On failure
     /// nothing of the device stays on the buses; its BARs' addresses stay the
     /// caller's to give back.
     pub fn plug(
         &mut self,
         buses: &IoBuses,
-        slot: u8,
+        at: GuestFunction,
         device: &SharedPciDevice,
         bars: &[PciBar],
     ) -> Result<(), PlugError> {
@@ -151,7 +151,8 @@ impl PciDevices {
             }
         }
         if failure.is_none() {
-            if let Err(source) = lock(&self.bus).add_device(slot, device.clone()) {
+            let added = lock(&self.bus).add_function(at.slot, at.function, device.clone());
+            if let Err(source) = added {
                 failure = Some(PlugError::Slot(source));
             }
         }
@@ -166,7 +167,7 @@ impl PciDevices {
         }
     }
 
-    /// Takes `device` out of `slot` on bus 0 and its BAR regions off the buses,
+    /// Takes `device` out of `at` on bus 0 and its BAR regions off the buses,
     /// found where the guest last put them or else where they were `placed`;
     /// `what` names the device in the warnings about anything missing. Off the bus
     /// first, so the guest cannot move a BAR between the read of where it is and
@@ -175,13 +176,13 @@ impl PciDevices {
     pub fn unplug<D: PciDevice + ?Sized>(
         &mut self,
         buses: &IoBuses,
-        slot: u8,
+        at: GuestFunction,
         device: &Mutex<D>,
         placed: &[PciBar],
         what: &str,
     ) {
-        if let Err(e) = lock(&self.bus).remove_device(slot) {
-            log::warn!("{what}: taking slot {slot} off the bus: {e}");
+        if let Err(e) = lock(&self.bus).remove_function(at.slot, at.function) {
+            log::warn!("{what}: taking {at} off the bus: {e}");
         }
         let current = lock(device).bars();
         for (bar, original) in current.iter().zip(placed) {
@@ -204,9 +205,29 @@ fn bus_for(buses: &IoBuses, kind: BarKind) -> &devices::Bus {
     }
 }
 
-/// The guest's address of a bus-0 slot.
+/// Where a device sits on the guest's bus 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GuestFunction {
+    pub slot: u8,
+    pub function: u8,
+}
+
+impl GuestFunction {
+    /// Function 0 of `slot`: every device that has a slot to itself.
+    pub fn slot(slot: u8) -> Self {
+        Self { slot, function: 0 }
+    }
+}
+
+impl std::fmt::Display for GuestFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "0000:00:{:02x}.{}", self.slot, self.function)
+    }
+}
+
+/// The guest's address of function 0 of a bus-0 slot.
 pub fn guest_bdf(slot: u8) -> String {
-    format!("0000:00:{slot:02x}.0")
+    GuestFunction::slot(slot).to_string()
 }
 
 /// Moves a trapped BAR's bus region when the guest reprograms the BAR (the device

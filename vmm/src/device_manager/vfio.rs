@@ -14,13 +14,18 @@
 //!   passed-through devices can reach each other's BARs (peer-to-peer DMA; the
 //!   64-bit window is clamped to the IOVA ranges for this). Best effort: a
 //!   refused BAR map is a warning, never an attach failure.
+//! - Functions of one host slot passed in one request (a GPU at `01:00.0` and its
+//!   audio function at `01:00.1`) share one guest slot and keep their function
+//!   numbers, where guest drivers look for their siblings; function 0 goes on the
+//!   bus last and comes off first-but-after-the-others' eject, so a guest never
+//!   scans half a slot. Without the host's function 0 each gets a slot of its own.
 //! - Attach order per device: lowest free slot, INTx GSI from the slot
 //!   ([`crate::acpi_pci::intx_gsi`]), BARs placed off any BAR the guest moved,
 //!   [`VfioPciDevice`] built, every BAR trapped whole on the MMIO/PIO bus (mapped
 //!   parts never exit), then the device goes on the PCI bus. Detach undoes it in
 //!   reverse, finding trapped BARs where the guest last put them.
 
-use super::pci::{guest_bdf, lock, PciDeviceInfo, PciDevices, PlugError};
+use super::pci::{lock, GuestFunction, PciDeviceInfo, PciDevices, PlugError};
 use super::vfio_error::VfioError;
 use super::vfio_host::{VfioContainerOps, VfioHost};
 use super::vfio_resources::{KvmInterruptRouting, KvmMemorySlots};
@@ -67,7 +72,7 @@ impl OpenedDevice {
 struct AttachedDevice {
     bdf: String,
     path: PathBuf,
-    slot: u8,
+    at: GuestFunction,
     device: Arc<Mutex<VfioPciDevice>>,
     /// As allocated (the allocators know these addresses, not the guest's moves).
     placed: Vec<PciBar>,
@@ -130,19 +135,32 @@ impl VfioDevices {
         self.devices.is_empty()
     }
 
-    /// Ids and BDFs in slot order.
+    /// Ids and guest addresses in bus order, with each one's slot.
     pub fn list(&self) -> Vec<(PciDeviceInfo, u8)> {
         let mut all: Vec<_> = self
             .devices
             .iter()
-            .map(|(id, d)| (guest_info(id, d.slot), d.slot))
+            .map(|(id, d)| (d.at, guest_info(id, d.at)))
             .collect();
-        all.sort_by_key(|(_, slot)| *slot);
-        all
+        all.sort_by_key(|(at, _)| *at);
+        all.into_iter().map(|(at, info)| (info, at.slot)).collect()
     }
 
     pub fn slot_of(&self, id: &str) -> Option<u8> {
-        self.devices.get(id).map(|d| d.slot)
+        self.devices.get(id).map(|d| d.at.slot)
+    }
+
+    /// The ids of every function in `slot`, in the order they come off the bus:
+    /// function 0 last.
+    pub fn ids_in_slot(&self, slot: u8) -> Vec<String> {
+        let mut ids: Vec<(u8, String)> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.at.slot == slot)
+            .map(|(id, d)| (d.at.function, id.clone()))
+            .collect();
+        ids.sort_by_key(|(function, _)| std::cmp::Reverse(*function));
+        ids.into_iter().map(|(_, id)| id).collect()
     }
 
     /// The id and BDF each config gets, after checking the paths and that no id or
@@ -297,19 +315,47 @@ impl VfioDevices {
             .map(|d| (d.id.clone(), d.bdf.clone()))
             .collect();
         let result = self.map_memory(vm.memory).and_then(|()| {
-            let mut infos = Vec::with_capacity(opened.len());
-            for device in opened {
-                infos.push(self.attach_one(device, vm)?);
+            let mut infos: Vec<Option<PciDeviceInfo>> = vec![None; opened.len()];
+            let mut opened: Vec<Option<OpenedDevice>> = opened.into_iter().map(Some).collect();
+            for slot_group in shared_slots(&names) {
+                let slot = vm.pci.free_slot().map_err(|source| VfioError::Slot {
+                    id: names[slot_group[0]].0.clone(),
+                    source,
+                })?;
+                let multifunction = slot_group.len() > 1;
+                for index in slot_group {
+                    let function = if multifunction {
+                        host_function(&names[index].1).unwrap_or(0)
+                    } else {
+                        0
+                    };
+                    if let Some(device) = opened[index].take() {
+                        let at = GuestFunction { slot, function };
+                        infos[index] = Some(self.attach_one(device, at, vm)?);
+                    }
+                }
             }
-            Ok(infos)
+            Ok(infos.into_iter().flatten().collect())
         });
         if result.is_err() {
+            // Off the bus in reverse: function 0 before the slot's others would
+            // leave them hidden, and the bus refuses it.
+            let mut attached: Vec<(GuestFunction, String)> = names
+                .iter()
+                .filter_map(|(id, _)| Some((self.devices.get(id)?.at, id.clone())))
+                .collect();
+            attached.sort_by_key(|(at, _)| std::cmp::Reverse(at.function));
+            // Forgotten before the detaches, which close the container with the
+            // last device.
             for (id, bdf) in &names {
-                if self.devices.contains_key(id) {
-                    self.detach(id, vm);
-                } else if let Some(container) = &self.container {
-                    container.forget_vm_device(bdf);
+                if !self.devices.contains_key(id) {
+                    if let Some(container) = &self.container {
+                        container.forget_vm_device(bdf);
+                    }
                 }
+            }
+            for (_, id) in &attached {
+                self.detach(id, vm);
             }
             if self.devices.is_empty() {
                 self.container = None;
@@ -333,13 +379,11 @@ impl VfioDevices {
     fn attach_one(
         &mut self,
         opened: OpenedDevice,
+        at: GuestFunction,
         vm: &mut VmResources<'_>,
     ) -> Result<PciDeviceInfo, VfioError> {
         let id = opened.id.clone();
-        let slot = vm.pci.free_slot().map_err(|source| VfioError::Slot {
-            id: id.clone(),
-            source,
-        })?;
+        let slot = at.slot;
         let pin = opened
             .raw_config
             .get(INTERRUPT_PIN)
@@ -381,7 +425,7 @@ impl VfioDevices {
             }
         };
         let shared: SharedPciDevice = device.clone();
-        if let Err(e) = vm.pci.plug(vm.buses, slot, &shared, &placed) {
+        if let Err(e) = vm.pci.plug(vm.buses, at, &shared, &placed) {
             lock(&device).detach();
             drop(shared);
             drop(device);
@@ -400,22 +444,18 @@ impl VfioDevices {
                 PlugError::Slot(source) => VfioError::Slot { id, source },
             });
         }
-        log::info!(
-            "vfio: {id} ({}) attached at {}",
-            opened.bdf,
-            guest_bdf(slot)
-        );
+        log::info!("vfio: {id} ({}) attached at {at}", opened.bdf);
         self.devices.insert(
             id.clone(),
             AttachedDevice {
                 bdf: opened.bdf,
                 path: opened.path,
-                slot,
+                at,
                 device,
                 placed,
             },
         );
-        Ok(guest_info(&id, slot))
+        Ok(guest_info(&id, at))
     }
 
     /// Claims, in the BAR windows, every BAR the guest moved away from where it was
@@ -443,7 +483,7 @@ impl VfioDevices {
         let attached = self.devices.remove(id)?;
         vm.pci.unplug(
             vm.buses,
-            attached.slot,
+            attached.at,
             &attached.device,
             &attached.placed,
             &format!("vfio: {id}"),
@@ -459,7 +499,7 @@ impl VfioDevices {
             self.container = None;
         }
         log::info!("vfio: {id} ({}) detached", attached.bdf);
-        Some(guest_info(id, attached.slot))
+        Some(guest_info(id, attached.at))
     }
 
     /// Every device's counters, by id.
@@ -487,11 +527,48 @@ impl VfioDevices {
     }
 }
 
-fn guest_info(id: &str, slot: u8) -> PciDeviceInfo {
+fn guest_info(id: &str, at: GuestFunction) -> PciDeviceInfo {
     PciDeviceInfo {
         id: id.to_string(),
-        bdf: guest_bdf(slot),
+        bdf: at.to_string(),
     }
+}
+
+/// `domain:bus:device` and the function of a host BDF (`0000:01:00.1`).
+fn host_slot(bdf: &str) -> Option<(&str, u8)> {
+    let (slot, function) = bdf.rsplit_once('.')?;
+    let function: u8 = function.parse().ok()?;
+    (function < 8).then_some((slot, function))
+}
+
+fn host_function(bdf: &str) -> Option<u8> {
+    host_slot(bdf).map(|(_, function)| function)
+}
+
+/// Which of `devices` (id, host BDF) share a guest slot, as indices into it: the
+/// functions of one host slot whose function 0 is among them, function 0 last so
+/// the slot is whole before the guest can find it; every other device alone.
+/// Slots in the order their first device was given.
+fn shared_slots(devices: &[(String, String)]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
+    for (index, (_, bdf)) in devices.iter().enumerate() {
+        let key = host_slot(bdf).map(|(slot, _)| slot).filter(|slot| {
+            devices
+                .iter()
+                .any(|(_, other)| host_slot(other) == Some((slot, 0)))
+        });
+        match groups.iter_mut().find(|(k, _)| key.is_some() && *k == key) {
+            Some((_, members)) => members.push(index),
+            None => groups.push((key, vec![index])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(_, mut members)| {
+            members.sort_by_key(|&i| std::cmp::Reverse(host_function(&devices[i].1).unwrap_or(0)));
+            members
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use form_vm_allocator::LayoutError;
 use pci::vfio::bars::BarError;
+use pci::vfio::config::VfioConfigError;
 use pci::vfio::container::ContainerError;
 use pci::vfio::VfioPciError;
 use pci::PciBusError;
@@ -80,15 +81,40 @@ fn bound_to(driver: Option<&str>) -> String {
 }
 
 impl VfioError {
-    /// Whether the request itself was wrong (a client error), not the host.
+    /// Whether the request itself was wrong (a client error), not the host: a
+    /// device that cannot be passed as asked (its path, its driver, its IOMMU
+    /// group, a capability for another vendor, BARs or RAM that do not fit).
     pub fn is_bad_request(&self) -> bool {
-        matches!(
-            self,
+        match self {
             VfioError::NotAPciDevice(_)
-                | VfioError::NoSuchDevice { .. }
-                | VfioError::NotVfioBound { .. }
-                | VfioError::DuplicateId(_)
-                | VfioError::DuplicateDevice { .. }
-        )
+            | VfioError::NoSuchDevice { .. }
+            | VfioError::NotVfioBound { .. }
+            | VfioError::DuplicateId(_)
+            | VfioError::DuplicateDevice { .. }
+            | VfioError::Bars { .. }
+            | VfioError::Layout(_)
+            | VfioError::RamOutsideIova { .. } => true,
+            VfioError::Container(ContainerError::Group(_)) => true,
+            VfioError::Device { source, .. } => matches!(
+                source,
+                VfioPciError::Config(
+                    VfioConfigError::NotEndpoint(_)
+                        | VfioConfigError::CliqueOutOfRange(_)
+                        | VfioConfigError::CliqueNotNvidia(_)
+                        | VfioConfigError::NoRoomForClique
+                )
+            ),
+            VfioError::Slot {
+                source: PciBusError::Full,
+                ..
+            } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether what the request names is held elsewhere: another VM has its
+    /// IOMMU group. Retrying after that VM lets go succeeds.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, VfioError::Container(ContainerError::GroupBusy { .. }))
     }
 }

@@ -13,7 +13,7 @@
 
 use super::log_file::open_guest_log;
 use super::pci::PciDevices;
-use super::pci::{guest_bdf, lock, PciDeviceInfo, PlugError};
+use super::pci::{guest_bdf, lock, GuestFunction, PciDeviceInfo, PlugError};
 use super::vfio_resources::KvmInterruptRouting;
 use crate::config::{ConsoleConfig, ConsoleOutputMode, VmConfig};
 use crate::io_buses::IoBuses;
@@ -368,7 +368,10 @@ impl VirtioDevices {
         };
         let shared: SharedPciDevice = device.clone();
         let bars = pci::PciDevice::bars(&*lock(&device));
-        if let Err(e) = vm.pci.plug(vm.buses, slot, &shared, &bars) {
+        if let Err(e) = vm
+            .pci
+            .plug(vm.buses, GuestFunction::slot(slot), &shared, &bars)
+        {
             release_bar(vm.pci);
             return Err(match e {
                 PlugError::BarRegion { addr, source, .. } => VirtioError::BarRegion {
@@ -403,7 +406,7 @@ impl VirtioDevices {
         for attached in self.devices.drain(..).rev() {
             vm.pci.unplug(
                 vm.buses,
-                attached.slot,
+                GuestFunction::slot(attached.slot),
                 &attached.device,
                 &attached.placed,
                 &format!("virtio: {}", attached.id),

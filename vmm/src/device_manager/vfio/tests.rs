@@ -313,3 +313,130 @@ fn a_bar_the_iommu_refuses_still_attaches() {
     );
     assert!(rig.host.iommu.snapshot().is_empty());
 }
+
+const AUDIO: &str = "/sys/bus/pci/devices/0000:01:00.1";
+const LONE_FUNCTION: &str = "/sys/bus/pci/devices/0000:03:00.1";
+
+fn config(path: &str, id: &str) -> DeviceConfig {
+    DeviceConfig {
+        path: path.into(),
+        id: Some(id.into()),
+        iommu: false,
+        pci_segment: 0,
+        x_nv_gpudirect_clique: None,
+    }
+}
+
+impl Rig {
+    fn add_all(&mut self, configs: &[DeviceConfig]) -> Result<Vec<PciDeviceInfo>, VfioError> {
+        let opened = self.vfio.open(None, configs)?;
+        let mut vm = VmResources {
+            memory: &self.memory,
+            pci: &mut self.pci,
+            buses: &self.buses,
+        };
+        self.vfio.attach(opened, &mut vm)
+    }
+}
+
+fn multifunction_host(gpu_bar1: u64) -> FakeVfioHost {
+    FakeVfioHost::with(vec![
+        (GPU, FakeVfioDevice::gpu_with_bar1(gpu_bar1)),
+        (AUDIO, FakeVfioDevice::bare()),
+        (EDU, FakeVfioDevice::edu()),
+        (LONE_FUNCTION, FakeVfioDevice::bare()),
+    ])
+}
+
+/// Function 0's header type, bit 7 of byte 2 of dword 3.
+fn multifunction_bit(rig: &Rig, slot: u8) -> bool {
+    config_read(&rig.pci.bus, slot, 0, 3) & (0x80 << 16) != 0
+}
+
+#[test]
+fn a_host_slots_functions_share_a_guest_slot_and_keep_their_numbers() {
+    let mut rig = Rig::new(multifunction_host(1 << 30));
+    // Given audio first and with an unrelated device between: the slot still
+    // comes whole, and the answers follow the order given.
+    let infos = rig
+        .add_all(&[
+            config(AUDIO, "gpu0-f1"),
+            config(EDU, "edu0"),
+            config(GPU, "gpu0"),
+        ])
+        .unwrap();
+    let bdfs: Vec<&str> = infos.iter().map(|i| i.bdf.as_str()).collect();
+    assert_eq!(bdfs, ["0000:00:01.1", "0000:00:02.0", "0000:00:01.0"]);
+    assert!(
+        multifunction_bit(&rig, 1),
+        "function 0 says the slot has more"
+    );
+    assert!(!multifunction_bit(&rig, 2));
+    let gpu_id = config_read(&rig.pci.bus, 1, 0, 0);
+    let audio_id = config_read(&rig.pci.bus, 1, 1, 0);
+    assert_ne!(audio_id, u32::MAX, "function 1 answers");
+    assert_ne!(gpu_id, audio_id);
+    // One INTx line per slot and pin, as _PRT routes it.
+    assert_eq!(
+        config_read(&rig.pci.bus, 1, 0, 0xf) & 0xff,
+        intx_gsi(1, 0),
+        "the GPU's line"
+    );
+    assert_eq!(rig.vfio.ids_in_slot(1), ["gpu0-f1", "gpu0"]);
+    let listed: Vec<(String, u8)> = rig
+        .vfio
+        .list()
+        .into_iter()
+        .map(|(info, slot)| (info.bdf, slot))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("0000:00:01.0".to_string(), 1),
+            ("0000:00:01.1".to_string(), 1),
+            ("0000:00:02.0".to_string(), 2)
+        ]
+    );
+
+    // Off the bus as the guest ejects the slot: every function, 0 last.
+    for id in rig.vfio.ids_in_slot(1) {
+        rig.remove(&id).unwrap();
+    }
+    assert_eq!(config_read(&rig.pci.bus, 1, 0, 0), u32::MAX);
+    assert_eq!(config_read(&rig.pci.bus, 1, 1, 0), u32::MAX);
+    assert_eq!(rig.open_containers(), 1, "edu keeps the container");
+}
+
+#[test]
+fn functions_without_their_function_0_get_slots_of_their_own() {
+    let mut rig = Rig::new(multifunction_host(1 << 30));
+    let infos = rig
+        .add_all(&[config(AUDIO, "audio"), config(LONE_FUNCTION, "lone")])
+        .unwrap();
+    let bdfs: Vec<&str> = infos.iter().map(|i| i.bdf.as_str()).collect();
+    assert_eq!(bdfs, ["0000:00:01.0", "0000:00:02.0"]);
+    assert!(!multifunction_bit(&rig, 1));
+    // Added later, in a request of its own, the GPU gets a slot of its own too:
+    // the guest already scanned the audio function's slot.
+    assert_eq!(rig.add(GPU, Some("gpu0")).unwrap().bdf, "0000:00:03.0");
+}
+
+#[test]
+fn a_slot_that_fails_half_way_leaves_nothing_on_the_bus() {
+    // A BAR1 no window can hold: function 0 fails after function 1 went in.
+    let mut rig = Rig::new(multifunction_host(1 << 50));
+    let err = rig
+        .add_all(&[config(GPU, "gpu0"), config(AUDIO, "gpu0-f1")])
+        .unwrap_err();
+    assert!(
+        matches!(err, VfioError::Bars { ref id, .. } if id == "gpu0"),
+        "{err}"
+    );
+    for function in 0..8 {
+        assert_eq!(config_read(&rig.pci.bus, 1, function, 0), u32::MAX);
+    }
+    assert!(rig.vfio.is_empty());
+    assert_eq!(rig.open_containers(), 0);
+    assert!(lock(&rig.host.declared).is_empty(), "nothing left declared");
+    assert_eq!(rig.pci.free_slot().unwrap(), 1);
+}
