@@ -351,7 +351,7 @@ impl<B: VmBackend> Controller<B> {
         if let Some(managed) = &self.vm {
             sources.push((Source::VmExit, managed.exit.as_raw_fd()));
             sources.push((Source::VmReset, managed.reset.as_raw_fd()));
-            if let Some(fd) = managed.vm.device_events_fd() {
+            for fd in managed.vm.device_event_fds() {
                 sources.push((Source::VmDevices, fd));
             }
         }

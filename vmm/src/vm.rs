@@ -435,16 +435,17 @@ impl Vm {
         Ok(removed)
     }
 
-    /// Readable when the guest ejected a device on its own; then call
-    /// [`Vm::handle_guest_ejects`].
-    pub fn device_events_fd(&self) -> Option<std::os::fd::RawFd> {
-        use std::os::fd::AsRawFd;
-        self.devices.guest_eject_fd().map(|fd| fd.as_raw_fd())
+    /// Readable when the guest ejected a device on its own or the host asked for
+    /// one back; then call [`Vm::handle_device_events`].
+    pub fn device_event_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.devices.device_event_fds()
     }
 
-    /// Detaches the devices the guest ejected on its own; returns them.
-    pub fn handle_guest_ejects(&mut self) -> Vec<PciDeviceInfo> {
-        let removed = self.devices.handle_guest_ejects(&self.memory);
+    /// Detaches the devices the guest ejected on its own and those the host
+    /// asked back (after the guest's eject); returns them.
+    pub fn handle_device_events(&mut self) -> Vec<PciDeviceInfo> {
+        let running = self.state == VmState::Running;
+        let removed = self.devices.handle_device_events(&self.memory, running);
         for info in &removed {
             self.config
                 .devices

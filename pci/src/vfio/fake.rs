@@ -4,6 +4,7 @@
 //! the calls that change hardware state; its presets are shaped like real devices.
 //! [`FakeRouting`] and [`FakeSlots`] record what a device asked of the VMM.
 
+use crate::vfio::ops::IRQ_INDEXES;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +55,7 @@ pub enum FakeOp {
 pub struct FakeVfioDevice {
     info: DeviceInfo,
     regions: BTreeMap<u32, RegionInfo>,
-    irqs: [IrqInfo; 3],
+    irqs: [IrqInfo; IRQ_INDEXES],
     /// Region contents that were written or preset, by (region, offset).
     memory: Mutex<BTreeMap<(u32, u64), u8>>,
     ops: Mutex<Vec<FakeOp>>,
@@ -155,7 +156,17 @@ impl FakeVfioDevice {
                 num_irqs: 5,
             },
             regions,
-            irqs,
+            // Every vfio-pci device has one request vector; none has AER here.
+            irqs: [
+                irqs[0],
+                irqs[1],
+                irqs[2],
+                IrqInfo::default(),
+                IrqInfo {
+                    count: 1,
+                    noresize: false,
+                },
+            ],
             memory: Mutex::new(memory),
             ops: Mutex::new(Vec::new()),
             eventfds: Mutex::new(BTreeMap::new()),

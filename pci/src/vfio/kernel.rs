@@ -19,7 +19,7 @@ use vfio_ioctls::VfioDevice;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::vfio::ops::{
-    DeviceInfo, IrqIndex, IrqInfo, OpsResult, RegionInfo, VfioDeviceOps, VfioOpsError,
+    DeviceInfo, IrqIndex, IrqInfo, OpsResult, RegionInfo, VfioDeviceOps, VfioOpsError, IRQ_INDEXES,
 };
 use crate::vfio::region_info::{self, parse_region_info, REGION_INFO_LEN};
 
@@ -71,7 +71,7 @@ pub struct KernelVfioDevice {
     bdf: String,
     info: DeviceInfo,
     regions: Vec<Option<(RegionInfo, u64)>>,
-    irqs: [Option<IrqInfo>; 3],
+    irqs: [Option<IrqInfo>; IRQ_INDEXES],
 }
 
 fn kernel_err(op: &str) -> VfioOpsError {
@@ -120,7 +120,13 @@ impl KernelVfioDevice {
                 noresize: raw[1] & VFIO_IRQ_INFO_NORESIZE != 0,
             })
         };
-        let irqs = [irq(IrqIndex::Intx), irq(IrqIndex::Msi), irq(IrqIndex::Msix)];
+        let irqs = [
+            irq(IrqIndex::Intx),
+            irq(IrqIndex::Msi),
+            irq(IrqIndex::Msix),
+            irq(IrqIndex::Err),
+            irq(IrqIndex::Req),
+        ];
         Ok(Self {
             device,
             bdf,

@@ -43,7 +43,15 @@ pub enum IrqIndex {
     Intx = 0,
     Msi = 1,
     Msix = 2,
+    /// AER error notification; unused.
+    Err = 3,
+    /// The host asks for the device back: an unbind from vfio-pci signals it and
+    /// then waits, re-signalling every 10 s, until the VMM closes the device.
+    Req = 4,
 }
+
+/// How many interrupt indexes a vfio-pci device has.
+pub const IRQ_INDEXES: usize = 5;
 
 /// What `VFIO_DEVICE_GET_IRQ_INFO` says about one interrupt index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -29,12 +29,12 @@ pub trait VmInstance {
     fn pci_devices(&self) -> Vec<PciDeviceInfo> {
         Vec::new()
     }
-    /// An fd that becomes readable when the VM's devices need the controller
-    /// (the guest ejected one on its own); `None` when there is nothing to watch.
-    fn device_events_fd(&self) -> Option<std::os::fd::RawFd> {
-        None
+    /// Fds that become readable when the VM's devices need the controller (the
+    /// guest ejected one on its own, the host asked for one back).
+    fn device_event_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
     }
-    /// Handles what [`VmInstance::device_events_fd`] signalled; true when the
+    /// Handles what [`VmInstance::device_event_fds`] signalled; true when the
     /// VM's configuration changed.
     fn handle_device_events(&mut self) -> bool {
         false
@@ -119,11 +119,11 @@ impl VmInstance for Vm {
         Vm::pci_devices(self)
     }
 
-    fn device_events_fd(&self) -> Option<std::os::fd::RawFd> {
-        Vm::device_events_fd(self)
+    fn device_event_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vm::device_event_fds(self)
     }
 
     fn handle_device_events(&mut self) -> bool {
-        !Vm::handle_guest_ejects(self).is_empty()
+        !Vm::handle_device_events(self).is_empty()
     }
 }

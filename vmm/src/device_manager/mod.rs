@@ -26,6 +26,7 @@ use hotplug::{EJECT_GIVE_UP_AFTER, EJECT_IGNORED_AFTER};
 use legacy::{attach_legacy_devices, LegacyDevices};
 use pci::{PciDeviceInfo, PciDevices, PciTeardown};
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use vfio::{OpenedDevice, VfioDevices, VmResources};
 use vfio_error::VfioError;
@@ -279,15 +280,59 @@ impl DeviceManager {
             .collect()
     }
 
-    /// Readable when the guest ejected a device on its own; then call
-    /// [`DeviceManager::handle_guest_ejects`].
-    pub fn guest_eject_fd(&self) -> Option<&EventFd> {
-        self.hotplug.guest_eject_fd()
+    /// Readable when the guest ejected a device on its own or the host asked
+    /// for one back; then call [`DeviceManager::handle_device_events`].
+    pub fn device_event_fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self
+            .hotplug
+            .guest_eject_fd()
+            .map(|fd| fd.as_raw_fd())
+            .into_iter()
+            .collect();
+        fds.extend(self.vfio.host_request_fds());
+        fds
+    }
+
+    /// Handles what [`DeviceManager::device_event_fds`] signalled: devices the
+    /// guest ejected, then devices the host wants back. Returns every device
+    /// that left the VM.
+    pub fn handle_device_events(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        guest_running: bool,
+    ) -> Vec<PciDeviceInfo> {
+        let mut removed = self.handle_guest_ejects(memory);
+        removed.extend(self.give_back_requested(memory, guest_running));
+        removed
+    }
+
+    /// Gives the host the devices it asked back (an unbind from vfio-pci, which
+    /// blocks until the VMM lets go): a running guest is asked to eject each
+    /// first, as for an API removal, and loses it after
+    /// [`EJECT_GIVE_UP_AFTER`] if it does not, since the host's request stands.
+    fn give_back_requested(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        guest_running: bool,
+    ) -> Vec<PciDeviceInfo> {
+        let mut removed = Vec::new();
+        for id in self.vfio.host_requests() {
+            // An earlier removal of its slot may have taken it already.
+            if self.vfio.slot_of(&id).is_none() {
+                continue;
+            }
+            log::warn!("vfio: the host asked for {id} back; removing it from the VM");
+            match self.remove_device(memory, &id, guest_running, Removal::DetachAnyway) {
+                Ok(infos) => removed.extend(infos),
+                Err(e) => log::warn!("vfio: giving {id} back to the host: {e}"),
+            }
+        }
+        removed
     }
 
     /// Detaches the devices whose slots the guest ejected without being asked (an
     /// administrator in the guest powering a slot off); returns them.
-    pub fn handle_guest_ejects(&mut self, memory: &GuestMemoryMmap) -> Vec<PciDeviceInfo> {
+    fn handle_guest_ejects(&mut self, memory: &GuestMemoryMmap) -> Vec<PciDeviceInfo> {
         if let Some(fd) = self.hotplug.guest_eject_fd() {
             // The count is irrelevant: the bitmap says which slots.
             let _ = fd.read();

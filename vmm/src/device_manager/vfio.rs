@@ -19,6 +19,9 @@
 //!   numbers, where guest drivers look for their siblings; function 0 goes on the
 //!   bus last and comes off first-but-after-the-others' eject, so a guest never
 //!   scans half a slot. Without the host's function 0 each gets a slot of its own.
+//! - The host can ask for a device back (an unbind from vfio-pci signals the
+//!   device's request interrupt, then waits for the VMM to close it): each device
+//!   gets an eventfd on it, and [`VfioDevices::host_requests`] says which asked.
 //! - Attach order per device: lowest free slot, INTx GSI from the slot
 //!   ([`crate::acpi_pci::intx_gsi`]), BARs placed off any BAR the guest moved,
 //!   [`VfioPciDevice`] built, every BAR trapped whole on the MMIO/PIO bus (mapped
@@ -34,15 +37,18 @@ use crate::config::DeviceConfig;
 use crate::io_buses::IoBuses;
 use crate::memory::GuestMemoryMmap;
 use form_vm_allocator::IovaRange;
+use pci::vfio::ops::IrqIndex;
 use pci::vfio::{
     discover_bars, place_bars, read_raw_config, release_bars, ConfigOptions, DmaMappedSlots,
     GuestMemorySlots, HostBar, InterruptRouting, VfioDeviceOps, VfioPciDevice, VfioResources,
 };
 use pci::{BarKind, PciBar, PciDevice, SharedPciDevice};
 use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Offset of the interrupt pin register in config space.
 const INTERRUPT_PIN: usize = 0x3d;
@@ -74,6 +80,9 @@ struct AttachedDevice {
     path: PathBuf,
     at: GuestFunction,
     device: Arc<Mutex<VfioPciDevice>>,
+    /// Signalled when the host wants the device back; `None` when the kernel
+    /// offers no request interrupt.
+    host_request: Option<HostRequest>,
     /// As allocated (the allocators know these addresses, not the guest's moves).
     placed: Vec<PciBar>,
 }
@@ -405,6 +414,7 @@ impl VfioDevices {
                 source,
             })?
         };
+        let host_request = HostRequest::register(&id, opened.ops.clone());
         let built = VfioPciDevice::new(
             id.clone(),
             opened.ops,
@@ -453,6 +463,7 @@ impl VfioDevices {
                 at,
                 device,
                 placed,
+                host_request,
             },
         );
         Ok(guest_info(&id, at))
@@ -517,6 +528,24 @@ impl VfioDevices {
             .collect()
     }
 
+    /// The eventfds the host's requests for devices arrive on.
+    pub fn host_request_fds(&self) -> Vec<RawFd> {
+        self.devices
+            .values()
+            .filter_map(|d| d.host_request.as_ref())
+            .map(|r| r.fd.as_raw_fd())
+            .collect()
+    }
+
+    /// The ids of the devices the host asked back since the last call.
+    pub fn host_requests(&self) -> Vec<String> {
+        self.devices
+            .iter()
+            .filter(|(_, d)| d.host_request.as_ref().is_some_and(HostRequest::take))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     pub fn has_container(&self) -> bool {
         self.container.is_some()
     }
@@ -531,6 +560,50 @@ fn guest_info(id: &str, at: GuestFunction) -> PciDeviceInfo {
     PciDeviceInfo {
         id: id.to_string(),
         bdf: at.to_string(),
+    }
+}
+
+/// A device's request interrupt, registered with VFIO for as long as it lives.
+struct HostRequest {
+    fd: EventFd,
+    ops: Arc<dyn VfioDeviceOps>,
+}
+
+impl HostRequest {
+    fn register(id: &str, ops: Arc<dyn VfioDeviceOps>) -> Option<Self> {
+        if ops
+            .irq_info(IrqIndex::Req)
+            .is_none_or(|info| info.count == 0)
+        {
+            log::debug!("vfio: {id}: no request interrupt; a host unbind waits for the VM to end");
+            return None;
+        }
+        let fd = match EventFd::new(EFD_NONBLOCK) {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::warn!("vfio: {id}: no eventfd for host requests: {e}");
+                return None;
+            }
+        };
+        if let Err(e) = ops.set_irq_eventfds(IrqIndex::Req, 0, &[Some(&fd)]) {
+            log::warn!("vfio: {id}: the host's requests for the device cannot reach the VMM: {e}");
+            return None;
+        }
+        Some(Self { fd, ops })
+    }
+
+    /// Whether the host asked since the last call.
+    fn take(&self) -> bool {
+        self.fd.read().is_ok()
+    }
+}
+
+impl Drop for HostRequest {
+    fn drop(&mut self) {
+        // Unregistered before the eventfd closes under the kernel's trigger.
+        if let Err(e) = self.ops.disable_irqs(IrqIndex::Req) {
+            log::debug!("vfio: unregistering the request interrupt: {e}");
+        }
     }
 }
 

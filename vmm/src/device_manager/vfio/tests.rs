@@ -440,3 +440,30 @@ fn a_slot_that_fails_half_way_leaves_nothing_on_the_bus() {
     assert!(lock(&rig.host.declared).is_empty(), "nothing left declared");
     assert_eq!(rig.pci.free_slot().unwrap(), 1);
 }
+
+#[test]
+fn the_hosts_request_for_a_device_reaches_the_vmm_until_it_lets_go() {
+    let mut rig = Rig::new(lab_host());
+    rig.add(EDU, Some("edu0")).unwrap();
+    rig.add(BARE, Some("bare0")).unwrap();
+    assert_eq!(rig.vfio.host_request_fds().len(), 2, "one per device");
+    assert!(rig.vfio.host_requests().is_empty(), "nobody asked yet");
+
+    // The kernel signals the request when the host unbinds the device.
+    let bare = lock(&rig.host.devices)[std::path::Path::new(BARE)].clone();
+    assert!(bare.fire(pci::vfio::ops::IrqIndex::Req, 0), "registered");
+    assert_eq!(rig.vfio.host_requests(), ["bare0"]);
+    assert!(rig.vfio.host_requests().is_empty(), "read once");
+
+    bare.take_ops();
+    rig.remove("bare0").unwrap();
+    assert!(
+        bare.take_ops()
+            .contains(&pci::vfio::fake::FakeOp::DisableIrqs(
+                pci::vfio::ops::IrqIndex::Req
+            )),
+        "unregistered on detach"
+    );
+    assert!(!bare.fire(pci::vfio::ops::IrqIndex::Req, 0));
+    assert_eq!(rig.vfio.host_request_fds().len(), 1);
+}
