@@ -119,7 +119,22 @@ impl<'a> GpuBinder<'a> {
     /// Binding a group that is already on vfio-pci changes nothing. If any step fails,
     /// the functions moved so far go back to their drivers before the error returns.
     pub fn bind(&mut self, bdf: &Bdf, options: &BindOptions) -> Result<BindOutcome, GpuError> {
-        let (group, members) = self.gpu_group(bdf)?;
+        self.require_gpu(bdf)?;
+        self.bind_group(bdf, options, &[])
+    }
+
+    /// [`GpuBinder::bind`] for the IOMMU group of any function: the service binds a
+    /// companion device's group (a NIC, an NVSwitch) the same way, once its own checks
+    /// (the operator's class allow-list) let it. `approved`: functions in other slots
+    /// of the group that the caller decided go to the VM too, so their host drivers
+    /// do not make the group "shared with the host" (the console is refused still).
+    pub fn bind_group(
+        &mut self,
+        bdf: &Bdf,
+        options: &BindOptions,
+        approved: &[Bdf],
+    ) -> Result<BindOutcome, GpuError> {
+        let (group, members) = self.group_of(bdf)?;
         let vfio_dir = self.host.driver_dir(VFIO_PCI);
         if !vfio_dir.is_dir() {
             return Err(GpuError::VfioPciMissing { path: vfio_dir });
@@ -130,7 +145,7 @@ impl<'a> GpuBinder<'a> {
             .into_iter()
             .partition(|f| f.driver.as_deref() == Some(VFIO_PCI));
         if !options.force {
-            refuse_unsafe(bdf, group, &to_move)?;
+            refuse_unsafe(bdf, group, &to_move, approved)?;
         }
 
         let mut moved = Vec::new();
@@ -175,7 +190,13 @@ impl<'a> GpuBinder<'a> {
     /// driver recorded when it was bound (or, with no record, to whatever the kernel
     /// probes). Releasing a group that is not on vfio-pci changes nothing.
     pub fn release(&mut self, bdf: &Bdf) -> Result<ReleaseOutcome, GpuError> {
-        let (group, members) = self.gpu_group(bdf)?;
+        self.require_gpu(bdf)?;
+        self.release_group(bdf)
+    }
+
+    /// [`GpuBinder::release`] for the IOMMU group of any function.
+    pub fn release_group(&mut self, bdf: &Bdf) -> Result<ReleaseOutcome, GpuError> {
+        let (group, members) = self.group_of(bdf)?;
         let mut restored = Vec::new();
         let mut warnings = Vec::new();
         for function in members.iter().filter(|f| !f.is_bridge()) {
@@ -197,8 +218,7 @@ impl<'a> GpuBinder<'a> {
         })
     }
 
-    /// Reads a GPU and the members of its IOMMU group.
-    fn gpu_group(&self, bdf: &Bdf) -> Result<(u32, Vec<PciFunction>), GpuError> {
+    fn require_gpu(&self, bdf: &Bdf) -> Result<(), GpuError> {
         let target = PciFunction::read(self.host, bdf)?;
         if !target.is_gpu() {
             return Err(GpuError::NotAGpu {
@@ -206,6 +226,12 @@ impl<'a> GpuBinder<'a> {
                 class: target.class,
             });
         }
+        Ok(())
+    }
+
+    /// Reads a function and the members of its IOMMU group.
+    fn group_of(&self, bdf: &Bdf) -> Result<(u32, Vec<PciFunction>), GpuError> {
+        let target = PciFunction::read(self.host, bdf)?;
         let group = target
             .iommu_group
             .ok_or(GpuError::NoIommuGroup { bdf: *bdf })?;
@@ -333,13 +359,18 @@ impl<'a> GpuBinder<'a> {
 
 /// Refuses what would take something from the host that it is visibly using: the
 /// console device, and other slots' devices in the group that have a host driver.
-fn refuse_unsafe(gpu: &Bdf, group: u32, to_move: &[PciFunction]) -> Result<(), GpuError> {
+fn refuse_unsafe(
+    gpu: &Bdf,
+    group: u32,
+    to_move: &[PciFunction],
+    approved: &[Bdf],
+) -> Result<(), GpuError> {
     if let Some(console) = to_move.iter().find(|f| f.boot_vga) {
         return Err(GpuError::ConsoleDevice { bdf: console.bdf });
     }
     let in_use: Vec<String> = to_move
         .iter()
-        .filter(|f| !f.bdf.same_slot(gpu))
+        .filter(|f| !f.bdf.same_slot(gpu) && !approved.contains(&f.bdf))
         .filter_map(|f| {
             f.driver
                 .as_ref()

@@ -6,13 +6,15 @@
 //! writer that plays the kernel.
 
 mod binding;
-mod class;
+pub mod class;
 mod doctor;
 mod error;
 mod host;
 mod inventory;
 mod names;
+mod policy;
 mod records;
+mod reset;
 mod resource;
 mod writer;
 
@@ -29,8 +31,11 @@ pub use inventory::{
     gpu_info, iommu_group_members, list_functions, list_gpus, FunctionSummary, GpuInfo, NoOwners,
     OwnerLookup, PciFunction, PcieLink,
 };
+pub use names::{class_name, device_name, vendor_name};
+pub use policy::{parse_classes, ClassRule, DevicePolicy, CLASS_NAMES, DEFAULT_CLASSES};
 pub use records::{
     DriverRecord, DriverRecords, JsonFileRecords, MemoryRecords, DEFAULT_RECORDS_PATH,
 };
+pub use reset::{reset_function, ResetMethod, UNNAMED_RESET};
 pub use resource::{Bar, BarKind};
 pub use writer::{KernelSysfs, SysfsWriter};
