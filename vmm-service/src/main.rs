@@ -15,8 +15,8 @@ use vmm_service::vmm_client::VmmDeadlines;
 
 use vmm_service::api::{self, Listen};
 use vmm_service::gpu::{
-    self, Bdf, BindOptions, DoctorInputs, GpuBinder, GpuError, GpuInfo, HostPaths, JsonFileRecords,
-    KernelSysfs, MemlockLimit, NoOwners, Severity,
+    self, Bdf, BindOptions, DevicePolicy, DoctorInputs, GpuBinder, GpuError, GpuInfo, HostPaths,
+    JsonFileRecords, KernelSysfs, MemlockLimit, NoOwners, Severity,
 };
 
 #[derive(Parser)]
@@ -71,8 +71,29 @@ struct ServeArgs {
     /// The form-vmm executable (default: next to vmm-service, else on PATH).
     #[arg(long, value_name = "FILE")]
     vmm_binary: Option<PathBuf>,
+    /// Also let VMs have devices of these classes, besides GPUs and accelerators:
+    /// names (nic, nvme, bridge or nvswitch, audio, display, accelerator) or class
+    /// codes (0x02, 0x0207), comma-separated; repeatable.
+    #[arg(long, value_name = "CLASSES", value_parser = parse_class_list)]
+    allow_class: Vec<ClassList>,
+    /// Let VMs have this device although the kernel cannot reset it (no
+    /// reset_method or reset in sysfs); repeatable.
+    #[arg(long, value_name = "BDF", value_parser = parse_bdf)]
+    allow_no_reset: Vec<Bdf>,
     #[command(flatten)]
     host: HostArgs,
+}
+
+/// One `--allow-class` value (a list itself, so clap sees one value per flag).
+#[derive(Clone)]
+struct ClassList(Vec<gpu::ClassRule>);
+
+fn parse_class_list(text: &str) -> Result<ClassList, String> {
+    gpu::parse_classes(text).map(ClassList)
+}
+
+fn parse_bdf(text: &str) -> Result<Bdf, String> {
+    Bdf::from_user_input(text).map_err(|e| e.to_string())
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {
@@ -228,6 +249,16 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
             .vmm_binary
             .unwrap_or_else(vmm_service::supervisor::default_vmm_binary),
         bind: BindOptions::default(),
+        policy: DevicePolicy {
+            allow_no_reset: args.allow_no_reset,
+            ..DevicePolicy::allowing(
+                &args
+                    .allow_class
+                    .into_iter()
+                    .flat_map(|l| l.0)
+                    .collect::<Vec<_>>(),
+            )
+        },
         vmm_deadlines: VmmDeadlines::default(),
         hold_check: HOLD_CHECK_DEADLINE,
     };

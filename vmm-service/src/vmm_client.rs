@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use form_vmm_api::config::{DeviceConfig, VmConfig};
-use form_vmm_api::types::{ErrorBody, VmInfo, VmRemoveDeviceData, VmmPing};
+use form_vmm_api::types::{
+    ErrorBody, PciDeviceInfo, VmAddDevicesData, VmInfo, VmRemoveDeviceData, VmmPing,
+};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -80,6 +82,12 @@ impl VmmClientError {
     pub fn changed_nothing(&self) -> bool {
         matches!(self, Self::Refused { .. } | Self::Connect { .. })
     }
+
+    /// Whether form-vmm refused the request for what it asked (a 4xx): a device it
+    /// cannot take, a configuration it finds wrong. Not a failure of form-vmm.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Refused { status, .. } if (400..500).contains(status))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +145,29 @@ impl VmmClient {
     pub async fn add_device(&self, device: &DeviceConfig) -> Result<(), VmmClientError> {
         self.put_json("vm.add-device", device, self.deadlines.pin_memory)
             .await
+    }
+
+    /// Hot-plugs `devices` together, all or none: form-vmm puts the functions of one
+    /// host slot into one guest slot (a GPU and its audio function), which one
+    /// `vm.add-device` per function cannot. The answer is where each landed, in order.
+    pub async fn add_devices(
+        &self,
+        devices: &[DeviceConfig],
+    ) -> Result<Vec<PciDeviceInfo>, VmmClientError> {
+        let body = VmAddDevicesData {
+            devices: devices.to_vec(),
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| self.http_error(e.to_string()))?;
+        let answer = self
+            .request(
+                Method::PUT,
+                "vm.add-devices",
+                Some(body),
+                self.deadlines.pin_memory,
+            )
+            .await?;
+        serde_json::from_slice(&answer)
+            .map_err(|e| self.http_error(format!("vm.add-devices answer: {e}")))
     }
 
     /// Takes device `id` out of the VM. With `require_eject`, a guest that does not

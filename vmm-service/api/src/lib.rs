@@ -13,6 +13,7 @@
 //! a client links no server, runtime or database to use it.
 
 mod bdf;
+mod devices;
 mod net;
 pub mod types;
 mod units;

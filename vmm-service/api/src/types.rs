@@ -6,6 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::devices::{
+    AddDevicesRequest, AssignedDevice, DeviceEntry, DeviceKind, DeviceList, DeviceRole, NicRequest,
+};
+
 /// Path prefix of every route.
 pub const API_PREFIX: &str = "/v1";
 
@@ -53,6 +57,10 @@ pub struct VmInstanceConfig {
     /// GPUs by model and count ("H100 x 2"); exclusive with `gpu_devices`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_request: Option<GpuRequest>,
+    /// Companion devices (NVSwitches, NICs, NVMe drives) by PCI address or sysfs
+    /// path; each class must be on the service's allow-list (`--allow-class`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     #[serde(default)]
     pub gpu_options: GpuOptions,
     /// Boot the VM right after creating it.
@@ -139,6 +147,26 @@ fn default_memory() -> u64 {
 pub struct GpuRequest {
     pub model: String,
     pub count: u32,
+    /// Also give the VM every NVSwitch of the host (HGX full passthrough: the
+    /// guest's fabric manager needs all of them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nvswitches: bool,
+    /// Also give the VM NICs, behind the chosen GPUs' PCIe switches first, then on
+    /// their NUMA node (GPUDirect RDMA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nics: Option<NicRequest>,
+}
+
+impl GpuRequest {
+    /// `count` GPUs matching `model`, without companions.
+    pub fn new(model: impl Into<String>, count: u32) -> Self {
+        Self {
+            model: model.into(),
+            count,
+            nvswitches: false,
+            nics: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +234,10 @@ pub struct AssignedGpu {
     pub device_id: String,
     pub name: Option<String>,
     pub numa_node: Option<u32>,
+    /// The other functions that went to the VM with this GPU (its slot's functions,
+    /// its IOMMU group's members); `devices` has the details.
+    #[serde(default)]
+    pub functions: Vec<String>,
 }
 
 /// A VM: `GET /v1/vms/{name}` and the answer of every action on one.
@@ -216,6 +248,10 @@ pub struct VmInfo {
     pub config: VmInstanceConfig,
     /// GPUs the VM holds now (empty while stopped).
     pub gpus: Vec<AssignedGpu>,
+    /// Every PCI function the VM holds now: its GPUs, the functions and group
+    /// members that came with them, and companion devices.
+    #[serde(default)]
+    pub devices: Vec<AssignedDevice>,
     /// The form-vmm process, while one runs.
     pub pid: Option<u32>,
     pub api_socket: Option<String>,
@@ -290,6 +326,9 @@ pub struct GpuEntry {
     pub boot_vga: bool,
     /// The VM holding it.
     pub owner: Option<String>,
+    /// As in [`DeviceEntry::reset_method`].
+    #[serde(default)]
+    pub reset_method: Option<String>,
 }
 
 /// `GET /v1/gpus`.
@@ -339,12 +378,24 @@ pub enum ErrorCode {
     InvalidDevice,
     /// 400: the device exists but is not a GPU or accelerator.
     NotAGpu,
+    /// 400: the device's class is not on the service's allow-list (`--allow-class`).
+    ClassNotAllowed,
+    /// 400: form-vmm refused the request for its content; the message carries its
+    /// answer and `vmm_code` its code. Nothing stays changed.
+    VmmRefused,
     /// 404: no such PCI device on this host.
     UnknownGpu,
     /// 409: the GPU belongs to another VM.
     GpuInUse,
     /// 409: not enough free GPUs match the model request.
     GpusUnavailable,
+    /// 409: another member of the device's IOMMU group belongs to a VM.
+    GroupInUse,
+    /// 409: not enough free companion devices (NVSwitches, NICs) for the request.
+    DevicesUnavailable,
+    /// 409: the kernel cannot reset the device, and the operator did not allow it
+    /// (`--allow-no-reset`).
+    NoResetMethod,
     /// 409: a GPU cannot be given to a VM (console GPU, shared IOMMU group, no IOMMU).
     GpuNotAssignable,
     /// 404: no VM by that name.
@@ -361,7 +412,8 @@ pub enum ErrorCode {
     VmmUnresponsive,
     /// 500: moving a GPU to or from vfio-pci failed.
     GpuBindFailed,
-    /// 502: the VM's form-vmm refused a request or could not be started.
+    /// 502: the VM's form-vmm could not be started, ended, or failed a request
+    /// (answered 5xx or something unreadable).
     VmmFailed,
     /// 501: the VMM cannot do this yet (GPU hotplug).
     NotSupported,
@@ -380,11 +432,16 @@ impl ErrorCode {
             | Self::InsufficientMemory
             | Self::PayloadNotFound
             | Self::InvalidDevice
-            | Self::NotAGpu => 400,
+            | Self::NotAGpu
+            | Self::ClassNotAllowed
+            | Self::VmmRefused => 400,
             Self::Unauthorized => 401,
             Self::UnknownGpu | Self::VmNotFound => 404,
             Self::GpuInUse
             | Self::GpusUnavailable
+            | Self::GroupInUse
+            | Self::DevicesUnavailable
+            | Self::NoResetMethod
             | Self::GpuNotAssignable
             | Self::VmExists
             | Self::InvalidState
@@ -407,4 +464,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
+    /// form-vmm's own error code, with `vmm_refused` (`invalid_device`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_code: Option<String>,
 }

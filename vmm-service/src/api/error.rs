@@ -13,6 +13,8 @@ use crate::instances::InstanceError;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// form-vmm's code, when it refused the request.
+    pub vmm_code: Option<String>,
 }
 
 impl ApiError {
@@ -20,13 +22,17 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            vmm_code: None,
         }
     }
 }
 
 impl From<InstanceError> for ApiError {
     fn from(e: InstanceError) -> Self {
-        Self::new(e.code(), e.to_string())
+        Self {
+            vmm_code: e.vmm_code(),
+            ..Self::new(e.code(), e.to_string())
+        }
     }
 }
 
@@ -44,6 +50,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message,
+                vmm_code: self.vmm_code,
             },
         };
         (status, Json(body)).into_response()

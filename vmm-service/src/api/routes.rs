@@ -13,9 +13,9 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::types::{
-    AddGpuRequest, BindGpuRequest, DoctorFinding, DoctorResponse, ErrorCode, GpuList, PingResponse,
-    VmInfo, VmInstanceConfig, VmList, CONSOLE_DEFAULT_TAIL, CONSOLE_MAX_BYTES,
-    CONSOLE_OFFSET_HEADER, CONSOLE_RESET_HEADER, CONSOLE_SIZE_HEADER,
+    AddDevicesRequest, AddGpuRequest, BindGpuRequest, DeviceList, DoctorFinding, DoctorResponse,
+    ErrorCode, GpuList, PingResponse, VmInfo, VmInstanceConfig, VmList, CONSOLE_DEFAULT_TAIL,
+    CONSOLE_MAX_BYTES, CONSOLE_OFFSET_HEADER, CONSOLE_RESET_HEADER, CONSOLE_SIZE_HEADER,
 };
 use crate::gpu::{self, DoctorInputs, MemlockLimit, Severity};
 use crate::instances::{ConsoleWindow, InstanceError, Manager};
@@ -35,7 +35,10 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/vms/{name}/console", get(console))
         .route("/v1/vms/{name}/gpus", post(add_gpu))
         .route("/v1/vms/{name}/gpus/{device}", delete(remove_gpu))
+        .route("/v1/vms/{name}/devices", post(add_devices))
+        .route("/v1/vms/{name}/devices/{device}", delete(remove_gpu))
         .route("/v1/gpus", get(list_gpus))
+        .route("/v1/devices", get(list_devices))
         .route("/v1/gpus/{device}/bind", post(bind_gpu))
         .route("/v1/gpus/{device}/unbind", post(unbind_gpu))
         .route("/v1/doctor", get(doctor))
@@ -186,6 +189,17 @@ async fn add_gpu(
     ))
 }
 
+async fn add_devices(
+    State(manager): Shared,
+    Path(name): Path<String>,
+    body: Result<Json<AddDevicesRequest>, JsonRejection>,
+) -> Reply<VmInfo> {
+    let Json(request) = body?;
+    Ok(Json(
+        to_completion(async move { manager.add_devices(&name, request).await }).await?,
+    ))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RemoveGpuQuery {
@@ -208,6 +222,12 @@ async fn remove_gpu(
 async fn list_gpus(State(manager): Shared) -> Reply<GpuList> {
     Ok(Json(GpuList {
         gpus: manager.gpus()?,
+    }))
+}
+
+async fn list_devices(State(manager): Shared) -> Reply<DeviceList> {
+    Ok(Json(DeviceList {
+        devices: manager.devices()?,
     }))
 }
 

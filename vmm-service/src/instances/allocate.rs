@@ -29,11 +29,18 @@ impl Candidate {
     /// grandparent of each GPU (upstream → downstream port → GPU); a GPU right under a
     /// root port has only its root port.
     fn switch(&self) -> Option<Bdf> {
-        match self.bridges.len() {
-            0 => None,
-            1 => self.bridges.first().copied(),
-            n => self.bridges.get(n - 2).copied(),
-        }
+        switch_of(&self.bridges)
+    }
+}
+
+/// The switch a device sits behind, from its bridges (root port first): the
+/// upstream port of its switch (upstream → downstream port → device), or its root
+/// port when it sits right under one.
+pub fn switch_of(bridges: &[Bdf]) -> Option<Bdf> {
+    match bridges.len() {
+        0 => None,
+        1 => bridges.first().copied(),
+        n => bridges.get(n - 2).copied(),
     }
 }
 

@@ -20,6 +20,23 @@ pub enum InstanceError {
     NotAGpu { bdf: Bdf, class: u32 },
     #[error("GPU {bdf} belongs to VM {owner}")]
     GpuInUse { bdf: Bdf, owner: String },
+    #[error("{0}")]
+    GroupInUse(String),
+    #[error("{0}")]
+    GroupNotAssignable(String),
+    #[error("{0}")]
+    ClassNotAllowed(String),
+    #[error("{0}")]
+    NoResetMethod(String),
+    #[error("{0}")]
+    DevicesUnavailable(String),
+    /// form-vmm refused a request for its content (a 4xx answer).
+    #[error("form-vmm refused {endpoint}: {message}; nothing was changed")]
+    VmmRefused {
+        endpoint: String,
+        message: String,
+        code: Option<String>,
+    },
     #[error("{asked} free GPUs matching '{model}' asked for, {free} available")]
     GpusUnavailable {
         model: String,
@@ -58,6 +75,12 @@ impl InstanceError {
             Self::UnknownGpu(_) => ErrorCode::UnknownGpu,
             Self::NotAGpu { .. } => ErrorCode::NotAGpu,
             Self::GpuInUse { .. } => ErrorCode::GpuInUse,
+            Self::GroupInUse(_) => ErrorCode::GroupInUse,
+            Self::GroupNotAssignable(_) => ErrorCode::GpuNotAssignable,
+            Self::ClassNotAllowed(_) => ErrorCode::ClassNotAllowed,
+            Self::NoResetMethod(_) => ErrorCode::NoResetMethod,
+            Self::DevicesUnavailable(_) => ErrorCode::DevicesUnavailable,
+            Self::VmmRefused { .. } => ErrorCode::VmmRefused,
             Self::GpusUnavailable { .. } => ErrorCode::GpusUnavailable,
             Self::NotAssignable(_) => ErrorCode::GpuNotAssignable,
             Self::Bind(_) => ErrorCode::GpuBindFailed,
@@ -69,6 +92,14 @@ impl InstanceError {
             Self::VmmUnresponsive(_) => ErrorCode::VmmUnresponsive,
             Self::NotSupported(_) => ErrorCode::NotSupported,
             Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// form-vmm's own error code, for `vmm_refused`.
+    pub fn vmm_code(&self) -> Option<String> {
+        match self {
+            Self::VmmRefused { code, .. } => code.clone(),
+            _ => None,
         }
     }
 

@@ -108,6 +108,7 @@ pub fn validate(
             config.gpu_options.nvidia_gpudirect_clique
         )));
     }
+    parse_companions(&config.devices)?;
     match (&config.gpu_devices[..], &config.gpu_request) {
         ([], None) => Ok(GpuSelection::None),
         ([], Some(request)) => {
@@ -148,15 +149,37 @@ pub fn validate_request(request: &GpuRequest) -> Result<(), InstanceError> {
             request.count
         )));
     }
+    if let Some(nics) = &request.nics {
+        if nics.count == 0 || nics.count > MAX_GPUS_PER_VM {
+            return Err(InstanceError::Invalid(format!(
+                "gpu_request.nics.count is {}: it must be between 1 and {MAX_GPUS_PER_VM}",
+                nics.count
+            )));
+        }
+        if nics.model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+            return Err(InstanceError::Invalid(
+                "gpu_request.nics.model is empty; leave it out for any NIC".into(),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Parses the companion devices' addresses, as [`parse_devices`] does GPUs'.
+pub fn parse_companions(devices: &[String]) -> Result<Vec<Bdf>, InstanceError> {
+    parse_addresses(devices, "device")
 }
 
 /// Parses GPU addresses or sysfs paths; the gpu module's parser refuses paths that
 /// leave sysfs, so nothing here ever opens a path the caller chose.
 pub fn parse_devices(devices: &[String]) -> Result<Vec<Bdf>, InstanceError> {
+    parse_addresses(devices, "GPU")
+}
+
+fn parse_addresses(devices: &[String], what: &str) -> Result<Vec<Bdf>, InstanceError> {
     if devices.len() > MAX_GPUS_PER_VM as usize {
         return Err(InstanceError::Invalid(format!(
-            "{} GPUs asked for: at most {MAX_GPUS_PER_VM} per VM",
+            "{} {what}s asked for: at most {MAX_GPUS_PER_VM} per VM",
             devices.len()
         )));
     }
@@ -164,7 +187,9 @@ pub fn parse_devices(devices: &[String]) -> Result<Vec<Bdf>, InstanceError> {
     for device in devices {
         let bdf = Bdf::from_user_input(device).map_err(InstanceError::BadDevice)?;
         if out.contains(&bdf) {
-            return Err(InstanceError::Invalid(format!("GPU {bdf} is listed twice")));
+            return Err(InstanceError::Invalid(format!(
+                "{what} {bdf} is listed twice"
+            )));
         }
         out.push(bdf);
     }

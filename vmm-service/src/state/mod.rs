@@ -5,6 +5,7 @@
 //! transaction, and a GPU's address is the primary key of its assignment row, so no
 //! two VMs can ever be recorded as holding the same GPU, whatever the callers do.
 
+mod assignments;
 mod records;
 mod schema;
 
@@ -13,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
-use crate::api::types::{ExitInfo, VmInstanceConfig, VmState};
+use crate::api::types::{DeviceRole, ExitInfo, VmInstanceConfig, VmState};
 use crate::gpu::Bdf;
 
 pub use records::SqliteDriverRecords;
@@ -54,12 +55,33 @@ pub struct InstanceRecord {
     pub updated_at: u64,
 }
 
-/// One GPU held by a VM.
+/// One PCI function held by a VM: a GPU, a companion, or a function that went to
+/// the VM with one of them (`unit` names the device id of the one asked for).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuAssignment {
     pub bdf: Bdf,
     pub instance: String,
     pub device_id: String,
+    pub unit: String,
+    pub role: DeviceRole,
+}
+
+impl GpuAssignment {
+    /// A GPU asked for on its own, heading its unit.
+    pub fn gpu(bdf: Bdf, instance: &str, device_id: &str) -> Self {
+        Self {
+            bdf,
+            instance: instance.to_string(),
+            device_id: device_id.to_string(),
+            unit: device_id.to_string(),
+            role: DeviceRole::Gpu,
+        }
+    }
+
+    /// Whether this is the device that was asked for, not one that came with it.
+    pub fn heads_unit(&self) -> bool {
+        self.device_id == self.unit
+    }
 }
 
 pub fn now() -> u64 {
@@ -135,7 +157,7 @@ impl Store {
                 record.updated_at as i64
             ],
         )?;
-        insert_gpus(&tx, gpus)?;
+        assignments::insert(&tx, gpus)?;
         tx.commit()?;
         Ok(())
     }
@@ -145,7 +167,7 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        insert_gpus(&tx, gpus)?;
+        assignments::insert(&tx, gpus)?;
         tx.commit()?;
         Ok(())
     }
@@ -278,94 +300,10 @@ impl Store {
         Ok(())
     }
 
-    pub fn gpus_of(&self, name: &str) -> Result<Vec<GpuAssignment>, StateError> {
-        self.query_gpus(
-            "SELECT bdf, instance, device_id FROM gpu_assignments WHERE instance = ?1
-             ORDER BY device_id",
-            params![name],
-        )
-    }
-
-    pub fn all_gpus(&self) -> Result<Vec<GpuAssignment>, StateError> {
-        self.query_gpus(
-            "SELECT bdf, instance, device_id FROM gpu_assignments ORDER BY bdf",
-            params![],
-        )
-    }
-
-    pub fn owner_of(&self, bdf: &Bdf) -> Result<Option<String>, StateError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT instance FROM gpu_assignments WHERE bdf = ?1",
-                params![bdf.to_string()],
-                |row| row.get(0),
-            )
-            .optional()?)
-    }
-
-    fn query_gpus(
-        &self,
-        sql: &str,
-        args: impl rusqlite::Params,
-    ) -> Result<Vec<GpuAssignment>, StateError> {
-        let mut statement = self.conn.prepare(sql)?;
-        let rows = statement.query_map(args, |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (bdf, instance, device_id) = row?;
-            let bdf = bdf.parse().map_err(|_| StateError::Corrupt {
-                name: instance.clone(),
-                reason: format!("GPU address '{bdf}'"),
-            })?;
-            out.push(GpuAssignment {
-                bdf,
-                instance,
-                device_id,
-            });
-        }
-        Ok(out)
-    }
-
     /// The driver records of bound functions, for [`crate::gpu::GpuBinder`].
     pub fn driver_records(&mut self) -> SqliteDriverRecords<'_> {
         SqliteDriverRecords::new(&self.conn)
     }
-}
-
-fn insert_gpus(tx: &rusqlite::Transaction<'_>, gpus: &[GpuAssignment]) -> Result<(), StateError> {
-    for gpu in gpus {
-        let owner: Option<String> = tx
-            .query_row(
-                "SELECT instance FROM gpu_assignments WHERE bdf = ?1",
-                params![gpu.bdf.to_string()],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if let Some(owner) = owner {
-            return Err(StateError::GpuTaken {
-                bdf: gpu.bdf,
-                owner,
-            });
-        }
-        tx.execute(
-            "INSERT INTO gpu_assignments (bdf, instance, device_id, assigned_at)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![
-                gpu.bdf.to_string(),
-                gpu.instance,
-                gpu.device_id,
-                now() as i64
-            ],
-        )?;
-    }
-    Ok(())
 }
 
 const INSTANCE_COLUMNS: &str = "name, config, state, pid, pid_start_time, api_socket, serial_log,
@@ -456,11 +394,7 @@ mod tests {
     }
 
     fn gpu(bdf: &str, instance: &str) -> GpuAssignment {
-        GpuAssignment {
-            bdf: bdf.parse().unwrap(),
-            instance: instance.into(),
-            device_id: "gpu0".into(),
-        }
+        GpuAssignment::gpu(bdf.parse().unwrap(), instance, "gpu0")
     }
 
     #[test]

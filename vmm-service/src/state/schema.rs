@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use super::StateError;
 
 /// Steps from version N-1 to N, at index N-1.
-const MIGRATIONS: &[&str] = &[VERSION_1, VERSION_2];
+const MIGRATIONS: &[&str] = &[VERSION_1, VERSION_2, VERSION_3];
 
 pub(super) const VERSION_1: &str = "
     CREATE TABLE instances (
@@ -39,6 +39,15 @@ pub(super) const VERSION_1: &str = "
 /// The host NUMA node a running VM is bound to.
 const VERSION_2: &str = "
     ALTER TABLE instances ADD COLUMN numa_node INTEGER;
+";
+
+/// Every function a VM holds has a row, not only its GPUs: `unit` is the device id
+/// of the GPU or companion it went to the VM with (NULL in older rows: the row's
+/// own), `role` what it is to the VM (`gpu`, `companion`, `function`,
+/// `group_member`).
+const VERSION_3: &str = "
+    ALTER TABLE gpu_assignments ADD COLUMN unit TEXT;
+    ALTER TABLE gpu_assignments ADD COLUMN role TEXT NOT NULL DEFAULT 'gpu';
 ";
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -8,7 +8,11 @@
 
 use std::sync::Arc;
 
-use crate::gpu::{Bdf, DriverRecord, DriverRecords, GpuBinder, GpuError};
+use crate::api::types::DeviceRole;
+use crate::gpu::{
+    reset_function, Bdf, DriverRecord, DriverRecords, GpuBinder, GpuError, PciFunction, VFIO_PCI,
+};
+use crate::state::GpuAssignment;
 
 use super::{InstanceError, Manager};
 
@@ -29,14 +33,48 @@ impl DriverRecords for LockedRecords<'_> {
     }
 }
 
+/// What a release does with the functions form-vmm let go of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Release {
+    /// Only forget the rows: the functions were never bound by this change, or a
+    /// VMM may still hold them (one still exiting after SIGKILL).
+    Forget,
+    /// Reset them and leave them on vfio-pci (`unbind_on_shutdown` off).
+    Keep,
+    /// Reset them and return them to the drivers recorded at bind time.
+    Return,
+}
+
+impl Release {
+    /// After a VMM let go: back to the host drivers if the VM asks for it.
+    pub(super) fn after_vmm(unbind: bool) -> Self {
+        if unbind {
+            Self::Return
+        } else {
+            Self::Keep
+        }
+    }
+}
+
 impl Manager {
-    /// Binds `bdf` (and its IOMMU group's other functions) to vfio-pci.
-    pub(super) async fn bind(self: &Arc<Self>, bdf: Bdf) -> Result<(), InstanceError> {
+    /// Binds the IOMMU group of unit `head` (one of `rows`) to vfio-pci; members of
+    /// the unit in other slots were approved for the VM when it was planned.
+    pub(super) async fn bind_unit(
+        self: &Arc<Self>,
+        rows: &[GpuAssignment],
+        head: &GpuAssignment,
+    ) -> Result<(), InstanceError> {
+        let approved: Vec<Bdf> = rows
+            .iter()
+            .filter(|a| a.unit == head.unit && a.role == DeviceRole::GroupMember)
+            .map(|a| a.bdf)
+            .collect();
+        let bdf = head.bdf;
         let manager = Arc::clone(self);
         blocking(move || {
             let options = manager.config.bind;
             manager
-                .binder_run(|binder| binder.bind(&bdf, &options))
+                .binder_run(|binder| binder.bind_group(&bdf, &options, &approved))
                 .map(drop)
                 .map_err(InstanceError::from_bind)
         })
@@ -63,44 +101,52 @@ impl Manager {
         .await
     }
 
-    /// Returns a GPU that no VM holds to its recorded driver; the outcome as JSON.
+    /// Returns a GPU that no VM holds to its recorded driver, resetting its group's
+    /// functions first (a failed reset is one of the outcome's warnings); the
+    /// outcome as JSON.
     pub(super) async fn release_free(
         self: &Arc<Self>,
         bdf: Bdf,
     ) -> Result<serde_json::Value, InstanceError> {
         let manager = Arc::clone(self);
         blocking(move || {
-            let outcome = manager
+            let warnings = manager.reset_group(&bdf);
+            let mut outcome = manager
                 .binder_run(|binder| binder.release(&bdf))
                 .map_err(InstanceError::from_bind)?;
+            outcome.warnings.splice(0..0, warnings);
             serde_json::to_value(outcome).map_err(|e| InstanceError::Internal(e.to_string()))
         })
         .await
     }
 
-    /// Returns each of `bdfs` to its recorded driver and forgets its assignment.
-    /// Only for GPUs no VMM holds: an unbind under a live VFIO user blocks in the
-    /// kernel until it lets go, and the host driver cannot probe a device whose
-    /// group userspace still owns. Failures to unbind are logged: the GPU is free
-    /// for another VM either way, as it is still on vfio-pci.
-    pub(super) async fn give_back(self: &Arc<Self>, bdfs: Vec<Bdf>, unbind: bool) {
+    /// Forgets `released` (functions no VMM holds) and, unless `how` is
+    /// [`Release::Forget`], resets each IOMMU group among them that no function
+    /// still recorded with a VM shares, and returns it to its drivers with
+    /// [`Release::Return`]. A group part of which a VM still holds stays as it is:
+    /// unbinding under a live VFIO user blocks in the kernel, and resetting would
+    /// reset a device in use. The store's lock is taken per query, never across a
+    /// sysfs write. Failures are logged: the functions are free either way.
+    pub(super) async fn give_back(self: &Arc<Self>, released: Vec<GpuAssignment>, how: Release) {
         let manager = Arc::clone(self);
         blocking(move || {
-            for bdf in &bdfs {
-                if unbind {
-                    manager.unbind_now(bdf);
+            if how != Release::Forget {
+                for head in groups_of(&manager.config.host, &released) {
+                    manager.release_group(&head, &released, how);
                 }
-                if let Err(e) = manager.store().unassign_gpu(bdf) {
-                    log::error!("cannot forget the assignment of GPU {bdf}: {e}");
+            }
+            for assignment in &released {
+                if let Err(e) = manager.store().unassign_gpu(&assignment.bdf) {
+                    log::error!("cannot forget the assignment of {}: {e}", assignment.bdf);
                 }
             }
         })
         .await
     }
 
-    /// [`Manager::give_back`] for every GPU recorded for VM `name`, once its VMM is
-    /// gone.
-    pub(super) async fn release_gpus(self: &Arc<Self>, name: &str, unbind: bool) {
+    /// [`Manager::give_back`] for every function recorded for VM `name`, once its
+    /// VMM is gone.
+    pub(super) async fn release_gpus(self: &Arc<Self>, name: &str, how: Release) {
         let gpus = match self.store().gpus_of(name) {
             Ok(gpus) => gpus,
             Err(e) => {
@@ -108,18 +154,82 @@ impl Manager {
                 return;
             }
         };
-        self.give_back(gpus.into_iter().map(|a| a.bdf).collect(), unbind)
-            .await
+        self.give_back(gpus, how).await
+    }
+
+    /// Resets and (with [`Release::Return`]) unbinds the group of `bdf`, one of
+    /// `released`, unless a function of it is still recorded with a VM otherwise.
+    fn release_group(&self, bdf: &Bdf, released: &[GpuAssignment], how: Release) {
+        let host = &self.config.host;
+        let group = PciFunction::read(host, bdf)
+            .ok()
+            .and_then(|f| f.iommu_group);
+        let still_held = match self.store().all_gpus() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|a| !released.iter().any(|r| r.bdf == a.bdf))
+                .filter(|a| {
+                    PciFunction::read(host, &a.bdf)
+                        .ok()
+                        .and_then(|f| f.iommu_group)
+                        == group
+                })
+                .map(|a| format!("{} (VM {})", a.bdf, a.instance))
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                log::error!(
+                    "cannot tell whether the group of {bdf} is still held ({e}); leaving it bound"
+                );
+                return;
+            }
+        };
+        if !still_held.is_empty() {
+            log::info!(
+                "{bdf}: its IOMMU group stays on vfio-pci, unreset: {} still held",
+                still_held.join(", ")
+            );
+            return;
+        }
+        for warning in self.reset_group(bdf) {
+            log::warn!("{warning}");
+        }
+        if how == Release::Return {
+            self.unbind_now(bdf);
+        }
+    }
+
+    /// Resets every function of `bdf`'s group that is on vfio-pci (functions on a
+    /// host driver were never the VM's); warnings for those that failed.
+    fn reset_group(&self, bdf: &Bdf) -> Vec<String> {
+        let host = &self.config.host;
+        let Some(group) = PciFunction::read(host, bdf)
+            .ok()
+            .and_then(|f| f.iommu_group)
+        else {
+            return Vec::new();
+        };
+        let members = crate::gpu::iommu_group_members(host, group).unwrap_or_default();
+        let mut warnings = Vec::new();
+        for member in members {
+            let on_vfio = PciFunction::read(host, &member)
+                .is_ok_and(|f| !f.is_bridge() && f.driver.as_deref() == Some(VFIO_PCI));
+            if on_vfio {
+                if let Err(warning) = reset_function(host, self.writer.as_ref(), &member) {
+                    warnings.push(warning);
+                }
+            }
+        }
+        warnings
     }
 
     fn unbind_now(&self, bdf: &Bdf) {
-        match self.binder_run(|binder| binder.release(bdf)) {
+        match self.binder_run(|binder| binder.release_group(bdf)) {
             Ok(outcome) => {
                 for warning in outcome.warnings {
                     log::warn!("releasing {bdf}: {warning}");
                 }
             }
-            Err(e) => log::error!("cannot return GPU {bdf} to its driver: {e}"),
+            Err(e) => log::error!("cannot return {bdf} to its driver: {e}"),
         }
     }
 
@@ -134,6 +244,26 @@ impl Manager {
             &mut records,
         ))
     }
+}
+
+/// One function of each IOMMU group among `released` (functions that can no longer
+/// be read are left out: there is nothing to release).
+fn groups_of(host: &crate::gpu::HostPaths, released: &[GpuAssignment]) -> Vec<Bdf> {
+    let mut seen = Vec::new();
+    let mut heads = Vec::new();
+    for assignment in released {
+        let Some(group) = PciFunction::read(host, &assignment.bdf)
+            .ok()
+            .and_then(|f| f.iommu_group)
+        else {
+            continue;
+        };
+        if !seen.contains(&group) {
+            seen.push(group);
+            heads.push(assignment.bdf);
+        }
+    }
+    heads
 }
 
 /// Runs work that may sleep in the kernel (sysfs writes, file reads) on tokio's

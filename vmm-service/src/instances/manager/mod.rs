@@ -6,11 +6,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::api::types::{
-    AssignedGpu, ExitInfo, GpuEntry, GpuRequest, VmInfo, VmInstanceConfig, VmState,
-};
+use crate::api::types::{DeviceRole, ExitInfo, VmInfo, VmInstanceConfig, VmState};
 use crate::cloud_init::{self, SeedFiles};
-use crate::gpu::{self, Bdf, BindOptions, GpuError, GpuInfo, HostPaths, SysfsWriter};
+use crate::gpu::{self, Bdf, BindOptions, DevicePolicy, HostPaths, SysfsWriter};
 use crate::state::{now, GpuAssignment, InstanceRecord, Store, VmmProcess};
 use crate::supervisor::{self, VmPaths};
 use crate::vmm_client::{VmmClient, VmmClientError, VmmDeadlines};
@@ -18,16 +16,18 @@ use crate::vmm_client::{VmmClient, VmmClientError, VmmDeadlines};
 mod console;
 mod drivers;
 mod gpus;
+mod inventory;
 mod networks;
+mod pick;
+mod removal;
 mod vmm_config;
 mod watch;
 
-use super::allocate::{choose, matches_model, Candidate};
 use super::attachments::network_infos;
 use super::error::InstanceError;
 use super::numa::{numa_placement, HostNuma, NumaPlacement};
-use super::validate::{validate, GpuSelection, HostLimits};
-use drivers::blocking;
+use super::validate::{parse_companions, validate, HostLimits};
+use drivers::{blocking, Release};
 use vmm_config::vmm_config;
 
 pub use console::{ConsoleChunk, ConsoleWindow};
@@ -48,6 +48,8 @@ pub struct ServiceConfig {
     pub vmm_binary: PathBuf,
     pub limits: HostLimits,
     pub bind: BindOptions,
+    /// Which device classes may go to VMs, and which devices without a reset.
+    pub policy: DevicePolicy,
     /// How long each call to a VMM may take.
     pub vmm_deadlines: VmmDeadlines,
     /// After a call that got no answer, how long to keep asking the VMM (`vm.info`)
@@ -107,35 +109,6 @@ impl Manager {
         self.describe(record)
     }
 
-    pub fn gpus(&self) -> Result<Vec<GpuEntry>, InstanceError> {
-        let assignments = self.store().all_gpus()?;
-        let owners = |bdf: &Bdf| {
-            assignments
-                .iter()
-                .find(|a| a.bdf == *bdf)
-                .map(|a| a.instance.clone())
-        };
-        let gpus = gpu::list_gpus(&self.config.host, &owners)
-            .map_err(|e| InstanceError::Internal(e.to_string()))?;
-        Ok(gpus
-            .iter()
-            .map(|info| GpuEntry {
-                bdf: info.bdf().to_string(),
-                name: info.display_name(),
-                vendor_id: info.function.vendor_id,
-                device_id: info.function.device_id,
-                driver: info.function.driver.clone(),
-                iommu_group: info.function.iommu_group,
-                numa_node: info.function.numa_node,
-                parent_bridge: super::upstream_bridges(&self.config.host, &info.bdf())
-                    .last()
-                    .map(Bdf::to_string),
-                boot_vga: info.function.boot_vga,
-                owner: info.owner.clone(),
-            })
-            .collect())
-    }
-
     fn record(&self, name: &str) -> Result<InstanceRecord, InstanceError> {
         self.store()
             .instance(name)?
@@ -143,19 +116,8 @@ impl Manager {
     }
 
     fn describe(&self, record: InstanceRecord) -> Result<VmInfo, InstanceError> {
-        let gpus = self.store().gpus_of(&record.config.name)?;
-        let gpus = gpus
-            .into_iter()
-            .map(|a| {
-                let info = gpu::gpu_info(&self.config.host, &a.bdf, &gpu::NoOwners).ok();
-                AssignedGpu {
-                    bdf: a.bdf.to_string(),
-                    device_id: a.device_id,
-                    name: info.as_ref().map(GpuInfo::display_name),
-                    numa_node: info.and_then(|i| i.function.numa_node),
-                }
-            })
-            .collect();
+        let rows = self.store().gpus_of(&record.config.name)?;
+        let (gpus, devices) = self.assigned(&rows);
         let seed_image = record.config.cloud_init.as_ref().map(|_| {
             self.paths(&record.config.name)
                 .seed_image
@@ -177,6 +139,7 @@ impl Manager {
             updated_at: record.updated_at,
             config: record.config,
             gpus,
+            devices,
         })
     }
 
@@ -198,7 +161,8 @@ impl Manager {
                 return Err(InstanceError::Exists(name));
             }
             networks::check_tap_names(&store, &config)?;
-            let gpus = self.pick_gpus(&store, &name, &selection, 0)?;
+            let companions = parse_companions(&config.devices)?;
+            let gpus = self.pick(&store, &name, &selection, &companions)?;
             let now = now();
             let record = InstanceRecord {
                 config: config.clone(),
@@ -232,7 +196,8 @@ impl Manager {
                 let selection = validate(&record.config, &self.config.limits)?;
                 {
                     let mut store = self.store();
-                    let gpus = self.pick_gpus(&store, name, &selection, 0)?;
+                    let companions = parse_companions(&record.config.devices)?;
+                    let gpus = self.pick(&store, name, &selection, &companions)?;
                     store.assign_gpus(&gpus)?;
                 }
                 let paths = self.paths(name);
@@ -279,8 +244,8 @@ impl Manager {
         let result = self.try_start(config, paths, boot).await;
         if let Err(e) = &result {
             let name = &config.name;
-            self.release_gpus(name, config.gpu_options.unbind_on_shutdown)
-                .await;
+            let how = Release::after_vmm(config.gpu_options.unbind_on_shutdown);
+            self.release_gpus(name, how).await;
             let exit = ExitInfo {
                 code: None,
                 signal: None,
@@ -311,8 +276,8 @@ impl Manager {
                 .map_err(|e| InstanceError::Internal(e.to_string()))?;
         }
         let gpus = self.store().gpus_of(name)?;
-        for assignment in &gpus {
-            self.bind(assignment.bdf).await?;
+        for head in gpus.iter().filter(|a| a.heads_unit()) {
+            self.bind_unit(&gpus, head).await?;
         }
         let mut started = supervisor::start(&self.config.vmm_binary, paths)
             .await
@@ -363,12 +328,14 @@ impl Manager {
     /// is logged, since the operator may have expected otherwise.
     fn numa_node_for(&self, config: &VmInstanceConfig, gpus: &[GpuAssignment]) -> Option<u32> {
         let host = &self.config.host;
+        // The GPUs decide: a NIC on the other node should not unbind the VM.
+        let gpus: Vec<&GpuAssignment> = gpus.iter().filter(|a| a.role == DeviceRole::Gpu).collect();
         let gpu_nodes: Vec<(Bdf, Option<u32>)> = gpus
             .iter()
             .map(|a| {
-                let node = gpu::gpu_info(host, &a.bdf, &gpu::NoOwners)
+                let node = gpu::PciFunction::read(host, &a.bdf)
                     .ok()
-                    .and_then(|info| info.function.numa_node);
+                    .and_then(|f| f.numa_node);
                 (a.bdf, node)
             })
             .collect();
@@ -389,70 +356,6 @@ impl Manager {
                 None
             }
         }
-    }
-
-    /// Chooses GPUs for `selection` among those nobody holds, numbering their device
-    /// ids from `first_id`.
-    fn pick_gpus(
-        &self,
-        store: &Store,
-        name: &str,
-        selection: &GpuSelection,
-        first_id: usize,
-    ) -> Result<Vec<GpuAssignment>, InstanceError> {
-        let bdfs = match selection {
-            GpuSelection::None => Vec::new(),
-            GpuSelection::Devices(bdfs) => {
-                for bdf in bdfs {
-                    self.check_gpu(bdf)?;
-                    if let Some(owner) = store.owner_of(bdf)? {
-                        return Err(InstanceError::GpuInUse { bdf: *bdf, owner });
-                    }
-                }
-                bdfs.clone()
-            }
-            GpuSelection::Model(request) => self.pick_by_model(store, request)?,
-        };
-        Ok(bdfs
-            .into_iter()
-            .enumerate()
-            .map(|(i, bdf)| GpuAssignment {
-                bdf,
-                instance: name.to_string(),
-                device_id: format!("gpu{}", first_id + i),
-            })
-            .collect())
-    }
-
-    fn check_gpu(&self, bdf: &Bdf) -> Result<GpuInfo, InstanceError> {
-        gpu::gpu_info(&self.config.host, bdf, &gpu::NoOwners).map_err(|e| match e {
-            GpuError::NoSuchDevice { bdf, .. } => InstanceError::UnknownGpu(bdf),
-            GpuError::NotAGpu { bdf, class } => InstanceError::NotAGpu { bdf, class },
-            other => InstanceError::Internal(other.to_string()),
-        })
-    }
-
-    fn pick_by_model(
-        &self,
-        store: &Store,
-        request: &GpuRequest,
-    ) -> Result<Vec<Bdf>, InstanceError> {
-        let all = gpu::list_gpus(&self.config.host, &gpu::NoOwners)
-            .map_err(|e| InstanceError::Internal(e.to_string()))?;
-        let taken: Vec<Bdf> = store.all_gpus()?.into_iter().map(|a| a.bdf).collect();
-        // The console GPU is never picked by model: taking it blanks the host's display.
-        let candidates: Vec<Candidate> = all
-            .iter()
-            .filter(|info| matches_model(info, &request.model))
-            .filter(|info| !info.function.boot_vga && !taken.contains(&info.bdf()))
-            .map(|info| Candidate::of(&self.config.host, info))
-            .collect();
-        let count = request.count as usize;
-        choose(&candidates, count).ok_or_else(|| InstanceError::GpusUnavailable {
-            model: request.model.clone(),
-            asked: request.count,
-            free: candidates.len(),
-        })
     }
 
     // ----- stopping -----------------------------------------------------------------
@@ -477,8 +380,8 @@ impl Manager {
         if let Some(vmm) = record.vmm.clone() {
             self.stop_vmm(name, &vmm).await;
         }
-        self.release_gpus(name, record.config.gpu_options.unbind_on_shutdown)
-            .await;
+        let how = Release::after_vmm(record.config.gpu_options.unbind_on_shutdown);
+        self.release_gpus(name, how).await;
         self.store().delete_instance(name)?;
         remove_seed(name, &self.paths(name));
         Ok(())
@@ -536,8 +439,12 @@ impl Manager {
             return;
         }
         log::info!("VM {name}: {}", exit.reason);
-        let unbind = may_unbind && record.config.gpu_options.unbind_on_shutdown;
-        self.release_gpus(name, unbind).await;
+        let how = if may_unbind {
+            Release::after_vmm(record.config.gpu_options.unbind_on_shutdown)
+        } else {
+            Release::Forget
+        };
+        self.release_gpus(name, how).await;
         if let Err(e) = self.store().record_exit(name, &exit) {
             log::error!("VM {name}: cannot record how its VMM ended: {e}");
         }
@@ -567,6 +474,9 @@ fn state_word(state: VmState) -> &'static str {
     }
 }
 
+/// form-vmm's answer as the service's error: a refusal for the request's content
+/// (4xx) is the client's to fix, so it is a 4xx here too; only a form-vmm that
+/// failed (5xx, no answer, gone) is `vmm_failed`.
 fn vmm_error(e: VmmClientError) -> InstanceError {
     match e {
         VmmClientError::Refused {
@@ -576,6 +486,16 @@ fn vmm_error(e: VmmClientError) -> InstanceError {
         } => InstanceError::NotSupported(format!(
             "the VMM cannot do this yet: {message}; nothing was changed"
         )),
+        VmmClientError::Refused {
+            endpoint,
+            status,
+            code,
+            message,
+        } if (400..500).contains(&status) => InstanceError::VmmRefused {
+            endpoint,
+            message,
+            code,
+        },
         other => InstanceError::Vmm(other.to_string()),
     }
 }

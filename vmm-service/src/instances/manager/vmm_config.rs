@@ -1,5 +1,5 @@
 //! The form-vmm configuration of a VM: what the service sends with `vm.create` and
-//! `vm.add-device`.
+//! `vm.add-device(s)`.
 
 use crate::api::types::VmInstanceConfig;
 use crate::gpu::HostPaths;
@@ -25,6 +25,9 @@ pub(super) fn device_config(
     host: &HostPaths,
 ) -> DeviceConfig {
     let options = &config.gpu_options;
+    // The clique is NVIDIA's GPU capability: an audio function or a NIC that came
+    // with the GPU gets none (form-vmm would put it on any NVIDIA function).
+    let is_gpu = crate::gpu::PciFunction::read(host, &assignment.bdf).is_ok_and(|f| f.is_gpu());
     DeviceConfig {
         // The canonical sysfs path on the real host, never one the user typed; under
         // the service's sysfs root (a fixture tree in tests).
@@ -32,8 +35,7 @@ pub(super) fn device_config(
             .sysfs
             .join(format!("bus/pci/devices/{}", assignment.bdf)),
         id: Some(assignment.device_id.clone()),
-        x_nv_gpudirect_clique: options
-            .enable_nvidia_gpudirect
+        x_nv_gpudirect_clique: (options.enable_nvidia_gpudirect && is_gpu)
             .then_some(options.nvidia_gpudirect_clique),
         ..DeviceConfig::default()
     }

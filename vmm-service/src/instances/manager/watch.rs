@@ -9,6 +9,7 @@ use crate::api::types::ExitInfo;
 use crate::state::{now, VmmProcess};
 use crate::supervisor;
 
+use super::drivers::Release;
 use super::{InstanceError, Manager, ADOPTED_POLL};
 
 impl Manager {
@@ -76,8 +77,8 @@ impl Manager {
                 // Stopped, but GPUs still recorded: the service died mid-create or
                 // mid-release.
                 None => {
-                    self.release_gpus(&name, record.config.gpu_options.unbind_on_shutdown)
-                        .await
+                    let how = Release::after_vmm(record.config.gpu_options.unbind_on_shutdown);
+                    self.release_gpus(&name, how).await
                 }
             }
         }
