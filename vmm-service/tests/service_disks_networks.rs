@@ -214,7 +214,8 @@ async fn a_refused_create_removes_the_seed_and_gives_the_gpu_back() {
     let mut body = full_body(&h, "refused");
     body["gpu_devices"] = json!([GPU]);
     let (status, answer) = h.call(Method::POST, "/v1/vms", Some(body)).await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(code(&answer), "vmm_refused");
     // The seed was built and handed over before form-vmm refused.
     let config = vm_create_body(&h, "refused");
     assert_eq!(config["disks"][2]["id"], "cidata");

@@ -182,8 +182,8 @@ async fn a_vmm_that_refuses_the_vm_leaves_nothing_behind() {
     let mut body = h.vm("bad");
     body["gpu_devices"] = json!([GPU]);
     let (status, answer) = h.call(Method::POST, "/v1/vms", Some(body)).await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
-    assert_eq!(code(&answer), "vmm_failed");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(code(&answer), "vmm_refused");
     assert!(
         answer["error"]["message"]
             .as_str()
@@ -287,11 +287,7 @@ fn leave_running_vm(h: &Harness, name: &str, pid: u32, start_time: u64) {
         created_at: now(),
         updated_at: now(),
     };
-    let gpu = GpuAssignment {
-        bdf: GPU.parse().unwrap(),
-        instance: name.into(),
-        device_id: "gpu0".into(),
-    };
+    let gpu = GpuAssignment::gpu(GPU.parse().unwrap(), name, "gpu0");
     let mut store = h.manager.store();
     store.insert_instance(&record, &[gpu]).unwrap();
     let vmm = VmmProcess {
@@ -394,8 +390,8 @@ async fn a_failed_boot_of_a_stopped_vm_releases_its_gpu_and_says_why() {
     assert_eq!(status, StatusCode::OK);
     std::fs::write(h.dir.path().join("run/vms/again/refuse-create"), "").unwrap();
     let (status, body) = h.call(Method::POST, "/v1/vms/again/boot", None).await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
-    assert_eq!(code(&body), "vmm_failed");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(code(&body), "vmm_refused");
     let vm = info(&h, "again").await;
     assert_eq!(vm["state"], "stopped");
     assert!(vm["pid"].is_null());

@@ -37,6 +37,8 @@ pub struct Function {
     link: Option<(String, u32, String, u32)>,
     boot_vga: Option<bool>,
     parent: Option<Bdf>,
+    /// `reset_method`'s content; `None`: neither `reset_method` nor `reset`.
+    reset_method: Option<String>,
 }
 
 impl Function {
@@ -55,6 +57,8 @@ impl Function {
             // The kernel gives every VGA-class function a boot_vga attribute.
             boot_vga: ((class >> 8) == 0x0300).then_some(false),
             parent: None,
+            // What a PCIe endpoint with function-level reset shows on Linux >= 5.15.
+            reset_method: Some("flr".to_string()),
         }
     }
 
@@ -104,6 +108,12 @@ impl Function {
 
     pub fn boot_vga(mut self, on: bool) -> Self {
         self.boot_vga = Some(on);
+        self
+    }
+
+    /// The kernel cannot reset this function: no `reset_method`, no `reset`.
+    pub fn no_reset(mut self) -> Self {
+        self.reset_method = None;
         self
     }
 
@@ -272,6 +282,10 @@ impl HostBuilder {
             );
             write(&device_dir.join("driver_override"), "(null)\n");
             write(&device_dir.join("resource"), &function.resource_file());
+            if let Some(methods) = &function.reset_method {
+                write(&device_dir.join("reset_method"), &format!("{methods}\n"));
+                write(&device_dir.join("reset"), "");
+            }
             if let Some(on) = function.boot_vga {
                 write(&device_dir.join("boot_vga"), if on { "1\n" } else { "0\n" });
             }
@@ -569,6 +583,14 @@ impl SimulatedKernel {
                     &self.host.device_dir(&bdf).join("driver_override"),
                     &format!("{shown}\n"),
                 );
+                Ok(())
+            }
+            ["bus", "pci", "devices", address, "reset"] => {
+                // The kernel resets the function; the write is what tests look at.
+                let bdf: Bdf = address.parse().map_err(|_| no_device())?;
+                if value != "1" || !self.host.device_dir(&bdf).join("reset").exists() {
+                    return Err(io::Error::from_raw_os_error(libc::EINVAL));
+                }
                 Ok(())
             }
             ["bus", "pci", "drivers", driver, "unbind"] => {

@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use tower::ServiceExt;
 
 use vmm_service::api;
-use vmm_service::gpu::{BindOptions, SysfsWriter};
+use vmm_service::gpu::{BindOptions, DevicePolicy, SysfsWriter};
 use vmm_service::instances::{HostLimits, Manager, ServiceConfig};
 use vmm_service::state::Store;
 use vmm_service::vmm_client::VmmDeadlines;
@@ -75,19 +75,28 @@ pub fn have_python() -> bool {
 
 impl Harness {
     pub fn new(host: HostBuilder) -> Self {
+        Self::with_policy(host, DevicePolicy::default())
+    }
+
+    /// A service whose operator set `policy` (allowed classes, devices without reset).
+    pub fn with_policy(host: HostBuilder, policy: DevicePolicy) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        Self::with_dir(host.build(), dir, fake_vmm())
+        Self::build(host.build(), dir, fake_vmm(), policy)
     }
 
     /// A service on `fixture`, keeping its database and files in `dir`.
     pub fn with_dir(fixture: Fixture, dir: TempDir, vmm_binary: PathBuf) -> Self {
+        Self::build(fixture, dir, vmm_binary, DevicePolicy::default())
+    }
+
+    fn build(fixture: Fixture, dir: TempDir, vmm_binary: PathBuf, policy: DevicePolicy) -> Self {
         let kernel = dir.path().join("vmlinux");
         if !kernel.exists() {
             std::fs::write(&kernel, b"\x7fELF not really").unwrap();
         }
         let host = fixture.host.clone();
         let fixture = Arc::new(Mutex::new(fixture));
-        let manager = Self::manager_on(&fixture, dir.path(), host, vmm_binary);
+        let manager = Self::manager_on(&fixture, dir.path(), host, vmm_binary, policy);
         Self {
             router: api::router(Arc::clone(&manager)),
             fixture,
@@ -102,6 +111,7 @@ impl Harness {
         dir: &Path,
         host: vmm_service::gpu::HostPaths,
         vmm_binary: PathBuf,
+        policy: DevicePolicy,
     ) -> Arc<Manager> {
         let store = Store::open(&dir.join("service.db")).unwrap();
         let config = ServiceConfig {
@@ -117,6 +127,7 @@ impl Harness {
                 force: false,
                 vfio_node_timeout: Duration::from_millis(200),
             },
+            policy,
             vmm_deadlines: test_deadlines(),
             hold_check: Duration::from_millis(1500),
         };
@@ -126,7 +137,8 @@ impl Harness {
     /// A second service on the same database and host, as after a restart.
     pub fn restarted(&self) -> Arc<Manager> {
         let host = self.fixture.lock().unwrap().host.clone();
-        Self::manager_on(&self.fixture, self.dir.path(), host, fake_vmm())
+        let policy = self.manager.config().policy.clone();
+        Self::manager_on(&self.fixture, self.dir.path(), host, fake_vmm(), policy)
     }
 
     pub async fn call(
