@@ -120,10 +120,11 @@ pub enum Command {
   form-vmm-ctl console vm1 --tail 1M | grep -a 'ci-info'
   form-vmm-ctl console vm1 -f")]
     Console(ConsoleArgs),
-    /// Give a VM another GPU.
+    /// Give a VM another GPU (with its IOMMU group) or companion device.
     #[command(after_help = "Examples:
   form-vmm-ctl add-device vm1 --gpu 0000:02:00.0
-  form-vmm-ctl add-device vm1 --gpu-model a100 --gpu-count 2")]
+  form-vmm-ctl add-device vm1 --gpu-model a100 --gpu-count 2
+  form-vmm-ctl add-device vm1 --device 0000:1b:00.0   # a NIC (class allowed by the service)")]
     AddDevice(AddDeviceArgs),
     /// Take a GPU from a VM, by PCI address or by its device id (gpu0, gpu1, ...).
     #[command(after_help = "Examples:
@@ -135,6 +136,11 @@ pub enum Command {
     Gpu {
         #[command(subcommand)]
         action: GpuCommand,
+    },
+    /// Every PCI function a VM could get (GPUs, NVSwitches, NICs, NVMe, ...).
+    Device {
+        #[command(subcommand)]
+        action: DeviceCommand,
     },
     /// Check whether the host can pass GPUs to VMs (exit status 1 on any error finding).
     Doctor {
@@ -210,6 +216,31 @@ pub struct CreateArgs {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub gpu_count: Option<u32>,
+
+    /// With --gpu-model: also give the VM every NVSwitch of the host (HGX full
+    /// passthrough; run nvidia-fabricmanager in the guest).
+    #[arg(long, requires = "gpu_model")]
+    pub nvswitches: bool,
+
+    /// With --gpu-model: also give the VM N NICs, behind its GPUs' PCIe switches
+    /// first, then on their NUMA node (GPUDirect RDMA).
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "gpu_model",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub nic_count: Option<u32>,
+
+    /// Only NICs whose name contains this (case-insensitive, e.g. ConnectX-7).
+    #[arg(long, value_name = "MODEL", requires = "nic_count")]
+    pub nic_model: Option<String>,
+
+    /// A companion device (NIC, NVMe drive, NVSwitch) by PCI address or sysfs path,
+    /// with its IOMMU group; repeat for more. The service must allow its class
+    /// (vmm-service serve --allow-class).
+    #[arg(long, value_name = "BDF", value_parser = parse_bdf)]
+    pub device: Vec<Bdf>,
 
     /// Enable NVIDIA GPUDirect peer-to-peer in the guest with this clique id (0-15).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=15))]
@@ -291,10 +322,15 @@ impl CreateArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("what").args(["gpu", "gpu_model"]).required(true)))]
+#[command(group(ArgGroup::new("what").args(["gpu", "gpu_model", "device"]).required(true)))]
 pub struct AddDeviceArgs {
     /// The VM's name.
     pub name: String,
+
+    /// A companion device (NIC, NVMe drive, NVSwitch) by PCI address; repeat for
+    /// more (one hotplug each, with its IOMMU group).
+    #[arg(long, value_name = "BDF", value_parser = parse_bdf)]
+    pub device: Vec<Bdf>,
 
     /// The GPU, by PCI address or sysfs path.
     #[arg(long, value_name = "BDF", value_parser = parse_bdf)]
@@ -315,10 +351,15 @@ pub struct AddDeviceArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("which").args(["gpu", "id"]).required(true)))]
+#[command(group(ArgGroup::new("which").args(["gpu", "id", "device"]).required(true)))]
 pub struct RemoveDeviceArgs {
     /// The VM's name.
     pub name: String,
+
+    /// Any function the VM holds, by PCI address: its whole unit leaves (the GPU or
+    /// companion it came with, and that one's IOMMU group).
+    #[arg(long, value_name = "BDF", value_parser = parse_bdf)]
+    pub device: Option<Bdf>,
 
     /// The GPU's PCI address.
     #[arg(long, value_name = "BDF", value_parser = parse_bdf)]
@@ -333,6 +374,13 @@ pub struct RemoveDeviceArgs {
     /// and the command fails with eject_timeout.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// List every assignable PCI function with class, IOMMU group, NUMA node, PCIe
+    /// switch, driver, reset method and owner.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,22 +7,24 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use form_service_api::types::{
-    AddGpuRequest, BindGpuRequest, CloudInitConfig, DiskConfig, DoctorResponse, GpuOptions,
-    GpuRequest, NetworkConfig, VmInfo, VmInstanceConfig, DEFAULT_MEMORY,
+    AddDevicesRequest, AddGpuRequest, BindGpuRequest, CloudInitConfig, DeviceRole, DiskConfig,
+    DoctorResponse, GpuOptions, GpuRequest, NetworkConfig, NicRequest, VmInfo, VmInstanceConfig,
+    DEFAULT_MEMORY,
 };
 use form_service_api::Bdf;
 use hyper::Method;
 
 use crate::api::{decode, segment, Api};
 use crate::cli::{
-    AddDeviceArgs, Cli, Command, ConnectionArgs, CreateArgs, GpuCommand, RemoveDeviceArgs,
+    AddDeviceArgs, Cli, Command, ConnectionArgs, CreateArgs, DeviceCommand, GpuCommand,
+    RemoveDeviceArgs,
 };
 use crate::client::Client;
 use crate::endpoint::Endpoint;
 use crate::error::CtlError;
 use crate::exit::Exit;
 use crate::files::{read_ssh_keys, read_user_data};
-use crate::{console, render};
+use crate::{console, devices, render};
 
 /// The environment variable holding the bearer token itself, for --url without
 /// --token-file.
@@ -91,6 +93,12 @@ pub fn run(cli: Cli) -> Result<Exit, CtlError> {
         Command::AddDevice(args) => add_device(&api, &out, &args)?,
         Command::RemoveDevice(args) => remove_device(&api, &out, &args)?,
         Command::Gpu { action } => gpu(&api, &out, action)?,
+        Command::Device {
+            action: DeviceCommand::List,
+        } => {
+            let body = api.get("/devices")?;
+            out.show("the device list", &body, devices::device_list)?;
+        }
         Command::Doctor { memory } => {
             let path = match memory {
                 Some(bytes) => format!("/doctor?memory={bytes}"),
@@ -157,8 +165,12 @@ fn read_token(path: &Path) -> Result<String, CtlError> {
 /// service does not share this shell's working directory.
 pub fn create_config(args: &CreateArgs) -> Result<VmInstanceConfig, CtlError> {
     let gpu_request = args.gpu_model.as_ref().map(|model| GpuRequest {
-        model: model.clone(),
-        count: args.gpu_count.unwrap_or(1),
+        nvswitches: args.nvswitches,
+        nics: args.nic_count.map(|count| NicRequest {
+            model: args.nic_model.clone(),
+            count,
+        }),
+        ..GpuRequest::new(model.clone(), args.gpu_count.unwrap_or(1))
     });
     let gpu_options = GpuOptions {
         enable_nvidia_gpudirect: args.nvidia_gpudirect_clique.is_some(),
@@ -179,6 +191,7 @@ pub fn create_config(args: &CreateArgs) -> Result<VmInstanceConfig, CtlError> {
         memory: args.memory.unwrap_or(DEFAULT_MEMORY),
         gpu_devices: args.gpu.iter().map(Bdf::to_string).collect(),
         gpu_request,
+        devices: args.device.iter().map(Bdf::to_string).collect(),
         gpu_options,
         boot: args.boot,
         disks: args
@@ -250,6 +263,17 @@ fn vm_action(api: &Api, out: &Output, name: &str, action: &str) -> Result<(), Ct
 }
 
 fn add_device(api: &Api, out: &Output, args: &AddDeviceArgs) -> Result<(), CtlError> {
+    if !args.device.is_empty() {
+        let request = AddDevicesRequest {
+            devices: args.device.iter().map(Bdf::to_string).collect(),
+        };
+        let body = api.call(
+            Method::POST,
+            &vm_path(&args.name, "/devices"),
+            Some(&request),
+        )?;
+        return out.show("the VM", &body, render::vm_gpus);
+    }
     let request = AddGpuRequest {
         device: args.gpu.map(|bdf| bdf.to_string()),
         model: args.gpu_model.clone(),
@@ -260,12 +284,12 @@ fn add_device(api: &Api, out: &Output, args: &AddDeviceArgs) -> Result<(), CtlEr
 }
 
 fn remove_device(api: &Api, out: &Output, args: &RemoveDeviceArgs) -> Result<(), CtlError> {
-    let bdf = match (&args.gpu, &args.id) {
+    let bdf = match (args.gpu.or(args.device), &args.id) {
         (Some(bdf), _) => bdf.to_string(),
         (None, Some(id)) => bdf_of_device_id(api, &args.name, id)?,
         (None, None) => {
             return Err(CtlError::Usage(
-                "remove-device needs --gpu BDF or --id ID".to_string(),
+                "remove-device needs --gpu BDF, --device BDF or --id ID".to_string(),
             ))
         }
     };
@@ -283,11 +307,18 @@ fn bdf_of_device_id(api: &Api, name: &str, id: &str) -> Result<String, CtlError>
     if let Some(gpu) = vm.gpus.iter().find(|gpu| gpu.device_id == id) {
         return Ok(gpu.bdf.clone());
     }
-    let known: Vec<String> = vm
+    if let Some(device) = vm.devices.iter().find(|d| d.device_id == id) {
+        return Ok(device.bdf.clone());
+    }
+    let mut known: Vec<String> = vm
         .gpus
         .iter()
         .map(|gpu| format!("{} ({})", gpu.device_id, gpu.bdf))
         .collect();
+    // Services that list every function in `devices` list the GPUs there too.
+    for device in vm.devices.iter().filter(|d| d.role != DeviceRole::Gpu) {
+        known.push(format!("{} ({})", device.device_id, device.bdf));
+    }
     Err(CtlError::NoSuchDeviceId {
         vm: vm.name,
         id: id.to_string(),

@@ -42,10 +42,15 @@ impl Exit {
             | ErrorCode::InsufficientMemory
             | ErrorCode::PayloadNotFound
             | ErrorCode::InvalidDevice
-            | ErrorCode::NotAGpu => Self::Usage,
+            | ErrorCode::NotAGpu
+            | ErrorCode::ClassNotAllowed
+            | ErrorCode::VmmRefused => Self::Usage,
             ErrorCode::UnknownGpu | ErrorCode::VmNotFound => Self::NotFound,
             ErrorCode::GpuInUse
             | ErrorCode::GpusUnavailable
+            | ErrorCode::GroupInUse
+            | ErrorCode::DevicesUnavailable
+            | ErrorCode::NoResetMethod
             | ErrorCode::GpuNotAssignable
             | ErrorCode::VmExists
             | ErrorCode::InvalidState

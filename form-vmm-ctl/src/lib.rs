@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod console;
+pub mod devices;
 pub mod endpoint;
 pub mod error;
 pub mod exit;

@@ -177,7 +177,7 @@ fn cloud_init_summary(config: &CloudInitConfig) -> String {
 /// The GPUs a VM holds, as a table under a heading.
 pub fn vm_gpus(vm: &VmInfo) -> String {
     if vm.gpus.is_empty() {
-        return "gpus: none\n".to_string();
+        return format!("gpus: none\n{}", crate::devices::vm_devices(vm));
     }
     let mut table = Table::new(&["DEVICE", "BDF", "NAME", "NUMA"]);
     for gpu in &vm.gpus {
@@ -192,6 +192,7 @@ pub fn vm_gpus(vm: &VmInfo) -> String {
     for line in table.render().lines() {
         let _ = writeln!(out, "  {line}");
     }
+    out.push_str(&crate::devices::vm_devices(vm));
     out
 }
 
