@@ -274,3 +274,29 @@ fn the_report_serializes() {
         .iter()
         .any(|f| f["check"] == "interrupt_remapping" && f["severity"] == "warning"));
 }
+
+#[test]
+fn a_gpu_the_kernel_cannot_reset_is_a_warning_naming_the_flag() {
+    let fx = hgx_h100().build();
+    let report = doctor(&fx.host, &DoctorInputs::default());
+    let (severity, summary, _) = check(&report, "reset");
+    assert_eq!(severity, Severity::Ok);
+    assert!(summary.contains("0000:18:00.0 flr"), "{summary}");
+
+    let mut host = hgx_h100();
+    let gpu = host
+        .functions_mut()
+        .iter_mut()
+        .find(|f| f.address() == "0000:2a:00.0")
+        .unwrap();
+    *gpu = gpu.clone().no_reset();
+    let fx = host.build();
+    let report = doctor(&fx.host, &DoctorInputs::default());
+    let (severity, summary, remedy) = check(&report, "reset");
+    assert_eq!(severity, Severity::Warning, "{summary}");
+    assert!(
+        summary.contains("0000:2a:00.0") && !summary.contains("0000:18:00.0"),
+        "{summary}"
+    );
+    assert!(remedy.unwrap().contains("--allow-no-reset 0000:2a:00.0"));
+}

@@ -131,6 +131,7 @@ pub fn doctor(host: &HostPaths, inputs: &DoctorInputs) -> DoctorReport {
         gpus.as_deref(),
         inputs.vm_memory,
     ));
+    findings.extend(gpus.as_deref().map(check_resets));
     DoctorReport { findings }
 }
 
@@ -513,6 +514,46 @@ fn check_iommu_address_width(
 }
 
 /// Used by the CLI to print findings as text.
+/// Whether the kernel can reset every GPU: the service refuses to give a VM one it
+/// cannot (its state would reach the next VM) unless the operator allows it.
+fn check_resets(gpus: &[GpuInfo]) -> Finding {
+    let missing: Vec<String> = gpus
+        .iter()
+        .filter(|gpu| gpu.reset_method.is_none())
+        .map(|gpu| gpu.bdf().to_string())
+        .collect();
+    if missing.is_empty() {
+        let methods: Vec<String> = gpus
+            .iter()
+            .map(|gpu| {
+                format!(
+                    "{} {}",
+                    gpu.bdf(),
+                    gpu.reset_method.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        return Finding::new(
+            "reset",
+            Severity::Ok,
+            format!("every GPU can be reset ({})", methods.join(", ")),
+        );
+    }
+    Finding::new(
+        "reset",
+        Severity::Warning,
+        format!(
+            "the kernel has no reset method for {} (no reset_method or reset in sysfs); the service will not give {} to a VM",
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" }
+        ),
+    )
+    .fix(format!(
+        "check the device's firmware and slot (a GPU alone on its bus gets a bus reset); to pass it anyway, start the service with --allow-no-reset {}",
+        missing.join(" --allow-no-reset ")
+    ))
+}
+
 pub fn render(report: &DoctorReport) -> String {
     let mut out = String::new();
     for finding in &report.findings {

@@ -159,6 +159,9 @@ pub struct GpuInfo {
     pub companions: Vec<FunctionSummary>,
     pub bars: Vec<Bar>,
     pub link: Option<PcieLink>,
+    /// The kernel's reset methods (`flr bus`), `reset` when it offers a reset
+    /// without naming it, none when it cannot reset the GPU.
+    pub reset_method: Option<String>,
     /// The VM that holds the GPU, if any.
     pub owner: Option<String>,
 }
@@ -282,6 +285,7 @@ fn describe(
         companions,
         bars,
         link,
+        reset_method: super::reset::ResetMethod::read(host, &function.bdf).describe(),
         owner: owners.owner_of(&function.bdf),
         function,
     })

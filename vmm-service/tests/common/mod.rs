@@ -113,6 +113,10 @@ impl Function {
         self
     }
 
+    pub fn address(&self) -> String {
+        self.bdf.to_string()
+    }
+
     /// The kernel cannot reset this function: no `reset_method`, no `reset`.
     pub fn no_reset(mut self) -> Self {
         self.reset_method = None;
