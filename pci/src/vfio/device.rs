@@ -100,6 +100,13 @@ impl VfioPciDevice {
         let name = name.into();
         if ops.device_info().reset {
             ops.reset().map_err(VfioPciError::Reset)?;
+        } else {
+            // The guest gets whatever state the last user left: its memory, its
+            // firmware's state, DMA it had set up. vmm-service refuses such devices
+            // unless the operator allows them; said here for form-vmm run alone.
+            warn!(
+                "vfio {name}: the device has no reset method (no FLR, no bus or PM reset): this VM sees what its last user left in it, and the next user sees what this VM leaves"
+            );
         }
         let raw = read_raw_config(&*ops)?;
         let counters = Arc::new(VfioCounters::default());
