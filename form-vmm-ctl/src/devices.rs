@@ -93,6 +93,88 @@ pub fn vm_devices(vm: &VmInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Command, DeviceCommand};
+    use crate::commands::create_config;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("form-vmm-ctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn create_asks_for_companions_by_address_and_by_request() {
+        let cli = parse(&[
+            "create",
+            "--name",
+            "hgx",
+            "--kernel",
+            "/k",
+            "--gpu-model",
+            "h100",
+            "--gpu-count",
+            "8",
+            "--nvswitches",
+            "--nic-count",
+            "4",
+            "--nic-model",
+            "ConnectX-7",
+            "--device",
+            "1b:00.0",
+            "--device",
+            "0000:1c:00.1",
+        ])
+        .unwrap();
+        let Command::Create(args) = cli.command else {
+            panic!("not create")
+        };
+        let config = create_config(&args).unwrap();
+        let request = config.gpu_request.unwrap();
+        assert!(request.nvswitches);
+        let nics = request.nics.unwrap();
+        assert_eq!((nics.model.as_deref(), nics.count), (Some("ConnectX-7"), 4));
+        assert_eq!(config.devices, ["0000:1b:00.0", "0000:1c:00.1"]);
+        for lonely in [&["--nvswitches"][..], &["--nic-count", "2"]] {
+            let args: Vec<&str> = ["create", "--name", "a", "--kernel", "/k"]
+                .iter()
+                .chain(lonely)
+                .copied()
+                .collect();
+            assert!(parse(&args).is_err(), "{lonely:?} needs --gpu-model");
+        }
+    }
+
+    #[test]
+    fn devices_are_added_removed_and_listed() {
+        let Command::AddDevice(args) = parse(&["add-device", "vm1", "--device", "1b:00.0"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(args.device, ["0000:1b:00.0".parse().unwrap()]);
+        assert!(parse(&[
+            "add-device",
+            "vm1",
+            "--device",
+            "1b:00.0",
+            "--gpu",
+            "01:00.0"
+        ])
+        .is_err());
+        let Command::RemoveDevice(args) = parse(&["remove-device", "vm1", "--device", "01:00.1"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(args.device, Some("0000:01:00.1".parse().unwrap()));
+        assert!(matches!(
+            parse(&["device", "list"]).unwrap().command,
+            Command::Device {
+                action: DeviceCommand::List
+            }
+        ));
+    }
 
     #[test]
     fn a_vm_shows_the_audio_function_with_its_gpu() {
