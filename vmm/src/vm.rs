@@ -197,7 +197,7 @@ impl Vm {
         let hv = Hypervisor::new()?;
         let HostChecks { kernel, node } = validate(config, &hv)?;
         let vcpu_cpus = node.as_ref().and_then(numa::vcpu_cpus).map(Arc::new);
-        let kvm_vm = Arc::new(hv.create_vm()?);
+        let kvm_vm = Arc::new(hv.create_vm_without_irqchip()?);
         // Passthrough devices first: the IOMMU's IOVA ranges, readable only once a
         // group is attached, bound where guest RAM and the 64-bit BAR window may go.
         let passthrough = OpenedPassthrough::open(vfio_host, &kvm_vm, &config.devices)?;
@@ -214,6 +214,7 @@ impl Vm {
         };
         let memory = create_guest_memory(&layout, &config.memory)?;
         register_guest_memory(&kvm_vm, &memory)?;
+        kvm_vm.create_irqchip()?;
 
         let request = PayloadRequest {
             kernel: &kernel,
