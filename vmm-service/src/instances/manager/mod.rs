@@ -486,6 +486,16 @@ fn vmm_error(e: VmmClientError) -> InstanceError {
         } => InstanceError::NotSupported(format!(
             "the VMM cannot do this yet: {message}; nothing was changed"
         )),
+        // Another process holds the device's IOMMU group (a VMM the service lost
+        // track of, or one still exiting): a conflict, as for a group a VM holds.
+        VmmClientError::Refused {
+            status: 409,
+            code: Some(code),
+            message,
+            ..
+        } if code == "device_busy" => {
+            InstanceError::GroupInUse(format!("{message}; nothing was changed"))
+        }
         VmmClientError::Refused {
             endpoint,
             status,
@@ -497,5 +507,35 @@ fn vmm_error(e: VmmClientError) -> InstanceError {
             code,
         },
         other => InstanceError::Vmm(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::types::ErrorCode;
+
+    fn refused(status: u16, code: Option<&str>) -> VmmClientError {
+        VmmClientError::Refused {
+            endpoint: "vm.create".into(),
+            status,
+            code: code.map(str::to_string),
+            message: "IOMMU group 7 of 0000:01:00.0 is held by another process".into(),
+        }
+    }
+
+    #[test]
+    fn form_vmm_answers_become_the_services_codes() {
+        let code = |e| vmm_error(e).code();
+        assert_eq!(
+            code(refused(409, Some("device_busy"))),
+            ErrorCode::GroupInUse
+        );
+        assert_eq!(
+            code(refused(400, Some("invalid_device"))),
+            ErrorCode::VmmRefused
+        );
+        assert_eq!(code(refused(501, None)), ErrorCode::NotSupported);
+        assert_eq!(code(refused(500, Some("internal"))), ErrorCode::VmmFailed);
     }
 }
