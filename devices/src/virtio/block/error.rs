@@ -60,11 +60,37 @@ pub enum BlockError {
         source: io::Error,
     },
 
+    #[error("disk image {path} is a qcow2 image that form-vmm cannot attach: {reason}")]
+    Qcow2Unsupported { path: PathBuf, reason: String },
+
     #[error(
-        "disk image {path} is qcow2, and form-vmm attaches raw images only: \
-         convert it: qemu-img convert -O raw {path} {path}.raw"
+        "disk image {path} is a damaged qcow2 image ({reason}): check it with \
+         `qemu-img check {path}`"
     )]
-    Qcow2 { path: PathBuf },
+    Qcow2Damaged { path: PathBuf, reason: String },
+
+    #[error(
+        "disk image {path} is qcow2, and form-vmm does direct I/O (direct=on) on raw images \
+         only: use direct=off, or convert it: qemu-img convert -O raw {path} {path}.raw"
+    )]
+    Qcow2Direct { path: PathBuf },
+
+    #[error(
+        "disk image {path} names the backing file {backing:?}, which form-vmm will not open: \
+         {reason}"
+    )]
+    BackingRefused {
+        path: PathBuf,
+        backing: String,
+        reason: String,
+    },
+
+    #[error("cannot open the backing file of disk image {path}: {source}")]
+    Backing {
+        path: PathBuf,
+        #[source]
+        source: Box<BlockError>,
+    },
 
     #[error("disk image {path} is empty: give it a size (e.g. `truncate -s 10G {path}`)")]
     Empty { path: PathBuf },

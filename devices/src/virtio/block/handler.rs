@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use virtio_queue::Queue;
 
-use super::image::{BounceBuffer, DiskImage};
+use super::bounce::BounceBuffer;
+use super::image::DiskImage;
 use super::request::{handle_chain, RequestContext};
 use crate::virtio::chain::{drain_queue, WarnOnce};
 use crate::virtio::kicked_queue::QueueServer;

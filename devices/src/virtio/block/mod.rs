@@ -1,16 +1,23 @@
-//! virtio-blk (virtio 1.2, 5.2) on a raw image file or block device: reads, writes,
-//! flush, discard, write-zeroes and get-id, done synchronously on the device's own
-//! I/O thread.
+//! virtio-blk (virtio 1.2, 5.2) on a raw image file or block device, or a qcow2
+//! image: reads, writes, flush, discard, write-zeroes (raw) and get-id, done
+//! synchronously on the device's own I/O thread.
 
+mod backend;
+mod bounce;
 mod config;
 mod error;
+mod file;
 mod handler;
 mod image;
+mod qcow2;
+mod raw;
 mod request;
 #[cfg(test)]
 mod tests;
 
 pub use error::BlockError;
+pub use image::{DiskImage, ImageFormat};
+pub use qcow2::{BackingOptions, MAX_BACKING_DEPTH};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +30,6 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 
 use self::config::{config_space, read_config_bytes, CONFIG_LEN};
 use self::handler::{RequestQueue, REQUEST_QUEUE};
-use self::image::DiskImage;
 use super::device::{
     ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK,
     VIRTIO_RING_F_EVENT_IDX,
@@ -38,12 +44,12 @@ const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// How to attach one disk image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockOptions {
-    /// A raw image file or a block device.
+    /// A raw image file or a block device, or a qcow2 image (told by its magic).
     pub path: PathBuf,
     /// The guest sees a read-only disk; the image is opened read-only and locked
     /// shared, so other read-only users may share it.
     pub readonly: bool,
-    /// Bypass the host page cache (O_DIRECT).
+    /// Bypass the host page cache (O_DIRECT); raw images only.
     pub direct: bool,
     /// What the guest reads as the disk's serial (at most 20 bytes); by default one
     /// derived from the image's path and inode.
@@ -60,8 +66,17 @@ pub struct Block {
 
 impl Block {
     /// Opens, checks and locks the image. The lock lasts until the device is dropped.
+    /// A qcow2 image's backing files must lie in its own directory.
     pub fn open(opts: BlockOptions) -> Result<Block, BlockError> {
-        let disk = DiskImage::open(&opts)?;
+        Self::open_with_backing(opts, &BackingOptions::default())
+    }
+
+    /// As `open`, with the directories a qcow2 image's backing files may live in.
+    pub fn open_with_backing(
+        opts: BlockOptions,
+        backing: &BackingOptions,
+    ) -> Result<Block, BlockError> {
+        let disk = DiskImage::open(&opts, backing)?;
         let mut features = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
             | 1 << VIRTIO_RING_F_INDIRECT_DESC
@@ -70,7 +85,7 @@ impl Block {
             | 1 << VIRTIO_BLK_F_FLUSH;
         if disk.readonly() {
             features |= 1 << VIRTIO_BLK_F_RO;
-        } else {
+        } else if disk.supports_discard() {
             features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
         }
         Ok(Block {

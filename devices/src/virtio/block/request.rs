@@ -9,7 +9,8 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::image::{BounceBuffer, DiskImage, SECTOR_SIZE};
+use super::bounce::BounceBuffer;
+use super::image::{DiskImage, SECTOR_SIZE};
 use crate::virtio::chain::{
     split_chain, status_byte, total_len, without_tail, BufCursor, ChainFault, GuestBuf, WarnOnce,
 };

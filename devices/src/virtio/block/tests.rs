@@ -69,7 +69,7 @@ fn opts(path: &Path, readonly: bool) -> BlockOptions {
 }
 
 fn disk(path: &Path, readonly: bool) -> Arc<DiskImage> {
-    Arc::new(DiskImage::open(&opts(path, readonly)).unwrap())
+    Arc::new(DiskImage::open(&opts(path, readonly), &BackingOptions::default()).unwrap())
 }
 
 fn header(kind: u32, sector: u64) -> [u8; 16] {
@@ -257,7 +257,7 @@ fn get_id_returns_the_serial() {
     let img = TempImage::patterned("id", 8);
     let mut o = opts(&img.path, false);
     o.serial = Some("disk-serial-1".into());
-    let d = Arc::new(DiskImage::open(&o).unwrap());
+    let d = Arc::new(DiskImage::open(&o, &BackingOptions::default()).unwrap());
     let out = request(&d, VIRTIO_BLK_T_GET_ID, 0, &[], 20);
     assert_eq!(out.status, S_OK);
     assert_eq!(out.used_len, 21);
@@ -456,7 +456,7 @@ fn open_explains_what_is_wrong_with_the_image() {
     let msg = open_err(opts(&q.path, false));
     let p = q.path.display().to_string();
     assert!(
-        msg.contains(&format!("qemu-img convert -O raw {p} ")),
+        msg.contains("damaged qcow2 image") && msg.contains(&format!("qemu-img check {p}")),
         "{msg}"
     );
 
@@ -588,7 +588,7 @@ fn direct_io_works_with_unaligned_guest_buffers() {
     let img = TempImage::patterned("direct", 4096);
     let mut o = opts(&img.path, false);
     o.direct = true;
-    let d = match DiskImage::open(&o) {
+    let d = match DiskImage::open(&o, &BackingOptions::default()) {
         Ok(d) => Arc::new(d),
         Err(e @ BlockError::DirectUnsupported { .. }) => {
             eprintln!("skipping: the temp dir's file system has no O_DIRECT: {e}");
