@@ -117,7 +117,7 @@ pub(super) fn open_backing(
             return Err(refuse("the image says it is qcow2, but it is not".into()));
         }
         let disk =
-            Qcow2Disk::open_layer(opened.file, &resolved, true, opts, chain).map_err(wrap)?;
+            Qcow2Disk::open_layer(opened.file, &resolved, true, opts, chain, None).map_err(wrap)?;
         Ok(Box::new(disk))
     } else {
         Ok(Box::new(RawDisk::new(opened.file, opened.size, false)))

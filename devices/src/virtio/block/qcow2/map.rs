@@ -25,7 +25,8 @@ fn damaged(what: String) -> io::Error {
 }
 
 impl Map {
-    pub fn load(file: &ImageFile, header: &Header) -> io::Result<Self> {
+    /// Reads the L1 table; at most `l2_tables` L2 tables are cached.
+    pub fn load(file: &ImageFile, header: &Header, l2_tables: usize) -> io::Result<Self> {
         // Bounded by the header checks: at most 32 MiB, inside the file.
         let mut raw = vec![0u8; (header.l1_size * 8) as usize];
         file.read(&mut raw, header.l1_offset)?;
@@ -36,8 +37,7 @@ impl Map {
             l1,
             l1_offset: header.l1_offset,
             l1_dirty: BTreeSet::new(),
-            // 4 MiB of L2 tables: 32 GiB of disk with 64 KiB clusters.
-            l2: TableCache::new(((4usize << 20) >> cb).max(2)),
+            l2: TableCache::new(l2_tables.max(2)),
         })
     }
 

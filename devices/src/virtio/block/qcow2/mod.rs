@@ -17,6 +17,8 @@ mod header;
 mod map;
 mod refcount;
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub use self::backing::{BackingOptions, MAX_BACKING_DEPTH};
 
@@ -53,6 +55,24 @@ impl Refusal {
     }
 }
 
+/// How many metadata tables one image caches.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CacheSizes {
+    pub l2_tables: usize,
+    pub refcount_blocks: usize,
+}
+
+impl CacheSizes {
+    /// 4 MiB of L2 tables (32 GiB of disk with 64 KiB clusters) and 1 MiB of
+    /// refcount blocks (64 TiB of file): a few MiB per disk, however hostile.
+    fn for_cluster_bits(bits: u32) -> Self {
+        Self {
+            l2_tables: (4usize << 20) >> bits,
+            refcount_blocks: (1usize << 20) >> bits,
+        }
+    }
+}
+
 /// An open qcow2 image, with its backing chain.
 pub(crate) struct Qcow2Disk {
     state: Mutex<State>,
@@ -73,7 +93,23 @@ impl Qcow2Disk {
             source,
         })?;
         let mut chain = Chain::new(&meta);
-        Self::open_layer(file, path, readonly, backing, &mut chain)
+        Self::open_layer(file, path, readonly, backing, &mut chain, None)
+    }
+
+    /// As `open`, caching no more metadata than `caches` (tests reach eviction).
+    #[cfg(test)]
+    pub fn open_with_caches(
+        file: File,
+        path: &Path,
+        caches: CacheSizes,
+    ) -> Result<Self, BlockError> {
+        let meta = file.metadata().map_err(|source| BlockError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut chain = Chain::new(&meta);
+        let opts = BackingOptions::default();
+        Self::open_layer(file, path, false, &opts, &mut chain, Some(caches))
     }
 
     fn open_layer(
@@ -82,6 +118,7 @@ impl Qcow2Disk {
         readonly: bool,
         backing: &BackingOptions,
         chain: &mut Chain,
+        caches: Option<CacheSizes>,
     ) -> Result<Self, BlockError> {
         let read_err = |source| BlockError::Read {
             path: path.to_path_buf(),
@@ -95,8 +132,10 @@ impl Qcow2Disk {
         let mut first = vec![0u8; 1 << bits];
         file.read(&mut first, 0).map_err(read_err)?;
         let header = parse(&first, file_len, !readonly).map_err(|r| r.into_error(path))?;
-        let map = Map::load(&file, &header).map_err(read_err)?;
-        let refs = Refcounts::load(&file, &header, file_len).map_err(read_err)?;
+        let caches = caches.unwrap_or(CacheSizes::for_cluster_bits(bits));
+        let map = Map::load(&file, &header, caches.l2_tables).map_err(read_err)?;
+        let refs =
+            Refcounts::load(&file, &header, file_len, caches.refcount_blocks).map_err(read_err)?;
         let lower = match &header.backing_name {
             Some(name) => Some(open_backing(
                 path,

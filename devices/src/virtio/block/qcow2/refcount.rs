@@ -37,7 +37,13 @@ fn io_err(what: String) -> io::Error {
 }
 
 impl Refcounts {
-    pub fn load(file: &ImageFile, header: &Header, file_len: u64) -> io::Result<Self> {
+    /// Reads the refcount table; at most `blocks` refcount blocks are cached.
+    pub fn load(
+        file: &ImageFile,
+        header: &Header,
+        file_len: u64,
+        blocks: usize,
+    ) -> io::Result<Self> {
         let cb = header.cluster_bits;
         // Bounded by the header checks: at most 8 MiB, inside the file.
         let mut raw = vec![0u8; (header.refcount_table_clusters << cb) as usize];
@@ -50,7 +56,7 @@ impl Refcounts {
             table_clusters: header.refcount_table_clusters,
             table_dirty: false,
             header_dirty: false,
-            blocks: TableCache::new(((1usize << 20) >> cb).max(4)),
+            blocks: TableCache::new(blocks.max(2)),
             next_free: file_len.next_multiple_of(1 << cb),
             pending_frees: Vec::new(),
         })
