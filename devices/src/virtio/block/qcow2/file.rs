@@ -3,7 +3,7 @@
 //! and writes only when the image was opened writable.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
 pub(super) struct ImageFile {
@@ -55,7 +55,8 @@ impl ImageFile {
         }
     }
 
+    /// The file's length; a seek, since block devices report none in metadata.
     pub fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        (&self.file).seek(SeekFrom::End(0))
     }
 }
