@@ -1,0 +1,218 @@
+//! Builds disk images for the tests with the real tools: `mkfs.ext4 -d` for file
+//! systems with content, `sfdisk` for GPT and MBR tables (CI installs e2fsprogs,
+//! fdisk, dosfstools and xfsprogs: `.ci/run`). A missing tool fails the test
+//! with the package to install.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "form-bootdisk-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn find_tool(tool: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let p = Path::new(dir).join(tool);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{tool} is missing: install the {package} package (apt-get install {package}); .ci/run installs it in CI");
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Files to put in a file system: (path inside, content). Symlinks as
+/// (path, target) in `links`.
+#[derive(Default)]
+pub struct Tree {
+    pub files: Vec<(String, Vec<u8>)>,
+    pub links: Vec<(String, String)>,
+}
+
+impl Tree {
+    pub fn file(mut self, path: &str, content: impl Into<Vec<u8>>) -> Tree {
+        self.files.push((path.to_string(), content.into()));
+        self
+    }
+
+    pub fn link(mut self, path: &str, target: &str) -> Tree {
+        self.links.push((path.to_string(), target.to_string()));
+        self
+    }
+
+    fn write(&self, root: &Path) {
+        fs::create_dir_all(root).unwrap();
+        for (path, content) in &self.files {
+            let p = root.join(path.trim_start_matches('/'));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, content).unwrap();
+        }
+        for (path, target) in &self.links {
+            let p = root.join(path.trim_start_matches('/'));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, p).unwrap();
+        }
+    }
+}
+
+/// A file system image of `size_mib` MiB.
+pub enum Fs {
+    /// ext4 (or ext2/ext3 with `-t`) with this UUID and content.
+    Ext {
+        kind: &'static str,
+        uuid: &'static str,
+        tree: Tree,
+    },
+    Vfat,
+    Xfs,
+    /// Bytes of nothing in particular.
+    Blank,
+}
+
+pub fn make_fs(dir: &TempDir, fs: &Fs, size_mib: u64) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let img = dir.path(&format!("fs{n}.img"));
+    let f = fs::File::create(&img).unwrap();
+    f.set_len(size_mib << 20).unwrap();
+    drop(f);
+    match fs {
+        Fs::Ext { kind, uuid, tree } => {
+            let root = dir.path(&format!("tree{n}"));
+            tree.write(&root);
+            let mkfs = find_tool("mkfs.ext4", "e2fsprogs");
+            let mut cmd = Command::new(mkfs);
+            cmd.args(["-q", "-F", "-t", kind, "-U", uuid, "-d"])
+                .arg(&root)
+                .arg(&img)
+                .env("E2FSPROGS_FAKE_TIME", "1700000000");
+            run(&mut cmd);
+        }
+        Fs::Vfat => run(Command::new(find_tool("mkfs.vfat", "dosfstools")).arg(&img)),
+        Fs::Xfs => run(Command::new(find_tool("mkfs.xfs", "xfsprogs"))
+            .args(["-q", "-f"])
+            .arg(&img)),
+        Fs::Blank => {}
+    }
+    img
+}
+
+/// A partitioned disk: `label` is "gpt" or "dos"; each partition a file system
+/// image and an sfdisk type (e.g. "L" Linux, "U" EFI system, or a GUID).
+/// Partitions start at 1 MiB and follow each other, 1 MiB aligned; `numbers`
+/// (GPT only) places them at other entry numbers.
+pub fn disk(
+    dir: &TempDir,
+    label: &str,
+    parts: &[(PathBuf, &str)],
+    numbers: Option<&[u32]>,
+) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let img = dir.path(&format!("disk{n}.img"));
+    let mut total = 1u64 << 20;
+    let mut layout = Vec::new();
+    for (fs_img, _) in parts {
+        let len = fs::metadata(fs_img)
+            .unwrap()
+            .len()
+            .next_multiple_of(1 << 20);
+        layout.push((total, len));
+        total += len;
+    }
+    total += 1 << 20;
+    let f = fs::File::create(&img).unwrap();
+    f.set_len(total).unwrap();
+    drop(f);
+    let mut script = format!("label: {label}\n");
+    for (i, ((_, kind), (start, len))) in parts.iter().zip(&layout).enumerate() {
+        let num = numbers.map(|n| n[i]);
+        let prefix = match num {
+            Some(num) => format!("{}{num} : ", img.display()),
+            None => String::new(),
+        };
+        script.push_str(&format!(
+            "{prefix}start={}, size={}, type={kind}\n",
+            start / 512,
+            len / 512
+        ));
+    }
+    let mut child = Command::new(find_tool("sfdisk", "fdisk"))
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(&img)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "sfdisk failed on\n{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut f = fs::OpenOptions::new().write(true).open(&img).unwrap();
+    for ((fs_img, _), (start, _)) in parts.iter().zip(&layout) {
+        let data = fs::read(fs_img).unwrap();
+        f.seek(SeekFrom::Start(*start)).unwrap();
+        f.write_all(&data).unwrap();
+    }
+    img
+}
+
+/// A kernel-like blob: random-ish bytes of `len`, different per `seed`.
+pub fn blob(seed: u8, len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(seed);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub const UUID_ROOT: &str = "2f1c1a6e-0d3b-4c55-9e6a-6f1d2b3c4d5e";
+pub const UUID_BOOT: &str = "7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d";
