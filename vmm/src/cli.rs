@@ -13,7 +13,7 @@ use std::path::PathBuf;
     name = "form-vmm",
     version,
     about = "A KVM virtual machine monitor with an HTTP API on a unix socket",
-    after_help = "Give --kernel to boot a VM at once, --api-socket to be driven over HTTP, or both."
+    after_help = "Give --kernel (or a --disk with boot=on) to boot a VM at once, --api-socket to be driven over HTTP, or both."
 )]
 pub struct Cli {
     /// Guest kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
@@ -24,7 +24,7 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
 
-    /// Kernel command line.
+    /// Kernel command line; with a --disk boot=on, appended to the boot entry's.
     #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
 
@@ -51,10 +51,12 @@ pub struct Cli {
 
     /// A raw disk image as a virtio-blk device (repeatable). Options: path=
     /// (required), readonly=on, direct=on (O_DIRECT), id=NAME (default disk0,
-    /// disk1...), serial=TEXT (up to 20 characters).
+    /// disk1...), serial=TEXT (up to 20 characters), boot=on (no --kernel: boot
+    /// the default entry of the image's own grub.cfg, BLS entries or newest
+    /// /boot/vmlinuz-*).
     #[arg(
         long = "disk",
-        value_name = "path=IMG[,readonly=on][,direct=on][,id=ID]"
+        value_name = "path=IMG[,readonly=on][,direct=on][,id=ID][,boot=on]"
     )]
     pub disks: Vec<String>,
 
@@ -98,7 +100,7 @@ pub enum CliError {
         "nothing to do: give --kernel to boot a VM now, or --api-socket to wait for vm.create"
     )]
     NothingToDo,
-    #[error("{0} describes the VM to boot, so it needs --kernel; without --kernel, send the VM's configuration in vm.create")]
+    #[error("{0} describes the VM to boot, so it needs --kernel (or a --disk with boot=on); without either, send the VM's configuration in vm.create")]
     VmOptionWithoutKernel(&'static str),
     #[error("--api-socket: empty path")]
     EmptySocketPath,
@@ -128,12 +130,17 @@ impl Cli {
             .as_deref()
             .map(parse_api_socket)
             .transpose()?;
-        let vm = match &self.kernel {
-            Some(_) => Some(self.vm_config()?),
-            None => {
-                self.reject_vm_options_without_kernel()?;
-                None
-            }
+        // A disk with boot=on boots the VM as --kernel does (the kernel is the
+        // image's own); a malformed --disk is reported by vm_config.
+        let boot_disk = self
+            .disks
+            .iter()
+            .any(|d| DiskConfig::parse(d).is_ok_and(|d| d.boot));
+        let vm = if self.kernel.is_some() || boot_disk {
+            Some(self.vm_config()?)
+        } else {
+            self.reject_vm_options_without_kernel()?;
+            None
         };
         if vm.is_none() && api_socket.is_none() {
             return Err(CliError::NothingToDo);
@@ -341,7 +348,7 @@ mod tests {
         let cases = [
             (
                 vec!["--disk", "file=/img"],
-                "--disk: unknown option 'file'; valid options: path, readonly, direct, id, serial",
+                "--disk: unknown option 'file'; valid options: path, readonly, direct, id, serial, boot",
             ),
             (
                 vec!["--net", "tap=tap0,fd=3"],
@@ -386,6 +393,47 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_boot_disk_boots_without_kernel() {
+        let launch = resolve(&[
+            "--disk",
+            "path=/srv/seed.img,readonly=on",
+            "--disk",
+            "path=/srv/ubuntu.qcow2,boot=on",
+            "--cmdline",
+            "single",
+        ])
+        .unwrap();
+        let vm = launch.vm.unwrap();
+        assert_eq!(vm.payload.kernel, None);
+        assert_eq!(vm.payload.cmdline.as_deref(), Some("single"));
+        assert_eq!(
+            vm.boot_disk().unwrap().path,
+            PathBuf::from("/srv/ubuntu.qcow2")
+        );
+        let err = resolve(&["--disk", "path=/a,boot=on", "--disk", "path=/b,boot=on"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "disks /a and /b both have boot=on; at most one disk boots the VM"
+        );
+        let err = resolve(&["--kernel", &some_file(), "--disk", "path=/a,boot=on"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("both say what to boot"), "{err}");
+        let err = resolve(&["--disk", "path=/a,boot=on", "--initramfs", "/i"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("brings its own initrd"), "{err}");
+        // Without boot=on, a disk still needs --kernel.
+        let err = resolve(&["--disk", "path=/a"]).unwrap_err();
+        assert!(
+            matches!(err, CliError::VmOptionWithoutKernel("--disk")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -132,6 +132,10 @@ impl<B: VmBackend> Controller<B> {
                         .as_ref()
                         .map(|managed| managed.vm.pci_devices())
                         .unwrap_or_default(),
+                    boot_source: self
+                        .vm
+                        .as_ref()
+                        .and_then(|managed| managed.vm.boot_source()),
                 })))
             }
             ApiRequest::VmAddDevice(device) => {

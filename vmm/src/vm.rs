@@ -11,7 +11,8 @@
 //! - `Vm::shutdown` stops and joins the vCPU threads; calling it twice is harmless.
 
 use crate::acpi::{create_acpi_tables, AcpiError, AcpiPlatform};
-use crate::boot::{self, BootCpuError, BootError, EntryPoint, PayloadRequest};
+use crate::boot::disk::{read_boot_disk, BootDiskError};
+use crate::boot::{self, BootCpuError, BootError, EntryPoint, PayloadFile, PayloadRequest};
 use crate::config::DeviceConfig;
 use crate::config::VmConfig;
 use crate::cpu::{configure_vcpu, spawn_vcpu_thread, DeviceRequests, ExitSignal};
@@ -30,7 +31,7 @@ use crate::memory::{
 };
 use crate::numa::{self, HostNode, NumaError};
 use form_vm_allocator::{GuestLayout, LayoutError};
-pub use form_vmm_api::types::VmState;
+pub use form_vmm_api::types::{BootSource, VmState};
 use hypervisor::{host_phys_bits, Hypervisor, HypervisorError, Vcpu};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -70,6 +71,8 @@ pub enum VmError {
     Memory(#[from] MemoryError),
     #[error("boot: {0}")]
     Boot(#[from] BootError),
+    #[error("{0}")]
+    BootDisk(#[from] BootDiskError),
     #[error("boot vCPU: {0}")]
     BootCpu(#[from] BootCpuError),
     #[error("devices: {0}")]
@@ -117,13 +120,15 @@ pub struct Vm {
     devices: DeviceManager,
     kvm_vm: Arc<hypervisor::Vm>,
     memory: GuestMemoryMmap,
+    /// What the boot disk's configuration chose, when there is no kernel.
+    boot_source: Option<BootSource>,
     _events: VmEvents,
 }
 
-/// What `validate` found on the host: the kernel to load and the NUMA node, if
-/// one was asked for.
+/// What `validate` found on the host: the kernel to load (None: the boot
+/// disk's) and the NUMA node, if one was asked for.
 struct HostChecks {
-    kernel: PathBuf,
+    kernel: Option<PathBuf>,
     node: Option<HostNode>,
 }
 
@@ -154,12 +159,19 @@ fn validate(config: &VmConfig, hv: &Hypervisor) -> Result<HostChecks, VmError> {
         .host_numa_node
         .map(|node| HostNode::probe(std::path::Path::new(numa::NODE_SYSFS), node))
         .transpose()?;
-    let kernel = config.payload.kernel.clone().ok_or(VmError::NoKernel)?;
+    let Some(kernel) = config.payload.kernel.clone() else {
+        // The kernel comes from the disk with `boot`, read while building.
+        config.boot_disk().ok_or(VmError::NoKernel)?;
+        return Ok(HostChecks { kernel: None, node });
+    };
     if !kernel.exists() {
         return Err(VmError::KernelMissing(kernel));
     }
     boot::kernel::detect_format(&kernel)?;
-    Ok(HostChecks { kernel, node })
+    Ok(HostChecks {
+        kernel: Some(kernel),
+        node,
+    })
 }
 
 impl Vm {
@@ -196,6 +208,12 @@ impl Vm {
     ) -> Result<Vm, VmError> {
         let hv = Hypervisor::new()?;
         let HostChecks { kernel, node } = validate(config, &hv)?;
+        // No kernel: the boot disk's default entry, read (and the image closed)
+        // before its virtio disk opens and locks it.
+        let from_disk = match (&kernel, config.boot_disk()) {
+            (None, Some(disk)) => Some(read_boot_disk(disk, config.payload.cmdline.as_deref())?),
+            _ => None,
+        };
         let vcpu_cpus = node.as_ref().and_then(numa::vcpu_cpus).map(Arc::new);
         let kvm_vm = Arc::new(hv.create_vm_without_irqchip()?);
         // Passthrough devices first: the IOMMU's IOVA ranges, readable only once a
@@ -216,12 +234,34 @@ impl Vm {
         register_guest_memory(&kvm_vm, &memory)?;
         kvm_vm.create_irqchip()?;
 
-        let request = PayloadRequest {
-            kernel: &kernel,
-            initramfs: config.payload.initramfs.as_deref(),
-            cmdline: config.payload.cmdline.as_deref().unwrap_or(""),
+        let (payload, mut boot_source) = match (&kernel, from_disk) {
+            (_, Some(disk)) => {
+                let request = PayloadRequest {
+                    kernel: PayloadFile::Bytes {
+                        name: &disk.kernel_name,
+                        data: &disk.kernel,
+                    },
+                    initramfs: disk.initrd.as_deref().map(|data| PayloadFile::Bytes {
+                        name: &disk.initrd_name,
+                        data,
+                    }),
+                    cmdline: &disk.source.cmdline,
+                };
+                (
+                    boot::load_payload(&memory, &layout, &request)?,
+                    Some(disk.source),
+                )
+            }
+            (Some(kernel), None) => {
+                let request = PayloadRequest {
+                    kernel: PayloadFile::Path(kernel),
+                    initramfs: config.payload.initramfs.as_deref().map(PayloadFile::Path),
+                    cmdline: config.payload.cmdline.as_deref().unwrap_or(""),
+                };
+                (boot::load_payload(&memory, &layout, &request)?, None)
+            }
+            (None, None) => return Err(VmError::NoKernel),
         };
-        let payload = boot::load_payload(&memory, &layout, &request)?;
         let vcpu_count = u32::from(config.cpus.boot_vcpus);
 
         let mut config = config.clone();
@@ -235,6 +275,12 @@ impl Vm {
             &mut config,
             taps,
         )?;
+        if let Some(source) = &mut boot_source {
+            // The boot disk's id, as the device manager gave it.
+            if let Some(disk) = config.disks.iter().find(|d| d.boot) {
+                source.disk = disk.id.clone().unwrap_or_default();
+            }
+        }
         let (power_off, reset) = devices.power_requests().map_err(VmError::EventFd)?;
         let requests = DeviceRequests { power_off, reset };
         let exit_evt = events.exit.try_clone().map_err(VmError::EventFd)?;
@@ -280,6 +326,7 @@ impl Vm {
             devices,
             kvm_vm,
             memory,
+            boot_source,
             _events: events,
         })
     }
@@ -349,6 +396,11 @@ impl Vm {
 
     pub fn config(&self) -> &VmConfig {
         &self.config
+    }
+
+    /// The boot disk's entry this VM was built with (no kernel given).
+    pub fn boot_source(&self) -> Option<&BootSource> {
+        self.boot_source.as_ref()
     }
 
     pub fn exit_reason(&self) -> Option<VmExitReason> {

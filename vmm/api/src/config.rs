@@ -27,8 +27,14 @@ pub enum ConfigError {
     ZeroMemory,
     #[error("memory size {0} bytes is not a multiple of 4 KiB")]
     UnalignedMemory(u64),
-    #[error("no kernel given: the payload needs a kernel to boot")]
+    #[error("no kernel given and no disk to boot from: give payload.kernel (--kernel), or boot=on on the disk whose own boot configuration should boot")]
     NoKernel,
+    #[error("disks {first} and {second} both have boot=on; at most one disk boots the VM")]
+    TwoBootDisks { first: PathBuf, second: PathBuf },
+    #[error("payload.kernel and boot=on on disk {0} both say what to boot; give the kernel, or leave it out to boot the disk's own configuration")]
+    KernelAndBootDisk(PathBuf),
+    #[error("payload.initramfs is given without payload.kernel; a disk with boot=on brings its own initrd")]
+    InitramfsWithoutKernel,
     #[error("{what} {path}: {reason}")]
     UnusableFile {
         what: &'static str,
@@ -114,6 +120,7 @@ impl VmConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.cpus.validate()?;
         self.memory.validate()?;
+        self.validate_boot_disk()?;
         self.payload.validate()?;
         self.serial.validate("serial")?;
         self.console.validate("console")?;
@@ -147,6 +154,34 @@ impl VmConfig {
             rng.validate()?;
         }
         Ok(())
+    }
+
+    /// What boots: `payload.kernel`, or else the one disk with `boot`.
+    fn validate_boot_disk(&self) -> Result<(), ConfigError> {
+        let mut boot = self.disks.iter().filter(|d| d.boot);
+        let first = boot.next();
+        if let (Some(first), Some(second)) = (first, boot.next()) {
+            return Err(ConfigError::TwoBootDisks {
+                first: first.path.clone(),
+                second: second.path.clone(),
+            });
+        }
+        match (&self.payload.kernel, first) {
+            (Some(_), Some(disk)) => Err(ConfigError::KernelAndBootDisk(disk.path.clone())),
+            (None, None) => Err(ConfigError::NoKernel),
+            (None, Some(_)) if self.payload.initramfs.is_some() => {
+                Err(ConfigError::InitramfsWithoutKernel)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The disk the VM boots from (`boot`), when it has no kernel.
+    pub fn boot_disk(&self) -> Option<&DiskConfig> {
+        if self.payload.kernel.is_some() {
+            return None;
+        }
+        self.disks.iter().find(|d| d.boot)
     }
 
     fn validate_net(
@@ -187,6 +222,7 @@ pub struct VmConfig {
     pub cpus: CpusConfig,
     #[serde(default)]
     pub memory: MemoryConfig,
+    /// Required, as in Cloud Hypervisor; `{}` (no kernel) with a disk with `boot`.
     pub payload: PayloadConfig,
     #[serde(default)]
     pub serial: ConsoleConfig,
@@ -332,6 +368,9 @@ impl MemoryConfig {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PayloadConfig {
+    /// Optional when a disk has `boot`: the VM then boots that disk's own boot
+    /// configuration (`cmdline` is appended to the entry's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initramfs: Option<PathBuf>,
@@ -340,9 +379,12 @@ pub struct PayloadConfig {
 }
 
 impl PayloadConfig {
+    /// Checks the files given; whether a kernel is needed is
+    /// [`VmConfig::validate`]'s business (a boot disk may stand in for it).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let kernel = self.kernel.as_deref().ok_or(ConfigError::NoKernel)?;
-        check_readable_file("kernel", kernel)?;
+        if let Some(kernel) = &self.kernel {
+            check_readable_file("kernel", kernel)?;
+        }
         if let Some(initramfs) = &self.initramfs {
             check_readable_file("initramfs", initramfs)?;
         }
@@ -714,6 +756,56 @@ mod tests {
         );
         let err = bootable(&std::env::temp_dir()).validate().unwrap_err();
         assert!(err.to_string().ends_with(": not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_boot_disk_stands_in_for_the_kernel() {
+        let boot = |path: &str| DiskConfig {
+            path: path.into(),
+            boot: true,
+            ..Default::default()
+        };
+        let mut config = VmConfig::default();
+        config.disks = vec![
+            DiskConfig::parse("path=/seed").unwrap(),
+            boot("/root.qcow2"),
+        ];
+        config.validate().unwrap();
+        assert_eq!(
+            config.boot_disk().unwrap().path,
+            PathBuf::from("/root.qcow2")
+        );
+        // The user's cmdline is allowed (appended); an initramfs is not.
+        config.payload.cmdline = Some("single".into());
+        config.validate().unwrap();
+        config.payload.initramfs = Some("/initrd".into());
+        assert_eq!(config.validate(), Err(ConfigError::InitramfsWithoutKernel));
+        config.payload.initramfs = None;
+
+        config.disks.push(boot("/other.raw"));
+        let err = config.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "disks /root.qcow2 and /other.raw both have boot=on; at most one disk boots the VM"
+        );
+        config.disks.pop();
+
+        let kernel = kernel_file();
+        config.payload.kernel = Some(kernel.0.clone());
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::KernelAndBootDisk("/root.qcow2".into()))
+        );
+        assert!(config.boot_disk().is_none());
+
+        // JSON: an empty payload.
+        let json: VmConfig =
+            serde_json::from_str(r#"{"payload":{},"disks":[{"path":"/root.qcow2","boot":true}]}"#)
+                .unwrap();
+        json.validate().unwrap();
+        let text = serde_json::to_string(&json).unwrap();
+        assert!(!text.contains("kernel"), "{text}");
+        assert!(text.contains(r#""boot":true"#), "{text}");
     }
 
     #[test]

@@ -62,6 +62,36 @@ pub struct VmInfo {
     /// guest address, in slot order; empty while the VM is shut down.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pci_devices: Vec<PciDeviceInfo>,
+    /// What a VM without a kernel booted from its boot disk (as of its last
+    /// build: `vm.create`, `vm.boot` after a shutdown, `vm.reboot`); absent for a
+    /// VM given `payload.kernel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_source: Option<BootSource>,
+}
+
+/// The boot entry read from a disk with `boot`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootSource {
+    /// The disk's id.
+    pub disk: String,
+    /// The partition the kernel and initrd were read from (1-based, as Linux
+    /// numbers them; 0 for a disk without a partition table).
+    pub partition: u32,
+    /// What chose the entry: `grub.cfg`, `bls` or `newest-kernel`.
+    pub config: String,
+    /// The configuration file (grub.cfg, the BLS entry) or, for
+    /// `newest-kernel`, the directory searched; on `config_partition`.
+    pub config_path: String,
+    pub config_partition: u32,
+    /// The entry's title.
+    pub title: String,
+    /// Paths inside the partition.
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub initrd: Vec<String>,
+    /// The command line the guest got: the entry's, `console=ttyS0` when it
+    /// names no console, then `payload.cmdline`.
+    pub cmdline: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

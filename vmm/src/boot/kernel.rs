@@ -8,7 +8,7 @@ use form_vm_allocator::layout::{
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, Cmdline, Elf, KernelLoader, PvhBootCapability};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -64,10 +64,27 @@ pub enum KernelFormat {
     BzImage,
 }
 
+/// A kernel or initramfs: a host file, or bytes already read (from the boot
+/// disk's file system), named for errors by `name`.
+#[derive(Clone, Copy)]
+pub enum PayloadFile<'a> {
+    Path(&'a Path),
+    Bytes { name: &'a Path, data: &'a [u8] },
+}
+
+impl PayloadFile<'_> {
+    fn name(&self) -> &Path {
+        match self {
+            PayloadFile::Path(path) => path,
+            PayloadFile::Bytes { name, .. } => name,
+        }
+    }
+}
+
 /// What to boot.
 pub struct PayloadRequest<'a> {
-    pub kernel: &'a Path,
-    pub initramfs: Option<&'a Path>,
+    pub kernel: PayloadFile<'a>,
+    pub initramfs: Option<PayloadFile<'a>>,
     pub cmdline: &'a str,
 }
 
@@ -86,22 +103,28 @@ pub struct LoadedPayload {
 
 /// Tells an ELF from a bzImage by their magic numbers.
 pub fn detect_format(path: &Path) -> Result<KernelFormat, BootError> {
-    let open_err = |source| BootError::OpenKernel {
+    let mut file = File::open(path).map_err(|source| BootError::OpenKernel {
         path: path.to_path_buf(),
         source,
-    };
-    let mut file = File::open(path).map_err(open_err)?;
+    })?;
+    detect_format_of(&mut file, path)
+}
+
+fn detect_format_of(
+    kernel: &mut (impl Read + Seek),
+    name: &Path,
+) -> Result<KernelFormat, BootError> {
     let mut magic = [0u8; 4];
-    if file.read_exact(&mut magic).is_ok() && &magic == ELF_MAGIC {
+    if kernel.read_exact(&mut magic).is_ok() && &magic == ELF_MAGIC {
         return Ok(KernelFormat::Elf);
     }
-    if file.seek(SeekFrom::Start(BZIMAGE_MAGIC_OFFSET)).is_ok()
-        && file.read_exact(&mut magic).is_ok()
+    if kernel.seek(SeekFrom::Start(BZIMAGE_MAGIC_OFFSET)).is_ok()
+        && kernel.read_exact(&mut magic).is_ok()
         && &magic == BZIMAGE_MAGIC
     {
         return Ok(KernelFormat::BzImage);
     }
-    Err(BootError::UnknownKernelFormat(path.to_path_buf()))
+    Err(BootError::UnknownKernelFormat(name.to_path_buf()))
 }
 
 fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<u64, BootError> {
@@ -128,16 +151,23 @@ fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<u64, BootError>
 fn load_initramfs(
     mem: &GuestMemoryMmap,
     layout: &GuestLayout,
-    path: &Path,
+    initramfs: PayloadFile<'_>,
     kernel_end: u64,
     addr_max: u64,
 ) -> Result<(u64, u64), BootError> {
+    let path = initramfs.name();
     let read_err = |source| BootError::Initramfs {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
-    let size = file.metadata().map_err(read_err)?.len();
+    let (mut reader, size): (Box<dyn Read + '_>, u64) = match initramfs {
+        PayloadFile::Path(path) => {
+            let file = File::open(path).map_err(read_err)?;
+            let size = file.metadata().map_err(read_err)?.len();
+            (Box::new(file), size)
+        }
+        PayloadFile::Bytes { data, .. } => (Box::new(data), data.len() as u64),
+    };
     let low_ram_end = layout
         .ram_regions()
         .first()
@@ -160,7 +190,7 @@ fn load_initramfs(
     let mut buf = vec![0u8; 1 << 20];
     while remaining > 0 {
         let n = remaining.min(buf.len() as u64) as usize;
-        file.read_exact(&mut buf[..n]).map_err(read_err)?;
+        reader.read_exact(&mut buf[..n]).map_err(read_err)?;
         mem.write_slice(&buf[..n], GuestAddress(addr))
             .map_err(|source| BootError::GuestWrite {
                 what: "the initramfs",
@@ -172,26 +202,59 @@ fn load_initramfs(
     Ok((start, size))
 }
 
+fn load_kernel<F>(
+    mem: &GuestMemoryMmap,
+    kernel: &mut F,
+    format: KernelFormat,
+    highmem: Option<GuestAddress>,
+) -> Result<linux_loader::loader::KernelLoaderResult, linux_loader::loader::Error>
+where
+    F: Read + Seek + vm_memory::ReadVolatile,
+{
+    match format {
+        KernelFormat::Elf => Elf::load(mem, None, kernel, highmem),
+        KernelFormat::BzImage => BzImage::load(mem, None, kernel, highmem),
+    }
+}
+
 /// Loads kernel, command line and initramfs; says how to enter the kernel.
 pub fn load_payload(
     mem: &GuestMemoryMmap,
     layout: &GuestLayout,
     request: &PayloadRequest<'_>,
 ) -> Result<LoadedPayload, BootError> {
-    let path = request.kernel;
-    let format = detect_format(path)?;
-    let mut file = File::open(path).map_err(|source| BootError::OpenKernel {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let path = request.kernel.name();
     let load_err = |source| BootError::LoadKernel {
         path: path.to_path_buf(),
         source,
     };
     let highmem = Some(GuestAddress(HIGH_MEMORY_START));
-    let result = match format {
-        KernelFormat::Elf => Elf::load(mem, None, &mut file, highmem).map_err(load_err)?,
-        KernelFormat::BzImage => BzImage::load(mem, None, &mut file, highmem).map_err(load_err)?,
+    let (format, result) = match request.kernel {
+        PayloadFile::Path(path) => {
+            let mut file = File::open(path).map_err(|source| BootError::OpenKernel {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let format = detect_format_of(&mut file, path)?;
+            file.seek(SeekFrom::Start(0))
+                .map_err(|source| BootError::OpenKernel {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            (
+                format,
+                load_kernel(mem, &mut file, format, highmem).map_err(load_err)?,
+            )
+        }
+        PayloadFile::Bytes { name, data } => {
+            let mut cursor = Cursor::new(data);
+            let format = detect_format_of(&mut cursor, name)?;
+            cursor.set_position(0);
+            (
+                format,
+                load_kernel(mem, &mut cursor, format, highmem).map_err(load_err)?,
+            )
+        }
     };
     let entry = match (format, result.pvh_boot_cap) {
         (KernelFormat::Elf, PvhBootCapability::PvhEntryPresent(addr)) => {
@@ -215,7 +278,7 @@ pub fn load_payload(
         .unwrap_or(DEFAULT_INITRD_ADDR_MAX);
     let initramfs = request
         .initramfs
-        .map(|p| load_initramfs(mem, layout, p, result.kernel_end, addr_max))
+        .map(|f| load_initramfs(mem, layout, f, result.kernel_end, addr_max))
         .transpose()?;
     debug_assert!(mem.address_in_range(GuestAddress(CMDLINE_START)));
     Ok(LoadedPayload {
@@ -255,7 +318,14 @@ mod tests {
     fn initramfs_goes_high_page_aligned_and_below_the_limit() {
         let (layout, mem) = memory(64 << 20);
         let path = file_with(10_000);
-        let (addr, size) = load_initramfs(&mem, &layout, &path, 0x20_0000, 0x37ff_ffff).unwrap();
+        let (addr, size) = load_initramfs(
+            &mem,
+            &layout,
+            PayloadFile::Path(&path),
+            0x20_0000,
+            0x37ff_ffff,
+        )
+        .unwrap();
         assert_eq!(size, 10_000);
         assert_eq!(addr % PAGE_SIZE, 0);
         assert!(addr + size <= 64 << 20);
@@ -268,7 +338,14 @@ mod tests {
             0xa5
         );
         // A kernel limit below the end of RAM wins.
-        let (addr, _) = load_initramfs(&mem, &layout, &path, 0x20_0000, 0x1ff_ffff).unwrap();
+        let (addr, _) = load_initramfs(
+            &mem,
+            &layout,
+            PayloadFile::Path(&path),
+            0x20_0000,
+            0x1ff_ffff,
+        )
+        .unwrap();
         assert!(addr + 10_000 <= 0x200_0000);
         std::fs::remove_file(path).unwrap();
     }
@@ -277,7 +354,14 @@ mod tests {
     fn initramfs_that_does_not_fit_is_refused() {
         let (layout, mem) = memory(8 << 20);
         let path = file_with(4 << 20);
-        let err = load_initramfs(&mem, &layout, &path, 6 << 20, 0x37ff_ffff).unwrap_err();
+        let err = load_initramfs(
+            &mem,
+            &layout,
+            PayloadFile::Path(&path),
+            6 << 20,
+            0x37ff_ffff,
+        )
+        .unwrap_err();
         assert!(matches!(err, BootError::InitramfsTooBig { .. }), "{err}");
         std::fs::remove_file(path).unwrap();
     }

@@ -5,6 +5,7 @@
 //! 64-bit boot protocol with `boot_params`).
 
 mod cpu_state;
+pub mod disk;
 mod e820;
 pub mod kernel;
 mod pvh;
@@ -13,7 +14,9 @@ mod zero_page;
 
 pub use cpu_state::{setup_boot_vcpu, BootCpuError};
 pub use e820::{e820_map, E820Entry, E820_RAM, E820_RESERVED};
-pub use kernel::{load_payload, BootError, KernelFormat, LoadedPayload, PayloadRequest};
+pub use kernel::{
+    load_payload, BootError, KernelFormat, LoadedPayload, PayloadFile, PayloadRequest,
+};
 
 /// How the boot vCPU enters the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

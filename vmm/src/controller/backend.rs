@@ -29,6 +29,10 @@ pub trait VmInstance {
     fn pci_devices(&self) -> Vec<PciDeviceInfo> {
         Vec::new()
     }
+    /// What the boot disk's configuration chose (a VM without a kernel).
+    fn boot_source(&self) -> Option<crate::vm::BootSource> {
+        None
+    }
     /// Fds that become readable when the VM's devices need the controller (the
     /// guest ejected one on its own, the host asked for one back).
     fn device_event_fds(&self) -> Vec<std::os::fd::RawFd> {
@@ -117,6 +121,10 @@ impl VmInstance for Vm {
 
     fn pci_devices(&self) -> Vec<PciDeviceInfo> {
         Vm::pci_devices(self)
+    }
+
+    fn boot_source(&self) -> Option<crate::vm::BootSource> {
+        Vm::boot_source(self).cloned()
     }
 
     fn device_event_fds(&self) -> Vec<std::os::fd::RawFd> {

@@ -29,12 +29,18 @@ pub struct DiskConfig {
     /// What the guest reads as the disk's serial number (virtio-blk GET_ID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+    /// Boot from this disk: with no `payload.kernel`, the VM boots the default
+    /// entry of the image's own boot configuration (grub.cfg, BLS entries or the
+    /// newest /boot/vmlinuz-*), read when the VM is built. At most one disk.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub boot: bool,
 }
 
 impl DiskConfig {
-    pub const OPTIONS: &'static [&'static str] = &["path", "readonly", "direct", "id", "serial"];
+    pub const OPTIONS: &'static [&'static str] =
+        &["path", "readonly", "direct", "id", "serial", "boot"];
 
-    /// Parses `--disk path=IMG[,readonly=on][,direct=on][,id=ID][,serial=S]`.
+    /// Parses `--disk path=IMG[,readonly=on][,direct=on][,id=ID][,serial=S][,boot=on]`.
     pub fn parse(input: &str) -> Result<DiskConfig, ParseError> {
         const FLAG: &str = "--disk";
         let opts = Options::parse(FLAG, input, Self::OPTIONS)?;
@@ -44,6 +50,7 @@ impl DiskConfig {
             direct: opts.get("direct")?.unwrap_or(false),
             id: opts.get("id")?,
             serial: opts.get("serial")?,
+            boot: opts.get("boot")?.unwrap_or(false),
         };
         disk.validate().map_err(invalid(FLAG, input))?;
         Ok(disk)
@@ -256,13 +263,15 @@ mod tests {
     #[test]
     fn disk_option_parses_every_key() {
         assert_eq!(
-            DiskConfig::parse("path=/img.raw,readonly=on,direct=on,id=root,serial=SN01").unwrap(),
+            DiskConfig::parse("path=/img.raw,readonly=on,direct=on,id=root,serial=SN01,boot=on")
+                .unwrap(),
             DiskConfig {
                 path: "/img.raw".into(),
                 readonly: true,
                 direct: true,
                 id: Some("root".into()),
                 serial: Some("SN01".into()),
+                boot: true,
             }
         );
         assert_eq!(
@@ -283,7 +292,7 @@ mod tests {
         );
         assert_eq!(
             err("path=/a,ro=on"),
-            "--disk: unknown option 'ro'; valid options: path, readonly, direct, id, serial"
+            "--disk: unknown option 'ro'; valid options: path, readonly, direct, id, serial, boot"
         );
         assert_eq!(
             err("path=/a,readonly=yes"),
@@ -450,6 +459,12 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&disk).unwrap(),
             r#"{"path":"/img.raw","readonly":false,"direct":false}"#
+        );
+        let boot: DiskConfig = serde_json::from_str(r#"{"path":"/img","boot":true}"#).unwrap();
+        assert!(boot.boot);
+        assert_eq!(
+            serde_json::to_string(&boot).unwrap(),
+            r#"{"path":"/img","readonly":false,"direct":false,"boot":true}"#
         );
         let net: NetConfig = serde_json::from_str(r#"{"fd":5,"mac":"52:54:00:12:34:56"}"#).unwrap();
         assert_eq!(net.fd, Some(5));

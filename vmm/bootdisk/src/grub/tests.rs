@@ -263,3 +263,74 @@ fn grubenv_parsing() {
     assert_eq!(vars["kernelopts"], "root=/dev/vda1 ro");
     assert_eq!(vars.len(), 2);
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TOKENS: &[&str] = &[
+        "menuentry",
+        "submenu",
+        "'t'",
+        "\"x $a\"",
+        "{",
+        "}",
+        "\n",
+        ";",
+        "if",
+        "then",
+        "elif",
+        "else",
+        "fi",
+        "[",
+        "]",
+        "-n",
+        "=",
+        "!",
+        "set",
+        "default=0",
+        "default=1>0",
+        "a=$a$a",
+        "linux",
+        "/k",
+        "initrd",
+        "/i",
+        "function",
+        "for",
+        "do",
+        "done",
+        "while",
+        "load_env",
+        "blscfg",
+        "$a",
+        "${b}",
+        "'",
+        "\"",
+        "\\",
+        "#",
+        "--id",
+        "x",
+        "chainloader",
+        "$",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Token soup: an answer or an error, never a panic, and quickly.
+        #[test]
+        fn any_token_sequence_is_handled(tokens in prop::collection::vec(0..TOKENS.len(), 0..200)) {
+            let text: Vec<&str> = tokens.iter().map(|&i| TOKENS[i]).collect();
+            let text = text.join(" ");
+            let env = Vars::new();
+            let _ = choose(&text, "/boot/grub", &env, &|_| true, &[("a".into(), "b".into())]);
+        }
+
+        #[test]
+        fn any_bytes_are_handled(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = choose(&text, "/boot/grub", &Vars::new(), &|_| false, &[]);
+            let _ = parse_grubenv(&text);
+        }
+    }
+}
