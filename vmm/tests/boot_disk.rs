@@ -173,3 +173,90 @@ fn an_image_without_a_boot_configuration_is_refused_with_its_name() {
         "{msg}"
     );
 }
+
+/// The cost of booting from the disk against the same kernel and initrd given
+/// as host files: `Vm::new` (which reads and loads them) timed both ways, on a
+/// raw and a qcow2 image with a ~60 MiB initrd. Run by `scripts/bench-bootdisk`
+/// (release build); prints medians of warm runs.
+#[test]
+#[ignore = "a benchmark: scripts/bench-bootdisk runs it"]
+fn bench_boot_disk_overhead() {
+    if !kvm_or_skip("bench_boot_disk_overhead") {
+        return;
+    }
+    const RUNS: usize = 7;
+    let initrd_len: usize = std::env::var("BENCH_INITRD_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
+        << 20;
+    let dir = TempDir::new("vmm-bootdisk-bench");
+    let guest = std::fs::read(test_guest()).unwrap();
+    let initrd = images::blob(9, initrd_len);
+    let kernel_file = dir.path("vmlinuz");
+    let initrd_file = dir.path("initrd.img");
+    std::fs::write(&kernel_file, &guest).unwrap();
+    std::fs::write(&initrd_file, &initrd).unwrap();
+    let root = make_fs(
+        &dir,
+        &Fs::Ext {
+            kind: "ext4",
+            uuid: UUID_ROOT,
+            tree: Tree::default()
+                .file("/boot/grub/grub.cfg", "menuentry 'bench' {\n linux /boot/vmlinuz-1 hello\n initrd /boot/initrd.img-1\n}\n")
+                .file("/boot/vmlinuz-1", guest)
+                .file("/boot/initrd.img-1", initrd),
+        },
+        (initrd_len as u64 >> 20) + 64,
+    );
+    let raw = disk(&dir, "gpt", &[(root, "L")], None);
+    let qcow = qcow2(&raw);
+    let serial = dir.path("serial.log");
+    let memory = MemoryConfig {
+        size: 512 << 20,
+        ..Default::default()
+    };
+    let median = |config: &VmConfig| {
+        let mut times: Vec<Duration> = (0..RUNS)
+            .map(|_| {
+                let (events, _) = vm_events();
+                let start = std::time::Instant::now();
+                let vm = Vm::new(config, events).expect("create VM");
+                let t = start.elapsed();
+                drop(vm);
+                t
+            })
+            .collect();
+        times.sort();
+        times[RUNS / 2]
+    };
+    let mut with_kernel = config(&raw, Some("hello"), &serial);
+    with_kernel.memory = memory.clone();
+    with_kernel.disks[0].boot = false;
+    with_kernel.payload.kernel = Some(kernel_file);
+    with_kernel.payload.initramfs = Some(initrd_file);
+    let base = median(&with_kernel);
+    let mut from_raw = config(&raw, None, &serial);
+    from_raw.memory = memory.clone();
+    let raw_t = median(&from_raw);
+    let mut from_qcow = config(&qcow, None, &serial);
+    from_qcow.memory = memory;
+    let qcow_t = median(&from_qcow);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "bench-bootdisk: kernel {} KiB + initrd {} MiB, Vm::new median of {RUNS}:",
+        std::fs::metadata(test_guest()).unwrap().len() >> 10,
+        initrd_len >> 20
+    );
+    println!("  --kernel/--initramfs (host files)   {:8.1} ms", ms(base));
+    println!(
+        "  boot=on, raw image                  {:8.1} ms  (+{:.1} ms)",
+        ms(raw_t),
+        ms(raw_t) - ms(base)
+    );
+    println!(
+        "  boot=on, qcow2 image                {:8.1} ms  (+{:.1} ms)",
+        ms(qcow_t),
+        ms(qcow_t) - ms(base)
+    );
+}

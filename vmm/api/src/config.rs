@@ -765,11 +765,13 @@ mod tests {
             boot: true,
             ..Default::default()
         };
-        let mut config = VmConfig::default();
-        config.disks = vec![
-            DiskConfig::parse("path=/seed").unwrap(),
-            boot("/root.qcow2"),
-        ];
+        let mut config = VmConfig {
+            disks: vec![
+                DiskConfig::parse("path=/seed").unwrap(),
+                boot("/root.qcow2"),
+            ],
+            ..Default::default()
+        };
         config.validate().unwrap();
         assert_eq!(
             config.boot_disk().unwrap().path,

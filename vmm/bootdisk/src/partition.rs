@@ -160,7 +160,7 @@ fn gpt_at(disk: &dyn BlockRead, sector: u64, lba: u64, last_lba: u64) -> Result<
             "GPT has {count} partition entries; at most {MAX_GPT_ENTRIES} are read"
         ));
     }
-    if entry_size < 128 || entry_size > MAX_GPT_ENTRY_SIZE || entry_size % 8 != 0 {
+    if !(128..=MAX_GPT_ENTRY_SIZE).contains(&entry_size) || !entry_size.is_multiple_of(8) {
         return Err(format!("GPT partition entry size {entry_size} is invalid"));
     }
     let array_len = count as usize * entry_size as usize;

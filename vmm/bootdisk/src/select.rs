@@ -221,7 +221,7 @@ impl Ctx<'_> {
         Vars::new()
     }
 
-    fn from_bls(
+    fn entry_of_bls(
         &self,
         idx: usize,
         entries: &[bls::Entry],
@@ -290,7 +290,7 @@ impl Ctx<'_> {
         })
     }
 
-    fn from_grub(&self, idx: usize, cfg: &str) -> Result<BootEntry, Error> {
+    fn entry_of_grub(&self, idx: usize, cfg: &str) -> Result<BootEntry, Error> {
         let p = &self.parts[idx];
         let text = self.read_text(p, cfg, self.limits.max_config)?;
         let dir = cfg.rsplit_once('/').map_or("", |(d, _)| d);
@@ -313,7 +313,7 @@ impl Ctx<'_> {
         match chosen {
             Chosen::Bls(i) => {
                 let dir = bls_dir.copied().unwrap_or_default();
-                self.from_bls(idx, &entries, i, dir, p.number)
+                self.entry_of_bls(idx, &entries, i, dir, p.number)
             }
             Chosen::Entry { title, load } => {
                 let Some((kernel, args)) = load.linux else {
@@ -346,7 +346,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn from_bls_dir(&self, idx: usize, dir: &str) -> Result<Option<BootEntry>, Error> {
+    fn entry_of_bls_dir(&self, idx: usize, dir: &str) -> Result<Option<BootEntry>, Error> {
         let p = &self.parts[idx];
         let env = self.bls_grubenv(p);
         let entries = self.bls_entries(p, dir, &env)?;
@@ -363,7 +363,7 @@ impl Ctx<'_> {
             env.get("saved_entry").map(String::as_str),
             loader_default.as_deref(),
         );
-        self.from_bls(idx, &entries, chosen, dir, p.number)
+        self.entry_of_bls(idx, &entries, chosen, dir, p.number)
             .map(Some)
     }
 
@@ -383,7 +383,7 @@ impl Ctx<'_> {
         versions
     }
 
-    fn from_newest_kernel(&self, idx: usize, dir: &str) -> Result<Option<BootEntry>, Error> {
+    fn entry_of_newest_kernel(&self, idx: usize, dir: &str) -> Result<Option<BootEntry>, Error> {
         let p = &self.parts[idx];
         let Some(newest) = self.kernels(p, dir).into_iter().next() else {
             return Ok(None);
@@ -428,19 +428,19 @@ impl Ctx<'_> {
     fn find(&self) -> Result<Option<BootEntry>, Error> {
         for (i, p) in self.parts.iter().enumerate() {
             if let Some(cfg) = GRUB_CFGS.iter().find(|c| p.fs.is_file(c)) {
-                return self.from_grub(i, cfg).map(Some);
+                return self.entry_of_grub(i, cfg).map(Some);
             }
         }
         for (i, p) in self.parts.iter().enumerate() {
             for dir in BLS_DIRS.iter().filter(|d| p.fs.is_dir(d)) {
-                if let Some(entry) = self.from_bls_dir(i, dir)? {
+                if let Some(entry) = self.entry_of_bls_dir(i, dir)? {
                     return Ok(Some(entry));
                 }
             }
         }
         for (i, p) in self.parts.iter().enumerate() {
             for dir in KERNEL_DIRS.iter().filter(|d| p.fs.is_dir(d)) {
-                if let Some(entry) = self.from_newest_kernel(i, dir)? {
+                if let Some(entry) = self.entry_of_newest_kernel(i, dir)? {
                     return Ok(Some(entry));
                 }
             }

@@ -122,6 +122,10 @@ pub fn make_fs(dir: &TempDir, fs: &Fs, size_mib: u64) -> PathBuf {
                 .arg(&root)
                 .arg(&img)
                 .env("E2FSPROGS_FAKE_TIME", "1700000000");
+            if size_mib >= 32 {
+                // As cloud images have (mke2fs picks 1 KiB blocks below 512 MiB).
+                cmd.args(["-b", "4096"]);
+            }
             run(&mut cmd);
         }
         Fs::Vfat => run(Command::new(find_tool("mkfs.vfat", "dosfstools")).arg(&img)),
