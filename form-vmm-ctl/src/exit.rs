@@ -25,7 +25,9 @@ pub enum Exit {
     /// The request conflicts with what exists: name taken, GPU in use or not
     /// assignable, not enough free GPUs, VM in the wrong state.
     Conflict = 5,
-    /// The service refused the bearer token (TCP only).
+    /// The service refused the bearer token (TCP only), or refused what the request
+    /// names as not allowed to this client: a path outside the service's image
+    /// directories, `force` binding over TCP.
     Unauthorized = 6,
 }
 
@@ -44,7 +46,8 @@ impl Exit {
             | ErrorCode::InvalidDevice
             | ErrorCode::NotAGpu
             | ErrorCode::ClassNotAllowed
-            | ErrorCode::VmmRefused => Self::Usage,
+            | ErrorCode::VmmRefused
+            | ErrorCode::BodyTooLarge => Self::Usage,
             ErrorCode::UnknownGpu | ErrorCode::VmNotFound => Self::NotFound,
             ErrorCode::GpuInUse
             | ErrorCode::GpusUnavailable
@@ -54,12 +57,17 @@ impl Exit {
             | ErrorCode::GpuNotAssignable
             | ErrorCode::VmExists
             | ErrorCode::InvalidState
-            | ErrorCode::EjectTimeout => Self::Conflict,
-            ErrorCode::Unauthorized => Self::Unauthorized,
+            | ErrorCode::EjectTimeout
+            | ErrorCode::LimitReached => Self::Conflict,
+            ErrorCode::Unauthorized | ErrorCode::PathNotAllowed | ErrorCode::ForceNotAllowed => {
+                Self::Unauthorized
+            }
             ErrorCode::GpuBindFailed
             | ErrorCode::VmmFailed
             | ErrorCode::VmmUnresponsive
             | ErrorCode::NotSupported
+            | ErrorCode::RequestTimeout
+            | ErrorCode::TooManyConnections
             | ErrorCode::Internal => Self::Failure,
         }
     }
@@ -67,7 +75,7 @@ impl Exit {
     /// The class of an error answer whose code this CLI does not know.
     pub fn for_http_status(status: u16) -> Self {
         match status {
-            400 | 422 => Self::Usage,
+            400 | 413 | 422 => Self::Usage,
             401 | 403 => Self::Unauthorized,
             404 => Self::NotFound,
             409 => Self::Conflict,
@@ -104,6 +112,12 @@ mod tests {
             ErrorCode::VmmFailed,
             ErrorCode::NotSupported,
             ErrorCode::Unauthorized,
+            ErrorCode::PathNotAllowed,
+            ErrorCode::ForceNotAllowed,
+            ErrorCode::LimitReached,
+            ErrorCode::RequestTimeout,
+            ErrorCode::BodyTooLarge,
+            ErrorCode::TooManyConnections,
             ErrorCode::Internal,
         ] {
             assert_eq!(

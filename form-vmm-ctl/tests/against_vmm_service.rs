@@ -122,7 +122,7 @@ impl Service {
     ) -> Self {
         let sysfs = dir.path().join("sys");
         fixture_sysfs(&sysfs);
-        for sub in ["state", "run"] {
+        for sub in ["state", "run", "images"] {
             fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
         let mut command = Command::new(binary);
@@ -135,6 +135,8 @@ impl Service {
             .arg(dir.path().join("state"))
             .arg("--run-dir")
             .arg(dir.path().join("run"))
+            .arg("--image-dir")
+            .arg(dir.path().join("images"))
             .arg("--sysfs-root")
             .arg(&sysfs)
             .arg("--vmm-binary")
@@ -206,7 +208,7 @@ fn cli_and_service_agree() {
     );
 
     // A malformed address never leaves the CLI.
-    let kernel = service.dir.path().join("vmlinux");
+    let kernel = service.dir.path().join("images/vmlinux");
     fs::write(&kernel, b"not really a kernel").unwrap();
     let kernel = kernel.to_str().unwrap();
     let run = service.ctl(&[
@@ -227,9 +229,16 @@ fn cli_and_service_agree() {
     assert!(run.stderr.contains("0000:42:00.0"), "{}", run.stderr);
 
     // payload_not_found is an invalid request: exit 2.
-    let run = service.ctl(&["create", "--name", "a", "--kernel", "/no/such/vmlinux"]);
+    let missing = service.dir.path().join("images/no-such-vmlinux");
+    let missing = missing.to_str().unwrap();
+    let run = service.ctl(&["create", "--name", "a", "--kernel", missing]);
     assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("/no/such/vmlinux"), "{}", run.stderr);
+    assert!(run.stderr.contains(missing), "{}", run.stderr);
+
+    // A path outside the service's image directories is path_not_allowed: exit 6.
+    let run = service.ctl(&["create", "--name", "a", "--kernel", "/etc/shadow"]);
+    assert_eq!(run.code, 6, "{}", run.stderr);
+    assert!(run.stderr.contains("--image-dir"), "{}", run.stderr);
 
     let run = service.ctl(&["--json", "info", "a"]);
     assert_eq!(run.code, 4, "{}", run.stderr);
@@ -237,18 +246,15 @@ fn cli_and_service_agree() {
     assert_eq!(body["error"]["code"], "vm_not_found");
 
     // A disk image the service's host lacks is invalid_config naming the field: exit 2.
+    let missing = service.dir.path().join("images/root.raw");
+    let missing = missing.to_str().unwrap();
     let run = service.ctl(&[
-        "create",
-        "--name",
-        "a",
-        "--kernel",
-        kernel,
-        "--disk",
-        "/no/such/root.raw",
+        "create", "--name", "a", "--kernel", kernel, "--disk", missing,
     ]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(
-        run.stderr.contains("disks[0].path: '/no/such/root.raw'"),
+        run.stderr
+            .contains(&format!("disks[0].path: '{missing}' does not exist")),
         "{}",
         run.stderr
     );

@@ -9,11 +9,14 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
-use vmm_service::instances::{HostLimits, Manager, ServiceConfig, HOLD_CHECK_DEADLINE};
-use vmm_service::state::Store;
+use vmm_service::instances::{
+    AdmissionLimits, HostLimits, ImagePolicy, LogLimits, Manager, ServiceConfig,
+    DEFAULT_LOG_INTERVAL, HOLD_CHECK_DEADLINE,
+};
+use vmm_service::state::{secure_state_dir, Store};
 use vmm_service::vmm_client::VmmDeadlines;
 
-use vmm_service::api::{self, Listen};
+use vmm_service::api::{self, Listen, ServeOptions};
 use vmm_service::gpu::{
     self, Bdf, BindOptions, DevicePolicy, DoctorInputs, GpuBinder, GpuError, GpuInfo, HostPaths,
     JsonFileRecords, KernelSysfs, MemlockLimit, NoOwners, Severity,
@@ -29,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the API server: VMs, their GPUs and form-vmm processes.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List GPUs, and bind them to vfio-pci or give them back to the host.
     Gpu {
         #[command(subcommand)]
@@ -49,13 +52,49 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// unix:/PATH (mode --socket-mode) or tcp:HOST:PORT (needs --token-file).
+    /// unix:/PATH (mode --socket-mode) or tcp:HOST:PORT (needs --token-file; a
+    /// loopback address unless --allow-plain-tcp); repeatable, to serve on several.
     #[arg(
         long,
         value_name = "ADDRESS",
         default_value = "unix:/run/form-vmm/service.sock"
     )]
-    listen: Listen,
+    listen: Vec<Listen>,
+    /// A directory VMs' kernels, initramfs and disk images may come from; repeatable.
+    /// A path outside every one is refused (403 path_not_allowed). Default:
+    /// /var/lib/form-vmm/images.
+    #[arg(long, value_name = "DIR")]
+    image_dir: Vec<PathBuf>,
+    /// A block device VMs may have as a disk, by this exact name (or one with its
+    /// device number in an image directory); repeatable. None by default.
+    #[arg(long, value_name = "DEVICE")]
+    allow_block_device: Vec<PathBuf>,
+    /// At most this many VMs recorded (409 limit_reached beyond). Default: no limit.
+    #[arg(long, value_name = "N")]
+    max_vms: Option<u32>,
+    /// At most this much guest RAM across created and running VMs (e.g. 512G).
+    #[arg(long, value_name = "SIZE", value_parser = gpu::parse_size)]
+    max_memory: Option<u64>,
+    /// At most this many vCPUs across created and running VMs.
+    #[arg(long, value_name = "N")]
+    max_vcpus: Option<u32>,
+    /// Rotate a VM's serial.log or vmm.log once it is larger than this.
+    #[arg(long, value_name = "SIZE", value_parser = gpu::parse_size, default_value = "64M")]
+    log_max_size: u64,
+    /// Rotated logs kept per log (serial.log.1 .. serial.log.N).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    log_keep: u32,
+    /// Connections each listener holds at once; more are answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = api::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds a connection has to send a request's headers (from when it opens or
+    /// its last answer went out); an idle connection is closed after this.
+    #[arg(long, value_name = "SECONDS", default_value_t = api::DEFAULT_HEADER_TIMEOUT.as_secs())]
+    header_timeout: u64,
+    /// Allow plain-text TCP on an address other than loopback (the token and every
+    /// request cross the network unencrypted).
+    #[arg(long)]
+    allow_plain_tcp: bool,
     /// File holding the bearer token TCP clients must send (mode 0600).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
@@ -189,7 +228,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, GpuError> {
     match cli.command {
-        Command::Serve(args) => Ok(serve(args)),
+        Command::Serve(args) => Ok(serve(*args)),
         Command::Gpu { action } => run_gpu(action),
         Command::Doctor { memory, json, host } => {
             let paths = host.paths();
@@ -236,8 +275,22 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 async fn serve_async(args: ServeArgs) -> Result<(), String> {
     let host = args.host.paths();
-    std::fs::create_dir_all(&args.state_dir)
-        .map_err(|e| format!("cannot create {}: {e}", args.state_dir.display()))?;
+    if args.max_connections == 0 || args.header_timeout == 0 {
+        return Err("--max-connections and --header-timeout must be at least 1".to_string());
+    }
+    // Whatever the service and its VMMs create (database, logs, seed disks,
+    // sockets' directories) is the service user's alone unless given a mode.
+    // SAFETY: umask(2) has no memory effects.
+    unsafe {
+        libc::umask(0o077);
+    }
+    for change in secure_state_dir(&args.state_dir)
+        .map_err(|e| format!("cannot secure {}: {e}", args.state_dir.display()))?
+    {
+        log::warn!(
+            "state directory: {change} (it may hold secrets: cloud-init user-data, guest consoles)"
+        );
+    }
     let database = args.state_dir.join("service.db");
     let store = Store::open(&database).map_err(|e| e.to_string())?;
     let config = ServiceConfig {
@@ -261,21 +314,36 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
         },
         vmm_deadlines: VmmDeadlines::default(),
         hold_check: HOLD_CHECK_DEADLINE,
+        images: ImagePolicy::new(args.image_dir, args.allow_block_device),
+        admission: AdmissionLimits {
+            max_vms: args.max_vms,
+            max_memory: args.max_memory,
+            max_vcpus: args.max_vcpus,
+        },
+        logs: LogLimits {
+            max_bytes: args.log_max_size,
+            keep: args.log_keep,
+            interval: DEFAULT_LOG_INTERVAL,
+        },
     };
+    log::info!("images from {}", config.images.dirs().join(", "));
     let manager = Manager::new(config, store, Box::new(KernelSysfs));
     let adopted = manager.reconcile().await.map_err(|e| e.to_string())?;
     if !adopted.is_empty() {
         eprintln!("re-adopted VMs: {}", adopted.join(", "));
     }
+    manager.spawn_log_rotation();
     let router = api::router(manager);
-    api::serve(
-        router,
-        &args.listen,
-        args.token_file.as_deref(),
-        args.socket_mode,
-    )
-    .await
-    .map_err(|e| e.to_string())
+    let options = ServeOptions {
+        token_file: args.token_file,
+        socket_mode: args.socket_mode,
+        max_connections: args.max_connections,
+        header_timeout: Duration::from_secs(args.header_timeout),
+        allow_plain_tcp: args.allow_plain_tcp,
+    };
+    api::serve(router, &args.listen, &options)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn run_gpu(action: GpuCommand) -> Result<ExitCode, GpuError> {

@@ -121,12 +121,27 @@ async fn bad_names_payloads_and_shapes_are_refused() {
         )
         .await;
     }
-    for kernel in ["/nonexistent/vmlinux", "vmlinux", "/tmp"] {
+    // In the image directory but missing, relative, the directory itself: unusable.
+    let images = support::image_dir(h.dir.path());
+    std::fs::create_dir_all(images.join("sub")).unwrap();
+    let missing = images.join("nonexistent/vmlinux");
+    let sub = images.join("sub");
+    for kernel in [missing.to_str().unwrap(), "vmlinux", sub.to_str().unwrap()] {
         refused(
             &h,
             with(h.vm("a"), "kernel", json!(kernel)),
             StatusCode::BAD_REQUEST,
             "payload_not_found",
+        )
+        .await;
+    }
+    // Outside it: not allowed, whether or not it exists.
+    for kernel in ["/nonexistent/vmlinux", "/tmp"] {
+        refused(
+            &h,
+            with(h.vm("a"), "kernel", json!(kernel)),
+            StatusCode::FORBIDDEN,
+            "path_not_allowed",
         )
         .await;
     }

@@ -19,7 +19,7 @@ const GPU: &str = "0000:18:00.0";
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOps ops@lab";
 
 fn image(h: &Harness, name: &str) -> String {
-    let path = h.dir.path().join(name);
+    let path = support::image_dir(h.dir.path()).join(name);
     std::fs::write(&path, vec![0u8; 1 << 16]).unwrap();
     path.display().to_string()
 }
@@ -81,15 +81,24 @@ async fn disks_networks_and_cloud_init_reach_form_vmm_and_persist() {
 
     // form-vmm is given the disks in order, the seed last and read-only, and the taps.
     // (`direct` is form-vmm's own DiskConfig field, which the service leaves off.)
+    // The operator's images reach it as descriptors it inherited, which name the
+    // files the service checked.
     let config = vm_create_body(&h, "full");
+    let disks = config["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 3, "{config}");
+    for (i, (readonly, id)) in [(false, "disk0"), (true, "disk1")].into_iter().enumerate() {
+        assert_eq!(disks[i]["readonly"], readonly);
+        assert_eq!(disks[i]["id"], id);
+        assert_eq!(
+            h.vmm_file("full", &disks[i]["path"]),
+            body["disks"][i]["path"]
+        );
+    }
     assert_eq!(
-        config["disks"],
-        json!([
-            {"path": body["disks"][0]["path"], "readonly": false, "direct": false, "id": "disk0"},
-            {"path": body["disks"][1]["path"], "readonly": true, "direct": false, "id": "disk1"},
-            {"path": seed.display().to_string(), "readonly": true, "direct": false, "id": "cidata"}
-        ])
+        disks[2],
+        json!({"path": seed.display().to_string(), "readonly": true, "direct": false, "id": "cidata"})
     );
+    assert_eq!(h.vmm_file("full", &config["payload"]["kernel"]), h.kernel);
     assert_eq!(
         config["net"],
         json!([
@@ -163,7 +172,10 @@ async fn a_vm_without_cloud_init_gets_no_seed_and_form_vmm_no_device_lists() {
 #[tokio::test]
 async fn bad_disks_networks_and_keys_are_400s_naming_the_field() {
     let h = Harness::new(hgx_h100());
-    let missing = h.dir.path().join("missing.raw").display().to_string();
+    let missing = support::image_dir(h.dir.path())
+        .join("missing.raw")
+        .display()
+        .to_string();
     for (field, value, names) in [
         ("disks", json!([{"path": missing}]), "disks[0].path"),
         ("disks", json!([{"path": "relative.raw"}]), "disks[0].path"),

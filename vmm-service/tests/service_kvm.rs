@@ -63,7 +63,9 @@ fn setup() -> Option<Harness> {
         return None;
     };
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(&guest, dir.path().join("vmlinux")).unwrap();
+    let images = support::image_dir(dir.path());
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::copy(&guest, images.join("vmlinux")).unwrap();
     Some(Harness::with_dir(HostBuilder::new().build(), dir, vmm))
 }
 
@@ -139,7 +141,7 @@ fn disks_seed_and_a_bridged_nic_reach_the_guest() {
             .build()
             .unwrap();
         Ok(runtime.block_on(async move {
-            let image = h.dir.path().join("root.raw");
+            let image = support::image_dir(h.dir.path()).join("root.raw");
             std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
             let mut body = h.vm("full");
             body["cmdline"] = json!("pci-scan");
@@ -159,10 +161,12 @@ fn disks_seed_and_a_bridged_nic_reach_the_guest() {
             })
             .await;
             let record = h.manager.store().instance("full").unwrap().unwrap();
+            let serial = std::fs::read_to_string(&record.serial_log).unwrap();
             let (status, _) = h.call(Method::DELETE, "/v1/vms/full", None).await;
             assert_eq!(status, StatusCode::NO_CONTENT);
-            assert!(!h.dir.path().join("state/vms/full/seed.img").exists());
-            std::fs::read_to_string(&record.serial_log).unwrap()
+            // The VM's directory (seed, logs) goes with it.
+            assert!(!h.dir.path().join("state/vms/full").exists());
+            serial
         }))
     })
     .join()

@@ -1,5 +1,7 @@
 //! `vmm-service serve` as a process: socket permissions, the TCP token, and a service
-//! killed with SIGKILL and started again finding its VM and the VMM still running.
+//! killed with SIGKILL and started again finding its VM and the VMM still running;
+//! idle connections that cannot starve it, force binding only on the unix socket,
+//! plain TCP only on loopback, and a private state directory.
 
 mod common;
 mod support;
@@ -36,6 +38,8 @@ fn serve(dir: &Path, fixture: &Fixture, listen: &str, extra: &[&str]) -> Service
         .arg(dir.join("state"))
         .arg("--run-dir")
         .arg(dir.join("run"))
+        .arg("--image-dir")
+        .arg(dir.join("images"))
         .arg("--vmm-binary")
         .arg(fake_vmm())
         .arg("--sysfs-root")
@@ -105,7 +109,8 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 fn kernel(dir: &Path) -> String {
-    let path = dir.join("vmlinux");
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    let path = dir.join("images/vmlinux");
     std::fs::write(&path, b"not a kernel").unwrap();
     path.display().to_string()
 }
@@ -258,4 +263,220 @@ fn the_console_over_tcp_needs_the_token_and_carries_the_bytes() {
     let mut stream = TcpStream::connect(&address).unwrap();
     let (status, _) = request(&mut stream, "DELETE", "/v1/vms/remote", None, Some(token));
     assert_eq!(status, 204);
+}
+
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+fn token_file(dir: &Path, token: &str) -> String {
+    let path = dir.join("token");
+    std::fs::write(&path, token).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path.display().to_string()
+}
+
+/// Reads until the peer closes (or `within` passes); returns what came and whether
+/// it closed.
+fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&answer).into(), true),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (String::from_utf8_lossy(&answer).into(), true)
+            }
+            Err(_) => return (String::from_utf8_lossy(&answer).into(), false),
+        }
+    }
+}
+
+#[test]
+fn idle_connections_cannot_starve_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = hgx_h100().build();
+    let socket = dir.path().join("service.sock");
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let token = "soak-token-0123456789";
+    let token_arg = token_file(dir.path(), token);
+    let _service = serve(
+        dir.path(),
+        &fixture,
+        &format!("unix:{}", socket.display()),
+        &[
+            "--listen",
+            &format!("tcp:{address}"),
+            "--token-file",
+            &token_arg,
+            "--max-connections",
+            "4",
+            "--header-timeout",
+            "2",
+        ],
+    );
+    wait_for("both listeners", || {
+        UnixStream::connect(&socket).is_ok() && TcpStream::connect(&address).is_ok()
+    });
+    std::thread::sleep(Duration::from_millis(2500)); // the probe connection timed out
+                                                     // Twelve idle clients: four fill the listener, the rest are answered 503 at once.
+    let mut idle: Vec<TcpStream> = (0..12)
+        .map(|_| TcpStream::connect(&address).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut refused = 0;
+    for stream in &mut idle[4..] {
+        let (answer, closed) = read_until_closed(stream, Duration::from_millis(500));
+        if answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections") {
+            assert!(closed, "an over-capacity connection is closed");
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        refused, 8,
+        "connections beyond the cap are answered 503 and closed"
+    );
+    // The unix socket answers meanwhile.
+    let (status, body) = unix(&socket, "GET", "/v1/ping", None);
+    assert_eq!(status, 200, "{body}");
+    // A new TCP client is refused while the idle ones hold the listener...
+    let mut extra = TcpStream::connect(&address).unwrap();
+    let (answer, _) = read_until_closed(&mut extra, Duration::from_millis(500));
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // ...until they have sent nothing for --header-timeout and were closed.
+    for stream in &mut idle[..4] {
+        let (_, closed) = read_until_closed(stream, Duration::from_secs(5));
+        assert!(
+            closed,
+            "an idle connection is closed after the header timeout"
+        );
+    }
+    let mut stream = TcpStream::connect(&address).unwrap();
+    let (status, body) = request(&mut stream, "GET", "/v1/ping", None, Some(token));
+    assert_eq!(status, 200, "{body}");
+    // A keep-alive connection that goes quiet after its answer is closed too.
+    let mut keep = TcpStream::connect(&address).unwrap();
+    let head = format!(
+        "GET /v1/ping HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    keep.write_all(head.as_bytes()).unwrap();
+    let (answer, closed) = read_until_closed(&mut keep, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(closed, "the idle keep-alive connection is closed");
+}
+
+#[test]
+fn force_binding_is_only_for_the_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = hgx_h100().build();
+    let socket = dir.path().join("service.sock");
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let token = "force-token-0123456789";
+    let token_arg = token_file(dir.path(), token);
+    let _service = serve(
+        dir.path(),
+        &fixture,
+        &format!("unix:{}", socket.display()),
+        &[
+            "--listen",
+            &format!("tcp:{address}"),
+            "--token-file",
+            &token_arg,
+        ],
+    );
+    wait_for("both listeners", || {
+        UnixStream::connect(&socket).is_ok() && TcpStream::connect(&address).is_ok()
+    });
+    let force = json!({"force": true});
+    let mut stream = TcpStream::connect(&address).unwrap();
+    let (status, body) = request(
+        &mut stream,
+        "POST",
+        "/v1/gpus/0000:18:00.0/bind",
+        Some(&force),
+        Some(token),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "force_not_allowed");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unix socket"),
+        "{body}"
+    );
+    // The local socket passes it on to the binding (which this fixture host, with
+    // no kernel behind its sysfs, cannot do).
+    let (status, body) = unix(&socket, "POST", "/v1/gpus/0000:18:00.0/bind", Some(&force));
+    assert_ne!(
+        body["error"]["code"], "force_not_allowed",
+        "{status} {body}"
+    );
+}
+
+#[test]
+fn plain_tcp_off_loopback_needs_the_operators_consent() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = hgx_h100().build();
+    let token_arg = token_file(dir.path(), "plain-token-0123456789");
+    let mut refused = serve(
+        dir.path(),
+        &fixture,
+        "tcp:0.0.0.0:0",
+        &["--token-file", &token_arg],
+    );
+    assert!(
+        !refused.child.wait().unwrap().success(),
+        "plain TCP on a non-loopback address must not start"
+    );
+}
+
+#[test]
+fn the_state_directory_is_private_and_loose_modes_are_fixed() {
+    if !have_python() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = hgx_h100().build();
+    let state = dir.path().join("state");
+    // A state directory from before: world-readable database.
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    drop(vmm_service::state::Store::open(&state.join("service.db")).unwrap());
+    std::fs::set_permissions(
+        state.join("service.db"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let socket = dir.path().join("service.sock");
+    let _service = serve(
+        dir.path(),
+        &fixture,
+        &format!("unix:{}", socket.display()),
+        &[],
+    );
+    wait_for("the service socket", || {
+        UnixStream::connect(&socket).is_ok()
+    });
+    let body = json!({
+        "name": "secret", "kernel": kernel(dir.path()), "memory": 268435456,
+        "cloud_init": {"user_data": "#cloud-config\npassword: hunter2\n"}
+    });
+    let (status, vm) = unix(&socket, "POST", "/v1/vms", Some(&body));
+    assert_eq!(status, 201, "{vm}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("service.db")), 0o600);
+    assert_eq!(mode(&state.join("vms")), 0o700);
+    assert_eq!(mode(&state.join("vms/secret")), 0o700);
+    assert_eq!(mode(&state.join("vms/secret/seed.img")), 0o600);
+    assert_eq!(mode(&state.join("vms/secret/vmm.log")), 0o600);
+    let (status, _) = unix(&socket, "DELETE", "/v1/vms/secret", None);
+    assert_eq!(status, 204);
+    assert!(!state.join("vms/secret").exists());
 }

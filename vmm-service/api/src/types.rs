@@ -352,6 +352,27 @@ pub struct DoctorResponse {
     /// The worst severity among the findings.
     pub worst: String,
     pub findings: Vec<DoctorFinding>,
+    /// The service's admission limits and their use (absent from older services and
+    /// from the local `vmm-service doctor`, which knows no service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ServiceLimits>,
+}
+
+/// `DoctorResponse.limits`: what the operator allows (`null`: no limit) and what the
+/// VMs use now. Memory and vCPUs count VMs with a VMM (created or running); the VM
+/// count counts every recorded VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceLimits {
+    pub max_vms: Option<u32>,
+    pub vms: u32,
+    pub max_memory: Option<u64>,
+    pub memory: u64,
+    pub max_vcpus: Option<u32>,
+    pub vcpus: u32,
+    /// Where kernels, initramfs and disk images may come from.
+    pub image_dirs: Vec<String>,
+    /// Block devices VMs may have as disks.
+    pub block_devices: Vec<String>,
 }
 
 /// `GET /v1/ping`.
@@ -419,6 +440,21 @@ pub enum ErrorCode {
     NotSupported,
     /// 401: TCP listener without a valid bearer token.
     Unauthorized,
+    /// 403: a kernel, initramfs or disk path outside the directories the operator
+    /// allows (`serve --image-dir`), leading out of them through a symlink or `..`,
+    /// or a block device not on `--allow-block-device`.
+    PathNotAllowed,
+    /// 403: `force` binding asked for over TCP; only the local unix socket may.
+    ForceNotAllowed,
+    /// 409: an admission limit of the operator's (`--max-vms`, `--max-memory`,
+    /// `--max-vcpus`) would be exceeded; the message names the limit and its use.
+    LimitReached,
+    /// 408: the client did not send its request (headers or body) in time.
+    RequestTimeout,
+    /// 413: the request body is larger than the route accepts.
+    BodyTooLarge,
+    /// 503: the listener holds as many connections as it allows (`--max-connections`).
+    TooManyConnections,
     /// 500: anything else; the message says what.
     Internal,
 }
@@ -436,7 +472,10 @@ impl ErrorCode {
             | Self::ClassNotAllowed
             | Self::VmmRefused => 400,
             Self::Unauthorized => 401,
+            Self::PathNotAllowed | Self::ForceNotAllowed => 403,
             Self::UnknownGpu | Self::VmNotFound => 404,
+            Self::RequestTimeout => 408,
+            Self::BodyTooLarge => 413,
             Self::GpuInUse
             | Self::GpusUnavailable
             | Self::GroupInUse
@@ -445,10 +484,12 @@ impl ErrorCode {
             | Self::GpuNotAssignable
             | Self::VmExists
             | Self::InvalidState
-            | Self::EjectTimeout => 409,
+            | Self::EjectTimeout
+            | Self::LimitReached => 409,
             Self::GpuBindFailed | Self::Internal => 500,
             Self::NotSupported => 501,
             Self::VmmFailed => 502,
+            Self::TooManyConnections => 503,
             Self::VmmUnresponsive => 504,
         }
     }

@@ -38,6 +38,9 @@ impl From<InstanceError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(ErrorCode::BodyTooLarge, e.body_text());
+        }
         Self::new(ErrorCode::BadRequest, e.body_text())
     }
 }

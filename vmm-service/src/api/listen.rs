@@ -1,13 +1,20 @@
-//! Where the API listens: a unix socket with restricted permissions (the default), or
-//! TCP behind a bearer token.
+//! Where the API listens: a unix socket with restricted permissions (the default),
+//! TCP behind a bearer token (loopback only, unless the operator accepts plain text
+//! on a network), or several of them. Each listener holds a bounded number of
+//! connections and closes those that send nothing in time, so idle clients cannot
+//! use up the service's descriptors.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum::Router;
+use axum::{Extension, Router};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::auth::require_token;
 
@@ -52,46 +59,247 @@ pub enum ListenError {
     },
     #[error("{path} exists and another service answers on it; stop that one first")]
     InUse { path: PathBuf },
+    #[error(
+        "tcp:{address} is not a loopback address: the bearer token and every request would cross the network in clear text (this service has no TLS yet); listen on 127.0.0.1 or ::1 and reach it through a TLS proxy or an SSH tunnel, or pass --allow-plain-tcp to accept the risk"
+    )]
+    PlainTcp { address: String },
 }
 
-/// Serves `router` until the process ends.
+/// How the listeners treat connections.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The bearer token file TCP listeners need.
+    pub token_file: Option<PathBuf>,
+    /// Permissions of unix sockets.
+    pub socket_mode: u32,
+    /// Connections each listener holds at once; more are answered
+    /// `503 too_many_connections` and closed.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, counted from
+    /// when it opens or its previous answer was sent: an idle connection (a
+    /// keep-alive one too) is closed after this.
+    pub header_timeout: Duration,
+    /// Plain-text TCP on an address other than loopback.
+    pub allow_plain_tcp: bool,
+}
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            token_file: None,
+            socket_mode: 0o660,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            allow_plain_tcp: false,
+        }
+    }
+}
+
+/// Which listener a request came through; the routes read it (`force` binding is
+/// only for the local socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Unix,
+    Tcp,
+}
+
+/// Serves `router` on every listener until the process ends (or one fails).
+/// Every listener is bound before any serves, so a bad address fails the start.
 pub async fn serve(
     router: Router,
-    listen: &Listen,
-    token_file: Option<&Path>,
-    socket_mode: u32,
+    listens: &[Listen],
+    options: &ServeOptions,
 ) -> Result<(), ListenError> {
-    match listen {
-        Listen::Unix(path) => {
-            let listener = bind_unix(path, socket_mode).await?;
-            log::info!("listening on unix:{}", path.display());
-            axum::serve(listener, router)
-                .await
-                .map_err(|source| ListenError::Io {
-                    what: "serving on",
-                    path: path.clone(),
+    let mut bound = Vec::new();
+    for listen in listens {
+        match listen {
+            Listen::Unix(path) => {
+                let listener = bind_unix(path, options.socket_mode).await?;
+                let router = router.clone().layer(Extension(Transport::Unix));
+                bound.push((
+                    Bound::Unix(listener),
+                    router,
+                    format!("unix:{}", path.display()),
+                ));
+            }
+            Listen::Tcp(address) => {
+                let token = read_token(
+                    options
+                        .token_file
+                        .as_deref()
+                        .ok_or(ListenError::TokenRequired)?,
+                )?;
+                let io = |what, source| ListenError::Io {
+                    what,
+                    path: PathBuf::from(address),
                     source,
-                })
+                };
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(|e| io("binding", e))?;
+                let local = listener.local_addr().map_err(|e| io("binding", e))?;
+                if !local.ip().is_loopback() && !options.allow_plain_tcp {
+                    return Err(ListenError::PlainTcp {
+                        address: address.clone(),
+                    });
+                }
+                let router = router
+                    .clone()
+                    .layer(axum::middleware::from_fn_with_state(
+                        Arc::new(token),
+                        require_token,
+                    ))
+                    .layer(Extension(Transport::Tcp));
+                bound.push((Bound::Tcp(listener), router, format!("tcp:{local}")));
+            }
         }
-        Listen::Tcp(address) => {
-            let token = read_token(token_file.ok_or(ListenError::TokenRequired)?)?;
-            let router = router.layer(axum::middleware::from_fn_with_state(
-                Arc::new(token),
-                require_token,
-            ));
-            let io = |what, source| ListenError::Io {
-                what,
-                path: PathBuf::from(address),
-                source,
-            };
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(|e| io("binding", e))?;
-            log::info!("listening on tcp:{address}");
-            axum::serve(listener, router)
-                .await
-                .map_err(|e| io("serving on", e))
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (listener, router, name) in bound {
+        log::info!(
+            "listening on {name} (at most {} connections, {:?} to send a request)",
+            options.max_connections,
+            options.header_timeout
+        );
+        tasks.spawn(accept_loop(
+            listener,
+            router,
+            options.max_connections,
+            options.header_timeout,
+        ));
+    }
+    match tasks.join_next().await {
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(ListenError::Io {
+            what: "serving on",
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+        Some(Ok(Ok(()))) | None => Ok(()),
+    }
+}
+
+enum Bound {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+impl Bound {
+    async fn accept(&self) -> std::io::Result<Stream> {
+        match self {
+            Self::Unix(listener) => listener.accept().await.map(|(s, _)| Stream::Unix(s)),
+            Self::Tcp(listener) => listener.accept().await.map(|(s, _)| Stream::Tcp(s)),
         }
+    }
+}
+
+enum Stream {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+impl Stream {
+    /// Whatever of `bytes` the socket takes now, without waiting.
+    fn try_write(&self, bytes: &[u8]) {
+        let _ = match self {
+            Self::Unix(s) => s.try_write(bytes),
+            Self::Tcp(s) => s.try_write(bytes),
+        };
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The answer to a connection over the cap, written without waiting and closed.
+fn over_capacity(max: usize) -> Vec<u8> {
+    let body = format!(
+        "{{\"error\":{{\"code\":\"too_many_connections\",\"message\":\"this listener holds its maximum of {max} connections (--max-connections); retry shortly, and close connections you do not use\"}}}}"
+    );
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+async fn accept_loop(
+    listener: Bound,
+    router: Router,
+    max_connections: usize,
+    header_timeout: Duration,
+) -> Result<(), ListenError> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let refusal = over_capacity(max_connections);
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of descriptors (EMFILE, ENFILE) or a connection reset before
+                // it was accepted: not the listener's end. Pause so a descriptor
+                // shortage does not spin.
+                log::warn!("accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            stream.try_write(&refusal);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let connection =
+                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                log::debug!("connection ended: {e}");
+            }
+            drop(slot);
+        });
     }
 }
 
@@ -102,7 +310,12 @@ async fn bind_unix(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, L
         source,
     };
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
+            // Reachable by the socket's group whatever the service's umask (0077).
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+                .map_err(|e| io("setting the permissions of the directory of", e))?;
+        }
     }
     if path.exists() {
         // A live service answers; a stale socket from a killed one does not.

@@ -1,6 +1,7 @@
 //! The service's HTTP API: routes, errors as JSON with stable codes, and listeners.
 
 mod auth;
+mod doctor;
 mod error;
 mod listen;
 mod routes;
@@ -8,5 +9,8 @@ mod routes;
 pub use error::ApiError;
 /// Request and response bodies, shared with clients (the `form-service-api` crate).
 pub use form_service_api::types;
-pub use listen::{serve, Listen, ListenError, DEFAULT_SOCKET};
-pub use routes::router;
+pub use listen::{
+    serve, Listen, ListenError, ServeOptions, Transport, DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET,
+};
+pub use routes::{router, CREATE_BODY_LIMIT, SMALL_BODY_LIMIT};

@@ -2,20 +2,26 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
 use super::error::ApiError;
+use super::listen::Transport;
 use super::types::{
     AddDevicesRequest, AddGpuRequest, BindGpuRequest, DeviceList, DoctorFinding, DoctorResponse,
-    ErrorCode, GpuList, PingResponse, VmInfo, VmInstanceConfig, VmList, CONSOLE_DEFAULT_TAIL,
-    CONSOLE_MAX_BYTES, CONSOLE_OFFSET_HEADER, CONSOLE_RESET_HEADER, CONSOLE_SIZE_HEADER,
+    ErrorCode, GpuList, PingResponse, ServiceLimits, VmInfo, VmInstanceConfig, VmList,
+    CONSOLE_DEFAULT_TAIL, CONSOLE_MAX_BYTES, CONSOLE_OFFSET_HEADER, CONSOLE_RESET_HEADER,
+    CONSOLE_SIZE_HEADER,
 };
 use crate::gpu::{self, DoctorInputs, MemlockLimit, Severity};
 use crate::instances::{ConsoleWindow, InstanceError, Manager};
@@ -23,7 +29,85 @@ use crate::instances::{ConsoleWindow, InstanceError, Manager};
 type Shared = State<Arc<Manager>>;
 type Reply<T> = Result<Json<T>, ApiError>;
 
-/// The API's routes, without authentication (the listener adds it for TCP).
+/// The largest body of `POST /v1/vms`: 4 MiB of `cloud_init.user_data` and 64 KiB of
+/// `network_config` even if every byte is written as a six-byte JSON escape
+/// (`\u0001`), and 1 MiB for the rest.
+pub const CREATE_BODY_LIMIT: usize = 6 * ((4 << 20) + (64 << 10)) + (1 << 20);
+/// The largest body of every other route.
+pub const SMALL_BODY_LIMIT: usize = 64 << 10;
+/// How long a client has to send a request's body once its headers came.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads the whole body first, within its route's limit and [`BODY_TIMEOUT`], so a
+/// client that sends too much or stops sending gets a coded answer and holds
+/// nothing.
+async fn bounded_body(request: Request, next: Next) -> Response {
+    let limit = if request.method() == Method::POST && request.uri().path() == "/v1/vms" {
+        CREATE_BODY_LIMIT
+    } else {
+        SMALL_BODY_LIMIT
+    };
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::BodyTooLarge,
+            format!(
+                "the request body is larger than the {limit} bytes {} {} takes{}",
+                request.method(),
+                request.uri().path(),
+                if limit == CREATE_BODY_LIMIT {
+                    " (cloud_init.user_data may be 4 MiB)"
+                } else {
+                    ""
+                }
+            ),
+        )
+        .into_response()
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let request = Request::from_parts(parts, Body::empty());
+            let source = std::error::Error::source(&e);
+            if source.is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+                drop(request);
+                return ApiError::new(
+                    ErrorCode::BodyTooLarge,
+                    format!("the request body is larger than the {limit} bytes this route takes"),
+                )
+                .into_response();
+            }
+            return ApiError::new(
+                ErrorCode::BadRequest,
+                format!("cannot read the request body: {e}"),
+            )
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} s; send it in one go",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+            .into_response()
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// The API's routes, without authentication (the listener adds it for TCP, and
+/// tells the routes which listener a request came through: [`Transport`]).
 pub fn router(manager: Arc<Manager>) -> Router {
     Router::new()
         .route("/v1/ping", get(ping))
@@ -43,6 +127,8 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/gpus/{device}/unbind", post(unbind_gpu))
         .route("/v1/doctor", get(doctor))
         .with_state(manager)
+        .layer(DefaultBodyLimit::max(CREATE_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(bounded_body))
 }
 
 /// Runs a change to its end even if the client goes away mid-request: axum drops a
@@ -233,10 +319,21 @@ async fn list_devices(State(manager): Shared) -> Reply<DeviceList> {
 
 async fn bind_gpu(
     State(manager): Shared,
+    transport: Option<Extension<Transport>>,
     Path(device): Path<String>,
     body: Option<Json<BindGpuRequest>>,
 ) -> Reply<serde_json::Value> {
     let force = body.is_some_and(|Json(request)| request.force);
+    // Forcing takes a console GPU or a group the host uses away from the host: the
+    // local operator's decision, not a remote client's.
+    if force && transport.map(|Extension(t)| t) != Some(Transport::Unix) {
+        return Err(ApiError::new(
+            ErrorCode::ForceNotAllowed,
+            format!(
+                "binding {device} with force (a console GPU or an IOMMU group the host uses) is allowed only on the service's local unix socket; run form-vmm-ctl gpu bind --force on the host, or vmm-service gpu bind --force"
+            ),
+        ));
+    }
     Ok(Json(
         to_completion(async move { manager.bind_free_gpu(&device, force).await }).await?,
     ))
@@ -256,26 +353,46 @@ struct DoctorQuery {
     memory: Option<u64>,
 }
 
-async fn doctor(State(manager): Shared, Query(query): Query<DoctorQuery>) -> Json<DoctorResponse> {
-    let host = &manager.config().host;
+async fn doctor(State(manager): Shared, Query(query): Query<DoctorQuery>) -> Reply<DoctorResponse> {
+    let config = manager.config();
+    let host = &config.host;
     let inputs = DoctorInputs {
         vm_memory: query.memory,
         memlock: MemlockLimit::of_current_process(host),
     };
     let report = gpu::doctor(host, &inputs);
-    Json(DoctorResponse {
-        worst: severity_name(report.worst()).to_string(),
-        findings: report
-            .findings
-            .into_iter()
-            .map(|f| DoctorFinding {
-                check: f.check.to_string(),
-                severity: severity_name(f.severity).to_string(),
-                summary: f.summary,
-                remedy: f.remedy,
-            })
-            .collect(),
-    })
+    let usage = manager.usage()?;
+    let limits = ServiceLimits {
+        max_vms: config.admission.max_vms,
+        vms: usage.vms,
+        max_memory: config.admission.max_memory,
+        memory: usage.memory,
+        max_vcpus: config.admission.max_vcpus,
+        vcpus: usage.vcpus,
+        image_dirs: config.images.dirs(),
+        block_devices: config.images.block_devices(),
+    };
+    let mut findings: Vec<DoctorFinding> = report
+        .findings
+        .into_iter()
+        .map(|f| DoctorFinding {
+            check: f.check.to_string(),
+            severity: severity_name(f.severity).to_string(),
+            summary: f.summary,
+            remedy: f.remedy,
+        })
+        .collect();
+    findings.extend(super::doctor::service_findings(&limits));
+    let worst = ["error", "warning", "unknown", "ok"]
+        .into_iter()
+        .find(|s| findings.iter().any(|f| f.severity == *s))
+        .unwrap_or("ok")
+        .to_string();
+    Ok(Json(DoctorResponse {
+        worst,
+        findings,
+        limits: Some(limits),
+    }))
 }
 
 fn severity_name(severity: Severity) -> &'static str {

@@ -12,6 +12,15 @@ pub enum InstanceError {
     InsufficientMemory { asked: u64, host: u64 },
     #[error("{0}")]
     Payload(String),
+    /// A path outside the operator's image directories or block devices.
+    #[error("{0}")]
+    PathNotAllowed(String),
+    /// `force` asked for by a client that may not (TCP).
+    #[error("{0}")]
+    ForceNotAllowed(String),
+    /// An admission limit of the operator's.
+    #[error("{0}")]
+    LimitReached(String),
     #[error(transparent)]
     BadDevice(BdfError),
     #[error("no PCI device {0} on this host; GET /v1/gpus lists the GPUs")]
@@ -71,6 +80,9 @@ impl InstanceError {
             Self::Invalid(_) => ErrorCode::InvalidConfig,
             Self::InsufficientMemory { .. } => ErrorCode::InsufficientMemory,
             Self::Payload(_) => ErrorCode::PayloadNotFound,
+            Self::PathNotAllowed(_) => ErrorCode::PathNotAllowed,
+            Self::ForceNotAllowed(_) => ErrorCode::ForceNotAllowed,
+            Self::LimitReached(_) => ErrorCode::LimitReached,
             Self::BadDevice(_) => ErrorCode::InvalidDevice,
             Self::UnknownGpu(_) => ErrorCode::UnknownGpu,
             Self::NotAGpu { .. } => ErrorCode::NotAGpu,

@@ -4,6 +4,8 @@ mod allocate;
 mod attachments;
 mod companions;
 mod error;
+mod images;
+mod limits;
 mod manager;
 mod numa;
 mod units;
@@ -13,6 +15,13 @@ pub use allocate::{choose, matches_model, upstream_bridges, Candidate};
 pub use attachments::{network_infos, validate_disks, validate_networks, MAX_DISKS_PER_VM};
 pub use companions::{is_nic, is_nvswitch};
 pub use error::InstanceError;
+pub use images::{
+    ImageKind, ImagePolicy, ImageRefusal, OpenedImage, OpenedImages, DEFAULT_IMAGE_DIR,
+};
+pub use limits::{
+    AdmissionLimits, LogLimits, Usage, DEFAULT_LOG_INTERVAL, DEFAULT_LOG_KEEP,
+    DEFAULT_LOG_MAX_BYTES,
+};
 pub use manager::{ConsoleChunk, ConsoleWindow, Manager, ServiceConfig, HOLD_CHECK_DEADLINE};
 pub use units::{Planner, Unit};
 pub use validate::{

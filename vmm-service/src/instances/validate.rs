@@ -86,10 +86,8 @@ pub fn validate(
             host: host.memory_bytes,
         });
     }
-    check_payload("kernel", &config.kernel)?;
-    if let Some(initramfs) = &config.initramfs {
-        check_payload("initramfs", initramfs)?;
-    }
+    // The kernel, initramfs and disk files are checked where they are opened
+    // (`ImagePolicy::open_all`): only inside the operator's image directories.
     if let Some(cmdline) = &config.cmdline {
         if cmdline.len() > MAX_CMDLINE_LEN || cmdline.contains('\0') {
             return Err(InstanceError::Invalid(format!(
@@ -194,20 +192,4 @@ fn parse_addresses(devices: &[String], what: &str) -> Result<Vec<Bdf>, InstanceE
         out.push(bdf);
     }
     Ok(out)
-}
-
-fn check_payload(what: &str, path: &str) -> Result<(), InstanceError> {
-    let file = Path::new(path);
-    if !file.is_absolute() {
-        return Err(InstanceError::Payload(format!(
-            "{what} '{path}' is not an absolute path; the service does not share your working directory"
-        )));
-    }
-    match std::fs::metadata(file) {
-        Ok(meta) if meta.is_file() => Ok(()),
-        Ok(_) => Err(InstanceError::Payload(format!(
-            "{what} '{path}' is not a regular file"
-        ))),
-        Err(e) => Err(InstanceError::Payload(format!("{what} '{path}': {e}"))),
-    }
 }

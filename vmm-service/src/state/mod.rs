@@ -6,6 +6,7 @@
 //! two VMs can ever be recorded as holding the same GPU, whatever the callers do.
 
 mod assignments;
+mod permissions;
 mod records;
 mod schema;
 
@@ -17,6 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use crate::api::types::{DeviceRole, ExitInfo, VmInstanceConfig, VmState};
 use crate::gpu::Bdf;
 
+pub use permissions::{secure_state_dir, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE};
 pub use records::SqliteDriverRecords;
 pub use schema::SCHEMA_VERSION;
 
@@ -26,6 +28,11 @@ pub enum StateError {
     Sqlite(#[from] rusqlite::Error),
     #[error("state database holds schema version {found}, newer than this service's {supported}; run the newer vmm-service or restore a backup")]
     TooNew { found: i64, supported: i64 },
+    #[error("state database {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("state database row for VM {name} is damaged: {reason}")]
     Corrupt { name: String, reason: String },
     #[error("GPU {bdf} belongs to VM {owner}")]
@@ -98,6 +105,25 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StateError> {
+        // It holds every VM's configuration, cloud-init user-data (secrets) too:
+        // created 0600 whatever the umask; SQLite gives its -wal and -shm files
+        // the database's mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(PRIVATE_FILE_MODE)
+                .open(path);
+            if let Err(e) = created {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    return Err(StateError::Io {
+                        path: path.to_path_buf(),
+                        source: e,
+                    });
+                }
+            }
+        }
         let conn = Connection::open(path)?;
         Self::with_connection(conn)
     }

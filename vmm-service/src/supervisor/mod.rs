@@ -1,8 +1,11 @@
 //! Starting form-vmm processes, telling whether one still runs, and how one ended.
 
+mod logs;
 mod process;
 
 use std::fs::{self, File, OpenOptions};
+use std::os::fd::RawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +16,7 @@ use crate::api::types::ExitInfo;
 use crate::state::now;
 use crate::vmm_client::VmmClient;
 
+pub use logs::{rotate_log, LOG_MODE};
 pub use process::{is_alive, start_time, terminate};
 
 /// How long a new form-vmm has to answer `vmm.ping`.
@@ -31,13 +35,21 @@ pub enum SupervisorError {
         binary: PathBuf,
         source: std::io::Error,
     },
-    #[error("the VMM exited during start-up ({reason}); its log is {log}")]
-    EarlyExit { reason: String, log: PathBuf },
+    #[error("the VMM exited during start-up ({reason}); its log {log} ends: {tail}")]
+    EarlyExit {
+        reason: String,
+        log: PathBuf,
+        tail: String,
+    },
     #[error(
-        "the VMM did not answer on {socket} within {0:?}; its log is {log}",
+        "the VMM did not answer on {socket} within {0:?}; its log {log} ends: {tail}",
         READY_TIMEOUT
     )]
-    NotReady { socket: PathBuf, log: PathBuf },
+    NotReady {
+        socket: PathBuf,
+        log: PathBuf,
+        tail: String,
+    },
 }
 
 /// The files of one VM.
@@ -83,16 +95,29 @@ pub fn default_vmm_binary() -> PathBuf {
 }
 
 /// Starts `binary --api-socket <socket>` in its own process group (so signals meant for
-/// the service do not reach VMs) and waits until it answers `vmm.ping`.
-pub async fn start(binary: &Path, paths: &VmPaths) -> Result<StartedVmm, SupervisorError> {
+/// the service do not reach VMs) and waits until it answers `vmm.ping`. The
+/// descriptors in `inherit` stay open in it at the same numbers (the VM's checked
+/// images, which it opens as `/proc/self/fd/N`); every other one of the service's
+/// is closed on exec.
+pub async fn start(
+    binary: &Path,
+    paths: &VmPaths,
+    inherit: &[RawFd],
+) -> Result<StartedVmm, SupervisorError> {
     for dir in [paths.api_socket.parent(), paths.vmm_log.parent()]
         .into_iter()
         .flatten()
     {
-        fs::create_dir_all(dir).map_err(|source| SupervisorError::Prepare {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        // Only the service (and the VMMs it starts) reads a VM's logs, seed disk
+        // and socket.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| SupervisorError::Prepare {
+                path: dir.to_path_buf(),
+                source,
+            })?;
     }
     // A socket left by a VMM that was killed: form-vmm refuses to start over one, and
     // the caller knows no VMM of this VM is alive.
@@ -110,19 +135,32 @@ pub async fn start(binary: &Path, paths: &VmPaths) -> Result<StartedVmm, Supervi
         path: paths.vmm_log.clone(),
         source,
     })?;
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .arg("--api-socket")
         .arg(&paths.api_socket)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)
         .process_group(0)
-        .kill_on_drop(false)
-        .spawn()
-        .map_err(|source| SupervisorError::Spawn {
-            binary: binary.to_path_buf(),
-            source,
-        })?;
+        .kill_on_drop(false);
+    let inherit = inherit.to_vec();
+    // SAFETY: between fork and exec only fcntl(2), which is async-signal-safe, on
+    // descriptors the caller keeps open until spawn returns.
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|source| SupervisorError::Spawn {
+        binary: binary.to_path_buf(),
+        source,
+    })?;
     let pid = child.id().unwrap_or(0);
     let client = VmmClient::new(&paths.api_socket);
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -131,6 +169,7 @@ pub async fn start(binary: &Path, paths: &VmPaths) -> Result<StartedVmm, Supervi
             return Err(SupervisorError::EarlyExit {
                 reason: describe_exit(status).reason,
                 log: paths.vmm_log.clone(),
+                tail: log_tail(&paths.vmm_log),
             });
         }
         if client.ping().await.is_ok() {
@@ -141,6 +180,7 @@ pub async fn start(binary: &Path, paths: &VmPaths) -> Result<StartedVmm, Supervi
             return Err(SupervisorError::NotReady {
                 socket: paths.api_socket.clone(),
                 log: paths.vmm_log.clone(),
+                tail: log_tail(&paths.vmm_log),
             });
         }
         tokio::time::sleep(READY_POLL).await;
@@ -180,10 +220,26 @@ pub fn describe_exit(status: ExitStatus) -> ExitInfo {
     }
 }
 
+/// The last bytes of a VMM's log, for the error of a start that failed: a failed
+/// create removes the VM's directory, log included.
+fn log_tail(path: &Path) -> String {
+    const TAIL: usize = 1024;
+    let bytes = fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(TAIL)..]);
+    let text = text.trim();
+    if text.is_empty() {
+        "(nothing)".to_string()
+    } else {
+        text.replace('\n', " | ")
+    }
+}
+
 fn open_log(path: &Path) -> Result<File, SupervisorError> {
+    // Appended to (O_APPEND), so rotation by copy and truncate leaves no hole.
     OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(LOG_MODE)
         .open(path)
         .map_err(|source| SupervisorError::Prepare {
             path: path.to_path_buf(),

@@ -17,7 +17,9 @@ use tower::ServiceExt;
 
 use vmm_service::api;
 use vmm_service::gpu::{BindOptions, DevicePolicy, SysfsWriter};
-use vmm_service::instances::{HostLimits, Manager, ServiceConfig};
+use vmm_service::instances::{
+    AdmissionLimits, HostLimits, ImagePolicy, LogLimits, Manager, ServiceConfig,
+};
 use vmm_service::state::Store;
 use vmm_service::vmm_client::VmmDeadlines;
 
@@ -42,6 +44,20 @@ pub struct Harness {
     pub router: Router,
     pub dir: TempDir,
     pub kernel: String,
+}
+
+/// The service's one image directory in tests: `<dir>/images`, apart from its
+/// database (`<dir>/service.db`) and state (`<dir>/state`).
+pub fn image_dir(dir: &Path) -> PathBuf {
+    dir.join("images")
+}
+
+/// What the operator set, beyond the device policy.
+#[derive(Clone, Default)]
+pub struct Operator {
+    pub admission: AdmissionLimits,
+    pub logs: Option<LogLimits>,
+    pub block_devices: Vec<PathBuf>,
 }
 
 /// Deadlines short enough for tests to reach a VMM that does not answer; the
@@ -89,16 +105,40 @@ impl Harness {
         Self::build(fixture, dir, vmm_binary, DevicePolicy::default())
     }
 
+    /// A service whose operator set limits.
+    pub fn with_operator(host: HostBuilder, operator: Operator) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::build_with(
+            host.build(),
+            dir,
+            fake_vmm(),
+            DevicePolicy::default(),
+            operator,
+        )
+    }
+
     fn build(fixture: Fixture, dir: TempDir, vmm_binary: PathBuf, policy: DevicePolicy) -> Self {
-        let kernel = dir.path().join("vmlinux");
+        Self::build_with(fixture, dir, vmm_binary, policy, Operator::default())
+    }
+
+    fn build_with(
+        fixture: Fixture,
+        dir: TempDir,
+        vmm_binary: PathBuf,
+        policy: DevicePolicy,
+        operator: Operator,
+    ) -> Self {
+        std::fs::create_dir_all(image_dir(dir.path())).unwrap();
+        let kernel = image_dir(dir.path()).join("vmlinux");
         if !kernel.exists() {
             std::fs::write(&kernel, b"\x7fELF not really").unwrap();
         }
         let host = fixture.host.clone();
         let fixture = Arc::new(Mutex::new(fixture));
-        let manager = Self::manager_on(&fixture, dir.path(), host, vmm_binary, policy);
+        let manager = Self::manager_on(&fixture, dir.path(), host, vmm_binary, policy, &operator);
         Self {
-            router: api::router(Arc::clone(&manager)),
+            // As the local unix socket serves it: the operator's own client.
+            router: api::router(Arc::clone(&manager)).layer(axum::Extension(api::Transport::Unix)),
             fixture,
             manager,
             kernel: kernel.display().to_string(),
@@ -112,6 +152,7 @@ impl Harness {
         host: vmm_service::gpu::HostPaths,
         vmm_binary: PathBuf,
         policy: DevicePolicy,
+        operator: &Operator,
     ) -> Arc<Manager> {
         let store = Store::open(&dir.join("service.db")).unwrap();
         let config = ServiceConfig {
@@ -130,6 +171,9 @@ impl Harness {
             policy,
             vmm_deadlines: test_deadlines(),
             hold_check: Duration::from_millis(1500),
+            images: ImagePolicy::new(vec![image_dir(dir)], operator.block_devices.clone()),
+            admission: operator.admission,
+            logs: operator.logs.unwrap_or_default(),
         };
         Manager::new(config, store, Box::new(SharedKernel(Arc::clone(fixture))))
     }
@@ -137,8 +181,21 @@ impl Harness {
     /// A second service on the same database and host, as after a restart.
     pub fn restarted(&self) -> Arc<Manager> {
         let host = self.fixture.lock().unwrap().host.clone();
-        let policy = self.manager.config().policy.clone();
-        Self::manager_on(&self.fixture, self.dir.path(), host, fake_vmm(), policy)
+        let config = self.manager.config();
+        let operator = Operator {
+            admission: config.admission,
+            logs: Some(config.logs),
+            block_devices: Vec::new(),
+        };
+        let policy = config.policy.clone();
+        Self::manager_on(
+            &self.fixture,
+            self.dir.path(),
+            host,
+            fake_vmm(),
+            policy,
+            &operator,
+        )
     }
 
     pub async fn call(
@@ -174,6 +231,31 @@ impl Harness {
         rows
     }
 
+    /// The files behind the `/proc/self/fd/N` paths of the VM's first vm.create, as
+    /// the fake VMM opened them: `{path: real path}` ("ERROR: ..." for a descriptor
+    /// it did not inherit).
+    pub fn vmm_opened(&self, name: &str) -> serde_json::Map<String, Value> {
+        let request = self
+            .vmm_requests(name)
+            .into_iter()
+            .find(|r| r["endpoint"] == "vm.create")
+            .expect("a vm.create request");
+        request["opened"].as_object().cloned().unwrap_or_default()
+    }
+
+    /// The real file the VMM opened for `path` of a vm.create body.
+    pub fn vmm_file(&self, name: &str, path: &Value) -> String {
+        let path = path.as_str().expect("a path");
+        assert!(
+            path.starts_with("/proc/self/fd/"),
+            "{path}: not a descriptor"
+        );
+        self.vmm_opened(name)[path]
+            .as_str()
+            .unwrap_or("<missing>")
+            .to_string()
+    }
+
     pub fn writes(&self) -> Vec<(String, String)> {
         self.fixture.lock().unwrap().writes()
     }
@@ -195,10 +277,7 @@ impl Harness {
 
     /// The requests the fake VMM of `name` received, oldest first.
     pub fn vmm_requests(&self, name: &str) -> Vec<Value> {
-        let path = self
-            .dir
-            .path()
-            .join(format!("run/vms/{name}/api.sock.requests"));
+        let path = self.dir.path().join(format!("run/vms/{name}.requests"));
         std::fs::read_to_string(path)
             .unwrap_or_default()
             .lines()

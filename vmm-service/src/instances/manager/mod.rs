@@ -17,6 +17,7 @@ mod console;
 mod drivers;
 mod gpus;
 mod inventory;
+mod logs;
 mod networks;
 mod pick;
 mod removal;
@@ -25,6 +26,8 @@ mod watch;
 
 use super::attachments::network_infos;
 use super::error::InstanceError;
+use super::images::ImagePolicy;
+use super::limits::{AdmissionLimits, LogLimits, Usage};
 use super::numa::{numa_placement, HostNuma, NumaPlacement};
 use super::validate::{parse_companions, validate, HostLimits};
 use drivers::{blocking, Release};
@@ -55,6 +58,12 @@ pub struct ServiceConfig {
     /// After a call that got no answer, how long to keep asking the VMM (`vm.info`)
     /// whether it holds a device.
     pub hold_check: Duration,
+    /// Where kernels, initramfs and disk images may come from.
+    pub images: ImagePolicy,
+    /// How many VMs, how much RAM and how many vCPUs VMs may take.
+    pub admission: AdmissionLimits,
+    /// How large each VM's logs may grow.
+    pub logs: LogLimits,
 }
 
 /// The default of [`ServiceConfig::hold_check`].
@@ -109,6 +118,11 @@ impl Manager {
         self.describe(record)
     }
 
+    /// What the VMs use now, as the admission limits count it.
+    pub fn usage(&self) -> Result<Usage, InstanceError> {
+        Ok(Usage::of(&self.store().instances()?))
+    }
+
     fn record(&self, name: &str) -> Result<InstanceRecord, InstanceError> {
         self.store()
             .instance(name)?
@@ -153,6 +167,9 @@ impl Manager {
     ) -> Result<VmInfo, InstanceError> {
         let _changes = self.changes.lock().await;
         let selection = validate(&config, &self.config.limits)?;
+        // Checked here so a refusal changes nothing; opened again (and handed to the
+        // VMM) when it starts.
+        drop(self.config.images.open_all(&config)?);
         let name = config.name.clone();
         let paths = self.paths(&name);
         {
@@ -160,6 +177,8 @@ impl Manager {
             if store.instance(&name)?.is_some() {
                 return Err(InstanceError::Exists(name));
             }
+            let usage = Usage::of(&store.instances()?);
+            self.config.admission.admit(&usage, &config, true)?;
             networks::check_tap_names(&store, &config)?;
             let companions = parse_companions(&config.devices)?;
             let gpus = self.pick(&store, &name, &selection, &companions)?;
@@ -178,6 +197,7 @@ impl Manager {
         if let Err(e) = self.start(&config, &paths, config.boot).await {
             remove_seed(&name, &paths);
             self.store().delete_instance(&name)?;
+            remove_vm_dirs(&name, &paths);
             return Err(e);
         }
         self.info(&name)
@@ -194,8 +214,11 @@ impl Manager {
             }
             (VmState::Stopped, _) => {
                 let selection = validate(&record.config, &self.config.limits)?;
+                drop(self.config.images.open_all(&record.config)?);
                 {
                     let mut store = self.store();
+                    let usage = Usage::of(&store.instances()?);
+                    self.config.admission.admit(&usage, &record.config, false)?;
                     let companions = parse_companions(&record.config.devices)?;
                     let gpus = self.pick(&store, name, &selection, &companions)?;
                     store.assign_gpus(&gpus)?;
@@ -266,6 +289,9 @@ impl Manager {
         boot: bool,
     ) -> Result<(), InstanceError> {
         let name = &config.name;
+        // Opened before anything is bound: the VMM inherits these descriptors and
+        // opens the files through them, never by the paths the client gave.
+        let images = self.config.images.open_all(config)?;
         if let Some(cloud_init) = &config.cloud_init {
             // Written on every start, so the guest always gets what the VM's
             // configuration says, even if the file was removed meanwhile.
@@ -279,7 +305,7 @@ impl Manager {
         for head in gpus.iter().filter(|a| a.heads_unit()) {
             self.bind_unit(&gpus, head).await?;
         }
-        let mut started = supervisor::start(&self.config.vmm_binary, paths)
+        let mut started = supervisor::start(&self.config.vmm_binary, paths, &images.raw_fds())
             .await
             .map_err(|e| InstanceError::Vmm(e.to_string()))?;
         // Recorded before the VMM gets the GPUs: a service killed from here on finds
@@ -301,7 +327,7 @@ impl Manager {
             supervisor::stop_child(&mut started.child).await;
             return Err(e.into());
         }
-        let vm_config = vmm_config(config, paths, &gpus, &self.config.host, numa_node);
+        let vm_config = vmm_config(config, paths, &gpus, &self.config.host, numa_node, &images);
         let setup = async {
             client.create(&vm_config).await.map_err(vmm_error)?;
             // form-vmm made the taps during vm.create; they join their bridges before
@@ -383,7 +409,9 @@ impl Manager {
         let how = Release::after_vmm(record.config.gpu_options.unbind_on_shutdown);
         self.release_gpus(name, how).await;
         self.store().delete_instance(name)?;
-        remove_seed(name, &self.paths(name));
+        let paths = self.paths(name);
+        remove_seed(name, &paths);
+        remove_vm_dirs(name, &paths);
         Ok(())
     }
 
@@ -463,6 +491,20 @@ fn remove_seed(name: &str, paths: &VmPaths) {
             "VM {name}: cannot remove its seed image {}: {e}",
             paths.seed_image.display()
         );
+    }
+}
+
+/// Removes a forgotten VM's directories (its logs, its socket's directory); a
+/// failure leaves them, which is logged.
+fn remove_vm_dirs(name: &str, paths: &VmPaths) {
+    for file in [&paths.serial_log, &paths.api_socket] {
+        let Some(dir) = file.parent() else { continue };
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                log::warn!("VM {name}: cannot remove {}: {e}", dir.display());
+            }
+            _ => {}
+        }
     }
 }
 

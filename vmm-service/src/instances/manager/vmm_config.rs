@@ -3,7 +3,7 @@
 
 use crate::api::types::VmInstanceConfig;
 use crate::gpu::HostPaths;
-use crate::instances::network_infos;
+use crate::instances::{network_infos, OpenedImages};
 use crate::state::GpuAssignment;
 use crate::supervisor::VmPaths;
 use form_vmm_api::config::{
@@ -49,6 +49,7 @@ pub(super) fn vmm_config(
     gpus: &[GpuAssignment],
     host: &HostPaths,
     numa_node: Option<u32>,
+    images: &OpenedImages,
 ) -> VmConfig {
     // The service caps vcpus at 255 (validate), form-vmm's limit.
     let vcpus = u8::try_from(config.vcpus).unwrap_or(u8::MAX);
@@ -63,8 +64,10 @@ pub(super) fn vmm_config(
             ..MemoryConfig::default()
         },
         payload: PayloadConfig {
-            kernel: Some(config.kernel.clone().into()),
-            initramfs: config.initramfs.clone().map(Into::into),
+            // The files the service checked, by the descriptors the VMM inherited
+            // (`ImagePolicy`), never the client's paths.
+            kernel: Some(images.kernel.vmm_path()),
+            initramfs: images.initramfs.as_ref().map(|i| i.vmm_path()),
             cmdline: config.cmdline.clone(),
         },
         serial: ConsoleConfig {
@@ -76,7 +79,7 @@ pub(super) fn vmm_config(
             .iter()
             .map(|a| device_config(a, config, host))
             .collect(),
-        disks: disks(config, paths),
+        disks: disks(config, paths, images),
         net: network_infos(config)
             .into_iter()
             .map(|info| NetConfig {
@@ -94,13 +97,14 @@ pub(super) fn vmm_config(
 
 /// The operator's disks in order, then the seed disk: the guest's first disks keep
 /// the names the operator expects (`/dev/vda` is the first image given).
-fn disks(config: &VmInstanceConfig, paths: &VmPaths) -> Vec<DiskConfig> {
+fn disks(config: &VmInstanceConfig, paths: &VmPaths, images: &OpenedImages) -> Vec<DiskConfig> {
     let mut disks: Vec<DiskConfig> = config
         .disks
         .iter()
+        .zip(&images.disks)
         .enumerate()
-        .map(|(i, disk)| DiskConfig {
-            path: disk.path.clone().into(),
+        .map(|(i, (disk, opened))| DiskConfig {
+            path: opened.vmm_path(),
             readonly: disk.readonly,
             id: Some(format!("disk{i}")),
             ..DiskConfig::default()
