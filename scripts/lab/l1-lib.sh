@@ -117,8 +117,11 @@ service_start() {
     FORM_VMM_SOCKET=$LAB_TMP/service.sock
     export FORM_VMM_SOCKET
     # shellcheck disable=SC2046 # one flag and one BDF per word
+    # Kernels, initramfs and disks come from the lab's files and the scenario's
+    # scratch directory; the service refuses any other host path.
     vmm-service serve --listen "unix:$FORM_VMM_SOCKET" --state-dir "$LAB_TMP/state" \
-        --run-dir "$LAB_TMP/run" $(no_reset_allowances) "$@" >>service.log 2>&1 &
+        --run-dir "$LAB_TMP/run" --image-dir /lab --image-dir "$LAB_TMP" \
+        $(no_reset_allowances) "$@" >>service.log 2>&1 &
     service_pid=$!
     wait_until 10 service_up
 }

@@ -22,12 +22,13 @@ fn opened() -> &'static Mutex<HashSet<PathBuf>> {
 pub fn open_guest_log(path: &Path) -> io::Result<File> {
     let mut opened = opened().lock().unwrap_or_else(|e| e.into_inner());
     let first = !opened.contains(path);
-    let file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(!first)
-        .truncate(first)
-        .open(path)?;
+    // Always O_APPEND: vmm-service rotates the logs by copying and truncating
+    // them, and a writer without it would carry on at its old offset, leaving a
+    // hole of zeros before its next bytes.
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    if first {
+        file.set_len(0)?;
+    }
     opened.insert(path.to_path_buf());
     Ok(file)
 }
