@@ -179,9 +179,16 @@ pub struct CreateArgs {
     pub name: String,
 
     /// Guest kernel (ELF vmlinux or bzImage) on the service's host; a relative path is
-    /// taken from the current directory.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    /// taken from the current directory. Without it, give --image.
+    #[arg(long, value_name = "PATH", required_unless_present = "image")]
+    pub kernel: Option<PathBuf>,
+
+    /// A cloud image (raw or qcow2) on the service's host to boot as it is: its
+    /// first disk, started from the default entry of its own grub.cfg or BLS
+    /// entries (or its newest /boot/vmlinuz-*), read again at every start, so a
+    /// kernel the guest installs is the one it boots next. Instead of --kernel.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["kernel", "initramfs"])]
+    pub image: Option<PathBuf>,
 
     /// Initramfs for the guest kernel.
     #[arg(long, value_name = "PATH")]
@@ -479,6 +486,53 @@ mod tests {
     }
 
     #[test]
+    fn create_boots_an_image_instead_of_a_kernel() {
+        let cli = parse(&[
+            "create",
+            "--name",
+            "c1",
+            "--image",
+            "/img/u.qcow2",
+            "--disk",
+            "/img/data.raw",
+        ])
+        .unwrap();
+        let Command::Create(args) = cli.command else {
+            panic!("not create")
+        };
+        let config = crate::commands::create_config(&args).unwrap();
+        assert_eq!(config.kernel, None);
+        let disks: Vec<(&str, bool)> = config
+            .disks
+            .iter()
+            .map(|d| (d.path.as_str(), d.boot))
+            .collect();
+        assert_eq!(disks, [("/img/u.qcow2", true), ("/img/data.raw", false)]);
+        for wrong in [
+            &["create", "--name", "c1"][..],
+            &["create", "--name", "c1", "--image", "/i", "--kernel", "/k"],
+            &[
+                "create",
+                "--name",
+                "c1",
+                "--image",
+                "/i",
+                "--initramfs",
+                "/r",
+            ],
+        ] {
+            let err = parse(wrong).unwrap_err();
+            assert!(
+                matches!(
+                    err.kind(),
+                    ErrorKind::MissingRequiredArgument | ErrorKind::ArgumentConflict
+                ),
+                "{wrong:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn create_takes_every_option() {
         let cli = parse(&[
             "create",
@@ -509,7 +563,7 @@ mod tests {
             panic!("not create: {:?}", cli.command)
         };
         assert_eq!(args.name, "vm1");
-        assert_eq!(args.kernel, PathBuf::from("/k/vmlinux"));
+        assert_eq!(args.kernel, Some(PathBuf::from("/k/vmlinux")));
         assert_eq!(args.initramfs, Some(PathBuf::from("/k/initrd")));
         assert_eq!(args.cmdline.as_deref(), Some("-- console=ttyS0"));
         assert_eq!(args.cpus, Some(8));

@@ -180,7 +180,11 @@ pub fn create_config(args: &CreateArgs) -> Result<VmInstanceConfig, CtlError> {
     };
     Ok(VmInstanceConfig {
         name: args.name.clone(),
-        kernel: payload_path("--kernel", &args.kernel)?,
+        kernel: args
+            .kernel
+            .as_ref()
+            .map(|path| payload_path("--kernel", path))
+            .transpose()?,
         initramfs: args
             .initramfs
             .as_ref()
@@ -194,16 +198,7 @@ pub fn create_config(args: &CreateArgs) -> Result<VmInstanceConfig, CtlError> {
         devices: args.device.iter().map(Bdf::to_string).collect(),
         gpu_options,
         boot: args.boot,
-        disks: args
-            .disk
-            .iter()
-            .map(|disk| {
-                Ok(DiskConfig {
-                    path: payload_path("--disk", &disk.path)?,
-                    readonly: disk.readonly,
-                })
-            })
-            .collect::<Result<_, CtlError>>()?,
+        disks: disks(args)?,
         networks: args
             .net
             .iter()
@@ -214,6 +209,26 @@ pub fn create_config(args: &CreateArgs) -> Result<VmInstanceConfig, CtlError> {
             .collect(),
         cloud_init: cloud_init(args)?,
     })
+}
+
+/// The disks in the order the guest sees them: the --image first (`/dev/vda`, as a
+/// cloud image's own boot entry expects of its root), then each --disk.
+fn disks(args: &CreateArgs) -> Result<Vec<DiskConfig>, CtlError> {
+    let image = args.image.iter().map(|path| {
+        Ok(DiskConfig {
+            path: payload_path("--image", path)?,
+            readonly: false,
+            boot: true,
+        })
+    });
+    let others = args.disk.iter().map(|disk| {
+        Ok(DiskConfig {
+            path: payload_path("--disk", &disk.path)?,
+            readonly: disk.readonly,
+            boot: false,
+        })
+    });
+    image.chain(others).collect()
 }
 
 /// The cloud-init part of the request, with the key and user-data files read here.

@@ -49,7 +49,13 @@ pub fn vm_details(vm: &VmInfo) -> String {
         ("state", state(vm.state).to_string()),
         ("vcpus", config.vcpus.to_string()),
         ("memory", format_bytes(config.memory)),
-        ("kernel", config.kernel.clone()),
+        (
+            "kernel",
+            config
+                .kernel
+                .clone()
+                .unwrap_or_else(|| "from the boot disk".to_string()),
+        ),
         ("initramfs", or_none(config.initramfs.as_ref())),
         ("cmdline", or_none(config.cmdline.as_ref())),
         ("gpu request", gpu_request(config)),

@@ -39,8 +39,11 @@ pub const CONSOLE_RESET_HEADER: &str = "x-console-reset";
 pub struct VmInstanceConfig {
     /// 1 to 63 characters of `[A-Za-z0-9_.-]`, starting with a letter or digit.
     pub name: String,
-    /// Absolute path of the guest kernel (ELF or bzImage) on the host.
-    pub kernel: String,
+    /// Absolute path of the guest kernel (ELF or bzImage) on the host. Left out,
+    /// the VM boots the default entry of its boot disk's own boot configuration
+    /// (the one disk with `boot`), as the image's boot loader would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initramfs: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,10 +85,16 @@ pub struct VmInstanceConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
-    /// Absolute path of a raw image (not qcow2), a regular file.
+    /// Absolute path of a raw or qcow2 image (or an allowed block device).
     pub path: String,
     #[serde(default)]
     pub readonly: bool,
+    /// Boot from this disk: form-vmm reads the kernel, initrd and command line
+    /// of the default entry of its grub.cfg or BLS entries (or its newest
+    /// `/boot/vmlinuz-*`) at each start. At most one disk, and only without
+    /// `kernel`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub boot: bool,
 }
 
 /// One network interface of the guest.

@@ -17,6 +17,12 @@ pub fn validate_disks(disks: &[DiskConfig]) -> Result<(), InstanceError> {
             disks.len()
         )));
     }
+    let boot: Vec<usize> = (0..disks.len()).filter(|&i| disks[i].boot).collect();
+    if boot.len() > 1 {
+        return Err(InstanceError::Invalid(format!(
+            "disks {boot:?} are all marked boot; a VM boots from one disk: mark one"
+        )));
+    }
     for (i, disk) in disks.iter().enumerate() {
         // Where the file is, and what it is, is checked when it is opened
         // (`ImagePolicy`): only inside the operator's image directories.
@@ -86,7 +92,22 @@ mod tests {
         DiskConfig {
             path: path.into(),
             readonly: false,
+            boot: false,
         }
+    }
+
+    #[test]
+    fn a_vm_boots_from_one_disk_at_most() {
+        let mut disks = vec![disk("/a.qcow2"), disk("/b.raw")];
+        assert!(validate_disks(&disks).is_ok());
+        disks[0].boot = true;
+        assert!(validate_disks(&disks).is_ok());
+        disks[1].boot = true;
+        let message = invalid(validate_disks(&disks));
+        assert!(
+            message.contains("[0, 1]") && message.contains("one disk"),
+            "{message}"
+        );
     }
 
     fn invalid(result: Result<(), InstanceError>) -> String {

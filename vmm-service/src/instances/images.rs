@@ -83,7 +83,7 @@ impl OpenedImage {
 /// A VM's checked images, in the order of its configuration.
 #[derive(Debug)]
 pub struct OpenedImages {
-    pub kernel: OpenedImage,
+    pub kernel: Option<OpenedImage>,
     pub initramfs: Option<OpenedImage>,
     pub disks: Vec<OpenedImage>,
 }
@@ -91,7 +91,8 @@ pub struct OpenedImages {
 impl OpenedImages {
     /// Every descriptor, for the VMM to inherit.
     pub fn raw_fds(&self) -> Vec<RawFd> {
-        std::iter::once(&self.kernel)
+        self.kernel
+            .iter()
             .chain(&self.initramfs)
             .chain(&self.disks)
             .map(OpenedImage::raw_fd)
@@ -157,7 +158,10 @@ impl ImagePolicy {
                     ImageRefusal::Unusable(m) => InstanceError::Payload(m),
                 })
         };
-        let kernel = payload("kernel", &config.kernel)?;
+        let kernel = match &config.kernel {
+            Some(path) => Some(payload("kernel", path)?),
+            None => None,
+        };
         let initramfs = match &config.initramfs {
             Some(path) => Some(payload("initramfs", path)?),
             None => None,

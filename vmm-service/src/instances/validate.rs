@@ -96,6 +96,7 @@ pub fn validate(
         }
     }
     validate_disks(&config.disks)?;
+    validate_payload(config)?;
     validate_networks(&config.networks)?;
     if let Some(cloud_init) = &config.cloud_init {
         cloud_init::validate(cloud_init).map_err(InstanceError::Invalid)?;
@@ -117,6 +118,23 @@ pub fn validate(
         (_, Some(_)) => Err(InstanceError::Invalid(
             "give either gpu_devices or gpu_request, not both: with both, which GPUs the VM gets is ambiguous".into(),
         )),
+    }
+}
+
+/// A kernel, or a boot disk to read one from: exactly one of the two.
+fn validate_payload(config: &VmInstanceConfig) -> Result<(), InstanceError> {
+    let boot_disk = config.disks.iter().any(|d| d.boot);
+    match (&config.kernel, boot_disk) {
+        (Some(_), true) => Err(InstanceError::Invalid(
+            "a kernel and a boot disk were both given: the VM starts either the kernel or its disk's own boot entry; leave out one".into(),
+        )),
+        (None, false) => Err(InstanceError::Invalid(
+            "no kernel and no boot disk: give kernel, or mark the disk holding the image's /boot with boot (form-vmm-ctl create --image IMG)".into(),
+        )),
+        (None, true) if config.initramfs.is_some() => Err(InstanceError::Invalid(
+            "an initramfs without a kernel: a VM booting from its disk takes the initrd of the disk's boot entry; leave initramfs out".into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -192,4 +210,45 @@ fn parse_addresses(devices: &[String], what: &str) -> Result<Vec<Bdf>, InstanceE
         out.push(bdf);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: serde_json::Value) -> VmInstanceConfig {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn check(json: serde_json::Value) -> Result<GpuSelection, InstanceError> {
+        let host = HostLimits {
+            memory_bytes: 64 << 30,
+            cpus: 8,
+        };
+        validate(&config(json), &host)
+    }
+
+    fn message(result: Result<GpuSelection, InstanceError>) -> String {
+        match result {
+            Err(InstanceError::Invalid(message)) => message,
+            other => panic!("expected invalid_config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_vm_has_a_kernel_or_a_boot_disk_never_both() {
+        let image = serde_json::json!([{"path": "/img/u.qcow2", "boot": true}]);
+        assert!(check(serde_json::json!({"name": "a", "kernel": "/k"})).is_ok());
+        assert!(check(serde_json::json!({"name": "a", "disks": image})).is_ok());
+        let none = message(check(serde_json::json!({"name": "a"})));
+        assert!(none.contains("--image"), "{none}");
+        let both = message(check(
+            serde_json::json!({"name": "a", "kernel": "/k", "disks": image}),
+        ));
+        assert!(both.contains("both"), "{both}");
+        let initrd = message(check(
+            serde_json::json!({"name": "a", "initramfs": "/i", "disks": image}),
+        ));
+        assert!(initrd.contains("initramfs"), "{initrd}");
+    }
 }

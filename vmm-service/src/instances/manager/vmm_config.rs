@@ -3,7 +3,7 @@
 
 use crate::api::types::VmInstanceConfig;
 use crate::gpu::HostPaths;
-use crate::instances::{network_infos, OpenedImages};
+use crate::instances::{network_infos, OpenedImage, OpenedImages};
 use crate::state::GpuAssignment;
 use crate::supervisor::VmPaths;
 use form_vmm_api::config::{
@@ -66,7 +66,8 @@ pub(super) fn vmm_config(
         payload: PayloadConfig {
             // The files the service checked, by the descriptors the VMM inherited
             // (`ImagePolicy`), never the client's paths.
-            kernel: Some(images.kernel.vmm_path()),
+            // None: form-vmm reads it from the disk marked boot.
+            kernel: images.kernel.as_ref().map(OpenedImage::vmm_path),
             initramfs: images.initramfs.as_ref().map(|i| i.vmm_path()),
             cmdline: config.cmdline.clone(),
         },
@@ -106,6 +107,7 @@ fn disks(config: &VmInstanceConfig, paths: &VmPaths, images: &OpenedImages) -> V
         .map(|(i, (disk, opened))| DiskConfig {
             path: opened.vmm_path(),
             readonly: disk.readonly,
+            boot: disk.boot,
             id: Some(format!("disk{i}")),
             ..DiskConfig::default()
         })
