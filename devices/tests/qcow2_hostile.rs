@@ -184,6 +184,7 @@ fn direct_io_is_refused_for_qcow2() {
         readonly: false,
         direct: true,
         serial: None,
+        format: None,
     })
     .err()
     .unwrap()

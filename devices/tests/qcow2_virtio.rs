@@ -63,6 +63,7 @@ fn a_guest_reads_and_writes_a_qcow2_disk_through_the_queue() {
         readonly: false,
         direct: false,
         serial: None,
+        format: None,
     })
     .unwrap();
     assert_eq!(block.capacity_bytes(), 2 << 20);

@@ -116,6 +116,7 @@ fn block_serves_requests_on_its_thread_and_stops_on_reset() {
         readonly: false,
         direct: false,
         serial: Some("it-serial".into()),
+        format: None,
     })
     .unwrap();
     let h = Harness::new();
@@ -160,6 +161,7 @@ fn block_serves_requests_on_its_thread_and_stops_on_reset() {
         readonly: true,
         direct: false,
         serial: None,
+        format: None,
     });
     assert!(again.is_err());
     assert_eq!(block.serial(), "it-serial");
@@ -186,6 +188,7 @@ fn activation_without_the_needed_queues_fails() {
         readonly: true,
         direct: false,
         serial: None,
+        format: None,
     })
     .unwrap();
     let h = Harness::new();

@@ -219,6 +219,7 @@ fn disks(args: &CreateArgs) -> Result<Vec<DiskConfig>, CtlError> {
             path: payload_path("--image", path)?,
             readonly: false,
             boot: true,
+            format: None,
         })
     });
     let others = args.disk.iter().map(|disk| {
@@ -226,6 +227,7 @@ fn disks(args: &CreateArgs) -> Result<Vec<DiskConfig>, CtlError> {
             path: payload_path("--disk", &disk.path)?,
             readonly: disk.readonly,
             boot: false,
+            format: None,
         })
     });
     image.chain(others).collect()

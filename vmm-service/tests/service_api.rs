@@ -152,13 +152,15 @@ async fn bad_names_payloads_and_shapes_are_refused() {
         "bad_request",
     )
     .await;
-    refused(
+    // Neither a kernel nor a disk to boot from.
+    let message = refused(
         &h,
         json!({"name": "a"}),
         StatusCode::BAD_REQUEST,
-        "bad_request",
+        "invalid_config",
     )
     .await;
+    assert!(message.contains("--image"), "{message}");
     refused(
         &h,
         with(h.vm("a"), "memory", json!("1G")),

@@ -65,10 +65,16 @@ async fn disks_networks_and_cloud_init_reach_form_vmm_and_persist() {
     let (status, vm) = h.call(Method::POST, "/v1/vms", Some(body.clone())).await;
     assert_eq!(status, StatusCode::CREATED, "{vm}");
 
-    // The configuration comes back as given (defaults filled in).
-    for field in ["disks", "networks", "cloud_init"] {
+    // The configuration comes back as given (defaults filled in), each disk with
+    // the format read from the image at create and kept from then on.
+    for field in ["networks", "cloud_init"] {
         assert_eq!(vm["config"][field], body[field], "{field}");
     }
+    let mut disks = body["disks"].clone();
+    for disk in disks.as_array_mut().unwrap() {
+        disk["format"] = serde_json::json!("raw");
+    }
+    assert_eq!(vm["config"]["disks"], disks);
     let seed = seed_path(&h, "full");
     assert_eq!(vm["seed_image"], seed.display().to_string());
     assert_eq!(
@@ -89,6 +95,7 @@ async fn disks_networks_and_cloud_init_reach_form_vmm_and_persist() {
     for (i, (readonly, id)) in [(false, "disk0"), (true, "disk1")].into_iter().enumerate() {
         assert_eq!(disks[i]["readonly"], readonly);
         assert_eq!(disks[i]["id"], id);
+        assert_eq!(disks[i]["format"], "raw", "the format recorded at create");
         assert_eq!(
             h.vmm_file("full", &disks[i]["path"]),
             body["disks"][i]["path"]

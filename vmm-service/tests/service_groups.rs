@@ -536,6 +536,17 @@ async fn a_member_still_held_keeps_its_group_bound_and_from_other_vms() {
         message.contains(NIC_B) && message.contains("VM a"),
         "{message}"
     );
+    // Nor may the operator release it: that resets and unbinds the whole group.
+    let (status, body) = h
+        .call(Method::POST, &format!("/v1/gpus/{GPU_B}/unbind"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(code(&body), "group_in_use");
+    assert!(
+        h.writes().is_empty(),
+        "nothing reset or unbound: {:?}",
+        h.writes()
+    );
 
     std::fs::remove_file(h.dir.path().join("run/vms/a/guest-keeps-ids")).unwrap();
     let (status, info) = h

@@ -348,7 +348,7 @@ mod tests {
         let cases = [
             (
                 vec!["--disk", "file=/img"],
-                "--disk: unknown option 'file'; valid options: path, readonly, direct, id, serial, boot",
+                "--disk: unknown option 'file'; valid options: path, readonly, direct, id, serial, boot, format",
             ),
             (
                 vec!["--net", "tap=tap0,fd=3"],

@@ -121,6 +121,7 @@ pub fn try_open(
             readonly,
             direct: false,
             serial: None,
+            format: None,
         },
         backing,
     )

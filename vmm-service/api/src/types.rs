@@ -4,6 +4,7 @@
 //! dependency on the server's internals. Sizes are in bytes, times in seconds since
 //! the Unix epoch, PCI addresses in the full `0000:01:00.0` form.
 
+pub use form_vmm_api::config::DiskFormat;
 use serde::{Deserialize, Serialize};
 
 pub use crate::devices::{
@@ -95,6 +96,11 @@ pub struct DiskConfig {
     /// `kernel`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub boot: bool,
+    /// `raw` or `qcow2`. Left out, the service reads it from the image's first
+    /// bytes when the VM is created and records it, so the guest, which writes
+    /// those bytes, cannot change how its disk is opened at a later start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
 }
 
 /// One network interface of the guest.

@@ -93,6 +93,7 @@ mod tests {
             path: path.into(),
             readonly: false,
             boot: false,
+            format: None,
         }
     }
 

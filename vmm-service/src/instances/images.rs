@@ -24,7 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
-use crate::api::types::VmInstanceConfig;
+use crate::api::types::{DiskFormat, VmInstanceConfig};
 
 use super::error::InstanceError;
 
@@ -72,6 +72,20 @@ pub struct OpenedImage {
 impl OpenedImage {
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// The image's format by its first bytes (the qcow2 magic, else raw), read
+    /// through this descriptor: the file that was checked, not the path again.
+    pub fn probe_format(&self) -> io::Result<DiskFormat> {
+        const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+        let file = fs::File::open(self.vmm_path())?;
+        let mut magic = [0u8; 4];
+        match std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0) {
+            Ok(()) if magic == QCOW2_MAGIC => Ok(DiskFormat::Qcow2),
+            Ok(()) => Ok(DiskFormat::Raw),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(DiskFormat::Raw),
+            Err(e) => Err(e),
+        }
     }
 
     /// The path form-vmm opens: this descriptor, inherited at the same number.

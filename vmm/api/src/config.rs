@@ -4,7 +4,7 @@
 pub mod options;
 pub mod virtio;
 
-pub use virtio::{DiskConfig, NetConfig, RngConfig, DEFAULT_RNG_SOURCE};
+pub use virtio::{DiskConfig, DiskFormat, NetConfig, RngConfig, DEFAULT_RNG_SOURCE};
 
 use options::{ByteSize, OptionError, Options};
 use serde::{Deserialize, Serialize};

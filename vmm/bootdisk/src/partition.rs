@@ -57,7 +57,10 @@ pub struct Table {
 
 fn read(disk: &dyn BlockRead, offset: u64, len: usize) -> Result<Vec<u8>, String> {
     if !within(offset, len, disk.size()) {
-        return Err(format!("the disk ends before byte {}", offset + len as u64));
+        return Err(format!(
+            "the disk ends before byte {}",
+            offset.saturating_add(len as u64)
+        ));
     }
     let mut buf = vec![0u8; len];
     disk.read_at(&mut buf, offset)

@@ -34,8 +34,11 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_config: 1 << 20,
-            max_kernel: 256 << 20,
-            max_initrd: 1 << 30,
+            // Read into form-vmm's own memory at every start, from a file system
+            // the guest writes: bounded well above what distributions ship
+            // (kernels of ~15 MiB, initrds of ~100 MiB).
+            max_kernel: 64 << 20,
+            max_initrd: 512 << 20,
             max_entries: 1024,
         }
     }

@@ -65,6 +65,7 @@ pub fn read_boot_disk(
             readonly: true,
             direct: false,
             serial: None,
+            format: disk.format.map(crate::device_manager::virtio::image_format),
         },
         &BackingOptions::default(),
     )?;

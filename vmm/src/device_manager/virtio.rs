@@ -15,10 +15,10 @@ use super::log_file::open_guest_log;
 use super::pci::PciDevices;
 use super::pci::{guest_bdf, lock, GuestFunction, PciDeviceInfo, PlugError};
 use super::vfio_resources::KvmInterruptRouting;
-use crate::config::{ConsoleConfig, ConsoleOutputMode, VmConfig};
+use crate::config::{ConsoleConfig, ConsoleOutputMode, DiskFormat, VmConfig};
 use crate::io_buses::IoBuses;
 use crate::memory::GuestMemoryMmap;
-use devices::virtio::block::{Block, BlockError, BlockOptions};
+use devices::virtio::block::{Block, BlockError, BlockOptions, ImageFormat};
 use devices::virtio::console::Console;
 use devices::virtio::net::{MacAddr, Net, NetError, NetOptions, Tap, TapSource};
 use devices::virtio::rng::{Rng, RngError};
@@ -113,6 +113,21 @@ impl VirtioError {
                 | VirtioError::DuplicateId(_)
                 | VirtioError::NotRemovable(_)
         )
+    }
+}
+
+/// The devices crate's name for a configured disk format.
+pub fn image_format(format: DiskFormat) -> ImageFormat {
+    match format {
+        DiskFormat::Raw => ImageFormat::Raw,
+        DiskFormat::Qcow2 => ImageFormat::Qcow2,
+    }
+}
+
+fn disk_format(format: ImageFormat) -> DiskFormat {
+    match format {
+        ImageFormat::Raw => DiskFormat::Raw,
+        ImageFormat::Qcow2 => DiskFormat::Qcow2,
     }
 }
 
@@ -267,11 +282,15 @@ impl VirtioDevices {
                 readonly: disk.readonly,
                 direct: disk.direct,
                 serial: disk.serial.clone(),
+                format: disk.format.map(image_format),
             })
             .map_err(|source| VirtioError::Block {
                 id: id.clone(),
                 source,
             })?;
+            // Kept for every later open (a reboot rebuilds the VM from this
+            // configuration): the guest controls the image's first bytes.
+            disk.format = Some(disk_format(block.format()));
             self.place(&id, Box::new(block), vm)?;
             disk.id = Some(id);
         }

@@ -76,6 +76,12 @@ pub enum BlockError {
     Qcow2Direct { path: PathBuf },
 
     #[error(
+        "disk image {path} is configured as qcow2 but does not start with the qcow2 magic; \
+         give format=raw if it is a raw image"
+    )]
+    NotQcow2 { path: PathBuf },
+
+    #[error(
         "disk image {path} names the backing file {backing:?}, which form-vmm will not open: \
          {reason}"
     )]

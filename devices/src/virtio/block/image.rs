@@ -62,7 +62,13 @@ impl DiskImage {
             return Err(BlockError::Empty { path });
         }
         let serial = explicit_serial.unwrap_or_else(|| default_serial(&path, &opened.meta));
-        let (backend, format): (Box<dyn DiskBackend>, _) = if opened.is_qcow2 {
+        let qcow2 = match opts.format {
+            None => opened.is_qcow2,
+            Some(ImageFormat::Raw) => false,
+            Some(ImageFormat::Qcow2) if opened.is_qcow2 => true,
+            Some(ImageFormat::Qcow2) => return Err(BlockError::NotQcow2 { path }),
+        };
+        let (backend, format): (Box<dyn DiskBackend>, _) = if qcow2 {
             if opts.direct {
                 return Err(BlockError::Qcow2Direct { path });
             }

@@ -54,6 +54,10 @@ pub struct BlockOptions {
     /// What the guest reads as the disk's serial (at most 20 bytes); by default one
     /// derived from the image's path and inode.
     pub serial: Option<String>,
+    /// The image's format as the VM's owner recorded it; `None` reads it from the
+    /// image's magic. A disk known to be raw is never parsed as qcow2, whatever
+    /// the guest wrote at its start.
+    pub format: Option<ImageFormat>,
 }
 
 /// A virtio-blk device.
@@ -69,6 +73,11 @@ impl Block {
     /// A qcow2 image's backing files must lie in its own directory.
     pub fn open(opts: BlockOptions) -> Result<Block, BlockError> {
         Self::open_with_backing(opts, &BackingOptions::default())
+    }
+
+    /// The image's format, as opened.
+    pub fn format(&self) -> ImageFormat {
+        self.disk.format()
     }
 
     /// As `open`, with the directories a qcow2 image's backing files may live in.

@@ -65,6 +65,7 @@ fn opts(path: &Path, readonly: bool) -> BlockOptions {
         readonly,
         direct: false,
         serial: None,
+        format: None,
     }
 }
 
@@ -831,4 +832,34 @@ proptest! {
         let _ = rq.process(&mem);
         prop_assert!(tq.used_ring().raw_value() < FUZZ_MEM_SIZE);
     }
+}
+
+#[test]
+fn a_disk_recorded_as_raw_stays_raw_whatever_the_guest_wrote_at_its_start() {
+    // What a guest can write into its own raw disk: a qcow2 header. Opened by its
+    // magic that would be a (damaged) qcow2 image; recorded as raw, it is the raw
+    // disk it always was, header bytes and all.
+    let mut bytes = b"QFI\xfb\x00\x00\x00\x03".to_vec();
+    bytes.resize(4096, 0);
+    let img = TempImage::with_contents("raw-with-magic", &bytes);
+    let raw = BlockOptions {
+        format: Some(ImageFormat::Raw),
+        ..opts(&img.path, false)
+    };
+    let disk = DiskImage::open(&raw, &BackingOptions::default()).unwrap();
+    assert_eq!(disk.format(), ImageFormat::Raw);
+    assert_eq!(disk.capacity(), 4096);
+    let mut head = [0u8; 8];
+    disk.read_at(&mut head, 0).unwrap();
+    assert_eq!(&head, b"QFI\xfb\x00\x00\x00\x03");
+    drop(disk);
+    let guessed = open_err(opts(&img.path, false));
+    assert!(guessed.contains("qcow2"), "{guessed}");
+
+    let plain = TempImage::with_contents("plain", &[0u8; 4096]);
+    let msg = open_err(BlockOptions {
+        format: Some(ImageFormat::Qcow2),
+        ..opts(&plain.path, false)
+    });
+    assert!(msg.contains("format=raw"), "{msg}");
 }

@@ -157,25 +157,31 @@ impl Manager {
         self.give_back(gpus, how).await
     }
 
+    /// The functions of `bdf`'s IOMMU group (other than `except`) recorded with a
+    /// VM, as "BDF (VM name)".
+    pub(super) fn group_holders(
+        &self,
+        bdf: &Bdf,
+        except: &[Bdf],
+    ) -> Result<Vec<String>, InstanceError> {
+        let host = &self.config.host;
+        let group_of = |b: &Bdf| PciFunction::read(host, b).ok().and_then(|f| f.iommu_group);
+        let group = group_of(bdf);
+        Ok(self
+            .store()
+            .all_gpus()?
+            .into_iter()
+            .filter(|a| !except.contains(&a.bdf) && group_of(&a.bdf) == group)
+            .map(|a| format!("{} (VM {})", a.bdf, a.instance))
+            .collect())
+    }
+
     /// Resets and (with [`Release::Return`]) unbinds the group of `bdf`, one of
     /// `released`, unless a function of it is still recorded with a VM otherwise.
     fn release_group(&self, bdf: &Bdf, released: &[GpuAssignment], how: Release) {
-        let host = &self.config.host;
-        let group = PciFunction::read(host, bdf)
-            .ok()
-            .and_then(|f| f.iommu_group);
-        let still_held = match self.store().all_gpus() {
-            Ok(all) => all
-                .into_iter()
-                .filter(|a| !released.iter().any(|r| r.bdf == a.bdf))
-                .filter(|a| {
-                    PciFunction::read(host, &a.bdf)
-                        .ok()
-                        .and_then(|f| f.iommu_group)
-                        == group
-                })
-                .map(|a| format!("{} (VM {})", a.bdf, a.instance))
-                .collect::<Vec<_>>(),
+        let except: Vec<Bdf> = released.iter().map(|r| r.bdf).collect();
+        let still_held = match self.group_holders(bdf, &except) {
+            Ok(held) => held,
             Err(e) => {
                 log::error!(
                     "cannot tell whether the group of {bdf} is still held ({e}); leaving it bound"

@@ -205,6 +205,15 @@ impl Manager {
         if let Some(owner) = self.store().owner_of(&bdf)? {
             return Err(InstanceError::GpuInUse { bdf, owner });
         }
+        // Releasing resets and unbinds the whole group: never under a VM that
+        // still holds another member of it.
+        let holders = self.group_holders(&bdf, &[])?;
+        if !holders.is_empty() {
+            return Err(InstanceError::GroupInUse(format!(
+                "the IOMMU group of {bdf} also holds {}, which a VM holds; releasing {bdf} would reset and unbind them under it. Remove them from the VM first",
+                holders.join(", ")
+            )));
+        }
         Ok(bdf)
     }
 

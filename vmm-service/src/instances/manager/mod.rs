@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::api::types::{DeviceRole, ExitInfo, VmInfo, VmInstanceConfig, VmState};
+use crate::api::types::{DeviceRole, DiskFormat, ExitInfo, VmInfo, VmInstanceConfig, VmState};
 use crate::cloud_init::{self, SeedFiles};
 use crate::gpu::{self, Bdf, BindOptions, DevicePolicy, HostPaths, SysfsWriter};
 use crate::state::{now, GpuAssignment, InstanceRecord, Store, VmmProcess};
@@ -26,7 +26,7 @@ mod watch;
 
 use super::attachments::network_infos;
 use super::error::InstanceError;
-use super::images::ImagePolicy;
+use super::images::{ImagePolicy, OpenedImages};
 use super::limits::{AdmissionLimits, LogLimits, Usage};
 use super::numa::{numa_placement, HostNuma, NumaPlacement};
 use super::validate::{parse_companions, validate, HostLimits};
@@ -168,8 +168,12 @@ impl Manager {
         let _changes = self.changes.lock().await;
         let selection = validate(&config, &self.config.limits)?;
         // Checked here so a refusal changes nothing; opened again (and handed to the
-        // VMM) when it starts.
-        drop(self.config.images.open_all(&config)?);
+        // VMM) when it starts. Each disk's format is recorded now, before any guest
+        // has written to it.
+        let mut config = config;
+        let images = self.config.images.open_all(&config)?;
+        record_disk_formats(&mut config, &images)?;
+        drop(images);
         let name = config.name.clone();
         let paths = self.paths(&name);
         {
@@ -196,7 +200,11 @@ impl Manager {
         }
         if let Err(e) = self.start(&config, &paths, config.boot).await {
             remove_seed(&name, &paths);
-            self.store().delete_instance(&name)?;
+            // The directories go whatever the database says: a failed create
+            // leaves nothing behind on disk.
+            if let Err(db) = self.store().delete_instance(&name) {
+                log::error!("{name}: forgetting the VM after its failed start: {db}");
+            }
             remove_vm_dirs(&name, &paths);
             return Err(e);
         }
@@ -514,6 +522,34 @@ fn state_word(state: VmState) -> &'static str {
         VmState::Created => "created, not booted",
         VmState::Running => "running",
     }
+}
+
+/// Fills in the format of every disk the client left it out for, read from the
+/// image; a format the client gave must match the image.
+fn record_disk_formats(
+    config: &mut VmInstanceConfig,
+    images: &OpenedImages,
+) -> Result<(), InstanceError> {
+    for (i, (disk, opened)) in config.disks.iter_mut().zip(&images.disks).enumerate() {
+        let found = opened.probe_format().map_err(|e| {
+            InstanceError::Invalid(format!(
+                "disks[{i}].path: '{}' cannot be read: {e}",
+                disk.path
+            ))
+        })?;
+        match disk.format {
+            None => disk.format = Some(found),
+            Some(DiskFormat::Qcow2) if found != DiskFormat::Qcow2 => {
+                return Err(InstanceError::Invalid(format!(
+                    "disks[{i}].format is qcow2, but '{}' does not start with the qcow2 magic; give format raw or leave it out",
+                    disk.path
+                )))
+            }
+            // A raw disk may hold anything, a qcow2 header included.
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// form-vmm's answer as the service's error: a refusal for the request's content

@@ -108,6 +108,9 @@ fn disks(config: &VmInstanceConfig, paths: &VmPaths, images: &OpenedImages) -> V
             path: opened.vmm_path(),
             readonly: disk.readonly,
             boot: disk.boot,
+            // Recorded at create; a record from before that is read from the
+            // image now, as it was then.
+            format: disk.format,
             id: Some(format!("disk{i}")),
             ..DiskConfig::default()
         })

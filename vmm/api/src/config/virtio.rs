@@ -34,13 +34,40 @@ pub struct DiskConfig {
     /// newest /boot/vmlinuz-*), read when the VM is built. At most one disk.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub boot: bool,
+    /// The image's format. Left out, form-vmm reads it from the image's first
+    /// bytes when it first opens the disk and keeps it in the configuration
+    /// (`vm.info` shows it) for every later open: a guest that writes a qcow2
+    /// header into its raw disk must not turn it into a qcow2 image whose backing
+    /// file is some other file of the host at the next reboot. Whoever restarts a
+    /// VM from its configuration passes it on (vmm-service records it at create).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
+}
+
+/// A disk image's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl OptionValue for DiskFormat {
+    fn from_option(raw: &str) -> Result<DiskFormat, String> {
+        match raw {
+            "raw" => Ok(DiskFormat::Raw),
+            "qcow2" => Ok(DiskFormat::Qcow2),
+            _ => Err("expected raw or qcow2".to_string()),
+        }
+    }
 }
 
 impl DiskConfig {
-    pub const OPTIONS: &'static [&'static str] =
-        &["path", "readonly", "direct", "id", "serial", "boot"];
+    pub const OPTIONS: &'static [&'static str] = &[
+        "path", "readonly", "direct", "id", "serial", "boot", "format",
+    ];
 
-    /// Parses `--disk path=IMG[,readonly=on][,direct=on][,id=ID][,serial=S][,boot=on]`.
+    /// Parses `--disk path=IMG[,readonly=on][,direct=on][,id=ID][,serial=S][,boot=on][,format=raw|qcow2]`.
     pub fn parse(input: &str) -> Result<DiskConfig, ParseError> {
         const FLAG: &str = "--disk";
         let opts = Options::parse(FLAG, input, Self::OPTIONS)?;
@@ -51,6 +78,7 @@ impl DiskConfig {
             id: opts.get("id")?,
             serial: opts.get("serial")?,
             boot: opts.get("boot")?.unwrap_or(false),
+            format: opts.get("format")?,
         };
         disk.validate().map_err(invalid(FLAG, input))?;
         Ok(disk)
@@ -263,8 +291,10 @@ mod tests {
     #[test]
     fn disk_option_parses_every_key() {
         assert_eq!(
-            DiskConfig::parse("path=/img.raw,readonly=on,direct=on,id=root,serial=SN01,boot=on")
-                .unwrap(),
+            DiskConfig::parse(
+                "path=/img.raw,readonly=on,direct=on,id=root,serial=SN01,boot=on,format=raw"
+            )
+            .unwrap(),
             DiskConfig {
                 path: "/img.raw".into(),
                 readonly: true,
@@ -272,8 +302,11 @@ mod tests {
                 id: Some("root".into()),
                 serial: Some("SN01".into()),
                 boot: true,
+                format: Some(DiskFormat::Raw),
             }
         );
+        let err = DiskConfig::parse("path=/img,format=vmdk").unwrap_err();
+        assert!(err.to_string().contains("raw or qcow2"), "{err}");
         assert_eq!(
             DiskConfig::parse("path=/img.raw").unwrap(),
             DiskConfig {
@@ -292,7 +325,7 @@ mod tests {
         );
         assert_eq!(
             err("path=/a,ro=on"),
-            "--disk: unknown option 'ro'; valid options: path, readonly, direct, id, serial, boot"
+            "--disk: unknown option 'ro'; valid options: path, readonly, direct, id, serial, boot, format"
         );
         assert_eq!(
             err("path=/a,readonly=yes"),
