@@ -490,7 +490,7 @@ mod tests {
             ),
             (
                 vec!["--memory", "sizee=1G"],
-                "--memory: unknown option 'sizee'; valid options: size, shared, hugepages, host_numa_node",
+                "--memory: unknown option 'sizee'; valid options: size, shared, hugepages, hugepage_size, host_numa_node",
             ),
             (
                 vec!["--device", "id=gpu0"],

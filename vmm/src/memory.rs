@@ -24,12 +24,15 @@ pub enum MemoryError {
     },
     #[error("guest memory regions overlap or are invalid: {0}")]
     Regions(String),
-    #[error("hugepages=on needs {needed} free huge pages of {page_kib} KiB but the host has {free}; reserve more with `echo N > /proc/sys/vm/nr_hugepages` or turn hugepages off")]
+    #[error("hugepages=on needs {needed} free huge pages of {page_kib} KiB but the host has {free}; reserve more with `echo N > {path}` (1 GiB pages are best reserved at boot: hugepagesz=1G hugepages=N) or turn hugepages off")]
     NotEnoughHugepages {
         needed: u64,
         free: u64,
         page_kib: u64,
+        path: String,
     },
+    #[error("hugepages=on with {page_kib} KiB pages but the host has none of that size reserved ({path} is 0 or missing); reserve them (hugepagesz=1G hugepages=N on the kernel command line for 1 GiB pages, `echo N > {path}` for 2 MiB ones) or give the size the host has with hugepage_size")]
+    NoHugepagesOfSize { page_kib: u64, path: String },
     #[error("hugepages=on but the host has no huge pages configured (HugePages_Total is 0 or /proc/meminfo lacks it); reserve some with `echo N > /proc/sys/vm/nr_hugepages`")]
     NoHugepages,
     #[error("guest memory size {size:#x} is not a multiple of the {page_kib} KiB huge page size")]
@@ -57,37 +60,64 @@ pub fn meminfo_field(name: &str) -> Option<u64> {
     })
 }
 
-fn check_hugepages(size: u64, node: Option<u32>) -> Result<(), MemoryError> {
-    let page_kib = meminfo_field("Hugepagesize").ok_or(MemoryError::NoHugepages)?;
-    let total = meminfo_field("HugePages_Total").unwrap_or(0);
-    if total == 0 {
-        return Err(MemoryError::NoHugepages);
+/// The huge page size RAM is backed with: the configured one, else the host's
+/// default (`Hugepagesize` in /proc/meminfo).
+fn hugepage_bytes(config: &MemoryConfig) -> Result<u64, MemoryError> {
+    match config.hugepage_size {
+        Some(page) => Ok(page),
+        None => meminfo_field("Hugepagesize")
+            .map(|kib| kib * 1024)
+            .ok_or(MemoryError::NoHugepages),
     }
-    let page = page_kib * 1024;
+}
+
+/// The pool of `page_kib` pages: system-wide, or of `node`.
+fn hugepage_pool_dir(page_kib: u64, node: Option<u32>) -> String {
+    match node {
+        Some(node) => format!(
+            "{}/node{node}/hugepages/hugepages-{page_kib}kB",
+            numa::NODE_SYSFS
+        ),
+        None => format!("{HUGEPAGES_SYSFS}/hugepages-{page_kib}kB"),
+    }
+}
+
+const HUGEPAGES_SYSFS: &str = "/sys/kernel/mm/hugepages";
+
+fn read_count(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Checks, before anything is mapped, that the pool of `page`-byte pages (of
+/// `node` when RAM is bound to one) has `size` free: hugetlb memory mapped with
+/// MAP_NORESERVE that the pool cannot back is a SIGBUS when the guest touches it,
+/// not an error at the mapping.
+fn check_hugepages(size: u64, page: u64, node: Option<u32>) -> Result<(), MemoryError> {
+    let page_kib = page / 1024;
     if !size.is_multiple_of(page) {
         return Err(MemoryError::HugepageAlignment { size, page_kib });
     }
-    let free = meminfo_field("HugePages_Free").unwrap_or(0);
     let needed = size / page;
+    let global = hugepage_pool_dir(page_kib, None);
+    let total = read_count(&format!("{global}/nr_hugepages")).unwrap_or(0);
+    if total == 0 {
+        return Err(MemoryError::NoHugepagesOfSize {
+            page_kib,
+            path: format!("{global}/nr_hugepages"),
+        });
+    }
+    let free = read_count(&format!("{global}/free_hugepages")).unwrap_or(0);
     if needed > free {
         return Err(MemoryError::NotEnoughHugepages {
             needed,
             free,
             page_kib,
+            path: format!("{global}/nr_hugepages"),
         });
     }
-    // Bound RAM draws on that node's pool alone, and hugetlb memory mapped with
-    // MAP_NORESERVE that the pool cannot back is a SIGBUS when the guest touches
-    // it, not an error here.
     if let Some(node) = node {
-        let dir = format!(
-            "{}/node{node}/hugepages/hugepages-{page_kib}kB",
-            numa::NODE_SYSFS
-        );
-        let free = std::fs::read_to_string(format!("{dir}/free_hugepages"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+        let dir = hugepage_pool_dir(page_kib, Some(node));
+        let free = read_count(&format!("{dir}/free_hugepages")).unwrap_or(0);
         if needed > free {
             return Err(MemoryError::NotEnoughNodeHugepages {
                 node,
@@ -101,10 +131,15 @@ fn check_hugepages(size: u64, node: Option<u32>) -> Result<(), MemoryError> {
     Ok(())
 }
 
-fn memfd(size: u64, hugepages: bool) -> Result<File, MemoryError> {
+/// `MAP_HUGE_*`/`MFD_HUGE_*` for a page size: log2 of it in bits 26-31.
+fn huge_size_flag(page: u64) -> libc::c_int {
+    (page.trailing_zeros() as libc::c_int) << 26
+}
+
+fn memfd(size: u64, hugepage: Option<u64>) -> Result<File, MemoryError> {
     let mut flags = libc::MFD_CLOEXEC;
-    if hugepages {
-        flags |= libc::MFD_HUGETLB;
+    if let Some(page) = hugepage {
+        flags |= libc::MFD_HUGETLB | huge_size_flag(page) as libc::c_uint;
     }
     // SAFETY: the name is a valid NUL-terminated string; the result is checked.
     let fd = unsafe { libc::memfd_create(c"form-vmm-ram".as_ptr(), flags) };
@@ -126,11 +161,15 @@ pub fn create_guest_memory(
     config: &MemoryConfig,
 ) -> Result<GuestMemoryMmap, MemoryError> {
     let total = layout.ram_size();
-    if config.hugepages {
-        check_hugepages(total, config.host_numa_node)?;
-    }
+    let hugepage = if config.hugepages {
+        let page = hugepage_bytes(config)?;
+        check_hugepages(total, page, config.host_numa_node)?;
+        Some(page)
+    } else {
+        None
+    };
     let file = if config.shared {
-        Some(memfd(total, config.hugepages)?)
+        Some(memfd(total, hugepage)?)
     } else {
         None
     };
@@ -148,8 +187,8 @@ pub fn create_guest_memory(
             }
             None => {
                 let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-                if config.hugepages {
-                    flags |= libc::MAP_HUGETLB;
+                if let Some(page) = hugepage {
+                    flags |= libc::MAP_HUGETLB | huge_size_flag(page);
                 }
                 builder.with_mmap_flags(flags)
             }
@@ -215,6 +254,30 @@ pub fn register_guest_memory(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_page_sizes_reach_the_kernel_as_its_flags() {
+        assert_eq!(huge_size_flag(2 << 20), libc::MAP_HUGE_2MB);
+        assert_eq!(huge_size_flag(1 << 30), libc::MAP_HUGE_1GB);
+        assert_eq!(huge_size_flag(2 << 20) as libc::c_uint, libc::MFD_HUGE_2MB);
+    }
+
+    #[test]
+    fn a_pool_too_small_is_named_by_its_size_and_path() {
+        // More 1 GiB pages than any host reserves: refused before anything is
+        // mapped, naming the 1 GiB pool whatever the host's default size is.
+        let err = check_hugepages(1 << 50, 1 << 30, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("1048576 KiB") && err.contains("hugepages-1048576kB/nr_hugepages"),
+            "{err}"
+        );
+        let err = check_hugepages((1 << 30) + (2 << 20), 1 << 30, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a multiple"), "{err}");
+    }
     use vm_memory::Bytes;
 
     #[test]

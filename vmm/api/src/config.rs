@@ -27,6 +27,12 @@ pub enum ConfigError {
     ZeroMemory,
     #[error("memory size {0} bytes is not a multiple of 4 KiB")]
     UnalignedMemory(u64),
+    #[error("hugepage_size is given but hugepages is off: add hugepages=on")]
+    HugepageSizeWithoutHugepages,
+    #[error("hugepage_size {0} bytes: x86-64 huge pages are 2M or 1G")]
+    HugepageSize(u64),
+    #[error("memory size {size} bytes is not a multiple of the {page}-byte huge page size")]
+    HugepageAlignment { size: u64, page: u64 },
     #[error("no kernel given and no disk to boot from: give payload.kernel (--kernel), or boot=on on the disk whose own boot configuration should boot")]
     NoKernel,
     #[error("disks {first} and {second} both have boot=on; at most one disk boots the VM")]
@@ -317,6 +323,12 @@ pub struct MemoryConfig {
     /// Back RAM with huge pages from the host's hugetlbfs pool.
     #[serde(default)]
     pub hugepages: bool,
+    /// The huge page size, in bytes: 2 MiB or 1 GiB (Cloud Hypervisor's
+    /// `hugepage_size`). Without it the host's default size (`Hugepagesize` in
+    /// /proc/meminfo, 2 MiB unless the host boots with `default_hugepagesz=`), so a
+    /// host that reserved only 1 GiB pages needs it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugepage_size: Option<u64>,
     /// Take guest RAM from this host NUMA node only, and run the vCPUs on its
     /// CPUs (Cloud Hypervisor's memory zones call the node the same).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -329,15 +341,25 @@ impl Default for MemoryConfig {
             size: DEFAULT_MEMORY_SIZE,
             shared: false,
             hugepages: false,
+            hugepage_size: None,
             host_numa_node: None,
         }
     }
 }
 
-impl MemoryConfig {
-    pub const OPTIONS: &'static [&'static str] = &["size", "shared", "hugepages", "host_numa_node"];
+/// The huge page sizes x86-64 has.
+pub const HUGEPAGE_SIZES: [u64; 2] = [2 << 20, 1 << 30];
 
-    /// Parses `--memory size=512M[,shared=on][,hugepages=on][,host_numa_node=N]`;
+impl MemoryConfig {
+    pub const OPTIONS: &'static [&'static str] = &[
+        "size",
+        "shared",
+        "hugepages",
+        "hugepage_size",
+        "host_numa_node",
+    ];
+
+    /// Parses `--memory size=512M[,shared=on][,hugepages=on[,hugepage_size=2M|1G]][,host_numa_node=N]`;
     /// `size` defaults to [`DEFAULT_MEMORY_SIZE`]. Whether node N exists is the
     /// host's business, checked when the VM is built.
     pub fn parse(input: &str) -> Result<MemoryConfig, ParseError> {
@@ -349,6 +371,7 @@ impl MemoryConfig {
                 .map_or(DEFAULT_MEMORY_SIZE, |s| s.0),
             shared: opts.get("shared")?.unwrap_or(false),
             hugepages: opts.get("hugepages")?.unwrap_or(false),
+            hugepage_size: opts.get::<ByteSize>("hugepage_size")?.map(|s| s.0),
             host_numa_node: opts.get("host_numa_node")?,
         };
         memory.validate().map_err(invalid(FLAG, input))?;
@@ -361,6 +384,20 @@ impl MemoryConfig {
         }
         if !self.size.is_multiple_of(PAGE_SIZE) {
             return Err(ConfigError::UnalignedMemory(self.size));
+        }
+        if let Some(page) = self.hugepage_size {
+            if !self.hugepages {
+                return Err(ConfigError::HugepageSizeWithoutHugepages);
+            }
+            if !HUGEPAGE_SIZES.contains(&page) {
+                return Err(ConfigError::HugepageSize(page));
+            }
+            if !self.size.is_multiple_of(page) {
+                return Err(ConfigError::HugepageAlignment {
+                    size: self.size,
+                    page,
+                });
+            }
         }
         Ok(())
     }
@@ -590,6 +627,20 @@ mod tests {
     }
 
     #[test]
+    fn memory_takes_a_huge_page_size_with_huge_pages_only() {
+        let memory = MemoryConfig::parse("size=4G,hugepages=on,hugepage_size=1G").unwrap();
+        assert_eq!(memory.hugepage_size, Some(1 << 30));
+        for (input, says) in [
+            ("size=4G,hugepage_size=1G", "add hugepages=on"),
+            ("size=4G,hugepages=on,hugepage_size=4M", "2M or 1G"),
+            ("size=3M,hugepages=on,hugepage_size=2M", "not a multiple"),
+        ] {
+            let err = MemoryConfig::parse(input).unwrap_err().to_string();
+            assert!(err.contains(says), "{input}: {err}");
+        }
+    }
+
+    #[test]
     fn cpus_option_defaults_max_to_boot() {
         assert_eq!(
             CpusConfig::parse("boot=4").unwrap(),
@@ -631,6 +682,7 @@ mod tests {
                 size: 64 << 20,
                 shared: true,
                 hugepages: false,
+                hugepage_size: None,
                 host_numa_node: None,
             }
         );
@@ -672,7 +724,7 @@ mod tests {
     fn memory_option_rejects_bad_sizes_and_keys() {
         assert_eq!(
             MemoryConfig::parse("sizee=1G").unwrap_err().to_string(),
-            "--memory: unknown option 'sizee'; valid options: size, shared, hugepages, host_numa_node"
+            "--memory: unknown option 'sizee'; valid options: size, shared, hugepages, hugepage_size, host_numa_node"
         );
         assert_eq!(
             MemoryConfig::parse("size=0").unwrap_err().to_string(),
