@@ -17,6 +17,11 @@ pub const DEFAULT_SOCKET: &str = "/run/form-vmm/service.sock";
 /// The request timeout unless told otherwise: creating a VM with large memory and GPUs
 /// pins and maps all of guest RAM, which takes a while on big hosts.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+/// What `create` waits on top of [`DEFAULT_TIMEOUT_SECS`] per GiB of guest RAM: the
+/// service's own deadline for pinning it grows by as much (vmm-service's
+/// `PIN_PER_GIB`), so the CLI does not give up on a start the service still waits
+/// for.
+pub const TIMEOUT_PER_GIB_SECS: u64 = 3;
 
 /// Guest memory is mapped in 4 KiB pages.
 const PAGE_SIZE: u64 = 4096;
@@ -78,15 +83,15 @@ pub struct ConnectionArgs {
     #[arg(long, global = true, value_name = "FILE", env = "FORM_VMM_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
-    /// Seconds to wait for the service's answer.
+    /// Seconds to wait for the service's answer [default: 300, and for create 3 more
+    /// per GiB of --memory].
     #[arg(
         long,
         global = true,
         value_name = "SECONDS",
-        default_value_t = DEFAULT_TIMEOUT_SECS,
         value_parser = clap::value_parser!(u64).range(1..)
     )]
-    pub timeout: u64,
+    pub timeout: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -936,7 +941,7 @@ mod tests {
         .unwrap();
         assert_eq!(cli.connection.url.as_deref(), Some("http://h:7070"));
         assert_eq!(cli.connection.token_file, Some(PathBuf::from("/t")));
-        assert_eq!(cli.connection.timeout, 9);
+        assert_eq!(cli.connection.timeout, Some(9));
         assert!(parse(&["--timeout", "0", "list"]).is_err());
     }
 

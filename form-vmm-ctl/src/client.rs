@@ -41,7 +41,12 @@ pub struct Client {
     endpoint: Endpoint,
     token: Option<String>,
     timeout: Duration,
+    /// Show the time spent waiting on stderr (a terminal, never with --json).
+    progress: bool,
 }
+
+/// How long an answer may take before the wait is shown.
+const PROGRESS_AFTER: Duration = Duration::from_secs(2);
 
 impl Client {
     pub fn new(endpoint: Endpoint, token: Option<String>, timeout: Duration) -> Self {
@@ -49,7 +54,15 @@ impl Client {
             endpoint,
             token,
             timeout,
+            progress: false,
         }
+    }
+
+    /// Shows, on stderr, how long the answer has been awaited, once it takes more
+    /// than a moment: a large GPU VM's start pins all of its RAM first.
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -71,7 +84,13 @@ impl Client {
             .map_err(CtlError::Runtime)?;
         let request = self.request(method, path_and_query, json)?;
         runtime.block_on(async {
-            match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+            let answer = tokio::time::timeout(self.timeout, self.exchange(request));
+            let result = if self.progress {
+                with_progress(answer, self.timeout).await
+            } else {
+                answer.await
+            };
+            match result {
                 Ok(result) => result,
                 Err(_) => Err(CtlError::Timeout {
                     endpoint: self.endpoint.clone(),
@@ -212,4 +231,36 @@ mod tests {
         assert!(text.contains("vmm-service serve"), "{text}");
         assert!(text.contains(&socket.display().to_string()), "{text}");
     }
+}
+
+/// Awaits `answer`, writing the seconds waited to stderr once a second after
+/// [`PROGRESS_AFTER`], on one line that is cleared when the answer comes.
+async fn with_progress<F: std::future::Future>(answer: F, limit: Duration) -> F::Output {
+    use std::io::Write;
+    tokio::pin!(answer);
+    let start = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval_at(start + PROGRESS_AFTER, Duration::from_secs(1));
+    let mut shown = false;
+    let result = loop {
+        tokio::select! {
+            result = &mut answer => break result,
+            _ = ticks.tick() => {
+                shown = true;
+                let mut err = std::io::stderr();
+                let _ = write!(
+                    err,
+                    "\rwaiting for vmm-service: {}s (at most {}s)",
+                    start.elapsed().as_secs(),
+                    limit.as_secs()
+                );
+                let _ = err.flush();
+            }
+        }
+    };
+    if shown {
+        let mut err = std::io::stderr();
+        let _ = write!(err, "\r\x1b[2K");
+        let _ = err.flush();
+    }
+    result
 }

@@ -17,7 +17,7 @@ use hyper::Method;
 use crate::api::{decode, segment, Api};
 use crate::cli::{
     AddDeviceArgs, Cli, Command, ConnectionArgs, CreateArgs, DeviceCommand, GpuCommand,
-    RemoveDeviceArgs,
+    RemoveDeviceArgs, DEFAULT_TIMEOUT_SECS, TIMEOUT_PER_GIB_SECS,
 };
 use crate::client::Client;
 use crate::endpoint::Endpoint;
@@ -54,7 +54,12 @@ impl Output {
 }
 
 pub fn run(cli: Cli) -> Result<Exit, CtlError> {
-    let api = Api::new(client(&cli.connection)?);
+    let timeout = cli
+        .connection
+        .timeout
+        .unwrap_or_else(|| default_timeout(&cli.command));
+    let progress = !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let api = Api::new(client(&cli.connection, timeout)?.with_progress(progress));
     let out = Output { json: cli.json };
     match cli.command {
         Command::Create(args) => {
@@ -119,10 +124,22 @@ pub fn run(cli: Cli) -> Result<Exit, CtlError> {
     Ok(Exit::Ok)
 }
 
+/// Seconds to wait for an answer when --timeout is not given: a create waits as
+/// long as the service may take to pin the VM's RAM.
+pub fn default_timeout(command: &Command) -> u64 {
+    match command {
+        Command::Create(args) => {
+            let gib = args.memory.unwrap_or(DEFAULT_MEMORY).div_ceil(1 << 30);
+            DEFAULT_TIMEOUT_SECS.saturating_add(TIMEOUT_PER_GIB_SECS.saturating_mul(gib))
+        }
+        _ => DEFAULT_TIMEOUT_SECS,
+    }
+}
+
 /// The client for the endpoint the options name: TCP with a token when --url is
 /// given, else the unix socket.
-fn client(options: &ConnectionArgs) -> Result<Client, CtlError> {
-    let timeout = Duration::from_secs(options.timeout);
+fn client(options: &ConnectionArgs, timeout: u64) -> Result<Client, CtlError> {
+    let timeout = Duration::from_secs(timeout);
     let Some(url) = &options.url else {
         return Ok(Client::new(
             Endpoint::Unix(options.socket.clone()),
@@ -421,4 +438,30 @@ pub fn print_raw(body: &[u8]) {
 fn emit(text: &[u8]) {
     let mut stdout = io::stdout().lock();
     let _ = stdout.write_all(text).and_then(|()| stdout.flush());
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn a_create_waits_as_long_as_pinning_its_ram_may_take() {
+        let command = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("form-vmm-ctl").chain(args.iter().copied()))
+                .unwrap()
+                .command
+        };
+        let small = command(&["create", "--name", "a", "--kernel", "/k"]);
+        assert_eq!(
+            default_timeout(&small),
+            DEFAULT_TIMEOUT_SECS + TIMEOUT_PER_GIB_SECS
+        );
+        let big = command(&["create", "--name", "a", "--kernel", "/k", "--memory", "1T"]);
+        assert_eq!(
+            default_timeout(&big),
+            DEFAULT_TIMEOUT_SECS + 1024 * TIMEOUT_PER_GIB_SECS
+        );
+        assert_eq!(default_timeout(&command(&["list"])), DEFAULT_TIMEOUT_SECS);
+    }
 }

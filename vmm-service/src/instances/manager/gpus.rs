@@ -104,7 +104,7 @@ impl Manager {
         rows: Vec<GpuAssignment>,
     ) -> Result<(), InstanceError> {
         let name = &record.config.name;
-        let client = self.vmm(&vmm.api_socket);
+        let client = self.vmm_for(&vmm.api_socket, record.config.memory);
         let back = Release::after_vmm(record.config.gpu_options.unbind_on_shutdown);
         let heads: Vec<&GpuAssignment> = rows.iter().filter(|a| a.heads_unit()).collect();
         for (index, head) in heads.iter().enumerate() {

@@ -99,6 +99,12 @@ impl Manager {
         VmmClient::with_deadlines(socket, self.config.vmm_deadlines)
     }
 
+    /// As [`Self::vmm`], for calls that pin or unpin the RAM of a VM of `memory`
+    /// bytes: their deadlines grow with it.
+    fn vmm_for(&self, socket: impl Into<PathBuf>, memory: u64) -> VmmClient {
+        VmmClient::with_deadlines(socket, self.config.vmm_deadlines.for_memory(memory))
+    }
+
     /// The database, for callers that only read (and tests).
     pub fn store(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock leaves the database consistent (transactions),
@@ -328,7 +334,7 @@ impl Manager {
             supervisor::stop_child(&mut started.child).await;
             return Err(e.into());
         }
-        let client = self.vmm(&paths.api_socket);
+        let client = self.vmm_for(&paths.api_socket, config.memory);
         let numa_node = self.numa_node_for(config, &gpus);
         let recorded = self.store().set_numa_node(name, numa_node);
         if let Err(e) = recorded {

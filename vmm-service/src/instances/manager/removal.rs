@@ -50,7 +50,7 @@ impl Manager {
         let Some(vmm) = record.vmm else {
             return Err(InstanceError::InvalidState(format!("VM {name} is stopped")));
         };
-        let client = self.vmm(&vmm.api_socket);
+        let client = self.vmm_for(&vmm.api_socket, record.config.memory);
         let back = Release::after_vmm(record.config.gpu_options.unbind_on_shutdown);
         // The head's slot first (its id even if an earlier removal took the head
         // already: form-vmm then answers unknown_device), then other slots.
