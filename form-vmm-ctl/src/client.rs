@@ -215,24 +215,6 @@ impl Client {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_missing_socket_says_how_to_start_the_service() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("absent.sock");
-        let client = Client::new(Endpoint::Unix(socket.clone()), None, Duration::from_secs(5));
-        let err = client.send(Method::GET, "/v1/ping", None).unwrap_err();
-        let text = err.to_string();
-        assert!(matches!(err, CtlError::Unreachable { .. }), "{err:?}");
-        assert!(text.contains("does not exist"), "{text}");
-        assert!(text.contains("vmm-service serve"), "{text}");
-        assert!(text.contains(&socket.display().to_string()), "{text}");
-    }
-}
-
 /// Awaits `answer`, writing the seconds waited to stderr once a second after
 /// [`PROGRESS_AFTER`], on one line that is cleared when the answer comes.
 async fn with_progress<F: std::future::Future>(answer: F, limit: Duration) -> F::Output {
@@ -263,4 +245,22 @@ async fn with_progress<F: std::future::Future>(answer: F, limit: Duration) -> F:
         let _ = err.flush();
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_socket_says_how_to_start_the_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("absent.sock");
+        let client = Client::new(Endpoint::Unix(socket.clone()), None, Duration::from_secs(5));
+        let err = client.send(Method::GET, "/v1/ping", None).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, CtlError::Unreachable { .. }), "{err:?}");
+        assert!(text.contains("does not exist"), "{text}");
+        assert!(text.contains("vmm-service serve"), "{text}");
+        assert!(text.contains(&socket.display().to_string()), "{text}");
+    }
 }
