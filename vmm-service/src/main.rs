@@ -333,6 +333,7 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
         eprintln!("re-adopted VMs: {}", adopted.join(", "));
     }
     manager.spawn_log_rotation();
+    manager.spawn_device_sync();
     let router = api::router(manager);
     let options = ServeOptions {
         token_file: args.token_file,

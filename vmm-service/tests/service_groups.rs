@@ -558,3 +558,34 @@ async fn a_member_still_held_keeps_its_group_bound_and_from_other_vms() {
     assert_eq!(h.driver_of(NIC_B).as_deref(), Some("igb"));
     assert_eq!(resets(&h), [GPU_B, NIC_B], "the whole group, once free");
 }
+
+#[tokio::test]
+async fn devices_the_vmm_let_go_of_on_its_own_are_released() {
+    if !have_python() {
+        return;
+    }
+    let h = Harness::new(host());
+    let (status, info) = create(&h, "vm1", json!({"gpu_devices": [GPU]})).await;
+    assert_eq!(status, StatusCode::CREATED, "{info}");
+    assert!(
+        h.manager.sync_devices().await.is_empty(),
+        "form-vmm still holds everything"
+    );
+    assert_eq!(h.driver_of(GPU).as_deref(), Some("vfio-pci"));
+
+    // The host takes the audio function back: form-vmm ejects its whole slot.
+    h.fixture.lock().unwrap().clear_writes();
+    switch(&h, "vm1", "let-go-ids", "gpu0-f1\n");
+    let released: Vec<String> = h
+        .manager
+        .sync_devices()
+        .await
+        .into_iter()
+        .map(|a| a.device_id)
+        .collect();
+    assert_eq!(released, ["gpu0", "gpu0-f1"]);
+    let (_, info) = h.call(Method::GET, "/v1/vms/vm1", None).await;
+    assert!(info["devices"].as_array().unwrap().is_empty(), "{info}");
+    assert_eq!(resets(&h), [GPU, AUDIO], "reset before they go back");
+    assert_eq!(h.driver_of(GPU).as_deref(), Some("nvidia"));
+}

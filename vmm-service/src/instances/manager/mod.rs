@@ -14,6 +14,7 @@ use crate::supervisor::{self, VmPaths};
 use crate::vmm_client::{VmmClient, VmmClientError, VmmDeadlines};
 
 mod console;
+mod device_sync;
 mod drivers;
 mod gpus;
 mod inventory;
