@@ -5,6 +5,8 @@
 #
 # Figures, one per line, for scripts/bench-virtio:
 #   LAB-TIMING bench-virtio blk <mode> block=B ops=N bytes=N secs=S iops=X mib_s=Y
+#   LAB-TIMING bench-virtio qcow2 <mode> ...   the same on an empty qcow2 data disk
+#                                              (form-vmm allocates its clusters)
 #   LAB-TIMING bench-virtio net <l2-to-l1|l1-to-l2> bytes=N secs=S mbit_s=X
 #   LAB-TIMING bench-virtio l1-blk <mode> ...   the baselines: L1 itself, buffered
 #   LAB-TIMING bench-virtio l1-net loopback ... I/O on the backing file, TCP over lo
@@ -38,6 +40,15 @@ done
 for mode in rand-read rand-write; do
     blkbench --seconds "$secs" /dev/vdb "$mode" || echo "L2-BENCH-FAIL blkbench $mode"
 done
+# The same on the qcow2 disk, its lines marked: the first writes allocate clusters.
+for mode in seq-write seq-read; do
+    blkbench --bytes "$size" /dev/vdc "$mode" | sed 's/^blkbench /qcow2-blkbench /' ||
+        echo "L2-BENCH-FAIL blkbench $mode on qcow2"
+done
+for mode in rand-read rand-write; do
+    blkbench --seconds "$secs" /dev/vdc "$mode" | sed 's/^blkbench /qcow2-blkbench /' ||
+        echo "L2-BENCH-FAIL blkbench $mode on qcow2"
+done
 # L1 listens first; then L1 sends to L2 (its sender retries until this listens).
 netbench send "$peer" 5001 "$mib" --timeout 60 || echo "L2-BENCH-FAIL netbench send"
 netbench recv 5002 --timeout 60 || echo "L2-BENCH-FAIL netbench recv"
@@ -45,6 +56,8 @@ CHECK
 l2_virtio_initramfs l2.cpio.gz check.sh
 l2_root_disk root.img
 truncate -s "$disk_size" data.img || fail "cannot make the $disk_size data disk"
+expect_file "$LAB_EMPTY_QCOW2" "the lab's empty qcow2 image"
+cp "$LAB_EMPTY_QCOW2" data.qcow2 || fail "cannot copy the qcow2 data disk"
 
 step "L1 listens for L2's stream"
 netbench recv 5001 --timeout 200 >l2-to-l1.out 2>&1 &
@@ -56,7 +69,8 @@ rm -f vmm.status
     form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz \
         --cmdline "console=ttyS0 panic=-1 quiet lab.root=/dev/vda lab.ip=$l2_ip/24 lab.peer=$l1_ip lab.rand_secs=$rand_secs lab.net_mib=$net_mib lab.disk_size=$disk_size" \
         --memory size=512M --serial tty \
-        --disk "path=$LAB_TMP/root.img" --disk "path=$LAB_TMP/data.img" --net "tap=$tap" 2>&1
+        --disk "path=$LAB_TMP/root.img" --disk "path=$LAB_TMP/data.img" \
+        --disk "path=$LAB_TMP/data.qcow2" --net "tap=$tap" 2>&1
     echo $? >vmm.status
 } | tee vmm.out &
 tap_or_exit() { [ -e "/sys/class/net/$tap" ] || [ -e vmm.status ]; }
@@ -102,6 +116,7 @@ wait "$recv_pid" || fail "L1's loopback receiver: $(cat l1-loopback.out)"
 
 step "figures"
 tr -d '\r' <vmm.out | sed -n 's/^blkbench \([a-z-]*\) /LAB-TIMING bench-virtio blk \1 /p' >figures
+tr -d '\r' <vmm.out | sed -n 's/^qcow2-blkbench \([a-z-]*\) /LAB-TIMING bench-virtio qcow2 \1 /p' >>figures
 # Each direction as its receiver measured it: first byte to end of stream.
 sed -n 's/^netbench recv /LAB-TIMING bench-virtio net l2-to-l1 /p' l2-to-l1.out >>figures
 tr -d '\r' <vmm.out | sed -n 's/^netbench recv /LAB-TIMING bench-virtio net l1-to-l2 /p' >>figures
@@ -112,6 +127,7 @@ cat figures
 [ "$(grep -c ' l1-net ' figures)" = 1 ] || fail "expected the loopback netbench result from L1"
 [ "$(grep -c ' blk ' figures)" = 4 ] || fail "expected 4 blkbench results from L2, got $(grep -c ' blk ' figures)"
 [ "$(grep -c ' net ' figures)" = 2 ] || fail "expected 2 netbench results, got $(grep -c ' net ' figures)"
+[ "$(grep -c ' qcow2 ' figures)" = 4 ] || fail "expected 4 blkbench results on qcow2 from L2, got $(grep -c ' qcow2 ' figures)"
 summary=$(sed -n 's/.* blk \([a-z-]*\) .* iops=\([0-9]*\) mib_s=\([0-9.]*\)/\1 \3 MiB\/s \2 IOPS;/p
     s/.* net \([a-z0-9-]*\) .* mbit_s=\([0-9.]*\)/\1 \2 Mbit\/s;/p' figures | tr '\n' ' ')
 echo "LAB-TIMING bench-virtio ${summary%; }"
