@@ -11,11 +11,14 @@ mod cmdline;
 mod crc32;
 mod disk;
 mod error;
+mod extent;
 mod extfs;
 mod fs_kind;
 mod grub;
 mod partition;
 mod select;
+#[doc(hidden)]
+pub mod testing;
 mod version;
 
 pub use disk::BlockRead;

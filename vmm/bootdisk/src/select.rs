@@ -595,21 +595,36 @@ pub fn load_boot(
         let initrd = if entry.initrd.is_empty() {
             None
         } else {
-            let mut all = Vec::new();
+            let initrd_err = |path: &str, e: ReadError| {
+                ctx.file_err(
+                    p.number,
+                    path,
+                    format!(
+                        "initrd (all together at most {} bytes): {e}",
+                        limits.max_initrd
+                    ),
+                )
+            };
+            // All sizes first, then one zeroed allocation that each file is
+            // read into in place (each padded to 4 bytes, as GRUB does).
+            let mut files = Vec::new();
+            let mut total = 0u64;
             for path in &entry.initrd {
-                let left = limits.max_initrd.saturating_sub(all.len() as u64);
-                let data = p.fs.read(path, left).map_err(|e| {
-                    ctx.file_err(
-                        p.number,
-                        path,
-                        format!(
-                            "initrd (all together at most {} bytes): {e}",
-                            limits.max_initrd
-                        ),
-                    )
-                })?;
-                all.extend_from_slice(&data);
-                all.resize(all.len().next_multiple_of(4), 0);
+                let left = limits.max_initrd.saturating_sub(total);
+                let file =
+                    p.fs.open_file(path, left)
+                        .map_err(|e| initrd_err(path, e))?;
+                let at = total;
+                total = (total + file.len).next_multiple_of(4);
+                files.push((path, file, at));
+            }
+            // Fits: each file is within `max_initrd`, far below usize::MAX.
+            let mut all = vec![0u8; total as usize];
+            for (path, mut file, at) in files {
+                let at = at as usize;
+                let dst = &mut all[at..at + file.len as usize];
+                p.fs.read_opened(&mut file, dst, None)
+                    .map_err(|e| initrd_err(path, e))?;
             }
             Some(all)
         };

@@ -1,12 +1,14 @@
 //! Hostile images: a small valid image (GPT, ext4 with grub.cfg, grubenv, BLS
 //! entries, kernel and initrd) mutated at random, in the places a reader trusts
 //! most (partition table, superblock, group descriptors, inode tables,
-//! directories, the configuration files) and anywhere. The reader must answer
-//! every one with an entry or an error: no panic, no unbounded allocation.
+//! directories, the configuration files, the booted kernel's extent tree) and
+//! anywhere. The reader must answer every one with an entry or an error: no
+//! panic, no unbounded allocation.
 
 mod common;
 
 use common::*;
+use form_bootdisk::testing::{read_ext_file, Method};
 use form_bootdisk::{load_boot, Limits};
 use proptest::prelude::*;
 use std::sync::OnceLock;
@@ -21,36 +23,56 @@ submenu 'S' --id s {
 blscfg
 "#;
 
-/// The image, and where its partition starts.
-fn image() -> &'static (Vec<u8>, usize) {
-    static IMAGE: OnceLock<(Vec<u8>, usize)> = OnceLock::new();
+/// The booted kernel (`s>b`): in 8 extents under an index node, so that the
+/// extent reader's tree walk is what the mutations hit.
+fn kernel() -> Vec<u8> {
+    blob(2, 60_000)
+}
+
+struct Image {
+    bytes: Vec<u8>,
+    /// Where the partition starts.
+    part: usize,
+    /// The kernel's inode and its extent tree's leaf block, in the image.
+    inode: usize,
+    leaf: usize,
+}
+
+fn image() -> &'static Image {
+    static IMAGE: OnceLock<Image> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let dir = TempDir::new("hostile");
-        let root = make_fs(
-            &dir,
-            &Fs::Ext {
-                kind: "ext4",
-                uuid: UUID_ROOT,
-                tree: Tree::default()
-                    .file("/boot/grub/grub.cfg", CFG)
-                    .file(
-                        "/boot/grub/grubenv",
-                        "# GRUB Environment Block\nsaved_entry=s>b\nextra=quiet splash\n",
-                    )
-                    .file(
-                        "/boot/loader/entries/x-3.conf",
-                        "title C\nversion 3\nlinux /boot/vmlinuz-1\n",
-                    )
-                    .file("/boot/vmlinuz-1", blob(1, 3000))
-                    .file("/boot/vmlinuz-2", blob(2, 7000))
-                    .file("/boot/initrd-1", blob(3, 2000))
-                    .file("/boot/initrd-2", blob(4, 5000))
-                    .link("/boot/vmlinuz", "vmlinuz-2"),
-            },
-            2,
+        let tree = Tree::default()
+            .file("/boot/grub/grub.cfg", CFG)
+            .file(
+                "/boot/grub/grubenv",
+                "# GRUB Environment Block\nsaved_entry=s>b\nextra=quiet splash\n",
+            )
+            .file(
+                "/boot/loader/entries/x-3.conf",
+                "title C\nversion 3\nlinux /boot/vmlinuz-1\n",
+            )
+            .file("/boot/vmlinuz-1", blob(1, 3000))
+            .file("/boot/initrd-1", blob(3, 2000))
+            .file("/boot/initrd-2", blob(4, 5000))
+            .link("/boot/vmlinuz", "vmlinuz-2");
+        let root = fragmented_fs(&dir, tree, "/boot/vmlinuz-2", &kernel(), 2);
+        let ex = extents(&root, "/boot/vmlinuz-2");
+        assert!(
+            ex.iter().filter(|e| e.level == e.depth).count() > 4,
+            "{ex:?}"
         );
+        let leaf = ex.iter().find(|e| e.level == 0 && e.depth == 1).unwrap();
+        let part = 1 << 20;
+        let inode = part + inode_offset(&root, "/boot/vmlinuz-2", 1024) as usize;
+        let leaf = part + leaf.physical as usize * 1024;
         let img = disk(&dir, "gpt", &[(root, "L")], None);
-        (std::fs::read(img).unwrap(), 1 << 20)
+        Image {
+            bytes: std::fs::read(img).unwrap(),
+            part,
+            inode,
+            leaf,
+        }
     })
 }
 
@@ -65,10 +87,15 @@ fn limits() -> Limits {
 
 #[test]
 fn the_unmutated_image_boots_the_saved_entry() {
-    let (img, _) = image();
-    let files = load_boot(img.clone(), "h.img", &limits()).unwrap();
+    let img = image();
+    let files = load_boot(img.bytes.clone(), "h.img", &limits()).unwrap();
     assert_eq!(files.entry.title, "B");
-    assert_eq!(files.kernel, blob(2, 7000));
+    assert!(files.kernel == kernel());
+    // Through the extent tree.
+    let fs = img.bytes[img.part..img.part + (2 << 20)].to_vec();
+    let (data, how) = read_ext_file(fs, "/boot/vmlinuz-2", 1 << 20, None).unwrap();
+    assert_eq!(how, Method::Extents);
+    assert!(data == kernel());
     assert_eq!(
         files.entry.cmdline(None),
         "root=/dev/vda1 quiet splash console=ttyS0"
@@ -78,12 +105,14 @@ fn the_unmutated_image_boots_the_saved_entry() {
 
 /// Where to mutate: (region start, region length) relative to the image.
 fn regions() -> Vec<(usize, usize)> {
-    let (img, part) = image();
+    let img = image();
     vec![
-        (0, 34 * 512),                    // protective MBR, GPT header and entries
-        (*part, 64 << 10),                // superblock, group descriptors, bitmaps, inode table
-        (*part, 1 << 20),                 // the whole file system (directories, files)
-        (img.len() - 33 * 512, 33 * 512), // the backup GPT
+        (0, 34 * 512),                          // protective MBR, GPT header and entries
+        (img.part, 64 << 10), // superblock, group descriptors, bitmaps, inode table
+        (img.part, 2 << 20),  // the whole file system (directories, files)
+        (img.bytes.len() - 33 * 512, 33 * 512), // the backup GPT
+        (img.inode + 0x28, 60), // the kernel's extent tree root (in its inode)
+        (img.leaf, 12 * 10),  // the header and first extents of its leaf
     ]
 }
 
@@ -92,11 +121,10 @@ proptest! {
 
     #[test]
     fn mutated_images_never_panic(
-        region in 0usize..4,
+        region in 0usize..6,
         edits in prop::collection::vec((any::<u32>(), any::<u8>(), 0u8..4), 1..24),
     ) {
-        let (img, _) = image();
-        let mut img = img.clone();
+        let mut img = image().bytes.clone();
         let (start, len) = regions()[region];
         for (at, value, how) in edits {
             let i = start + at as usize % len;
@@ -115,7 +143,7 @@ proptest! {
 
     #[test]
     fn truncated_images_never_panic(keep in 0usize..(3 << 20)) {
-        let (img, _) = image();
+        let img = &image().bytes;
         let img = img[..keep.min(img.len())].to_vec();
         if let Err(e) = load_boot(img, "h.img", &limits()) {
             prop_assert!(!e.to_string().contains("panicked"), "{}", e);

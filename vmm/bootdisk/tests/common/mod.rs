@@ -220,3 +220,127 @@ pub fn blob(seed: u8, len: usize) -> Vec<u8> {
 
 pub const UUID_ROOT: &str = "2f1c1a6e-0d3b-4c55-9e6a-6f1d2b3c4d5e";
 pub const UUID_BOOT: &str = "7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d";
+
+/// Runs debugfs (read-write) on file system image `img` with `script`, one
+/// command a line; returns its output.
+pub fn debugfs(img: &Path, script: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let cmds = img.with_extension(format!("debugfs{n}"));
+    fs::write(&cmds, script).unwrap();
+    let out = Command::new(find_tool("debugfs", "e2fsprogs"))
+        .arg("-w")
+        .arg("-f")
+        .arg(&cmds)
+        .arg(img)
+        .env("E2FSPROGS_FAKE_TIME", "1700000000")
+        .output()
+        .unwrap();
+    let _ = fs::remove_file(&cmds);
+    assert!(out.status.success(), "debugfs {script}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One line of `debugfs -R "ex FILE"`: an index entry (`level < depth`) or an
+/// extent (`level == depth`), its first file block, first disk block and
+/// length in blocks, and whether it is uninitialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtentLine {
+    pub level: u32,
+    pub depth: u32,
+    pub logical: u64,
+    pub physical: u64,
+    pub len: u64,
+    pub uninit: bool,
+}
+
+/// The extent tree of `path` in file system image `img`, as debugfs shows it.
+pub fn extents(img: &Path, path: &str) -> Vec<ExtentLine> {
+    let out = debugfs(img, &format!("ex {path}\n"));
+    let mut lines = Vec::new();
+    for line in out.lines() {
+        // " 1/ 1   3/ 75    16 -    23  1364 -  1371      8 Uninit"
+        let t = line.replace('/', " / ").replace('-', " - ");
+        let w: Vec<&str> = t.split_whitespace().collect();
+        let Some(level) = w.first().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let nums: Vec<u64> = w
+            .iter()
+            .filter(|s| **s != "/" && **s != "-")
+            .map_while(|s| s.parse().ok())
+            .collect();
+        // level depth entry entries logical [logical_end] physical [physical_end] len
+        // An index entry: logical range, block, blocks covered; an extent:
+        // logical range, physical range, length.
+        let (logical, physical, len) = match nums.len() {
+            8 => (nums[4], nums[6], nums[7]),
+            9 => (nums[4], nums[6], nums[8]),
+            _ => continue,
+        };
+        lines.push(ExtentLine {
+            level,
+            depth: nums[1] as u32,
+            logical,
+            physical,
+            len,
+            uninit: line.contains("Uninit"),
+        });
+    }
+    lines
+}
+
+/// Byte offset of `path`'s inode in file system image `img` (debugfs `imap`).
+pub fn inode_offset(img: &Path, path: &str, block_size: u64) -> u64 {
+    let out = debugfs(img, &format!("imap {path}\n"));
+    // "Inode 14 is part of block group 0\n\tlocated at block 37, offset 0x0d00"
+    let rest = out.split("located at block ").nth(1).unwrap();
+    let (block, rest) = rest.split_once(", offset 0x").unwrap();
+    let offset = u64::from_str_radix(rest.trim(), 16).unwrap();
+    block.trim().parse::<u64>().unwrap() * block_size + offset
+}
+
+/// A file system image whose file `path` is `content` in many extents: free
+/// space cut into 8-block holes by deleting every other filler file, then the
+/// file written into them with debugfs. Blocks of 1 KiB, `size_mib` MiB.
+pub fn fragmented_fs(
+    dir: &TempDir,
+    tree: Tree,
+    path: &str,
+    content: &[u8],
+    size_mib: u64,
+) -> PathBuf {
+    let mut tree = tree;
+    for i in 0..(content.len() / 8192 + 2) {
+        tree = tree.file(&format!("/fill/{i:04}"), blob(i as u8, 8192));
+    }
+    let fillers = tree
+        .files
+        .iter()
+        .filter(|(p, _)| p.starts_with("/fill/"))
+        .count();
+    let img = make_fs(
+        dir,
+        &Fs::Ext {
+            kind: "ext4",
+            uuid: UUID_ROOT,
+            tree,
+        },
+        size_mib,
+    );
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let host = dir.path(&format!("content{n}"));
+    fs::write(&host, content).unwrap();
+    let (parent, name) = path.rsplit_once('/').unwrap();
+    let mut script = String::new();
+    for i in (0..fillers).step_by(2) {
+        script.push_str(&format!("rm /fill/{i:04}\n"));
+    }
+    let parent = if parent.is_empty() { "/" } else { parent };
+    // mkdir fails harmlessly when the directory is there.
+    script.push_str(&format!(
+        "mkdir {parent}\ncd {parent}\nwrite {} {name}\n",
+        host.display()
+    ));
+    debugfs(&img, &script);
+    img
+}
