@@ -33,7 +33,9 @@ struct Image {
     bytes: Vec<u8>,
     /// Where the partition starts.
     part: usize,
-    /// The kernel's inode and its extent tree's leaf block, in the image.
+    /// The kernel's inode (number, offset in the image) and its extent
+    /// tree's leaf block, in the image.
+    ino: u32,
     inode: usize,
     leaf: usize,
 }
@@ -65,11 +67,13 @@ fn image() -> &'static Image {
         let leaf = ex.iter().find(|e| e.level == 0 && e.depth == 1).unwrap();
         let part = 1 << 20;
         let inode = part + inode_offset(&root, "/boot/vmlinuz-2", 1024) as usize;
+        let ino = inode_number(&root, "/boot/vmlinuz-2");
         let leaf = part + leaf.physical as usize * 1024;
         let img = disk(&dir, "gpt", &[(root, "L")], None);
         Image {
             bytes: std::fs::read(img).unwrap(),
             part,
+            ino,
             inode,
             leaf,
         }
@@ -91,6 +95,10 @@ fn the_unmutated_image_boots_the_saved_entry() {
     let files = load_boot(img.bytes.clone(), "h.img", &limits()).unwrap();
     assert_eq!(files.entry.title, "B");
     assert!(files.kernel == kernel());
+    // The checksum fix-up the mutations use leaves a valid inode valid.
+    let mut fixed = img.bytes.clone();
+    fix_inode_checksum(&mut fixed[img.part..], img.ino, img.inode - img.part);
+    assert!(fixed == img.bytes);
     // Through the extent tree.
     let fs = img.bytes[img.part..img.part + (2 << 20)].to_vec();
     let (data, how) = read_ext_file(fs, "/boot/vmlinuz-2", 1 << 20, None).unwrap();
@@ -134,6 +142,11 @@ proptest! {
                 2 => img[i] = 0xff,
                 _ => img[i] = 0,
             }
+        }
+        if region == 4 {
+            // Past the inode's checksum, to the extent reader (and ext4-view).
+            let at = image();
+            fix_inode_checksum(&mut img[at.part..], at.ino, at.inode - at.part);
         }
         // Either outcome is fine; a panic is caught and reported as this text.
         if let Err(e) = load_boot(img, "h.img", &limits()) {
