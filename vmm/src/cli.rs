@@ -5,6 +5,10 @@ use crate::config::{
     ConfigError, ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, MemoryConfig, NetConfig,
     ParseError, PayloadConfig, RngConfig, VmConfig,
 };
+use crate::sandbox::landlock::PathRule;
+use crate::sandbox::privileges::{lookup_user, Credentials};
+use crate::sandbox::seccomp::SeccompMode;
+use crate::sandbox::SandboxConfig;
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -92,6 +96,33 @@ pub struct Cli {
     /// More log output: -v info, -vv debug, -vvv trace (default: warnings and errors).
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Seccomp filters on every thread: true (a call outside the thread's filter
+    /// kills the VMM), log (allowed, and logged by the kernel: dmesg, audit) or false.
+    #[arg(long, value_name = "true|false|log", default_value = "true")]
+    pub seccomp: String,
+
+    /// Landlock: restrict file access to what the VM and --landlock-rules name.
+    #[arg(long, value_name = "true|false", default_value = "true")]
+    pub landlock: String,
+
+    /// More paths form-vmm may open under Landlock, for VMs created later over the
+    /// API (repeatable, or comma-separated): PATH:ro or PATH:rw, beneath PATH.
+    #[arg(long = "landlock-rules", value_name = "PATH:ro|rw[,...]")]
+    pub landlock_rules: Vec<String>,
+
+    /// Run as this user (name or uid; its primary group unless --gid) once the
+    /// first VM is built: no supplementary groups, no capabilities.
+    #[arg(long, value_name = "NAME|UID")]
+    pub user: Option<String>,
+
+    /// Run as this uid once the first VM is built (with --gid).
+    #[arg(long, value_name = "UID", conflicts_with = "user")]
+    pub uid: Option<u32>,
+
+    /// Run as this gid once the first VM is built.
+    #[arg(long, value_name = "GID")]
+    pub gid: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +135,8 @@ pub enum CliError {
     VmOptionWithoutKernel(&'static str),
     #[error("--api-socket: empty path")]
     EmptySocketPath,
+    #[error("{0}")]
+    Sandbox(String),
     #[error(transparent)]
     Option(#[from] ParseError),
     #[error(transparent)]
@@ -119,6 +152,7 @@ pub struct Launch {
     pub api_socket: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
     pub log_level: log::LevelFilter,
+    pub sandbox: SandboxConfig,
 }
 
 impl Cli {
@@ -145,7 +179,9 @@ impl Cli {
         if vm.is_none() && api_socket.is_none() {
             return Err(CliError::NothingToDo);
         }
+        let sandbox = self.sandbox_config().map_err(CliError::Sandbox)?;
         Ok(Launch {
+            sandbox,
             vm,
             api_socket,
             log_file: self.log_file,
@@ -208,6 +244,52 @@ impl Cli {
         };
         config.validate()?;
         Ok(config)
+    }
+
+    fn sandbox_config(&self) -> Result<SandboxConfig, String> {
+        let seccomp = match self.seccomp.as_str() {
+            "true" | "on" => SeccompMode::Kill,
+            "false" | "off" => SeccompMode::Off,
+            "log" => SeccompMode::Log,
+            other => return Err(format!("--seccomp {other}: give true, false or log")),
+        };
+        let landlock = match self.landlock.as_str() {
+            "true" | "on" => true,
+            "false" | "off" => false,
+            other => return Err(format!("--landlock {other}: give true or false")),
+        };
+        let landlock_rules = self
+            .landlock_rules
+            .iter()
+            .flat_map(|list| list.split(','))
+            .filter(|rule| !rule.is_empty())
+            .map(PathRule::parse)
+            .collect::<Result<_, _>>()?;
+        let run_as = match (&self.user, self.uid, self.gid) {
+            (None, None, None) => None,
+            (Some(user), None, gid) => {
+                let mut credentials = lookup_user(user)?;
+                if let Some(gid) = gid {
+                    credentials.gid = gid;
+                }
+                Some(credentials)
+            }
+            (None, Some(uid), gid) => Some(Credentials {
+                uid,
+                gid: gid.unwrap_or(uid),
+            }),
+            (None, None, Some(_)) => return Err("--gid needs --uid or --user".into()),
+            (Some(_), Some(_), _) => return Err("give --user or --uid, not both".into()),
+        };
+        if run_as.is_some_and(|c| c.uid == 0) {
+            return Err("--uid/--user: uid 0 is root; name an unprivileged user".into());
+        }
+        Ok(SandboxConfig {
+            seccomp,
+            landlock,
+            landlock_rules,
+            run_as,
+        })
     }
 
     fn reject_vm_options_without_kernel(&self) -> Result<(), CliError> {

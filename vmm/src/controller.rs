@@ -188,6 +188,11 @@ impl<B: VmBackend> Controller<B> {
         for device in &devices {
             device.validate()?;
         }
+        crate::sandbox::check_config(&VmConfig {
+            devices: devices.clone(),
+            ..Default::default()
+        })
+        .map_err(ApiError::PathNotAllowed)?;
         let managed = self.live_vm("add a device")?;
         let infos = managed.vm.add_devices(devices)?;
         self.config = Some(managed.vm.config().clone());
@@ -240,8 +245,17 @@ impl<B: VmBackend> Controller<B> {
         if self.config.is_some() {
             return Err(ApiError::AlreadyCreated);
         }
+        crate::sandbox::check_config(&config).map_err(ApiError::PathNotAllowed)?;
         config.validate()?;
-        let managed = self.build_vm(&config, KeptTaps::default())?;
+        let mut managed = self.build_vm(&config, KeptTaps::default())?;
+        // The first VM opened what needs root: lock the process in (Landlock, the
+        // privilege drop) before any vCPU runs.
+        if let Err(e) = crate::sandbox::after_vm_built(managed.vm.config()) {
+            if let Err(stop) = managed.vm.shutdown() {
+                log::warn!("tearing down the VM after the sandbox failed: {stop}");
+            }
+            return Err(ApiError::Sandbox(e));
+        }
         // With the ids and MAC addresses the VM chose, so vm.info shows them and a
         // reboot rebuilds the same devices.
         self.config = Some(managed.vm.config().clone());

@@ -236,14 +236,18 @@ pub fn spawn_vcpu_thread(
     let name = format!("vcpu{}", vcpu.id());
     let wanted = cpus
         .as_deref()
-        .map(|cpus| crate::numa::format_list(cpus))
+        .map(|cpus| format!(" on host CPUs {}", crate::numa::format_list(cpus)))
         .unwrap_or_default();
     let (started, ready) = std::sync::mpsc::sync_channel(1);
     let handle = std::thread::Builder::new().name(name).spawn(move || {
         let pinned = match &cpus {
             Some(cpus) => crate::numa::pin_current_thread(cpus),
             None => Ok(()),
-        };
+        }
+        // The vCPU's seccomp filter, before the guest runs a single instruction.
+        .and_then(|()| {
+            crate::sandbox::enter(crate::sandbox::ThreadKind::Vcpu).map_err(std::io::Error::other)
+        });
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         let failed = pinned.is_err();
@@ -266,7 +270,7 @@ pub fn spawn_vcpu_thread(
             let _ = handle.join();
             Err(std::io::Error::new(
                 e.kind(),
-                format!("cannot run the vCPU thread on host CPUs {wanted}: {e}"),
+                format!("cannot start the vCPU thread{wanted}: {e}"),
             ))
         }
     }

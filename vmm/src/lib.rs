@@ -17,4 +17,5 @@ pub mod exit_reason;
 pub mod io_buses;
 pub mod memory;
 pub mod numa;
+pub mod sandbox;
 pub mod vm;

@@ -11,6 +11,7 @@ use vmm::cli::{Cli, Launch};
 use vmm::controller::backend::KvmBackend;
 use vmm::controller::signals::StopSignals;
 use vmm::controller::{Controller, Exit};
+use vmm::sandbox::{self, ThreadKind};
 
 fn main() -> ExitCode {
     let launch = match Cli::parse().resolve() {
@@ -79,6 +80,8 @@ fn run(launch: Launch) -> Result<Exit, String> {
     // Before any thread starts, so that every thread inherits the blocked mask.
     let signals =
         StopSignals::install().map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    // Still the only thread.
+    sandbox::setup(&launch.sandbox, launch.api_socket.as_deref()).map_err(|e| e.to_string())?;
 
     let (mut server, inbox) = match &launch.api_socket {
         Some(path) => {
@@ -89,6 +92,15 @@ fn run(launch: Launch) -> Result<Exit, String> {
         }
         None => (None, None),
     };
+
+    // The API thread installed its own filter; from here the main thread runs under
+    // its filter too, before any VM (and any guest input) exists.
+    if let Err(e) = sandbox::enter(ThreadKind::Main) {
+        if let Some(server) = &mut server {
+            server.stop();
+        }
+        return Err(e.to_string());
+    }
 
     let mut controller = Controller::new(KvmBackend, inbox);
     if let Some(config) = launch.vm {

@@ -12,6 +12,14 @@ use vmm_sys_util::eventfd::EventFd;
 /// The token the worker keeps for its own stop event; handlers must not use it.
 pub const STOP_TOKEN: u64 = u64::MAX;
 
+static THREAD_START_HOOK: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
+
+/// Sets what every I/O thread runs first, with its name, before it serves anything
+/// (the VMM installs the thread's seccomp filter there). Set once; false if it was.
+pub fn set_thread_start_hook(hook: fn(&str)) -> bool {
+    THREAD_START_HOOK.set(hook).is_ok()
+}
+
 /// Lets a handler change which descriptors the loop waits on, e.g. stop polling a
 /// tap for input while the guest has posted no receive buffers.
 pub struct EpollContext<'a> {
@@ -68,6 +76,9 @@ impl<H: EventHandler> Worker<H> {
         }
         let stop_fd = stop.try_clone()?;
         let thread = std::thread::Builder::new().name(name).spawn(move || {
+            if let Some(hook) = THREAD_START_HOOK.get() {
+                hook(std::thread::current().name().unwrap_or_default());
+            }
             run(&epoll, &mut handler);
             drop(stop_fd);
             handler

@@ -102,12 +102,20 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     #[error("the VMM is shutting down")]
     ShuttingDown,
+    /// A path the VMM's Landlock rules do not let it open (400 `path_not_allowed`).
+    #[error("{0}")]
+    PathNotAllowed(String),
+    /// The sandbox failed (a privilege drop): 500 `sandbox`.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
 }
 
 impl ApiError {
     pub fn status_code(&self) -> u16 {
         match self {
-            ApiError::InvalidConfig(_) | ApiError::BadBody { .. } => 400,
+            ApiError::InvalidConfig(_) | ApiError::BadBody { .. } | ApiError::PathNotAllowed(_) => {
+                400
+            }
             ApiError::Vm(VmError::Vfio(VfioError::UnknownId(_))) => 404,
             ApiError::Vm(VmError::Vfio(e)) if e.is_bad_request() => 400,
             ApiError::Vm(VmError::Virtio(e)) if e.is_bad_request() => 400,
@@ -119,7 +127,7 @@ impl ApiError {
             | ApiError::Vm(VmError::Vfio(VfioError::NotEjected { .. })) => 409,
             ApiError::Vm(VmError::Vfio(e)) if e.is_busy() => 409,
             ApiError::BodyTooLarge { .. } => 413,
-            ApiError::Vm(_) | ApiError::EventFd(_) => 500,
+            ApiError::Vm(_) | ApiError::EventFd(_) | ApiError::Sandbox(_) => 500,
             ApiError::ShuttingDown => 503,
         }
     }
@@ -143,6 +151,8 @@ impl ApiError {
             ApiError::BadBody { .. } => "bad_request",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::PathNotAllowed(_) => "path_not_allowed",
+            ApiError::Sandbox(_) => "sandbox",
         }
     }
 }

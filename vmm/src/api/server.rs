@@ -43,24 +43,54 @@ impl ApiServer {
         if path.symlink_metadata().is_ok() {
             return Err(ServerError::SocketExists(path.to_path_buf()));
         }
-        let server = Server::http_unix(path).map_err(|e| ServerError::Bind {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let server = Arc::new(server);
+        let listener =
+            std::os::unix::net::UnixListener::bind(path).map_err(|e| ServerError::Bind {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         let stopping = Arc::new(AtomicBool::new(false));
+        // The HTTP library starts its own threads (an accept thread, a pool of
+        // connection threads) from the thread that builds the server, and they
+        // inherit that thread's seccomp filter: so the API thread builds it, after
+        // installing its filter.
+        let (built, server) = std::sync::mpsc::sync_channel(1);
         let thread = {
-            let server = Arc::clone(&server);
             let stopping = Arc::clone(&stopping);
             std::thread::Builder::new()
                 .name("api".to_string())
-                .spawn(move || serve(&server, &stopping, &client))
+                .spawn(move || {
+                    crate::sandbox::enter_or_abort(crate::sandbox::ThreadKind::Api);
+                    let server = match Server::from_listener(listener, None) {
+                        Ok(server) => Arc::new(server),
+                        Err(e) => {
+                            let _ = built.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    if built.send(Ok(Arc::clone(&server))).is_ok() {
+                        serve(&server, &stopping, &client);
+                    }
+                })
         };
         let thread = match thread {
             Ok(thread) => thread,
             Err(e) => {
                 let _ = std::fs::remove_file(path);
                 return Err(ServerError::Thread(e));
+            }
+        };
+        let server = match server.recv() {
+            Ok(Ok(server)) => server,
+            outcome => {
+                let _ = thread.join();
+                let _ = std::fs::remove_file(path);
+                return Err(ServerError::Bind {
+                    path: path.to_path_buf(),
+                    reason: match outcome {
+                        Ok(Err(reason)) => reason,
+                        _ => "the API thread ended before it served".to_string(),
+                    },
+                });
             }
         };
         log::info!("API listening on {}", path.display());

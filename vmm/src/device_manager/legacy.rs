@@ -63,6 +63,7 @@ fn spawn_stdin_reader(serial: Weak<Mutex<Serial>>) -> Result<(), DeviceError> {
     std::thread::Builder::new()
         .name("serial-stdin".into())
         .spawn(move || {
+            crate::sandbox::enter_or_abort(crate::sandbox::ThreadKind::SerialStdin);
             let mut buf = [0u8; 64];
             let mut stdin = std::io::stdin().lock();
             while let Ok(n) = stdin.read(&mut buf) {

@@ -1,0 +1,354 @@
+//! form-vmm's sandbox: a seccomp filter per kind of thread, Landlock on the file
+//! system, no_new_privs, and (with `--user`/`--uid`) giving up root once the first
+//! VM has opened what needs it. See docs/security.md, "form-vmm's sandbox".
+//!
+//! Only the `form-vmm` binary sets a sandbox up ([`setup`]); the library's own
+//! tests build VMs in their test process, where [`enter`] does nothing.
+
+pub mod landlock;
+pub mod privileges;
+pub mod seccomp;
+
+use crate::config::VmConfig;
+use landlock::{PathRule, Rules};
+use privileges::Credentials;
+use seccomp::{SeccompMode, SetxidTarget};
+use seccompiler::BpfProgram;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+/// The kinds of thread form-vmm runs, each with its own seccomp filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ThreadKind {
+    /// The main thread: command line, control loop, building VMs, hotplug.
+    Main,
+    /// The HTTP API thread, and the HTTP library's accept and connection threads.
+    Api,
+    /// A vCPU thread.
+    Vcpu,
+    VirtioBlock,
+    VirtioNet,
+    VirtioRng,
+    VirtioConsole,
+    /// A virtio device thread of a type not listed above.
+    VirtioOther,
+    /// The thread feeding stdin to COM1.
+    SerialStdin,
+}
+
+impl ThreadKind {
+    pub const ALL: [ThreadKind; 9] = [
+        ThreadKind::Main,
+        ThreadKind::Api,
+        ThreadKind::Vcpu,
+        ThreadKind::VirtioBlock,
+        ThreadKind::VirtioNet,
+        ThreadKind::VirtioRng,
+        ThreadKind::VirtioConsole,
+        ThreadKind::VirtioOther,
+        ThreadKind::SerialStdin,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Main => "main",
+            ThreadKind::Api => "api",
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::VirtioBlock => "virtio-blk",
+            ThreadKind::VirtioNet => "virtio-net",
+            ThreadKind::VirtioRng => "virtio-rng",
+            ThreadKind::VirtioConsole => "virtio-console",
+            ThreadKind::VirtioOther => "virtio",
+            ThreadKind::SerialStdin => "serial-stdin",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ThreadKind> {
+        ThreadKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The kind of a virtio device's I/O thread, from the thread's name
+    /// ("virtio-blk", "virtio-net-tap0", ...).
+    pub fn of_device_thread(name: &str) -> ThreadKind {
+        [
+            ThreadKind::VirtioBlock,
+            ThreadKind::VirtioNet,
+            ThreadKind::VirtioRng,
+            ThreadKind::VirtioConsole,
+        ]
+        .into_iter()
+        .find(|k| name == k.name() || name.starts_with(&format!("{}-", k.name())))
+        .unwrap_or(ThreadKind::VirtioOther)
+    }
+
+    pub fn is_device(self) -> bool {
+        matches!(
+            self,
+            ThreadKind::VirtioBlock
+                | ThreadKind::VirtioNet
+                | ThreadKind::VirtioRng
+                | ThreadKind::VirtioConsole
+                | ThreadKind::VirtioOther
+        )
+    }
+}
+
+impl fmt::Display for ThreadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the command line asked of the sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxConfig {
+    pub seccomp: SeccompMode,
+    pub landlock: bool,
+    pub landlock_rules: Vec<PathRule>,
+    pub run_as: Option<Credentials>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            seccomp: SeccompMode::Kill,
+            landlock: true,
+            landlock_rules: Vec::new(),
+            run_as: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot set no_new_privs: {0}")]
+    NoNewPrivs(std::io::Error),
+    #[error(transparent)]
+    Landlock(#[from] landlock::LandlockError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::FilterError),
+    #[error("the sandbox is already set up")]
+    AlreadySetUp,
+}
+
+/// The process's sandbox, set up once by the binary.
+struct Sandbox {
+    filters: HashMap<ThreadKind, BpfProgram>,
+    /// The command line's rules, until the first VM is built; `None` with
+    /// `--landlock false`.
+    landlock: Option<Vec<PathRule>>,
+    /// What Landlock enforces, once it does.
+    landlocked: OnceLock<Rules>,
+    run_as: Option<Credentials>,
+    dropped: AtomicBool,
+    trip: Option<test_hook::Trip>,
+}
+
+static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+
+/// Sets the process's sandbox up, from the main thread, before any other thread
+/// exists: no_new_privs and the seccomp filters compiled for each thread kind. The
+/// main thread's own filter is installed later, by [`enter`]`(ThreadKind::Main)`,
+/// once the API socket is listening; Landlock and the privilege drop wait for the
+/// first VM ([`after_vm_built`]), whose configuration says what to allow.
+///
+/// `api_socket` is the API's socket: its directory joins the Landlock rules, so the
+/// socket can be removed at exit.
+pub fn setup(
+    config: &SandboxConfig,
+    api_socket: Option<&std::path::Path>,
+) -> Result<(), SandboxError> {
+    if SANDBOX.get().is_some() {
+        return Err(SandboxError::AlreadySetUp);
+    }
+    privileges::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
+    let landlock = config.landlock.then(|| {
+        let mut rules = config.landlock_rules.clone();
+        if let Some(dir) = api_socket.and_then(std::path::Path::parent) {
+            let dir = if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            };
+            rules.push(PathRule {
+                path: dir.to_path_buf(),
+                access: landlock::PathAccess::Socket,
+            });
+        }
+        rules
+    });
+    if landlock.is_none() {
+        log::info!("landlock: off (--landlock false)");
+    }
+    let setxid = config.run_as.map(|c| SetxidTarget {
+        uid: c.uid,
+        gid: c.gid,
+    });
+    let mut filters = HashMap::new();
+    if config.seccomp != SeccompMode::Off {
+        for kind in ThreadKind::ALL {
+            filters.insert(kind, seccomp::build(kind, config.seccomp, setxid)?);
+        }
+    } else {
+        log::warn!("seccomp: off (--seccomp false): the VMM's threads may make any system call");
+    }
+    if config.seccomp == SeccompMode::Log {
+        log::warn!(
+            "seccomp: log mode: calls outside a thread's filter are allowed and logged by the \
+             kernel (dmesg / audit, type=1326 or SECCOMP), not refused"
+        );
+    }
+    let sandbox = Sandbox {
+        filters,
+        landlock,
+        landlocked: OnceLock::new(),
+        run_as: config.run_as,
+        dropped: AtomicBool::new(false),
+        trip: test_hook::Trip::from_env(),
+    };
+    SANDBOX
+        .set(sandbox)
+        .map_err(|_| SandboxError::AlreadySetUp)?;
+    devices::virtio::worker::set_thread_start_hook(device_thread_start);
+    Ok(())
+}
+
+/// Installs `kind`'s filter on the calling thread: the first thing each thread
+/// does, before it reads anything a guest or a client wrote. Does nothing when the
+/// process has no sandbox (the library used in-process, `--seccomp false`).
+pub fn enter(kind: ThreadKind) -> Result<(), seccomp::FilterError> {
+    let Some(sandbox) = SANDBOX.get() else {
+        return Ok(());
+    };
+    if let Some(program) = sandbox.filters.get(&kind) {
+        seccomp::install(kind, program)?;
+        log::debug!("seccomp: {kind} thread filtered");
+    }
+    // The main thread's trip waits for the lock-in (after_vm_built), so that it
+    // also shows what Landlock refuses.
+    if let (Some(trip), false) = (&sandbox.trip, kind == ThreadKind::Main) {
+        trip.maybe(kind);
+    }
+    Ok(())
+}
+
+/// [`enter`] for threads that have no one to report to: a thread that cannot be
+/// filtered takes the process down rather than run unfiltered.
+pub fn enter_or_abort(kind: ThreadKind) {
+    if let Err(e) = enter(kind) {
+        log::error!("{e}");
+        eprintln!("form-vmm: fatal: {e}");
+        std::process::abort();
+    }
+}
+
+fn device_thread_start(name: &str) {
+    enter_or_abort(ThreadKind::of_device_thread(name));
+}
+
+/// Refuses a configuration naming paths that Landlock would refuse to open.
+pub fn check_config(config: &VmConfig) -> Result<(), String> {
+    match SANDBOX.get().and_then(|sandbox| sandbox.landlocked.get()) {
+        Some(rules) => rules.check_config(config),
+        None => Ok(()),
+    }
+}
+
+/// Locks the process in once its first VM is built, before any of its vCPUs runs:
+/// Landlock restricts the file system to what `config` names, the command line's
+/// `--landlock-rules` and the device nodes (the main thread, and every thread it
+/// starts from now on: vCPUs, device threads); then root is given up if asked. So
+/// everything the first build opens (/dev/kvm, VFIO groups, taps, block devices) was
+/// opened with root's rights, and what later builds open (a reboot, hotplug) must be
+/// allowed to the VMM's user and beneath the rules. Later calls do nothing.
+pub fn after_vm_built(config: &VmConfig) -> Result<(), String> {
+    let Some(sandbox) = SANDBOX.get() else {
+        return Ok(());
+    };
+    if let Some(rules) = &sandbox.landlock {
+        if sandbox.landlocked.get().is_none() {
+            let mut rules = rules.clone();
+            rules.extend(landlock::config_rules(config));
+            let enforced = Rules::restrict_self(rules).map_err(|e| e.to_string())?;
+            let _ = sandbox.landlocked.set(enforced);
+        }
+    }
+    if let Some(to) = sandbox.run_as {
+        if !sandbox.dropped.load(Ordering::SeqCst) {
+            privileges::drop_to(to).map_err(|e| e.to_string())?;
+            sandbox.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+    if let Some(trip) = &sandbox.trip {
+        trip.maybe(ThreadKind::Main);
+    }
+    Ok(())
+}
+
+/// Test support: makes a thread of a given kind make a system call its filter
+/// refuses right after installing it, so tests can see the filter kill the process.
+/// Only in debug builds and with the `testing` feature; release builds ignore the
+/// variable.
+mod test_hook {
+    use super::ThreadKind;
+
+    /// `FORM_VMM_SECCOMP_TEST=KIND[:CALL]`, CALL one of `socket` (the default: a
+    /// raw packet socket), `openat`, `ptrace`, `execve`.
+    pub const VARIABLE: &str = "FORM_VMM_SECCOMP_TEST";
+
+    pub struct Trip {
+        kind: ThreadKind,
+        call: String,
+    }
+
+    impl Trip {
+        #[cfg(any(debug_assertions, feature = "testing"))]
+        pub fn from_env() -> Option<Trip> {
+            let value = std::env::var(VARIABLE).ok()?;
+            let (kind, call) = value.split_once(':').unwrap_or((&value, "socket"));
+            let kind = ThreadKind::from_name(kind)?;
+            Some(Trip {
+                kind,
+                call: call.to_string(),
+            })
+        }
+
+        #[cfg(not(any(debug_assertions, feature = "testing")))]
+        pub fn from_env() -> Option<Trip> {
+            None
+        }
+
+        pub fn maybe(&self, kind: ThreadKind) {
+            if kind != self.kind {
+                return;
+            }
+            log::warn!("{VARIABLE}: the {kind} thread calls {}", self.call);
+            // SAFETY: each call is made with arguments that touch no memory of ours
+            // (constant strings, null pointers); the filter is expected to kill the
+            // process before any of them runs.
+            let rc = unsafe {
+                match self.call.as_str() {
+                    "openat" => libc::openat(libc::AT_FDCWD, c"/etc/passwd".as_ptr(), 0),
+                    "ptrace" => libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) as libc::c_int,
+                    "execve" => {
+                        libc::execve(c"/bin/true".as_ptr(), std::ptr::null(), std::ptr::null())
+                    }
+                    _ => libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0),
+                }
+            };
+            // Only reached when the filter allowed the call (--seccomp log/false).
+            let errno = std::io::Error::last_os_error();
+            let outcome = if rc < 0 {
+                format!("failed: {errno}")
+            } else {
+                format!("returned {rc}")
+            };
+            eprintln!(
+                "form-vmm: {VARIABLE}: the {kind} thread's {} {outcome}",
+                self.call
+            );
+        }
+    }
+}
