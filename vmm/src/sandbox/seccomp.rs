@@ -373,6 +373,14 @@ fn vcpu(a: &mut Allow) {
     // A passed-through device's interrupts (VFIO_DEVICE_SET_IRQS), resets, region
     // queries and DMA mappings of moved BARs: every VFIO ioctl.
     ioctls.push(ioctl_type(VFIO_TYPE));
+    // virtio-net activates on the guest's DRIVER_OK write, on this thread: the
+    // offloads the driver acked go to the tap (TUNSETOFFLOAD), with the header
+    // size they need.
+    ioctls.extend(
+        [NR_TUNSETOFFLOAD, NR_TUNGETVNETHDRSZ, NR_TUNSETVNETHDRSZ]
+            .iter()
+            .map(|&nr| ioctl_nr(TUN_TYPE, nr)),
+    );
     a.when(SYS_ioctl, ioctls);
 }
 
