@@ -135,7 +135,7 @@ pub enum SandboxError {
 
 /// The process's sandbox, set up once by the binary.
 struct Sandbox {
-    filters: HashMap<ThreadKind, BpfProgram>,
+    filters: HashMap<ThreadKind, Vec<BpfProgram>>,
     /// The command line's rules, until the first VM is built; `None` with
     /// `--landlock false`.
     landlock: Option<Vec<PathRule>>,
@@ -189,7 +189,16 @@ pub fn setup(
     let mut filters = HashMap::new();
     if config.seccomp != SeccompMode::Off {
         for kind in ThreadKind::ALL {
-            filters.insert(kind, seccomp::build(kind, config.seccomp, setxid)?);
+            // The refusals first: installing a filter takes prctl and seccomp,
+            // which the thread's own filter no longer allows once it is in. In log
+            // mode they would change what runs; they are part of the enforced
+            // sandbox only.
+            let mut programs = Vec::new();
+            if config.seccomp == SeccompMode::Kill {
+                programs.extend(seccomp::build_refusals(kind)?);
+            }
+            programs.push(seccomp::build(kind, config.seccomp, setxid)?);
+            filters.insert(kind, programs);
         }
     } else {
         log::warn!("seccomp: off (--seccomp false): the VMM's threads may make any system call");
@@ -222,8 +231,10 @@ pub fn enter(kind: ThreadKind) -> Result<(), seccomp::FilterError> {
     let Some(sandbox) = SANDBOX.get() else {
         return Ok(());
     };
-    if let Some(program) = sandbox.filters.get(&kind) {
-        seccomp::install(kind, program)?;
+    if let Some(programs) = sandbox.filters.get(&kind) {
+        for program in programs {
+            seccomp::install(kind, program)?;
+        }
         log::debug!("seccomp: {kind} thread filtered");
     }
     // The main thread's trip waits for the lock-in (after_vm_built), so that it
