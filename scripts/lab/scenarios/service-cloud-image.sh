@@ -4,7 +4,8 @@
 # default entry names its kernel, initrd and root=UUID=. The guest reaches its root's
 # userspace, the NoCloud stand-in reads the seed, bochs-drm binds the GPU. Then the
 # guest installs a "newer kernel" (the image's second entry becomes the default) and
-# reboots: the VM comes back on the new entry, read from the image again.
+# reboots: the VM comes back on the new entry, read from the image again. Afterwards
+# qemu-img (the host's, in L1) finds the image sound and holding the guest's change.
 # lab-order: 74
 # lab-timeout: 300
 
@@ -41,5 +42,12 @@ stopped() {
 }
 wait_until 60 stopped
 expect_driver "$gpu" bochs-drm
+
+step "the image the guest wrote is sound qcow2 and holds what the guest wrote"
+qemu_img=/lab/qemu-img/qemu-img
+run_logged check.out "$qemu_img" check "$image" || fail "qemu-img check found errors (status $?)"
+"$qemu_img" convert -f qcow2 -O raw "$image" written.raw || fail "qemu-img convert failed"
+grep -aq '^set default=1$' written.raw || fail "the guest's new grub.cfg is not in the image"
+rm -f written.raw
 run_logged delete.out form-vmm-ctl delete cloud1 || fail "delete exited with status $?"
 kill "$service_pid"
