@@ -66,17 +66,7 @@ pub(crate) trait DiskBackend: Send + Sync {
         offset: u64,
         bounce: &mut BounceBuffer,
     ) -> io::Result<()> {
-        let total = total_len(bufs);
-        let mut cursor = BufCursor::new(bufs);
-        let mut done = 0u64;
-        while done < total {
-            let n = chunk_len(total - done);
-            let buf = bounce.get(n);
-            self.read_at(buf, offset + done)?;
-            cursor.write(mem, buf)?;
-            done += n as u64;
-        }
-        Ok(())
+        bounced_read(mem, bufs, offset, bounce, |buf, at| self.read_at(buf, at))
     }
 
     /// Writes the guest's buffers to the disk at `offset`.
@@ -87,21 +77,55 @@ pub(crate) trait DiskBackend: Send + Sync {
         offset: u64,
         bounce: &mut BounceBuffer,
     ) -> io::Result<()> {
-        let total = total_len(bufs);
-        let mut cursor = BufCursor::new(bufs);
-        let mut done = 0u64;
-        while done < total {
-            let n = chunk_len(total - done);
-            let buf = bounce.get(n);
-            cursor.read_exact(mem, buf)?;
-            self.write_at(buf, offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
+        bounced_write(mem, bufs, offset, bounce, |buf, at| self.write_at(buf, at))
     }
 }
 
 pub(crate) fn chunk_len(remaining: u64) -> usize {
     // BOUNCE_CHUNK fits usize, so the min does too.
     remaining.min(BOUNCE_CHUNK as u64) as usize
+}
+
+/// Reads `total_len(bufs)` bytes at `offset` into the guest's buffers through
+/// `bounce`, a chunk at a time, each chunk with `read`.
+pub(crate) fn bounced_read(
+    mem: &GuestMemoryMmap,
+    bufs: &[GuestBuf],
+    offset: u64,
+    bounce: &mut BounceBuffer,
+    read: impl Fn(&mut [u8], u64) -> io::Result<()>,
+) -> io::Result<()> {
+    let total = total_len(bufs);
+    let mut cursor = BufCursor::new(bufs);
+    let mut done = 0u64;
+    while done < total {
+        let n = chunk_len(total - done);
+        let buf = bounce.get(n);
+        read(buf, offset + done)?;
+        cursor.write(mem, buf)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes the guest's buffers at `offset` through `bounce`, a chunk at a time,
+/// each chunk with `write`.
+pub(crate) fn bounced_write(
+    mem: &GuestMemoryMmap,
+    bufs: &[GuestBuf],
+    offset: u64,
+    bounce: &mut BounceBuffer,
+    write: impl Fn(&[u8], u64) -> io::Result<()>,
+) -> io::Result<()> {
+    let total = total_len(bufs);
+    let mut cursor = BufCursor::new(bufs);
+    let mut done = 0u64;
+    while done < total {
+        let n = chunk_len(total - done);
+        let buf = bounce.get(n);
+        cursor.read_exact(mem, buf)?;
+        write(buf, offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }

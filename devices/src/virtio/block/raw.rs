@@ -9,9 +9,9 @@ use std::os::unix::io::AsRawFd;
 
 use vm_memory::GuestMemoryBackend;
 
-use super::backend::{chunk_len, DiskBackend};
+use super::backend::{bounced_read, bounced_write, chunk_len, DiskBackend};
 use super::bounce::BounceBuffer;
-use crate::virtio::chain::{total_len, BufCursor, GuestBuf};
+use crate::virtio::chain::GuestBuf;
 use crate::virtio::GuestMemoryMmap;
 
 /// Largest iovec array one preadv/pwritev call accepts (Linux's UIO_MAXIOV).
@@ -159,17 +159,10 @@ impl DiskBackend for RawDisk {
         if !self.direct {
             return self.transfer_guest(mem, bufs, offset, Direction::FileToGuest);
         }
-        let total = total_len(bufs);
-        let mut cursor = BufCursor::new(bufs);
-        let mut done = 0u64;
-        while done < total {
-            let n = chunk_len(total - done);
-            let buf = bounce.get(n);
-            self.file.read_exact_at(buf, offset + done)?;
-            cursor.write(mem, buf)?;
-            done += n as u64;
-        }
-        Ok(())
+        // O_DIRECT wants aligned buffers: the bounce buffer is.
+        bounced_read(mem, bufs, offset, bounce, |buf, at| {
+            self.file.read_exact_at(buf, at)
+        })
     }
 
     fn write_from_guest(
@@ -182,17 +175,9 @@ impl DiskBackend for RawDisk {
         if !self.direct {
             return self.transfer_guest(mem, bufs, offset, Direction::GuestToFile);
         }
-        let total = total_len(bufs);
-        let mut cursor = BufCursor::new(bufs);
-        let mut done = 0u64;
-        while done < total {
-            let n = chunk_len(total - done);
-            let buf = bounce.get(n);
-            cursor.read_exact(mem, buf)?;
-            self.file.write_all_at(buf, offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
+        bounced_write(mem, bufs, offset, bounce, |buf, at| {
+            self.file.write_all_at(buf, at)
+        })
     }
 }
 
