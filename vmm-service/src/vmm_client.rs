@@ -33,6 +33,9 @@ pub struct VmmDeadlines {
     pub remove_device: Duration,
     /// Questions that need no work from form-vmm (`vm.info`, `vmm.ping`).
     pub query: Duration,
+    /// What `pin_memory` and `remove_device` grow by per GiB of the VM's RAM
+    /// ([`VmmDeadlines::for_memory`]); [`PIN_PER_GIB`] by default.
+    pub pin_per_gib: Duration,
 }
 
 /// What pinning and IOMMU-mapping guest RAM may take per GiB, on top of
@@ -43,10 +46,10 @@ pub const PIN_PER_GIB: Duration = Duration::from_secs(3);
 
 impl VmmDeadlines {
     /// The deadlines for a VM of `memory` bytes: the calls that pin or unpin all of
-    /// its RAM get [`PIN_PER_GIB`] for each GiB of it, rounded up.
+    /// its RAM get `pin_per_gib` for each GiB of it, rounded up.
     pub fn for_memory(self, memory: u64) -> Self {
         let gib = u32::try_from(memory.div_ceil(1 << 30)).unwrap_or(u32::MAX);
-        let extra = PIN_PER_GIB.saturating_mul(gib);
+        let extra = self.pin_per_gib.saturating_mul(gib);
         Self {
             pin_memory: self.pin_memory.saturating_add(extra),
             remove_device: self.remove_device.saturating_add(extra),
@@ -62,6 +65,7 @@ impl Default for VmmDeadlines {
             pin_memory: Duration::from_secs(120),
             remove_device: GUEST_EJECT_WAIT + Duration::from_secs(30),
             query: Duration::from_secs(5),
+            pin_per_gib: PIN_PER_GIB,
         }
     }
 }
