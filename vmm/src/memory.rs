@@ -131,16 +131,6 @@ fn check_hugepages(size: u64, page: u64, node: Option<u32>) -> Result<(), Memory
     Ok(())
 }
 
-/// Guest memory below this stays in small pages (see [`create_guest_memory`]).
-const THP_FROM: u64 = 2 << 20;
-
-/// The part of the RAM region at guest address `start`, `size` bytes long, that
-/// gets transparent huge pages: (offset into the region, length).
-fn thp_range(start: u64, size: u64) -> (u64, u64) {
-    let skip = THP_FROM.saturating_sub(start).min(size);
-    (skip, size - skip)
-}
-
 /// `MAP_HUGE_*`/`MFD_HUGE_*` for a page size: log2 of it in bits 26-31.
 fn huge_size_flag(page: u64) -> libc::c_int {
     (page.trailing_zeros() as libc::c_int) << 26
@@ -211,31 +201,6 @@ pub fn create_guest_memory(
                 size: r.size,
                 source,
             })?;
-        // Transparent huge pages, as Cloud Hypervisor asks by default: each 2 MiB
-        // the guest touches is one fault and one EPT entry instead of 512. Not for
-        // the first 2 MiB of guest memory, where the VMM writes the sparse boot
-        // structures (zero page, ACPI tables, page tables): a huge page there
-        // would cost every VM 2 MiB of resident memory for a few KiB of data. A
-        // host with THP off ignores the advice.
-        let advised = thp_range(r.start, r.size);
-        if file.is_none() && !config.hugepages && advised.1 > 0 {
-            // SAFETY: the range lies inside `mapping`, the fresh mapping built
-            // above; the advice changes how it is backed, not its contents.
-            let rc = unsafe {
-                libc::madvise(
-                    mapping.as_ptr().add(advised.0 as usize).cast(),
-                    advised.1 as usize,
-                    libc::MADV_HUGEPAGE,
-                )
-            };
-            if rc != 0 {
-                log::debug!(
-                    "guest RAM at {:#x}: no transparent huge pages: {}",
-                    r.start,
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
         if let Some(node) = config.host_numa_node {
             // Before anything touches the mapping: a page faulted in first would
             // stay wherever it landed. For the memfd the policy goes to the file's
@@ -270,13 +235,6 @@ pub fn register_guest_memory(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn huge_pages_are_asked_for_above_the_boot_structures_only() {
-        assert_eq!(thp_range(0, 64 << 20), (2 << 20, 62 << 20));
-        assert_eq!(thp_range(0, 1 << 20), (1 << 20, 0));
-        assert_eq!(thp_range(4 << 30, 1 << 30), (0, 1 << 30));
-    }
 
     #[test]
     fn huge_page_sizes_reach_the_kernel_as_its_flags() {
