@@ -115,16 +115,27 @@ pub fn try_open(
     readonly: bool,
     backing: &BackingOptions,
 ) -> Result<DiskImage, devices::virtio::block::BlockError> {
-    DiskImage::open(
-        &BlockOptions {
-            path: path.to_path_buf(),
-            readonly,
-            direct: false,
-            serial: None,
-            format: None,
-        },
-        backing,
-    )
+    let options = BlockOptions {
+        path: path.to_path_buf(),
+        readonly,
+        direct: false,
+        serial: None,
+        format: None,
+    };
+    // Another test thread that starts qemu-img holds a copy of every descriptor
+    // (and with it the image's lock) between its fork and its exec: a moment, so
+    // a lock refusal is retried for up to a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match DiskImage::open(&options, backing) {
+            Err(devices::virtio::block::BlockError::Locked { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// The whole disk as form-vmm reads it, in pieces of `piece` bytes.
