@@ -47,15 +47,7 @@ pub(crate) trait DiskBackend: Send + Sync {
         _may_unmap: bool,
         bounce: &mut BounceBuffer,
     ) -> io::Result<()> {
-        let mut done = 0u64;
-        while done < len {
-            let n = chunk_len(len - done);
-            let zeroes = bounce.get(n);
-            zeroes.fill(0);
-            self.write_at(zeroes, offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
+        bounced_zeroes(offset, len, bounce, |buf, at| self.write_at(buf, at))
     }
 
     /// Reads `total_len(bufs)` bytes at `offset` into the guest's buffers.
@@ -125,6 +117,25 @@ pub(crate) fn bounced_write(
         let buf = bounce.get(n);
         cursor.read_exact(mem, buf)?;
         write(buf, offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes `len` zero bytes at `offset` through `bounce`, a chunk at a time, each
+/// chunk with `write`.
+pub(crate) fn bounced_zeroes(
+    offset: u64,
+    len: u64,
+    bounce: &mut BounceBuffer,
+    write: impl Fn(&[u8], u64) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut done = 0u64;
+    while done < len {
+        let n = chunk_len(len - done);
+        let zeroes = bounce.get(n);
+        zeroes.fill(0);
+        write(zeroes, offset + done)?;
         done += n as u64;
     }
     Ok(())

@@ -9,7 +9,7 @@ use std::os::unix::io::AsRawFd;
 
 use vm_memory::GuestMemoryBackend;
 
-use super::backend::{bounced_read, bounced_write, chunk_len, DiskBackend};
+use super::backend::{bounced_read, bounced_write, bounced_zeroes, DiskBackend};
 use super::bounce::BounceBuffer;
 use crate::virtio::chain::GuestBuf;
 use crate::virtio::GuestMemoryMmap;
@@ -138,15 +138,9 @@ impl DiskBackend for RawDisk {
             Err(e) if is_unsupported(&e) => {}
             other => return other,
         }
-        let mut done = 0u64;
-        while done < len {
-            let n = chunk_len(len - done);
-            let zeroes = bounce.get(n);
-            zeroes.fill(0);
-            self.file.write_all_at(zeroes, offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
+        bounced_zeroes(offset, len, bounce, |buf, at| {
+            self.file.write_all_at(buf, at)
+        })
     }
 
     fn read_to_guest(
