@@ -93,6 +93,11 @@ impl<'m> Driver<'m> {
         }
     }
 
+    /// The guest addresses the rings take, descriptor table to used ring.
+    fn rings(&self) -> std::ops::Range<u64> {
+        self.desc..self.used + 6 + 8 * u64::from(self.size)
+    }
+
     pub(super) fn queue(&self, event_idx: bool) -> Queue {
         let mut q = Queue::new(self.size).unwrap();
         q.set_size(self.size);
@@ -682,8 +687,7 @@ fn lay_out(drv: &mut Driver<'_>, case: &RingCase) {
 
 /// The used ring agrees with the queue's own count and names only real heads.
 fn check_used_ring(drv: &mut Driver<'_>, queue: &Queue, published: usize) -> Vec<(u32, u32)> {
-    assert_eq!(drv.used_idx(), queue.next_used());
-    let used = drv.take_used();
+    let used = take_used_ring(drv, queue);
     assert!(
         used.len() <= published,
         "{} used of {published}",
@@ -725,31 +729,84 @@ proptest! {
 
     #[test]
     fn rx_survives_any_ring(case in ring_case()) {
-        let mem = memory();
-        let mut drv = Driver::new(&mem, QUEUE_BASE, FUZZ_QUEUE, DATA_BASE);
-        lay_out(&mut drv, &case);
-        let (tap, host) = PairTap::pair();
-        let mut sent = 0u64;
-        for &len in &case.frames {
-            // The socket buffer may fill up: then fewer frames are queued.
-            if host.send(&vec![0x5a; len]).is_ok() {
-                sent += 1;
-            }
-        }
-        let stats = NetStats::default();
-        let mut rx = RxQueue::new(drv.queue(case.event_idx), case.mergeable);
-        let run = rx.process(&mem, &tap, &stats);
-        let used = check_used_ring(&mut drv, rx.queue(), case.heads.len());
-        for &(_, len) in &used {
-            prop_assert!(len as usize <= MAX_PACKET_LEN);
-        }
-        let c = stats.snapshot();
-        prop_assert_eq!(c.rx_frames, run.delivered as u64);
-        prop_assert!(c.rx_frames + c.rx_dropped <= sent);
-        // Every delivered frame's bytes are accounted for in the used lengths.
-        let used_bytes: u64 = used.iter().map(|&(_, len)| u64::from(len)).sum();
-        prop_assert_eq!(used_bytes, c.rx_bytes + VNET_HDR_LEN as u64 * c.rx_frames);
+        rx_case(&case)?;
     }
+}
+
+/// The used index the device wrote last is its own count.
+fn take_used_ring(drv: &mut Driver<'_>, queue: &Queue) -> Vec<(u32, u32)> {
+    assert_eq!(drv.used_idx(), queue.next_used());
+    drv.take_used()
+}
+
+/// Whether a guest-writable buffer lies over the rings: a guest may aim received
+/// frames at its own rings, and then its used entries hold frame bytes rather than
+/// what the device wrote.
+fn rings_overwritable(drv: &Driver<'_>, case: &RingCase) -> bool {
+    let rings = drv.rings();
+    case.descs.iter().any(|d| {
+        let end = d.addr.saturating_add(u64::from(d.len));
+        d.flags & DESC_F_WRITE != 0 && d.addr < rings.end && end > rings.start
+    })
+}
+
+fn rx_case(case: &RingCase) -> Result<(), TestCaseError> {
+    let mem = memory();
+    let mut drv = Driver::new(&mem, QUEUE_BASE, FUZZ_QUEUE, DATA_BASE);
+    lay_out(&mut drv, case);
+    let (tap, host) = PairTap::pair();
+    let mut sent = 0u64;
+    for &len in &case.frames {
+        // The socket buffer may fill up: then fewer frames are queued.
+        if host.send(&vec![0x5a; len]).is_ok() {
+            sent += 1;
+        }
+    }
+    let stats = NetStats::default();
+    let mut rx = RxQueue::new(drv.queue(case.event_idx), case.mergeable);
+    let run = rx.process(&mem, &tap, &stats);
+    let c = stats.snapshot();
+    prop_assert_eq!(c.rx_frames, run.delivered as u64);
+    prop_assert!(c.rx_frames + c.rx_dropped <= sent);
+    if rings_overwritable(&drv, case) {
+        // The device's own count still holds; the entries are the guest's to spoil.
+        take_used_ring(&mut drv, rx.queue());
+        return Ok(());
+    }
+    let used = check_used_ring(&mut drv, rx.queue(), case.heads.len());
+    for &(_, len) in &used {
+        prop_assert!(len as usize <= MAX_PACKET_LEN);
+    }
+    // Every delivered frame's bytes are accounted for in the used lengths.
+    let used_bytes: u64 = used.iter().map(|&(_, len)| u64::from(len)).sum();
+    prop_assert_eq!(used_bytes, c.rx_bytes + VNET_HDR_LEN as u64 * c.rx_frames);
+    Ok(())
+}
+
+/// A case the fuzzer found once: a frame received over the guest's own used ring.
+#[test]
+fn rx_zero_length_and_write_flagged_ring() {
+    let d = |addr, len, flags, next| RawDesc {
+        addr,
+        len,
+        flags,
+        next,
+    };
+    let mut descs = vec![d(65536, 0, 0, 0); 12];
+    descs.extend([
+        d(0, 30103, 2, 0),
+        d(65536, 15, 2, 9),
+        d(4194303, 61155, 6114, 14),
+        d(4194303, 1440, 3, 3),
+    ]);
+    let case = RingCase {
+        descs,
+        heads: vec![6, 12, 6, 65153, 22167, 11, 11, 11, 11, 8],
+        event_idx: false,
+        mergeable: false,
+        frames: vec![30103],
+    };
+    rx_case(&case).unwrap();
 }
 
 // ---- the I/O thread ----
