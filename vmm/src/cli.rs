@@ -39,7 +39,7 @@ pub struct Cli {
     /// Guest RAM; sizes take K, M, G or T suffixes.
     #[arg(
         long,
-        value_name = "size=SIZE[,shared=on][,hugepages=on][,host_numa_node=N]"
+        value_name = "size=SIZE[,shared=on][,hugepages=on][,host_numa_node=N][,dma_map=deferred|upfront]"
     )]
     pub memory: Option<String>,
 

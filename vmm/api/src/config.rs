@@ -6,7 +6,7 @@ pub mod virtio;
 
 pub use virtio::{DiskConfig, DiskFormat, NetConfig, RngConfig, DEFAULT_RNG_SOURCE};
 
-use options::{ByteSize, OptionError, Options};
+use options::{ByteSize, OptionError, OptionValue, Options};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -333,6 +333,40 @@ pub struct MemoryConfig {
     /// CPUs (Cloud Hypervisor's memory zones call the node the same).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_numa_node: Option<u32>,
+    /// When guest RAM is mapped for passed-through devices' DMA.
+    #[serde(default, skip_serializing_if = "DmaMapOrder::is_default")]
+    pub dma_map: DmaMapOrder,
+}
+
+/// When a VM with passed-through devices maps its RAM in the IOMMU (pinning it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DmaMapOrder {
+    /// While the guest starts: a worker maps RAM, low addresses first, and a
+    /// device's first Bus Master Enable (and any hotplug) waits until all of it is
+    /// mapped, so no device can reach an unmapped page. The start no longer grows
+    /// with RAM.
+    #[default]
+    Deferred,
+    /// All of RAM before the first guest instruction, as before deferral (kept to
+    /// compare and as a fallback).
+    Upfront,
+}
+
+impl DmaMapOrder {
+    pub fn is_default(&self) -> bool {
+        *self == DmaMapOrder::default()
+    }
+}
+
+impl OptionValue for DmaMapOrder {
+    fn from_option(raw: &str) -> Result<DmaMapOrder, String> {
+        match raw {
+            "deferred" => Ok(DmaMapOrder::Deferred),
+            "upfront" => Ok(DmaMapOrder::Upfront),
+            _ => Err("expected deferred or upfront".to_string()),
+        }
+    }
 }
 
 impl Default for MemoryConfig {
@@ -343,6 +377,7 @@ impl Default for MemoryConfig {
             hugepages: false,
             hugepage_size: None,
             host_numa_node: None,
+            dma_map: DmaMapOrder::default(),
         }
     }
 }
@@ -357,9 +392,10 @@ impl MemoryConfig {
         "hugepages",
         "hugepage_size",
         "host_numa_node",
+        "dma_map",
     ];
 
-    /// Parses `--memory size=512M[,shared=on][,hugepages=on[,hugepage_size=2M|1G]][,host_numa_node=N]`;
+    /// Parses `--memory size=512M[,shared=on][,hugepages=on[,hugepage_size=2M|1G]][,host_numa_node=N][,dma_map=deferred|upfront]`;
     /// `size` defaults to [`DEFAULT_MEMORY_SIZE`]. Whether node N exists is the
     /// host's business, checked when the VM is built.
     pub fn parse(input: &str) -> Result<MemoryConfig, ParseError> {
@@ -373,6 +409,7 @@ impl MemoryConfig {
             hugepages: opts.get("hugepages")?.unwrap_or(false),
             hugepage_size: opts.get::<ByteSize>("hugepage_size")?.map(|s| s.0),
             host_numa_node: opts.get("host_numa_node")?,
+            dma_map: opts.get("dma_map")?.unwrap_or_default(),
         };
         memory.validate().map_err(invalid(FLAG, input))?;
         Ok(memory)
@@ -641,6 +678,24 @@ mod tests {
     }
 
     #[test]
+    fn dma_map_order_is_deferred_unless_asked_and_kept_out_of_json_by_default() {
+        assert_eq!(
+            MemoryConfig::parse("size=1G").unwrap().dma_map,
+            DmaMapOrder::Deferred
+        );
+        let upfront = MemoryConfig::parse("size=1G,dma_map=upfront").unwrap();
+        assert_eq!(upfront.dma_map, DmaMapOrder::Upfront);
+        let json = serde_json::to_string(&upfront).unwrap();
+        assert!(json.contains(r#""dma_map":"upfront""#), "{json}");
+        let default = serde_json::to_string(&MemoryConfig::default()).unwrap();
+        assert!(!default.contains("dma_map"), "{default}");
+        let err = MemoryConfig::parse("size=1G,dma_map=later")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("deferred or upfront"), "{err}");
+    }
+
+    #[test]
     fn cpus_option_defaults_max_to_boot() {
         assert_eq!(
             CpusConfig::parse("boot=4").unwrap(),
@@ -684,6 +739,7 @@ mod tests {
                 hugepages: false,
                 hugepage_size: None,
                 host_numa_node: None,
+                dma_map: DmaMapOrder::Deferred,
             }
         );
         assert_eq!(
