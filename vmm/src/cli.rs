@@ -572,7 +572,7 @@ mod tests {
             ),
             (
                 vec!["--memory", "sizee=1G"],
-                "--memory: unknown option 'sizee'; valid options: size, shared, hugepages, hugepage_size, host_numa_node",
+                "--memory: unknown option 'sizee'; valid options: size, shared, hugepages, hugepage_size, host_numa_node, dma_map",
             ),
             (
                 vec!["--device", "id=gpu0"],

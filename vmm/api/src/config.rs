@@ -780,7 +780,7 @@ mod tests {
     fn memory_option_rejects_bad_sizes_and_keys() {
         assert_eq!(
             MemoryConfig::parse("sizee=1G").unwrap_err().to_string(),
-            "--memory: unknown option 'sizee'; valid options: size, shared, hugepages, hugepage_size, host_numa_node"
+            "--memory: unknown option 'sizee'; valid options: size, shared, hugepages, hugepage_size, host_numa_node, dma_map"
         );
         assert_eq!(
             MemoryConfig::parse("size=0").unwrap_err().to_string(),
