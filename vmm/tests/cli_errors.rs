@@ -55,7 +55,7 @@ fn zero_memory() {
 fn misspelt_memory_option() {
     assert_refused(
         &run_form_vmm(&["--kernel", &kernel(), "--memory", "sizee=1G"]),
-        "--memory: unknown option 'sizee'; valid options: size, shared, hugepages, hugepage_size, host_numa_node",
+        "--memory: unknown option 'sizee'; valid options: size, shared, hugepages, hugepage_size, host_numa_node, dma_map",
     );
 }
 
