@@ -4,16 +4,19 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use form_vm_allocator::{AddressAllocator, GuestLayout};
 use pci::config::BarKind;
 use pci::vfio::config::VfioConfigError;
+use pci::vfio::container::DmaRegion;
+use pci::vfio::fake::FakeIommu;
 use pci::vfio::fake::{FakeOp, FakeRouting, FakeSlots, FakeVfioDevice};
 use pci::vfio::group::{check_group, GroupError};
 use pci::vfio::ops::{IrqIndex, CONFIG_REGION};
 use pci::vfio::{
-    discover_bars, place_bars, read_raw_config, BarAllocators, ConfigOptions, VfioPciDevice,
-    VfioPciError, VfioResources,
+    discover_bars, place_bars, read_raw_config, BackgroundMap, BarAllocators, ConfigOptions,
+    DmaGate, VfioPciDevice, VfioPciError, VfioResources,
 };
 use pci::{PciBar, PciDevice};
 
@@ -32,6 +35,15 @@ fn try_rig(
     fake: FakeVfioDevice,
     intx_gsi: Option<u32>,
     clique: Option<u8>,
+) -> Result<Rig, VfioPciError> {
+    gated_rig(fake, intx_gsi, clique, None)
+}
+
+fn gated_rig(
+    fake: FakeVfioDevice,
+    intx_gsi: Option<u32>,
+    clique: Option<u8>,
+    dma_gate: Option<Arc<DmaGate>>,
 ) -> Result<Rig, VfioPciError> {
     let fake = Arc::new(fake);
     let raw = read_raw_config(&*fake).unwrap();
@@ -60,6 +72,7 @@ fn try_rig(
             slots: slots.clone(),
             routing: routing.clone(),
             intx_gsi,
+            dma_gate,
         },
         &ConfigOptions {
             gpudirect_clique: clique,
@@ -300,6 +313,69 @@ fn mapped_areas_skip_the_msix_pages_and_follow_memory_decoding() {
     }));
     r.write(0x04, &0u16.to_le_bytes());
     assert!(r.slots.snapshot().is_empty());
+}
+
+/// Guest RAM of `pieces` MiB mapped in the background, each map taking `delay`.
+fn slow_mapping(iommu: &Arc<FakeIommu>, pieces: u64, delay: Duration) -> BackgroundMap {
+    iommu.set_map_delay(delay);
+    let ram = DmaRegion {
+        iova: 0,
+        size: pieces * MIB,
+        host: std::ptr::null_mut(),
+    };
+    // SAFETY: the fake IOMMU never touches the host addresses.
+    unsafe { BackgroundMap::start(iommu.clone(), &[ram], MIB, None, Box::new(()), || {}) }.unwrap()
+}
+
+fn command_writes(fake: &FakeVfioDevice) -> Vec<Vec<u8>> {
+    fake.take_ops()
+        .into_iter()
+        .filter_map(|op| match op {
+            FakeOp::RegionWrite {
+                index: CONFIG_REGION,
+                offset: 4,
+                data,
+            } => Some(data),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn bus_master_enable_waits_until_guest_ram_is_mapped() {
+    let iommu = Arc::new(FakeIommu::default());
+    let mapping = slow_mapping(&iommu, 4, Duration::from_millis(150));
+    let gate = mapping.gate();
+    let mut r = gated_rig(FakeVfioDevice::gpu(), Some(10), None, Some(gate.clone())).unwrap();
+    r.fake.take_ops();
+    // Memory decoding alone needs no DMA: it goes through at once.
+    r.write(0x04, &0x0002u16.to_le_bytes());
+    assert!(!gate.is_open(), "four 150 ms maps cannot have finished");
+    assert_eq!(command_writes(&r.fake), vec![vec![0x02, 0x00]]);
+    r.write(0x04, &0x0006u16.to_le_bytes());
+    assert!(gate.is_open(), "the write returned before RAM was mapped");
+    assert_eq!(iommu.snapshot().len(), 4);
+    assert_eq!(command_writes(&r.fake), vec![vec![0x06, 0x00]]);
+    assert_eq!(r.read8(0x04) & 0x04, 0x04);
+    // Once mapped, nothing waits.
+    r.write(0x04, &0x0002u16.to_le_bytes());
+    r.write(0x04, &0x0006u16.to_le_bytes());
+    assert_eq!(command_writes(&r.fake).len(), 2);
+}
+
+#[test]
+fn bus_master_enable_stays_clear_when_mapping_fails() {
+    let iommu = Arc::new(FakeIommu::default());
+    iommu.refuse_from(3 * MIB);
+    let mapping = slow_mapping(&iommu, 4, Duration::from_millis(20));
+    let mut r = gated_rig(FakeVfioDevice::gpu(), Some(10), None, Some(mapping.gate())).unwrap();
+    r.fake.take_ops();
+    // A dword write of command and status, as Linux's pci_set_master does not
+    // but firmware may.
+    r.write(0x04, &0x0000_0006u32.to_le_bytes());
+    assert_eq!(command_writes(&r.fake), vec![vec![0x02, 0x00]]);
+    assert_eq!(r.read8(0x04) & 0x04, 0, "the guest sees the bit clear");
+    assert!(iommu.snapshot().is_empty(), "nothing stays mapped");
 }
 
 #[test]

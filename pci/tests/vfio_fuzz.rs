@@ -45,6 +45,7 @@ fn device() -> (VfioPciDevice, Arc<FakeRouting>, Arc<FakeSlots>) {
             slots: slots.clone(),
             routing: routing.clone(),
             intx_gsi: Some(11),
+            dma_gate: None,
         },
         &ConfigOptions {
             gpudirect_clique: Some(3),

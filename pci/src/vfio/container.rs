@@ -7,15 +7,17 @@
 //!   KVM handles non-coherent DMA and posted interrupts) when the container was
 //!   created with it. Before a group is touched, [`crate::vfio::group::check_group`]
 //!   refuses groups that are shared with devices outside this VM.
-//! - DMA: all guest RAM is mapped once (IOVA = guest physical address), pinning it.
-//!   Pinning counts against `RLIMIT_MEMLOCK`; a refusal is reported with the bytes
-//!   needed and the limit in force.
+//! - DMA: all guest RAM is mapped once (IOVA = guest physical address), pinning it,
+//!   at once or while the guest starts ([`GuestRamDma`]). Pinning counts against
+//!   `RLIMIT_MEMLOCK`; a refusal is reported with the bytes needed and the limit in
+//!   force.
 //! - IOVA ranges: read from the IOMMU once a group is attached, for the VMM to clamp
 //!   its guest layout.
 //!
 //! Order the VMM follows: [`VfioDmaContainer::new`] → [`VfioDmaContainer::open_device`]
 //! for every device → [`VfioDmaContainer::iova_ranges`] → guest layout and RAM →
-//! [`VfioDmaContainer::map_guest_memory`] → BAR placement and
+//! [`GuestRamDma::map_now`] or [`GuestRamDma::map_in_background`] (through
+//! [`VfioDmaContainer::guest_ram`]) → BAR placement and
 //! [`VfioPciDevice::new`](super::VfioPciDevice::new).
 
 use std::collections::BTreeSet;
@@ -24,8 +26,8 @@ use std::sync::{Arc, Mutex};
 
 use form_vm_allocator::IovaRange;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use crate::vfio::dma_map::GuestRamDma;
 use crate::vfio::group::{check_group, GroupError};
 use crate::vfio::iova::{parse_iova_ranges, requested_argsz, IovaError, INFO_LEN};
 use crate::vfio::kernel::KernelVfioDevice;
@@ -74,6 +76,12 @@ pub enum ContainerError {
     },
     #[error("guest memory region at {0:#x} has no host mapping")]
     HostAddress(u64),
+    #[error("mapping guest RAM for device DMA was stopped: the VM is going away")]
+    MapCancelled,
+    #[error("{0}")]
+    Background(String),
+    #[error("cannot start the thread mapping guest RAM for device DMA: {0}")]
+    Worker(#[source] std::io::Error),
 }
 
 /// The message for a DMA map refused with `errno` after pinning `mapped` of the
@@ -97,7 +105,7 @@ pub fn dma_map_failure(errno: i32, needed: u64, limit: Option<u64>) -> Option<St
     ))
 }
 
-fn memlock_limit() -> Option<u64> {
+pub fn memlock_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -163,29 +171,9 @@ pub unsafe fn map_regions(
     regions: &[DmaRegion],
     memlock_limit: Option<u64>,
 ) -> Result<(), ContainerError> {
-    let needed: u64 = regions.iter().map(|r| r.size).sum();
-    for (i, r) in regions.iter().enumerate() {
-        // SAFETY: passed on from the caller.
-        if let Err(source) = unsafe { dma.map(r.iova, r.size, r.host) } {
-            for done in regions.iter().take(i) {
-                if let Err(e) = dma.unmap(done.iova, done.size) {
-                    log::warn!("vfio: unmapping {:#x}+{:#x}: {e}", done.iova, done.size);
-                }
-            }
-            if let Some(msg) = source
-                .raw_os_error()
-                .and_then(|errno| dma_map_failure(errno, needed, memlock_limit))
-            {
-                return Err(ContainerError::Memlock(msg));
-            }
-            return Err(ContainerError::DmaMap {
-                iova: r.iova,
-                size: r.size,
-                source,
-            });
-        }
-    }
-    Ok(())
+    let never = std::sync::atomic::AtomicBool::new(false);
+    // SAFETY: passed on from the caller.
+    unsafe { super::dma_map::map_pieces(dma, regions, memlock_limit, &never) }
 }
 
 pub struct VfioDmaContainer {
@@ -193,7 +181,7 @@ pub struct VfioDmaContainer {
     sysfs_root: PathBuf,
     /// Every device this VM passes through (for the group check), by BDF.
     vm_devices: Mutex<BTreeSet<String>>,
-    mapped: Mutex<Option<Vec<(u64, u64)>>>,
+    ram: GuestRamDma,
 }
 
 impl VfioDmaContainer {
@@ -203,11 +191,12 @@ impl VfioDmaContainer {
     pub fn new(kvm_vfio: Option<hypervisor::DeviceFd>) -> Result<Self, ContainerError> {
         let device = kvm_vfio.map(|fd| Arc::new(VfioDeviceFd::new_from_kvm(fd)));
         let inner = VfioContainer::new(device).map_err(ContainerError::Open)?;
+        let inner = Arc::new(inner);
         Ok(Self {
-            inner: Arc::new(inner),
+            ram: GuestRamDma::new(inner.clone()),
+            inner,
             sysfs_root: PathBuf::from("/sys"),
             vm_devices: Mutex::new(BTreeSet::new()),
-            mapped: Mutex::new(None),
         })
     }
 
@@ -292,45 +281,15 @@ impl VfioDmaContainer {
         }))
     }
 
-    /// Maps every region of guest RAM for device DMA, once per container; later
-    /// calls do nothing.
-    pub fn map_guest_memory(&self, memory: &GuestMemoryMmap) -> Result<(), ContainerError> {
-        let mut mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
-        if mapped.is_some() {
-            return Ok(());
-        }
-        let mut regions = Vec::new();
-        for region in memory.iter() {
-            let iova = region.start_addr().0;
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|_| ContainerError::HostAddress(iova))?;
-            regions.push(DmaRegion {
-                iova,
-                size: region.len(),
-                host,
-            });
-        }
-        // SAFETY: guest RAM stays mapped for the VM's lifetime, which outlives the
-        // container; the device only reaches it through the IOMMU.
-        unsafe { map_regions(&*self.inner, &regions, memlock_limit())? };
-        *mapped = Some(regions.iter().map(|r| (r.iova, r.size)).collect());
-        Ok(())
+    /// Guest RAM's DMA mapping in this container (see [`GuestRamDma`]).
+    pub fn guest_ram(&self) -> &GuestRamDma {
+        &self.ram
     }
 
     /// The container's map and unmap calls, for mappings beyond guest RAM (BARs,
     /// for peer-to-peer DMA). Holding it keeps the container open.
     pub fn iommu_dma(&self) -> Arc<dyn IommuDma + Send + Sync> {
         self.inner.clone()
-    }
-
-    /// Guest RAM mapped for DMA, `(iova, size)`.
-    pub fn mapped_memory(&self) -> Vec<(u64, u64)> {
-        self.mapped
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or_default()
     }
 }
 

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use log::{debug, warn};
 
-use crate::config::{BarKind, PciBar, COMMAND_MEMORY_SPACE, CONFIG_SPACE_SIZE};
+use crate::config::{BarKind, PciBar, COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE, CONFIG_SPACE_SIZE};
 use crate::device::{BarMoveError, PciDevice};
 use crate::interrupt::InterruptRouting;
 use crate::msix::MsixRegion;
 use crate::vfio::bars::{mappable_areas, BarMapper, GuestMemorySlots, HostBar, PAGE_SIZE};
 use crate::vfio::config::{ConfigHardware, ConfigOptions, VfioConfig, VfioConfigError};
 use crate::vfio::counters::VfioCounters;
+use crate::vfio::dma_map::DmaGate;
 use crate::vfio::interrupts::{VfioIntx, VfioMsiRoute};
 use crate::vfio::ops::{IrqIndex, VfioDeviceOps, VfioOpsError, BAR0_REGION, CONFIG_REGION};
 use crate::BarReprogram;
@@ -41,7 +42,12 @@ pub struct VfioResources {
     pub routing: Arc<dyn InterruptRouting>,
     /// The IOAPIC GSI of the slot's INTx line; `None` leaves INTx unwired.
     pub intx_gsi: Option<u32>,
+    /// Opens once guest RAM is mapped for DMA; `None`: it already is.
+    pub dma_gate: Option<Arc<DmaGate>>,
 }
+
+/// Byte offset of the command register in config space.
+const COMMAND_OFFSET: usize = 0x04;
 
 /// Reads the device's config region: 4 KiB for PCIe functions, 256 bytes else.
 pub fn read_raw_config(ops: &dyn VfioDeviceOps) -> Result<Vec<u8>, VfioPciError> {
@@ -83,6 +89,7 @@ pub struct VfioPciDevice {
     intx: Option<VfioIntx>,
     counters: Arc<VfioCounters>,
     released: bool,
+    dma_gate: Option<Arc<DmaGate>>,
 }
 
 impl VfioPciDevice {
@@ -171,6 +178,7 @@ impl VfioPciDevice {
             intx,
             counters,
             released: false,
+            dma_gate: resources.dma_gate,
         };
         if let Some(gsi) = resources.intx_gsi {
             device
@@ -308,6 +316,49 @@ impl VfioPciDevice {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Holds a write that sets Bus Master Enable until guest RAM is mapped for
+    /// DMA: until then the device could reach pages the IOMMU does not map yet.
+    /// If the mapping failed (the VM is being stopped) the write goes on without
+    /// the bit.
+    fn hold_bus_master<'d>(
+        &self,
+        reg_idx: usize,
+        offset: u64,
+        data: &'d [u8],
+    ) -> std::borrow::Cow<'d, [u8]> {
+        let unchanged = std::borrow::Cow::Borrowed(data);
+        let Some(gate) = &self.dma_gate else {
+            return unchanged;
+        };
+        let start = reg_idx
+            .checked_mul(4)
+            .and_then(|b| b.checked_add(usize::try_from(offset).ok()?));
+        let Some(at) = start.and_then(|s| COMMAND_OFFSET.checked_sub(s)) else {
+            return unchanged;
+        };
+        let bus_master = COMMAND_BUS_MASTER as u8;
+        if data.get(at).is_none_or(|b| b & bus_master == 0) || gate.is_open() {
+            return unchanged;
+        }
+        let waited = std::time::Instant::now();
+        match gate.wait() {
+            Ok(()) => {
+                log::info!(
+                    "vfio {}: the guest's Bus Master Enable waited {} ms for guest RAM's DMA mapping",
+                    self.name,
+                    waited.elapsed().as_millis()
+                );
+                unchanged
+            }
+            Err(why) => {
+                warn!("vfio {}: Bus Master Enable left clear: {why}", self.name);
+                let mut held = data.to_vec();
+                held[at] &= !bus_master;
+                std::borrow::Cow::Owned(held)
+            }
+        }
+    }
+
     fn msix_region(&self, bar: &PciBar, offset: u64) -> Option<MsixRegion> {
         self.config.msix()?.layout().locate(bar.index as u8, offset)
     }
@@ -344,9 +395,10 @@ impl PciDevice for VfioPciDevice {
         if self.released {
             return None;
         }
+        let data = self.hold_bus_master(reg_idx, offset, data);
         let effect = self
             .config
-            .write(reg_idx, offset, data, &Hardware(&*self.ops));
+            .write(reg_idx, offset, &data, &Hardware(&*self.ops));
         if let Some(command) = effect.command {
             self.mapper
                 .set_memory_enabled(command & COMMAND_MEMORY_SPACE != 0);

@@ -604,18 +604,31 @@ impl GuestMemorySlots for FakeSlots {
     }
 }
 
-/// An [`IommuDma`] that records mapped `(iova, size)` ranges, or refuses every
-/// map with `EFAULT` (what the kernel says for memory it cannot map).
+/// An [`IommuDma`] that records mapped `(iova, size)` ranges, or refuses maps
+/// with `EFAULT` (what the kernel says for memory it cannot map); each map may take
+/// a while, as pinning does.
 #[derive(Default)]
 pub struct FakeIommu {
     mapped: Mutex<BTreeMap<u64, u64>>,
-    refuse: std::sync::atomic::AtomicBool,
+    /// Maps reaching this IOVA or above are refused.
+    refuse_from: Mutex<Option<u64>>,
+    map_delay: Mutex<std::time::Duration>,
     unmaps: AtomicU64,
 }
 
 impl FakeIommu {
     pub fn set_refuse(&self, refuse: bool) {
-        self.refuse.store(refuse, Ordering::Relaxed);
+        *self.refuse_from.lock().unwrap() = refuse.then_some(0);
+    }
+
+    /// Refuses maps that reach `iova` or above.
+    pub fn refuse_from(&self, iova: u64) {
+        *self.refuse_from.lock().unwrap() = Some(iova);
+    }
+
+    /// Every map sleeps this long first.
+    pub fn set_map_delay(&self, delay: std::time::Duration) {
+        *self.map_delay.lock().unwrap() = delay;
     }
 
     /// Mapped `(iova, size)`, by IOVA.
@@ -632,7 +645,10 @@ impl FakeIommu {
 
 impl IommuDma for FakeIommu {
     unsafe fn map(&self, iova: u64, size: u64, _host: *mut u8) -> std::io::Result<()> {
-        if self.refuse.load(Ordering::Relaxed) {
+        let delay = *self.map_delay.lock().unwrap();
+        std::thread::sleep(delay);
+        let refuse_from = *self.refuse_from.lock().unwrap();
+        if refuse_from.is_some_and(|from| iova.saturating_add(size) > from) {
             return Err(std::io::Error::from_raw_os_error(libc::EFAULT));
         }
         let mut mapped = self.mapped.lock().unwrap();

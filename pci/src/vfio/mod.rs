@@ -13,6 +13,8 @@
 //!   MSI/MSI-X, capability filtering, the GPUDirect clique capability in [`clique`]).
 //! - [`bars`]: BAR placement, mmap of the mappable parts as guest memory slots
 //!   ([`GuestMemorySlots`]), trapping of the rest, moves.
+//! - [`dma_map`]: guest RAM mapped in the background while the guest starts, and
+//!   the [`DmaGate`] that holds a device's Bus Master Enable until it is.
 //! - [`p2p`]: [`DmaMappedSlots`] also maps those slots into the container, for
 //!   peer-to-peer DMA between devices (best effort).
 //! - [`interrupts`]: MSI/MSI-X routes and INTx over [`InterruptRouting`].
@@ -25,10 +27,11 @@
 //!    `declare_vm_devices` with every BDF the VM gets.
 //! 2. `open_device(sysfs_path)` for each (refuses shared IOMMU groups).
 //! 3. `iova_ranges()` → `GuestLayout::with_iova_ranges`; create guest RAM;
-//!    `map_guest_memory(&mem)`.
+//!    `guest_ram().map_in_background(&mem, ..)` (or `map_now`), whose
+//!    [`DmaGate`] each device gets.
 //! 4. Per device: `read_raw_config` → `discover_bars` → `place_bars` (vm-allocator
 //!    windows) → `VfioPciDevice::new(...)` with its [`GuestMemorySlots`] and
-//!    [`InterruptRouting`] implementations → add to the `PciBus`, and put a
+//!    [`InterruptRouting`] implementations and the gate → add to the `PciBus`, and put a
 //!    `PciBarRegion` on the MMIO (or PIO) bus for every BAR, whole (mapped parts
 //!    never exit). On a `BarReprogramHandler::bar_moved`, move that bus region.
 //! 5. Detach: remove the bus regions, `detach()` (also on drop), drop the device,
@@ -40,6 +43,7 @@ pub mod config;
 pub mod container;
 pub mod counters;
 pub mod device;
+pub mod dma_map;
 // Test support, built only for tests and the `testing` feature; a failed setup
 // there should fail the test loudly.
 #[cfg(any(test, feature = "testing"))]
@@ -62,5 +66,6 @@ pub use config::ConfigOptions;
 pub use container::VfioDmaContainer;
 pub use counters::VfioCounters;
 pub use device::{read_raw_config, VfioPciDevice, VfioPciError, VfioResources};
+pub use dma_map::{BackgroundMap, DmaGate, GuestRamDma};
 pub use ops::VfioDeviceOps;
 pub use p2p::DmaMappedSlots;
