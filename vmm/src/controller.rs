@@ -459,6 +459,7 @@ impl<B: VmBackend> Controller<B> {
                 Some(Exit::GuestPowerOff)
             }
             VmExitReason::Crashed(why) => Some(Exit::GuestCrashed(why)),
+            VmExitReason::Failed(why) => Some(Exit::Failed(why)),
             VmExitReason::Reset => {
                 log::info!("the guest asked for a reset: rebooting");
                 match self.restart() {

@@ -5,4 +5,7 @@ pub enum VmExitReason {
     PowerOff,
     Reset,
     Crashed(String),
+    /// The VMM could not keep the VM running (guest RAM could not be mapped for
+    /// its devices' DMA).
+    Failed(String),
 }

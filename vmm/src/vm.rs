@@ -286,6 +286,15 @@ impl Vm {
         let exit_evt = events.exit.try_clone().map_err(VmError::EventFd)?;
         let reset_evt = events.reset.try_clone().map_err(VmError::EventFd)?;
         let exit = Arc::new(ExitSignal::new(exit_evt, reset_evt, requests));
+        if let Some(gate) = devices.dma_gate() {
+            // Guest RAM that cannot be mapped for DMA ends the VM, with the reason.
+            let exit = Arc::downgrade(&exit);
+            gate.on_failure(move |why| {
+                if let Some(exit) = exit.upgrade() {
+                    exit.fire(VmExitReason::Failed(why));
+                }
+            });
+        }
 
         // After the devices: the DSDT marks the virtio slots as not hotpluggable.
         let rsdp = create_acpi_tables(
@@ -362,6 +371,8 @@ impl Vm {
     }
 
     fn stop_threads(&mut self) {
+        // A vCPU held at the DMA gate is not in KVM_RUN, where the kick reaches it.
+        self.devices.cancel_dma_mapping();
         self.exit.stop_vcpus();
         self.vcpu_tids.clear();
         for handle in self.vcpu_threads.drain(..) {

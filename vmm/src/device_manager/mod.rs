@@ -14,7 +14,7 @@ pub mod vfio_host;
 pub mod vfio_resources;
 pub mod virtio;
 
-use crate::config::{DeviceConfig, VmConfig};
+use crate::config::{DeviceConfig, DmaMapOrder, VmConfig};
 use crate::io_buses::IoBuses;
 use crate::memory::GuestMemoryMmap;
 use devices::acpi::GedEvent;
@@ -125,6 +125,7 @@ impl DeviceManager {
                 pci: &mut pci,
                 buses: &buses,
             },
+            config.memory.dma_map,
         )?;
         for (device, info) in config.devices.iter_mut().zip(&attached) {
             device.id = Some(info.id.clone());
@@ -199,7 +200,9 @@ impl DeviceManager {
         }
         let opened = self.vfio.open(Some(kvm), configs)?;
         let (vfio, mut resources) = self.vfio_with_resources(memory);
-        let infos = vfio.attach(opened, &mut resources)?;
+        // The call answers once the device can do DMA: RAM mapped before it
+        // goes on the bus (or the start's mapping waited for).
+        let infos = vfio.attach(opened, &mut resources, DmaMapOrder::Upfront)?;
         if guest_running && !infos.is_empty() {
             for info in &infos {
                 if let Some(slot) = self.vfio.slot_of(&info.id) {
@@ -381,6 +384,17 @@ impl DeviceManager {
     }
 
     /// The passthrough devices and, apart, what attaching and detaching them needs.
+    /// Whether guest RAM is mapped for the passed-through devices' DMA yet;
+    /// `None` without such devices.
+    pub fn dma_gate(&self) -> Option<Arc<::pci::vfio::DmaGate>> {
+        self.vfio.dma_gate()
+    }
+
+    /// Stops mapping guest RAM for DMA (the VM is stopping).
+    pub fn cancel_dma_mapping(&self) {
+        self.vfio.cancel_dma_mapping();
+    }
+
     fn vfio_with_resources<'a>(
         &'a mut self,
         memory: &'a GuestMemoryMmap,

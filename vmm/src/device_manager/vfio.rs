@@ -5,7 +5,10 @@
 //! - One container per VM, opened with the first device and dropped with the last
 //!   (which unmaps guest RAM from the IOMMU and unpins it).
 //! - All guest RAM is DMA-mapped once per container, IOVA = guest physical address,
-//!   so RAM must lie in the IOMMU's IOVA ranges. At creation the devices are opened
+//!   so RAM must lie in the IOMMU's IOVA ranges. At creation it is mapped while the
+//!   guest starts (`memory.dma_map=deferred`, pci's `dma_map`): each device's Bus
+//!   Master Enable waits at the container's [`DmaGate`] until all of it is mapped.
+//!   A hotplug maps (or waits for the mapping) before the device goes on the bus. At creation the devices are opened
 //!   before guest RAM exists ([`VfioDevices::open`], then
 //!   [`VfioDevices::layout_constraints`]) and the layout is clamped to the ranges;
 //!   on hotplug into a VM laid out without them, RAM is checked instead.
@@ -33,14 +36,15 @@ use super::vfio_error::VfioError;
 use super::vfio_host::{VfioContainerOps, VfioHost};
 use super::vfio_resources::{KvmInterruptRouting, KvmMemorySlots};
 use crate::acpi_pci::intx_gsi;
-use crate::config::DeviceConfig;
+use crate::config::{DeviceConfig, DmaMapOrder};
 use crate::io_buses::IoBuses;
 use crate::memory::GuestMemoryMmap;
 use form_vm_allocator::IovaRange;
 use pci::vfio::ops::IrqIndex;
 use pci::vfio::{
-    discover_bars, place_bars, read_raw_config, release_bars, ConfigOptions, DmaMappedSlots,
-    GuestMemorySlots, HostBar, InterruptRouting, VfioDeviceOps, VfioPciDevice, VfioResources,
+    discover_bars, place_bars, read_raw_config, release_bars, ConfigOptions, DmaGate,
+    DmaMappedSlots, GuestMemorySlots, HostBar, InterruptRouting, VfioDeviceOps, VfioPciDevice,
+    VfioResources,
 };
 use pci::{BarKind, PciBar, PciDevice, SharedPciDevice};
 use std::collections::BTreeMap;
@@ -102,6 +106,8 @@ pub struct VfioDevices {
     /// Lent to every device: KVM memory slots and interrupt routes.
     slots: Arc<dyn GuestMemorySlots>,
     routing: Arc<dyn InterruptRouting>,
+    /// Whether guest RAM is mapped for DMA yet, while the container is open.
+    dma_gate: Option<Arc<DmaGate>>,
 }
 
 fn describe(ranges: &[IovaRange]) -> String {
@@ -124,6 +130,7 @@ impl VfioDevices {
             devices: BTreeMap::new(),
             slots,
             routing,
+            dma_gate: None,
         }
     }
 
@@ -290,9 +297,14 @@ impl VfioDevices {
         Ok((container.iova_ranges()?, needed))
     }
 
-    /// Maps guest RAM for DMA (once per container), after checking on hotplug that
-    /// it lies where the IOMMU translates.
-    fn map_memory(&self, memory: &GuestMemoryMmap) -> Result<(), VfioError> {
+    /// Maps guest RAM for DMA (once per container; `order` says whether before
+    /// returning), after checking on hotplug that it lies where the IOMMU
+    /// translates.
+    fn map_memory(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        order: DmaMapOrder,
+    ) -> Result<(), VfioError> {
         let Some(container) = self.container.as_ref() else {
             return Ok(());
         };
@@ -309,21 +321,50 @@ impl VfioDevices {
                 }
             }
         }
-        container.map_guest_memory(memory)
+        let ram = container.guest_ram();
+        let gate = match order {
+            DmaMapOrder::Deferred => ram.map_in_background(memory, dma_thread_start),
+            DmaMapOrder::Upfront => ram.map_now(memory),
+        }
+        .map_err(VfioError::Container)?;
+        self.dma_gate = Some(gate);
+        Ok(())
     }
 
-    /// Puts opened devices on the guest's bus. On a failure, the devices of this
-    /// call that were attached are detached again.
+    /// Closing the container unmaps and unpins guest RAM (after stopping a mapping
+    /// under way).
+    fn close_container(&mut self) {
+        self.container = None;
+        self.dma_gate = None;
+    }
+
+    /// Whether guest RAM is mapped for DMA yet; `None` without a container.
+    pub fn dma_gate(&self) -> Option<Arc<DmaGate>> {
+        self.dma_gate.clone()
+    }
+
+    /// Stops a mapping still under way (the VM is stopping): a vCPU waiting at
+    /// the gate is released at once.
+    pub fn cancel_dma_mapping(&self) {
+        if let Some(container) = &self.container {
+            container.guest_ram().cancel();
+        }
+    }
+
+    /// Puts opened devices on the guest's bus, guest RAM mapped for their DMA in
+    /// `order`. On a failure, the devices of this call that were attached are
+    /// detached again.
     pub fn attach(
         &mut self,
         opened: Vec<OpenedDevice>,
         vm: &mut VmResources<'_>,
+        order: DmaMapOrder,
     ) -> Result<Vec<PciDeviceInfo>, VfioError> {
         let names: Vec<(String, String)> = opened
             .iter()
             .map(|d| (d.id.clone(), d.bdf.clone()))
             .collect();
-        let result = self.map_memory(vm.memory).and_then(|()| {
+        let result = self.map_memory(vm.memory, order).and_then(|()| {
             let mut infos: Vec<Option<PciDeviceInfo>> = vec![None; opened.len()];
             let mut opened: Vec<Option<OpenedDevice>> = opened.into_iter().map(Some).collect();
             for slot_group in shared_slots(&names) {
@@ -367,7 +408,7 @@ impl VfioDevices {
                 self.detach(id, vm);
             }
             if self.devices.is_empty() {
-                self.container = None;
+                self.close_container();
             }
         }
         result
@@ -424,6 +465,7 @@ impl VfioDevices {
                 slots: self.p2p_slots(),
                 routing: self.routing.clone(),
                 intx_gsi: intx,
+                dma_gate: self.dma_gate.clone(),
             },
             &opened.options,
         );
@@ -506,8 +548,7 @@ impl VfioDevices {
             container.forget_vm_device(&attached.bdf);
         }
         if self.devices.is_empty() {
-            // Closing the container unmaps and unpins guest RAM.
-            self.container = None;
+            self.close_container();
         }
         log::info!("vfio: {id} ({}) detached", attached.bdf);
         Some(guest_info(id, attached.at))
@@ -607,6 +648,11 @@ impl Drop for HostRequest {
     }
 }
 
+/// The mapping worker's first step: its seccomp filter.
+fn dma_thread_start() {
+    crate::sandbox::enter_or_abort(crate::sandbox::ThreadKind::VfioDma);
+}
+
 /// `domain:bus:device` and the function of a host BDF (`0000:01:00.1`).
 fn host_slot(bdf: &str) -> Option<(&str, u8)> {
     let (slot, function) = bdf.rsplit_once('.')?;
@@ -656,6 +702,7 @@ pub mod testing {
     use super::*;
     use form_vm_allocator::IovaRange;
     use pci::vfio::fake::{FakeIommu, FakeVfioDevice};
+    use pci::vfio::GuestRamDma;
     use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -667,7 +714,10 @@ pub mod testing {
         pub containers_open: Arc<AtomicUsize>,
         pub containers_opened: Arc<AtomicUsize>,
         pub declared: Arc<Mutex<Vec<String>>>,
-        pub mapped: Arc<AtomicUsize>,
+        /// Where each container opened so far mapped guest RAM, in order.
+        pub ram_iommus: Mutex<Vec<Arc<FakeIommu>>>,
+        /// How long each map of a piece of guest RAM takes.
+        pub ram_map_delay: Mutex<std::time::Duration>,
         /// What every container maps beyond guest RAM (BARs, for P2P).
         pub iommu: Arc<FakeIommu>,
     }
@@ -679,6 +729,15 @@ pub mod testing {
                 lock(&host.devices).insert(PathBuf::from(path), Arc::new(device));
             }
             host
+        }
+
+        /// Guest RAM as the last container opened mapped it, `(iova, size)` per
+        /// map call.
+        pub fn ram_mapped(&self) -> Vec<(u64, u64)> {
+            lock(&self.ram_iommus)
+                .last()
+                .map(|iommu| iommu.snapshot())
+                .unwrap_or_default()
         }
     }
 
@@ -698,12 +757,15 @@ pub mod testing {
         ) -> Result<Box<dyn VfioContainerOps>, VfioError> {
             self.containers_open.fetch_add(1, Ordering::SeqCst);
             self.containers_opened.fetch_add(1, Ordering::SeqCst);
+            let ram_iommu = Arc::new(FakeIommu::default());
+            ram_iommu.set_map_delay(*lock(&self.ram_map_delay));
+            lock(&self.ram_iommus).push(ram_iommu.clone());
             Ok(Box::new(FakeContainer {
                 devices: lock(&self.devices).clone(),
                 iova: self.iova.clone(),
                 open: self.containers_open.clone(),
                 declared: self.declared.clone(),
-                mapped: self.mapped.clone(),
+                ram: GuestRamDma::new(ram_iommu),
                 iommu: self.iommu.clone(),
             }))
         }
@@ -714,7 +776,7 @@ pub mod testing {
         iova: Option<Vec<IovaRange>>,
         open: Arc<AtomicUsize>,
         declared: Arc<Mutex<Vec<String>>>,
-        mapped: Arc<AtomicUsize>,
+        ram: GuestRamDma,
         iommu: Arc<FakeIommu>,
     }
 
@@ -751,9 +813,8 @@ pub mod testing {
             Ok(self.iova.clone())
         }
 
-        fn map_guest_memory(&self, _memory: &GuestMemoryMmap) -> Result<(), VfioError> {
-            self.mapped.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+        fn guest_ram(&self) -> &GuestRamDma {
+            &self.ram
         }
 
         fn iommu_dma(&self) -> Arc<dyn pci::vfio::container::IommuDma + Send + Sync> {

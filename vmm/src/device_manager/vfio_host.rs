@@ -3,11 +3,10 @@
 //! kernel; tests give the device manager fakes over `pci::vfio::fake`.
 
 use super::vfio_error::VfioError;
-use crate::memory::GuestMemoryMmap;
 use form_vm_allocator::IovaRange;
 use pci::vfio::container::{bdf_of, IommuDma};
 use pci::vfio::group::bound_driver;
-use pci::vfio::{VfioDeviceOps, VfioDmaContainer};
+use pci::vfio::{GuestRamDma, VfioDeviceOps, VfioDmaContainer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,8 +35,8 @@ pub trait VfioContainerOps: Send {
     fn open_device(&self, path: &Path) -> Result<Arc<dyn VfioDeviceOps>, VfioError>;
     /// The IOVA ranges the IOMMU translates (`None`: not reported).
     fn iova_ranges(&self) -> Result<Option<Vec<IovaRange>>, VfioError>;
-    /// Maps all guest RAM for device DMA; later calls do nothing.
-    fn map_guest_memory(&self, memory: &GuestMemoryMmap) -> Result<(), VfioError>;
+    /// Guest RAM's DMA mapping in this container.
+    fn guest_ram(&self) -> &GuestRamDma;
     /// The container's IOMMU map calls, to map BARs for peer-to-peer DMA.
     fn iommu_dma(&self) -> Arc<dyn IommuDma + Send + Sync>;
 }
@@ -126,10 +125,8 @@ impl VfioContainerOps for KernelContainer {
         self.0.iova_ranges().map_err(VfioError::Container)
     }
 
-    fn map_guest_memory(&self, memory: &GuestMemoryMmap) -> Result<(), VfioError> {
-        self.0
-            .map_guest_memory(memory)
-            .map_err(VfioError::Container)
+    fn guest_ram(&self) -> &GuestRamDma {
+        self.0.guest_ram()
     }
 
     fn iommu_dma(&self) -> Arc<dyn IommuDma + Send + Sync> {

@@ -36,10 +36,12 @@ pub enum ThreadKind {
     VirtioOther,
     /// The thread feeding stdin to COM1.
     SerialStdin,
+    /// The thread mapping guest RAM for passed-through devices' DMA.
+    VfioDma,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 9] = [
+    pub const ALL: [ThreadKind; 10] = [
         ThreadKind::Main,
         ThreadKind::Api,
         ThreadKind::Vcpu,
@@ -49,6 +51,7 @@ impl ThreadKind {
         ThreadKind::VirtioConsole,
         ThreadKind::VirtioOther,
         ThreadKind::SerialStdin,
+        ThreadKind::VfioDma,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +65,7 @@ impl ThreadKind {
             ThreadKind::VirtioConsole => "virtio-console",
             ThreadKind::VirtioOther => "virtio",
             ThreadKind::SerialStdin => "serial-stdin",
+            ThreadKind::VfioDma => "vfio-dma",
         }
     }
 

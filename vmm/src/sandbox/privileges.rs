@@ -113,6 +113,35 @@ pub enum DropError {
 /// thread of the process; capabilities go with the uid (none survive a change from
 /// root to another uid without PR_SET_KEEPCAPS), and capset clears what remains of
 /// this thread's sets.
+/// Guest RAM is pinned for passed-through devices after the drop too (the mapping
+/// that runs while the guest starts, hotplug, a reboot), and without CAP_IPC_LOCK
+/// the kernel counts each pin against RLIMIT_MEMLOCK: lifted while root may (to
+/// unlimited with CAP_SYS_RESOURCE, else to the hard limit). What is pinned stays
+/// bounded by guest RAM.
+fn lift_memlock_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } == 0 {
+        return;
+    }
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return;
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above; raising the soft limit to the hard one needs no privilege.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
+    if limit.rlim_max != libc::RLIM_INFINITY {
+        log::warn!(
+            "sandbox: RLIMIT_MEMLOCK stays {} bytes after giving up root (no CAP_SYS_RESOURCE to lift it): guest RAM pinned for passed-through devices after that (the mapping while the guest starts, hotplug) counts against it; raise it (LimitMEMLOCK=infinity) or use --memory dma_map=upfront",
+            limit.rlim_max
+        );
+    }
+}
+
 pub fn drop_to(to: Credentials) -> Result<(), DropError> {
     let fail = |step| {
         let source = io::Error::last_os_error();
@@ -123,6 +152,7 @@ pub fn drop_to(to: Credentials) -> Result<(), DropError> {
             source,
         }
     };
+    lift_memlock_limit();
     // The bounding set only matters to execve, which no filter allows; drop it
     // anyway while CAP_SETPCAP is still held (errors mean "no such capability").
     for cap in 0..64 {

@@ -66,6 +66,9 @@ const VFIO_TYPE: u32 = 0x3b; // ';'
 const TUN_TYPE: u32 = 0x54; // 'T', shared with the terminal ioctls
 
 // KVM ioctls (linux/kvm.h), by number.
+// include/uapi/linux/vfio.h: VFIO_BASE (100) + 13 and + 14.
+const NR_VFIO_IOMMU_MAP_DMA: u32 = 113;
+const NR_VFIO_IOMMU_UNMAP_DMA: u32 = 114;
 const NR_KVM_RUN: u32 = 0x80;
 const NR_KVM_SET_USER_MEMORY_REGION: u32 = 0x46;
 const NR_KVM_IRQ_LINE: u32 = 0x61;
@@ -384,6 +387,17 @@ fn vcpu(a: &mut Allow) {
     a.when(SYS_ioctl, ioctls);
 }
 
+/// Mapping guest RAM into the VFIO container, nothing else.
+fn vfio_dma(a: &mut Allow) {
+    a.when(
+        libc::SYS_ioctl,
+        vec![
+            ioctl_nr(VFIO_TYPE, NR_VFIO_IOMMU_MAP_DMA),
+            ioctl_nr(VFIO_TYPE, NR_VFIO_IOMMU_UNMAP_DMA),
+        ],
+    );
+}
+
 fn main_thread(a: &mut Allow) {
     use libc::*;
     spawns_threads(a);
@@ -559,6 +573,14 @@ fn allow_list(kind: ThreadKind, setxid: Option<SetxidTarget>) -> BTreeMap<i64, V
                     libc::SYS_prctl,
                     vec![rule(vec![cond(0, Op::Eq, libc::PR_CAPBSET_DROP as u64)])],
                 );
+                // Lifting RLIMIT_MEMLOCK of this process before the drop.
+                a.when(
+                    libc::SYS_prlimit64,
+                    vec![rule(vec![
+                        cond(0, Op::Eq, 0),
+                        cond(1, Op::Eq, libc::RLIMIT_MEMLOCK as u64),
+                    ])],
+                );
             }
         }
         ThreadKind::Api => api(&mut a),
@@ -578,6 +600,7 @@ fn allow_list(kind: ThreadKind, setxid: Option<SetxidTarget>) -> BTreeMap<i64, V
         }
         ThreadKind::VirtioOther => device_io(&mut a),
         ThreadKind::SerialStdin => serial_stdin(&mut a),
+        ThreadKind::VfioDma => vfio_dma(&mut a),
     }
     a.into_rules()
 }
@@ -697,5 +720,19 @@ mod tests {
         for call in vcpu {
             assert!(main.contains(&call), "vcpu needs {call}, main refuses it");
         }
+    }
+
+    #[test]
+    fn the_dma_worker_may_map_guest_ram_and_little_else() {
+        let mut base = Allow::default();
+        common(&mut base, None);
+        base.always(refused_calls(ThreadKind::VfioDma));
+        let base: Vec<i64> = base.into_rules().into_keys().collect();
+        let dma = allowed_calls(ThreadKind::VfioDma, None);
+        let extra: Vec<i64> = dma.iter().copied().filter(|c| !base.contains(c)).collect();
+        assert_eq!(extra, vec![libc::SYS_ioctl]);
+        // It starts under the main thread's filter.
+        let main = allowed_calls(ThreadKind::Main, None);
+        assert!(dma.iter().all(|call| main.contains(call)));
     }
 }

@@ -48,6 +48,15 @@ impl Rig {
     }
 
     fn add(&mut self, path: &str, id: Option<&str>) -> Result<PciDeviceInfo, VfioError> {
+        self.add_mapping(path, id, DmaMapOrder::Upfront)
+    }
+
+    fn add_mapping(
+        &mut self,
+        path: &str,
+        id: Option<&str>,
+        order: DmaMapOrder,
+    ) -> Result<PciDeviceInfo, VfioError> {
         let config = DeviceConfig {
             path: path.into(),
             id: id.map(str::to_string),
@@ -61,7 +70,7 @@ impl Rig {
             pci: &mut self.pci,
             buses: &self.buses,
         };
-        Ok(self.vfio.attach(opened, &mut vm)?.remove(0))
+        Ok(self.vfio.attach(opened, &mut vm, order)?.remove(0))
     }
 
     fn remove(&mut self, id: &str) -> Option<PciDeviceInfo> {
@@ -99,8 +108,8 @@ fn an_attached_device_answers_on_the_bus_with_its_bars_trapped() {
     );
     assert_eq!(rig.open_containers(), 1);
     assert_eq!(
-        rig.host.mapped.load(Ordering::SeqCst),
-        1,
+        rig.host.ram_mapped(),
+        vec![(0, 1 << 20)],
         "guest RAM mapped"
     );
     assert_eq!(config_read(&rig.pci.bus, 1, 0, 0), 0x11e8_1234);
@@ -118,6 +127,63 @@ fn an_attached_device_answers_on_the_bus_with_its_bars_trapped() {
     let gsi = intx_gsi(1, 0);
     assert!(routing.resample.contains(&gsi), "{routing:?}");
     assert_eq!(config_read(&rig.pci.bus, 1, 0, 0xf) & 0xff, gsi);
+}
+
+/// Each piece of guest RAM takes this long to map: long enough that the
+/// assertions before it ends run first.
+const SLOW_MAP: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn slow_mapping_host() -> FakeVfioHost {
+    let host = lab_host();
+    *lock(&host.ram_map_delay) = SLOW_MAP;
+    host
+}
+
+#[test]
+fn a_deferred_mapping_lets_the_guest_start_and_holds_bus_master_enable() {
+    let mut rig = Rig::new(slow_mapping_host());
+    rig.add_mapping(EDU, Some("edu0"), DmaMapOrder::Deferred)
+        .unwrap();
+    assert!(
+        rig.host.ram_mapped().is_empty(),
+        "attach waited for the map"
+    );
+    let gate = rig.vfio.dma_gate().unwrap();
+    assert!(!gate.is_open());
+    // Memory decoding goes through at once; bus mastering waits for the map.
+    config_write(&rig.pci.bus, 1, 0, 1, 0, &0x0002u16.to_le_bytes());
+    assert!(rig.host.ram_mapped().is_empty());
+    config_write(&rig.pci.bus, 1, 0, 1, 0, &0x0006u16.to_le_bytes());
+    assert_eq!(rig.host.ram_mapped(), vec![(0, 1 << 20)], "BME went first");
+    assert!(gate.is_open());
+    assert_eq!(config_read(&rig.pci.bus, 1, 0, 1) & 0x6, 0x6);
+}
+
+#[test]
+fn a_hotplug_during_a_deferred_mapping_waits_for_it() {
+    let mut rig = Rig::new(slow_mapping_host());
+    rig.add_mapping(EDU, Some("edu0"), DmaMapOrder::Deferred)
+        .unwrap();
+    assert!(rig.host.ram_mapped().is_empty());
+    rig.add(BARE, Some("bare0")).unwrap();
+    assert_eq!(rig.host.ram_mapped(), vec![(0, 1 << 20)]);
+    assert_eq!(
+        lock(&rig.host.ram_iommus).len(),
+        1,
+        "one container, mapped once"
+    );
+}
+
+#[test]
+fn removing_the_last_device_stops_a_deferred_mapping() {
+    let mut rig = Rig::new(slow_mapping_host());
+    rig.add_mapping(EDU, Some("edu0"), DmaMapOrder::Deferred)
+        .unwrap();
+    let gate = rig.vfio.dma_gate().unwrap();
+    rig.remove("edu0").unwrap();
+    assert_eq!(rig.open_containers(), 0);
+    assert_eq!(gate.wait().unwrap_err(), "the VM is stopping");
+    assert!(rig.vfio.dma_gate().is_none());
 }
 
 #[test]
@@ -335,7 +401,7 @@ impl Rig {
             pci: &mut self.pci,
             buses: &self.buses,
         };
-        self.vfio.attach(opened, &mut vm)
+        self.vfio.attach(opened, &mut vm, DmaMapOrder::Upfront)
     }
 }
 
