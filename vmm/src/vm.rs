@@ -367,6 +367,11 @@ impl Vm {
             }
         }
         self.state = VmState::Running;
+        let mapping = match self.devices.dma_gate() {
+            Some(gate) if !gate.is_open() => "; guest RAM is still being mapped for device DMA",
+            _ => "",
+        };
+        log::info!("vm: {} vCPUs running{mapping}", self.vcpu_threads.len());
         Ok(())
     }
 

@@ -8,7 +8,10 @@
 # of the guest's serial output and to the VMM's exit. Cases:
 #   pvh-<mem>-none      the minimal PVH guest, no device (2G)
 #   pvh-<mem>-gpu+edu   the same with the GPU and edu passed through (256M, 1G, 2G):
-#                       both VMMs map all guest RAM for DMA before the guest starts
+#                       form-vmm maps guest RAM for DMA while the guest starts
+#                       (its default); vmm=form-vmm-upfront is form-vmm with
+#                       dma_map=upfront, mapping all of it before the guest starts,
+#                       as Cloud Hypervisor does
 #   linux-256M-gpu+edu  a Linux L2 (VGA + edu passed) from start to its power-off
 # lab-default: no
 # lab-order: 91
@@ -63,6 +66,11 @@ pvh_case() {
     # shellcheck disable=SC2086 # the device arguments are lists of words
     sample form-vmm "pvh-$1-$2" form-vmm --kernel "$LAB_PVH_ELF" --memory "size=$1" \
         --cpus boot=2 --serial tty $fv_dev
+    if [ "$2" != none ]; then
+        # shellcheck disable=SC2086
+        sample form-vmm-upfront "pvh-$1-$2" form-vmm --kernel "$LAB_PVH_ELF" \
+            --memory "size=$1,dma_map=upfront" --cpus boot=2 --serial tty $fv_dev
+    fi
     # Over the lab's 39-bit IOVA aperture CH places 64-bit BARs only with
     # max_phys_bits=39 (../shared/anchors/README.md).
     # shellcheck disable=SC2086
