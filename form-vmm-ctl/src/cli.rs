@@ -36,7 +36,8 @@ Examples:
       --gpu-model h100 --gpu-count 2 --nvidia-gpudirect-clique 1
   form-vmm-ctl list
   form-vmm-ctl --json info vm1 | jq .state
-  form-vmm-ctl --url http://gpu-host-3:7070 --token-file /etc/form/token list
+  form-vmm-ctl --url https://gpu-host-3:7443 --token-file /etc/form/token \\
+      --ca-file /etc/form/ca.pem list
 
 Exit status: 0 ok, 1 the service failed the request (or doctor found an error),
 2 usage or invalid request, 3 cannot reach the service, 4 no such VM or GPU,
@@ -74,9 +75,20 @@ pub struct ConnectionArgs {
     )]
     pub socket: PathBuf,
 
-    /// Talk to the service over TCP instead: http://HOST:PORT (needs a token).
+    /// Talk to the service over TCP instead: https://HOST:PORT (needs a token;
+    /// http:// only to this host's loopback unless --allow-plain-http).
     #[arg(long, global = true, value_name = "URL", env = "FORM_VMM_URL")]
     pub url: Option<String>,
+
+    /// CA certificates (PEM) to trust for an https:// --url, instead of the
+    /// system's.
+    #[arg(long, global = true, value_name = "FILE", env = "FORM_VMM_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Send the token over plain http:// to a host other than loopback (anyone on
+    /// the network path can read it and run VMs).
+    #[arg(long, global = true)]
+    pub allow_plain_http: bool,
 
     /// File holding the bearer token for --url (else the token is taken from the
     /// FORM_VMM_TOKEN environment variable).

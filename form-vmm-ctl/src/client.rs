@@ -1,7 +1,9 @@
-//! A blocking HTTP/1 client for the service API, over its unix socket or over TCP with
-//! a bearer token. One request per connection: the CLI makes one call per run.
+//! A blocking HTTP/1 client for the service API, over its unix socket or over TCP
+//! (TLS, or plain to loopback) with a bearer token. One request per connection: the
+//! CLI makes one call per run.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,9 +15,10 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::endpoint::Endpoint;
 use crate::error::CtlError;
+use crate::tls;
 
-/// Connecting is quick or it is not going to happen; don't let a dead TCP peer hold
-/// the operator for the whole request timeout.
+/// Connecting (and the TLS handshake) is quick or it is not going to happen; don't
+/// let a dead TCP peer hold the operator for the whole request timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An answer, whatever its status.
@@ -43,6 +46,10 @@ pub struct Client {
     timeout: Duration,
     /// Show the time spent waiting on stderr (a terminal, never with --json).
     progress: bool,
+    /// For https:// endpoints; the system's CAs when not given.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Send the token over plain http to a host other than loopback.
+    allow_plain_http: bool,
 }
 
 /// How long an answer may take before the wait is shown.
@@ -55,7 +62,21 @@ impl Client {
             token,
             timeout,
             progress: false,
+            tls: None,
+            allow_plain_http: false,
         }
+    }
+
+    /// The TLS configuration (trusted CAs) for an https:// endpoint.
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Lets the token cross a network in clear text (`--allow-plain-http`).
+    pub fn allow_plain_http(mut self, allow: bool) -> Self {
+        self.allow_plain_http = allow;
+        self
     }
 
     /// Shows, on stderr, how long the answer has been awaited, once it takes more
@@ -135,11 +156,57 @@ impl Client {
                 let stream = self.connect(UnixStream::connect(path)).await?;
                 self.over(TokioIo::new(stream), request).await
             }
-            Endpoint::Tcp { authority } => {
+            Endpoint::Tcp {
+                authority,
+                tls: true,
+            } => {
                 let stream = self.connect(TcpStream::connect(authority.as_str())).await?;
+                let config = match &self.tls {
+                    Some(config) => Arc::clone(config),
+                    None => tls::client_config(None)?,
+                };
+                let host = self.endpoint.host().unwrap_or(authority);
+                let secured =
+                    tokio::time::timeout(CONNECT_TIMEOUT, tls::handshake(config, host, stream))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(format!(
+                                "no TLS handshake with {host} within {}s",
+                                CONNECT_TIMEOUT.as_secs()
+                            ))
+                        })
+                        .map_err(|reason| CtlError::Tls {
+                            endpoint: self.endpoint.clone(),
+                            reason,
+                        })?;
+                self.over(TokioIo::new(secured), request).await
+            }
+            Endpoint::Tcp {
+                authority,
+                tls: false,
+            } => {
+                let stream = self.connect(TcpStream::connect(authority.as_str())).await?;
+                self.check_plain(&stream)?;
                 self.over(TokioIo::new(stream), request).await
             }
         }
+    }
+
+    /// The token goes in clear text only to this host's loopback, where nobody on a
+    /// network can read it. Checked on the connected address, so a host name that
+    /// resolves to loopback passes and one that resolves elsewhere does not.
+    fn check_plain(&self, stream: &TcpStream) -> Result<(), CtlError> {
+        if self.token.is_none() || self.allow_plain_http {
+            return Ok(());
+        }
+        let peer = stream.peer_addr().map_err(|e| self.unreachable(&e))?;
+        if peer.ip().to_canonical().is_loopback() {
+            return Ok(());
+        }
+        Err(CtlError::PlainToken {
+            endpoint: self.endpoint.clone(),
+            peer: peer.to_string(),
+        })
     }
 
     async fn connect<S>(
@@ -163,9 +230,17 @@ impl Client {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let transport = |e: hyper::Error| CtlError::Transport {
+        let transport = |e: hyper::Error| {
+            CtlError::Transport {
             endpoint: self.endpoint.clone(),
-            reason: e.to_string(),
+            reason: match &self.endpoint {
+                // A TLS listener answers plain HTTP with a TLS alert.
+                Endpoint::Tcp { tls: false, .. } if e.is_parse() => format!(
+                    "{e}; the answer was not HTTP: if the service listens with --tls-cert, use https://"
+                ),
+                _ => e.to_string(),
+            },
+        }
         };
         let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
             .await
@@ -193,7 +268,7 @@ impl Client {
     fn unreachable(&self, error: &io::Error) -> CtlError {
         let place = match &self.endpoint {
             Endpoint::Unix(path) => path.display().to_string(),
-            Endpoint::Tcp { authority } => authority.clone(),
+            Endpoint::Tcp { authority, .. } => authority.clone(),
         };
         let reason = match error.kind() {
             io::ErrorKind::NotFound => format!("{place} does not exist"),

@@ -24,7 +24,7 @@ use crate::endpoint::Endpoint;
 use crate::error::CtlError;
 use crate::exit::Exit;
 use crate::files::{read_ssh_keys, read_user_data};
-use crate::{console, devices, render};
+use crate::{console, devices, render, tls};
 
 /// The environment variable holding the bearer token itself, for --url without
 /// --token-file.
@@ -136,8 +136,8 @@ pub fn default_timeout(command: &Command) -> u64 {
     }
 }
 
-/// The client for the endpoint the options name: TCP with a token when --url is
-/// given, else the unix socket.
+/// The client for the endpoint the options name: TCP (TLS for https://) with a token
+/// when --url is given, else the unix socket.
 fn client(options: &ConnectionArgs, timeout: u64) -> Result<Client, CtlError> {
     let timeout = Duration::from_secs(timeout);
     let Some(url) = &options.url else {
@@ -159,7 +159,15 @@ fn client(options: &ConnectionArgs, timeout: u64) -> Result<Client, CtlError> {
                 ))
             })?,
     };
-    Ok(Client::new(endpoint, Some(token), timeout))
+    let client = Client::new(endpoint.clone(), Some(token), timeout)
+        .allow_plain_http(options.allow_plain_http);
+    match (&options.ca_file, endpoint.is_tls()) {
+        (ca_file, true) => Ok(client.with_tls(tls::client_config(ca_file.as_deref())?)),
+        (Some(_), false) => Err(CtlError::Usage(format!(
+            "--ca-file is for https:// URLs, and {url} is plain http; use https:// if the service has --tls-cert"
+        ))),
+        (None, false) => Ok(client),
+    }
 }
 
 /// The token is the file's content without the trailing newline, as the service

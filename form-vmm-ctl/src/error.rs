@@ -23,6 +23,18 @@ pub enum CtlError {
     #[error("the connection to vmm-service at {endpoint} failed mid-request: {reason}")]
     Transport { endpoint: Endpoint, reason: String },
 
+    #[error("no secure connection to vmm-service: {reason}; {endpoint}")]
+    Tls { endpoint: Endpoint, reason: String },
+
+    #[error("--ca-file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+
+    #[error("no CA certificates in the system's store ({reason}); pass the CA that signed the service's certificate with --ca-file FILE")]
+    NoSystemRoots { reason: String },
+
+    #[error("refusing to send the bearer token in clear text to {peer} ({endpoint}): use an https:// URL (vmm-service serve --tls-cert FILE --tls-key FILE), or an SSH tunnel to a loopback port; --allow-plain-http accepts the risk")]
+    PlainToken { endpoint: Endpoint, peer: String },
+
     /// An error answer from the service, carrying its stable code when it sent one.
     #[error("{message}")]
     Service {
@@ -66,7 +78,7 @@ pub enum CtlError {
 impl CtlError {
     pub fn exit(&self) -> Exit {
         match self {
-            Self::Unreachable { .. } => Exit::Unreachable,
+            Self::Unreachable { .. } | Self::Tls { .. } => Exit::Unreachable,
             Self::Service { status, code, .. } => match code {
                 Some(code) => Exit::for_error_code(*code),
                 None => Exit::for_http_status(*status),
@@ -74,7 +86,10 @@ impl CtlError {
             Self::TokenFile { .. }
             | Self::EmptyToken { .. }
             | Self::Usage(_)
-            | Self::ReadFile { .. } => Exit::Usage,
+            | Self::ReadFile { .. }
+            | Self::CaFile { .. }
+            | Self::NoSystemRoots { .. }
+            | Self::PlainToken { .. } => Exit::Usage,
             Self::NoSuchDeviceId { .. } => Exit::NotFound,
             Self::Timeout { .. }
             | Self::Transport { .. }

@@ -16,3 +16,4 @@ pub mod files;
 pub mod options;
 pub mod render;
 pub mod table;
+pub mod tls;

@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::tls::Pki;
 use common::{ctl, temp_file, FakeService};
 use serde_json::json;
 
@@ -715,10 +716,11 @@ fn tcp_sends_the_token_and_a_refused_token_exits_6() {
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("is empty"), "{}", run.stderr);
     let run = ctl(
-        &["--url", "https://h:1", "list"],
+        &["--url", "ftp://h:1", "list"],
         Some(("FORM_VMM_TOKEN", "t")),
     );
     assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("https://HOST:PORT"), "{}", run.stderr);
 }
 
 #[test]
@@ -895,4 +897,204 @@ fn console_follow_of_a_stopped_vm_prints_its_log_and_ends() {
     assert!(started.elapsed() < Duration::from_millis(450), "no poll");
     let targets: Vec<String> = service.requests().into_iter().map(|r| r.target).collect();
     assert_eq!(targets, ["/v1/vms/old", "/v1/vms/old/console"]);
+}
+
+#[test]
+fn https_trusts_the_ca_file_and_names_the_host_when_verification_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "service");
+    let other = Pki::new(dir.path(), "other");
+    let (service, url) = FakeService::tls(&pki);
+    service.route("GET", "/v1/vms", 200, json!({"vms": []}));
+    let (_token_dir, token_file) = temp_file("token", "s3cret\n");
+    let token = token_file.to_str().unwrap();
+    let ca = pki.ca_cert.to_str().unwrap();
+
+    let localhost = url.replace("127.0.0.1", "localhost");
+    for url in [&url, &localhost] {
+        let run = ctl(
+            &["--url", url, "--token-file", token, "--ca-file", ca, "list"],
+            None,
+        );
+        assert_eq!(run.code, 0, "{url}: {}", run.stderr);
+        assert!(run.stdout.contains("no VMs"), "{}", run.stdout);
+    }
+    let run = ctl(
+        &["--url", &url, "--token-file", token, "list"],
+        Some(("FORM_VMM_CA_FILE", ca)),
+    );
+    assert_eq!(
+        run.code, 0,
+        "the CA file from the environment: {}",
+        run.stderr
+    );
+    let tokens: Vec<Option<String>> = service
+        .requests()
+        .into_iter()
+        .map(|r| r.authorization)
+        .collect();
+    assert_eq!(tokens, vec![Some("Bearer s3cret".to_string()); 3]);
+
+    // Without --ca-file the system's store is used: here, one with another CA only.
+    let other_ca = other.ca_cert.to_str().unwrap();
+    for (args, env) in [
+        (vec![], Some(("SSL_CERT_FILE", other_ca))),
+        (vec!["--ca-file", other_ca], None),
+    ] {
+        let mut full = vec!["--url", url.as_str(), "--token-file", token];
+        full.extend(args);
+        full.push("list");
+        let run = ctl(&full, env);
+        assert_eq!(run.code, 3, "{}", run.stderr);
+        for says in [
+            "the TLS certificate of 127.0.0.1",
+            "is not signed by a CA this client trusts",
+            "--ca-file FILE",
+            &format!("url: {url}"),
+        ] {
+            assert!(run.stderr.contains(says), "want {says:?}: {}", run.stderr);
+        }
+    }
+    assert_eq!(
+        service.requests().len(),
+        3,
+        "no request without a trusted peer"
+    );
+
+    // A CA file that holds no certificate is a usage error naming it.
+    let (_garbage_dir, garbage) = temp_file("ca.pem", "not PEM\n");
+    let garbage = garbage.to_str().unwrap();
+    let run = ctl(
+        &[
+            "--url",
+            &url,
+            "--token-file",
+            token,
+            "--ca-file",
+            garbage,
+            "list",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("--ca-file {garbage}: holds no PEM certificate")),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn https_to_a_plain_listener_and_ca_file_with_http_are_explained() {
+    let (service, http_url) = FakeService::tcp();
+    service.route("GET", "/v1/vms", 200, json!({"vms": []}));
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "service");
+    let ca = pki.ca_cert.to_str().unwrap();
+    let (_token_dir, token_file) = temp_file("token", "s3cret\n");
+    let token = token_file.to_str().unwrap();
+
+    let https_url = http_url.replace("http://", "https://");
+    let run = ctl(
+        &[
+            "--url",
+            &https_url,
+            "--token-file",
+            token,
+            "--ca-file",
+            ca,
+            "list",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("does not speak TLS on this port"),
+        "{}",
+        run.stderr
+    );
+    let run = ctl(
+        &[
+            "--url",
+            &http_url,
+            "--token-file",
+            token,
+            "--ca-file",
+            ca,
+            "list",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--ca-file is for https://"),
+        "{}",
+        run.stderr
+    );
+    assert!(service.requests().is_empty());
+}
+
+/// An address of this host other than loopback, if it has one (a route out).
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // No packet is sent: connecting a UDP socket only picks the route's source.
+    probe.connect("192.0.2.1:9").ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[test]
+fn the_token_goes_over_plain_http_only_to_loopback() {
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("skipped: this host has no address other than loopback");
+        return;
+    };
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let received = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut bytes = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stream, &mut bytes);
+            seen.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        seen
+    });
+    let run = ctl(
+        &["--url", &url, "list"],
+        Some(("FORM_VMM_TOKEN", "s3cret-token")),
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("refusing to send the bearer token in clear text"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("https://"), "{}", run.stderr);
+    // With the operator's consent it goes (and this listener never answers).
+    let run = ctl(
+        &[
+            "--url",
+            &url,
+            "--allow-plain-http",
+            "--timeout",
+            "1",
+            "list",
+        ],
+        Some(("FORM_VMM_TOKEN", "s3cret-token")),
+    );
+    assert_ne!(run.code, 0);
+    let seen = received.join().unwrap();
+    assert_eq!(seen[0], "", "nothing was sent without consent");
+    assert!(
+        seen[1].contains("Bearer s3cret-token"),
+        "sent with --allow-plain-http: {:?}",
+        seen[1]
+    );
 }

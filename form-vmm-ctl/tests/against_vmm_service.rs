@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ctl;
+use common::tls::Pki;
 use form_service_api::types::{DoctorResponse, GpuList, VmList};
 
 const GPU: &str = "0000:19:00.0";
@@ -83,13 +84,19 @@ impl Service {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("service.sock");
         let listen = format!("unix:{}", socket.display());
-        let mut service = Self::spawn(binary, dir, socket.clone(), &listen, None);
+        let mut service = Self::spawn(binary, dir, socket.clone(), &listen, None, None);
         service.wait_until(|| std::os::unix::net::UnixStream::connect(&socket).is_ok());
         service
     }
 
     /// Serves on TCP with a token; returns the service and its URL.
     fn start_tcp(binary: &Path, token: &str) -> (Self, String) {
+        Self::start_tcp_tls(binary, token, None)
+    }
+
+    /// Serves on TCP with a token, and TLS with `pki`'s server certificate when
+    /// given; returns the service and its URL.
+    fn start_tcp_tls(binary: &Path, token: &str, pki: Option<&Pki>) -> (Self, String) {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("token");
         fs::write(&token_file, format!("{token}\n")).unwrap();
@@ -108,9 +115,11 @@ impl Service {
             unused,
             &format!("tcp:{address}"),
             Some(&token_file),
+            pki,
         );
         service.wait_until(|| TcpStream::connect(&address).is_ok());
-        (service, format!("http://{address}"))
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        (service, format!("{scheme}://{address}"))
     }
 
     fn spawn(
@@ -119,6 +128,7 @@ impl Service {
         socket: PathBuf,
         listen: &str,
         token_file: Option<&Path>,
+        pki: Option<&Pki>,
     ) -> Self {
         let sysfs = dir.path().join("sys");
         fixture_sysfs(&sysfs);
@@ -129,6 +139,13 @@ impl Service {
         command.arg("serve").arg("--listen").arg(listen);
         if let Some(file) = token_file {
             command.arg("--token-file").arg(file);
+        }
+        if let Some(pki) = pki {
+            command
+                .arg("--tls-cert")
+                .arg(&pki.server_cert)
+                .arg("--tls-key")
+                .arg(&pki.server_key);
         }
         let child = command
             .arg("--state-dir")
@@ -330,4 +347,48 @@ fn tcp_with_the_services_token() {
         (run.code, run.stderr.as_str()),
         (4, "error: no VM named nope\n")
     );
+}
+
+#[test]
+fn https_with_the_services_ca() {
+    let Some(binary) = service_binary() else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let pki = Pki::new(certs.path(), "service");
+    let other = Pki::new(certs.path(), "other");
+    let token = "tls-0123456789abcdef";
+    let (_service, url) = Service::start_tcp_tls(&binary, token, Some(&pki));
+    let (_token_dir, token_file) = common::temp_file("token", token);
+    let token_file = token_file.to_str().unwrap();
+
+    let run = ctl(
+        &[
+            "--url",
+            &url,
+            "--token-file",
+            token_file,
+            "--ca-file",
+            pki.ca_cert.to_str().unwrap(),
+            "gpu",
+            "list",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains(GPU), "{}", run.stdout);
+
+    // The system's store (here holding another CA only) does not vouch for it.
+    let run = ctl(
+        &["--url", &url, "--token-file", token_file, "gpu", "list"],
+        Some(("SSL_CERT_FILE", other.ca_cert.to_str().unwrap())),
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the TLS certificate of 127.0.0.1 is not signed by a CA"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("--ca-file"), "{}", run.stderr);
 }

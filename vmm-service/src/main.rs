@@ -16,7 +16,7 @@ use vmm_service::instances::{
 use vmm_service::state::{secure_state_dir, Store};
 use vmm_service::vmm_client::VmmDeadlines;
 
-use vmm_service::api::{self, Listen, ServeOptions};
+use vmm_service::api::{self, Listen, ServeOptions, TlsFiles};
 use vmm_service::gpu::{
     self, Bdf, BindOptions, DevicePolicy, DoctorInputs, GpuBinder, GpuError, GpuInfo, HostPaths,
     JsonFileRecords, KernelSysfs, MemlockLimit, NoOwners, Severity,
@@ -53,7 +53,8 @@ enum Command {
 #[derive(Args)]
 struct ServeArgs {
     /// unix:/PATH (mode --socket-mode) or tcp:HOST:PORT (needs --token-file; a
-    /// loopback address unless --allow-plain-tcp); repeatable, to serve on several.
+    /// loopback address unless --tls-cert or --allow-plain-tcp); repeatable, to
+    /// serve on several.
     #[arg(
         long,
         value_name = "ADDRESS",
@@ -93,8 +94,15 @@ struct ServeArgs {
     header_timeout: u64,
     /// Allow plain-text TCP on an address other than loopback (the token and every
     /// request cross the network unencrypted).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tls_cert")]
     allow_plain_tcp: bool,
+    /// Serve TLS on the TCP listeners with this certificate chain (PEM: the
+    /// server's certificate first, then intermediates).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or EC; mode 0600).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// File holding the bearer token TCP clients must send (mode 0600).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
@@ -341,6 +349,10 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
         max_connections: args.max_connections,
         header_timeout: Duration::from_secs(args.header_timeout),
         allow_plain_tcp: args.allow_plain_tcp,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| TlsFiles { cert, key }),
     };
     api::serve(router, &args.listen, &options)
         .await

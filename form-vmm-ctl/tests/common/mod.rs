@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::path::PathBuf;
@@ -92,6 +94,27 @@ impl FakeService {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        service
+            .runtime
+            .spawn(axum::serve(listener, service.router()).into_future());
+        (service, url)
+    }
+
+    /// A fake speaking TLS with `pki`'s server certificate; returns it with its
+    /// `https://127.0.0.1:PORT` URL.
+    pub fn tls(pki: &tls::Pki) -> (Self, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let unused = dir.path().join("no.sock");
+        let service = Self::new(dir, unused);
+        let tcp = service
+            .runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("https://{}", tcp.local_addr().unwrap());
+        let listener = tls::TlsListener {
+            tcp,
+            acceptor: pki.acceptor(),
+        };
         service
             .runtime
             .spawn(axum::serve(listener, service.router()).into_future());
@@ -266,6 +289,9 @@ pub fn ctl(args: &[&str], env: Option<(&str, &str)>) -> Run {
         "FORM_VMM_URL",
         "FORM_VMM_TOKEN",
         "FORM_VMM_TOKEN_FILE",
+        "FORM_VMM_CA_FILE",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
     ] {
         command.env_remove(name);
     }

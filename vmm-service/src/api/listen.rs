@@ -1,8 +1,8 @@
 //! Where the API listens: a unix socket with restricted permissions (the default),
-//! TCP behind a bearer token (loopback only, unless the operator accepts plain text
-//! on a network), or several of them. Each listener holds a bounded number of
-//! connections and closes those that send nothing in time, so idle clients cannot
-//! use up the service's descriptors.
+//! TCP behind a bearer token (TLS, or plain text on loopback unless the operator
+//! accepts plain text on a network), or several of them. Each listener holds a
+//! bounded number of connections and closes those that send nothing in time (a TLS
+//! handshake included), so idle clients cannot use up the service's descriptors.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -17,6 +17,7 @@ use axum::{Extension, Router};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::auth::require_token;
+use super::tls::{self, TlsError, TlsFiles};
 
 pub const DEFAULT_SOCKET: &str = "/run/form-vmm/service.sock";
 
@@ -60,9 +61,11 @@ pub enum ListenError {
     #[error("{path} exists and another service answers on it; stop that one first")]
     InUse { path: PathBuf },
     #[error(
-        "tcp:{address} is not a loopback address: the bearer token and every request would cross the network in clear text (this service has no TLS yet); listen on 127.0.0.1 or ::1 and reach it through a TLS proxy or an SSH tunnel, or pass --allow-plain-tcp to accept the risk"
+        "tcp:{address} is not a loopback address: the bearer token and every request would cross the network in clear text; serve TLS with --tls-cert and --tls-key, or listen on 127.0.0.1 or ::1 and reach it through an SSH tunnel, or pass --allow-plain-tcp to accept the risk"
     )]
     PlainTcp { address: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// How the listeners treat connections.
@@ -81,6 +84,8 @@ pub struct ServeOptions {
     pub header_timeout: Duration,
     /// Plain-text TCP on an address other than loopback.
     pub allow_plain_tcp: bool,
+    /// TLS on every TCP listener: with it, they speak nothing else.
+    pub tls: Option<TlsFiles>,
 }
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
@@ -94,6 +99,7 @@ impl Default for ServeOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             allow_plain_tcp: false,
+            tls: None,
         }
     }
 }
@@ -113,6 +119,11 @@ pub async fn serve(
     listens: &[Listen],
     options: &ServeOptions,
 ) -> Result<(), ListenError> {
+    // Before binding anything: a bad certificate fails the start, not the first client.
+    let acceptor = options.tls.as_ref().map(tls::load).transpose()?;
+    if acceptor.is_some() && !listens.iter().any(|l| matches!(l, Listen::Tcp(_))) {
+        log::warn!("--tls-cert and --tls-key apply to TCP listeners, and there is none");
+    }
     let mut bound = Vec::new();
     for listen in listens {
         match listen {
@@ -141,7 +152,7 @@ pub async fn serve(
                     .await
                     .map_err(|e| io("binding", e))?;
                 let local = listener.local_addr().map_err(|e| io("binding", e))?;
-                if !local.ip().is_loopback() && !options.allow_plain_tcp {
+                if !local.ip().is_loopback() && acceptor.is_none() && !options.allow_plain_tcp {
                     return Err(ListenError::PlainTcp {
                         address: address.clone(),
                     });
@@ -153,7 +164,14 @@ pub async fn serve(
                         require_token,
                     ))
                     .layer(Extension(Transport::Tcp));
-                bound.push((Bound::Tcp(listener), router, format!("tcp:{local}")));
+                match &acceptor {
+                    Some(acceptor) => bound.push((
+                        Bound::Tls(listener, acceptor.clone()),
+                        router,
+                        format!("tcp:{local} (TLS)"),
+                    )),
+                    None => bound.push((Bound::Tcp(listener), router, format!("tcp:{local}"))),
+                }
             }
         }
     }
@@ -185,13 +203,23 @@ pub async fn serve(
 enum Bound {
     Unix(tokio::net::UnixListener),
     Tcp(tokio::net::TcpListener),
+    Tls(tokio::net::TcpListener, tokio_rustls::TlsAcceptor),
 }
 
 impl Bound {
     async fn accept(&self) -> std::io::Result<Stream> {
         match self {
             Self::Unix(listener) => listener.accept().await.map(|(s, _)| Stream::Unix(s)),
-            Self::Tcp(listener) => listener.accept().await.map(|(s, _)| Stream::Tcp(s)),
+            Self::Tcp(listener) | Self::Tls(listener, _) => {
+                listener.accept().await.map(|(s, _)| Stream::Tcp(s))
+            }
+        }
+    }
+
+    fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor> {
+        match self {
+            Self::Tls(_, acceptor) => Some(acceptor),
+            Self::Unix(_) | Self::Tcp(_) => None,
         }
     }
 }
@@ -199,15 +227,32 @@ impl Bound {
 enum Stream {
     Unix(tokio::net::UnixStream),
     Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
 }
 
 impl Stream {
-    /// Whatever of `bytes` the socket takes now, without waiting.
+    /// Whatever of `bytes` the socket takes now, without waiting, unencrypted.
     fn try_write(&self, bytes: &[u8]) {
         let _ = match self {
             Self::Unix(s) => s.try_write(bytes),
             Self::Tcp(s) => s.try_write(bytes),
+            Self::Tls(_) => Ok(0),
         };
+    }
+
+    /// The stream to serve HTTP on: for a TLS listener, once the handshake is done
+    /// within `within`.
+    async fn secured(
+        self,
+        acceptor: Option<&tokio_rustls::TlsAcceptor>,
+        within: Duration,
+    ) -> Option<Self> {
+        match (self, acceptor) {
+            (Self::Tcp(tcp), Some(acceptor)) => tls::handshake(acceptor, tcp, within)
+                .await
+                .map(|s| Self::Tls(Box::new(s))),
+            (stream, _) => Some(stream),
+        }
     }
 }
 
@@ -220,6 +265,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -233,6 +279,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -240,6 +287,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Unix(s) => Pin::new(s).poll_flush(cx),
             Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -247,6 +295,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -284,11 +333,22 @@ async fn accept_loop(
             }
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            stream.try_write(&refusal);
+            // A TLS client gets no 503: it would take a handshake, which is the
+            // work the cap is there to refuse. It sees the connection closed.
+            if listener.tls().is_none() {
+                stream.try_write(&refusal);
+            }
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let acceptor = listener.tls().cloned();
         tokio::spawn(async move {
+            // The slot is held through the handshake, and the handshake gets the
+            // header timeout, so silent clients cannot pile up ahead of the cap.
+            let Some(stream) = stream.secured(acceptor.as_ref(), header_timeout).await else {
+                drop(slot);
+                return;
+            };
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(hyper_util::rt::TokioTimer::new())

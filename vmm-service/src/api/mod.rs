@@ -5,6 +5,7 @@ mod doctor;
 mod error;
 mod listen;
 mod routes;
+mod tls;
 
 pub use error::ApiError;
 /// Request and response bodies, shared with clients (the `form-service-api` crate).
@@ -14,3 +15,4 @@ pub use listen::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET,
 };
 pub use routes::{router, CREATE_BODY_LIMIT, SMALL_BODY_LIMIT};
+pub use tls::{TlsError, TlsFiles};

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod process;
+pub mod tls;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
