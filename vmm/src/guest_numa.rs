@@ -100,6 +100,30 @@ impl GuestNuma {
     pub fn node_of_vcpu(&self, vcpu: u32) -> Option<&GuestNumaNode> {
         self.nodes.iter().find(|n| n.vcpus.contains(&vcpu))
     }
+
+    /// How many of the first `vcpus` vCPUs CPUID may say share a last-level
+    /// cache. Linux groups CPUs by APIC id >> log2(that number) and warns (a
+    /// WARN with a backtrace) when a group spans nodes; so the largest power of
+    /// two whose aligned groups of vCPU ids each stay in one node, or all of
+    /// them when the guest is not told of nodes.
+    pub fn llc_vcpus(&self, vcpus: u32) -> u32 {
+        if !self.in_acpi || self.nodes.len() < 2 {
+            return vcpus;
+        }
+        let node = |vcpu: u32| self.node_of_vcpu(vcpu).map(|n| n.id);
+        let mut size = vcpus.max(1).next_power_of_two();
+        while size > 1 {
+            let one_node_each = (0..vcpus).step_by(size as usize).all(|first| {
+                let last = (first + size).min(vcpus);
+                (first..last).all(|v| node(v) == node(first))
+            });
+            if one_node_each {
+                break;
+            }
+            size /= 2;
+        }
+        size
+    }
 }
 
 /// Where the vCPU threads of a guest node bound to `hosts` run: on the CPUs of
@@ -224,6 +248,38 @@ mod tests {
         );
         assert_eq!(numa.node_of_vcpu(2).unwrap().id, 1);
         assert_eq!(numa.node_of_vcpu(9), None);
+    }
+
+    #[test]
+    fn a_last_level_cache_never_spans_two_nodes() {
+        let with_nodes = |nodes: &[&[u32]]| GuestNuma {
+            nodes: nodes
+                .iter()
+                .enumerate()
+                .map(|(id, vcpus)| GuestNumaNode {
+                    id: id as u32,
+                    vcpus: vcpus.to_vec(),
+                    ram: Vec::new(),
+                    host_nodes: Vec::new(),
+                })
+                .collect(),
+            distances: Vec::new(),
+            in_acpi: true,
+        };
+        assert_eq!(with_nodes(&[&[0, 1, 2, 3], &[4, 5, 6, 7]]).llc_vcpus(8), 4);
+        assert_eq!(with_nodes(&[&[0, 1], &[2, 3], &[4, 5]]).llc_vcpus(6), 2);
+        assert_eq!(with_nodes(&[&[0, 1, 2, 3], &[4, 5]]).llc_vcpus(6), 4);
+        assert_eq!(with_nodes(&[&[0, 2], &[1, 3]]).llc_vcpus(4), 1);
+        assert_eq!(with_nodes(&[&[0, 1, 2], &[3]]).llc_vcpus(4), 1);
+        // Only the vCPUs the VM has count.
+        assert_eq!(with_nodes(&[&[0, 1], &[2, 3]]).llc_vcpus(2), 2);
+        // One node, or nodes the guest is not told of: every vCPU shares it.
+        assert_eq!(with_nodes(&[&[0, 1, 2]]).llc_vcpus(3), 3);
+        let untold = GuestNuma {
+            in_acpi: false,
+            ..with_nodes(&[&[0, 2], &[1, 3]])
+        };
+        assert_eq!(untold.llc_vcpus(4), 4);
     }
 
     #[test]

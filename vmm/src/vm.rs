@@ -363,10 +363,13 @@ impl Vm {
         };
 
         let supported = hv.supported_cpuid()?;
+        let llc_vcpus = guest_numa
+            .as_ref()
+            .map_or(vcpu_count, |numa| numa.llc_vcpus(vcpu_count));
         let mut vcpus = Vec::with_capacity(vcpu_count as usize);
         for id in 0..vcpu_count {
             let vcpu = kvm_vm.create_vcpu(id)?;
-            configure_vcpu(&vcpu, &supported, vcpu_count)?;
+            configure_vcpu(&vcpu, &supported, vcpu_count, llc_vcpus)?;
             exit.add_kicker(vcpu.kicker());
             vcpus.push(vcpu);
         }
