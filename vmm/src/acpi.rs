@@ -1,8 +1,10 @@
-//! ACPI tables: RSDP → XSDT → FADT (→ DSDT), MADT, MCFG, written into the BIOS
-//! area of guest memory. The platform is hardware-reduced: no PM1 blocks, a sleep
+//! ACPI tables: RSDP → XSDT → FADT (→ DSDT), MADT, MCFG, and with guest NUMA the
+//! SRAT and SLIT ([`crate::acpi_numa`]), written into the BIOS area of guest memory. The platform is hardware-reduced: no PM1 blocks, a sleep
 //! control/reset register at port 0x600, and a GED for the power button and PCI
 //! hotplug (the slot objects are in [`crate::acpi_pci`]).
 
+use crate::acpi_numa::{slit, srat};
+use crate::guest_numa::GuestNuma;
 use crate::memory::GuestMemoryMmap;
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, And, Device, EISAName, Equal, Field,
@@ -28,9 +30,9 @@ use form_vm_allocator::layout::{
 use std::collections::BTreeSet;
 use vm_memory::{Bytes, GuestAddress};
 
-const OEM_ID: [u8; 6] = *b"FORMVM";
-const OEM_TABLE_ID: [u8; 8] = *b"FORMVMM ";
-const OEM_REVISION: u32 = 1;
+pub(crate) const OEM_ID: [u8; 6] = *b"FORMVM";
+pub(crate) const OEM_TABLE_ID: [u8; 8] = *b"FORMVMM ";
+pub(crate) const OEM_REVISION: u32 = 1;
 const TABLE_ALIGN: u64 = 16;
 
 // MADT structure types and flags (ACPI 6.5, 5.2.12).
@@ -62,6 +64,8 @@ pub struct AcpiPlatform<'a> {
     pub vcpus: u32,
     /// PCI slots whose devices stay for the VM's life (virtio): not hotpluggable.
     pub fixed_slots: BTreeSet<u8>,
+    /// The guest's NUMA nodes; an SRAT and a SLIT when `in_acpi`.
+    pub numa: Option<&'a GuestNuma>,
 }
 
 fn bytes(t: &dyn Aml) -> Vec<u8> {
@@ -286,8 +290,13 @@ pub fn create_acpi_tables(
     let fadt_addr = w.put("FADT", &fadt(dsdt_addr))?;
     let madt_addr = w.put("MADT", &madt(platform.vcpus)?)?;
     let mcfg_addr = w.put("MCFG", &mcfg())?;
+    let mut tables = vec![fadt_addr, madt_addr, mcfg_addr];
+    if let Some(numa) = platform.numa.filter(|n| n.in_acpi) {
+        tables.push(w.put("SRAT", &srat(numa, platform.vcpus))?);
+        tables.push(w.put("SLIT", &slit(&numa.distances))?);
+    }
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    for addr in [fadt_addr, madt_addr, mcfg_addr] {
+    for addr in tables {
         xsdt.add_entry(addr);
     }
     let xsdt_addr = w.put("XSDT", &bytes(&xsdt))?;
@@ -315,6 +324,7 @@ mod tests {
             layout: &layout,
             vcpus: 4,
             fixed_slots: Default::default(),
+            numa: None,
         };
         for t in [dsdt(&p), fadt(0x1234), madt(4).unwrap(), mcfg()] {
             let len = u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize;
@@ -327,6 +337,74 @@ mod tests {
         assert_eq!(m.len(), 44 + 4 * 8 + 12 + 10);
     }
 
+    /// The signatures of the tables the XSDT that the RSDP at RSDP_START points to
+    /// lists, each checked for length and checksum.
+    fn xsdt_signatures(mem: &GuestMemoryMmap) -> Vec<String> {
+        let mut rsdp = [0u8; 36];
+        mem.read_slice(&mut rsdp, GuestAddress(RSDP_START)).unwrap();
+        let xsdt_addr = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+        let read_table = |addr: u64| {
+            let mut header = [0u8; 8];
+            mem.read_slice(&mut header, GuestAddress(addr)).unwrap();
+            let len = u32::from_le_bytes(header[4..8].try_into().unwrap()) as usize;
+            let mut t = vec![0u8; len];
+            mem.read_slice(&mut t, GuestAddress(addr)).unwrap();
+            assert!(checksum_ok(&t), "{:?}", String::from_utf8_lossy(&t[0..4]));
+            t
+        };
+        let xsdt = read_table(xsdt_addr);
+        xsdt[36..]
+            .chunks(8)
+            .map(|entry| {
+                let t = read_table(u64::from_le_bytes(entry.try_into().unwrap()));
+                String::from_utf8_lossy(&t[0..4]).into_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_xsdt_lists_srat_and_slit_when_the_guest_is_told_of_its_nodes() {
+        use crate::guest_numa::GuestNumaNode;
+        use form_vm_allocator::MemoryRegion;
+        let layout = GuestLayout::new(256 << 20, 40).unwrap();
+        let mem = crate::memory::create_guest_memory(&layout, &Default::default()).unwrap();
+        let half = |id: u32| GuestNumaNode {
+            id,
+            vcpus: vec![id],
+            ram: vec![MemoryRegion {
+                start: u64::from(id) * (128 << 20),
+                size: 128 << 20,
+            }],
+            host_nodes: Vec::new(),
+        };
+        let numa = GuestNuma {
+            nodes: vec![half(0), half(1)],
+            distances: vec![vec![10, 20], vec![20, 10]],
+            in_acpi: true,
+        };
+        let mut platform = AcpiPlatform {
+            layout: &layout,
+            vcpus: 2,
+            fixed_slots: Default::default(),
+            numa: None,
+        };
+        create_acpi_tables(&mem, &platform).unwrap();
+        assert_eq!(xsdt_signatures(&mem), ["FACP", "APIC", "MCFG"]);
+        platform.numa = Some(&numa);
+        create_acpi_tables(&mem, &platform).unwrap();
+        assert_eq!(
+            xsdt_signatures(&mem),
+            ["FACP", "APIC", "MCFG", "SRAT", "SLIT"]
+        );
+        let untold = GuestNuma {
+            in_acpi: false,
+            ..numa.clone()
+        };
+        platform.numa = Some(&untold);
+        create_acpi_tables(&mem, &platform).unwrap();
+        assert_eq!(xsdt_signatures(&mem), ["FACP", "APIC", "MCFG"]);
+    }
+
     #[test]
     fn dsdt_names_the_devices() {
         let layout = GuestLayout::new(256 << 20, 40).unwrap();
@@ -334,6 +412,7 @@ mod tests {
             layout: &layout,
             vcpus: 1,
             fixed_slots: Default::default(),
+            numa: None,
         });
         let has = |s: &[u8]| t.windows(s.len()).any(|w| w == s);
         for name in [

@@ -3,7 +3,7 @@
 
 use crate::config::{
     ConfigError, ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, MemoryConfig, NetConfig,
-    ParseError, PayloadConfig, RngConfig, VmConfig,
+    NumaConfig, ParseError, PayloadConfig, RngConfig, VmConfig,
 };
 use crate::sandbox::landlock::PathRule;
 use crate::sandbox::privileges::{lookup_user, Credentials};
@@ -42,6 +42,23 @@ pub struct Cli {
         value_name = "size=SIZE[,shared=on][,hugepages=on][,host_numa_node=N][,dma_map=deferred|upfront]"
     )]
     pub memory: Option<String>,
+
+    /// A piece of guest RAM with its own backing and host node (repeatable), in
+    /// guest physical order; --memory then needs no size (it is their total).
+    #[arg(
+        long = "memory-zone",
+        value_name = "id=ID,size=SIZE[,shared=on][,hugepages=on[,hugepage_size=2M|1G]][,host_numa_node=N]"
+    )]
+    pub memory_zones: Vec<String>,
+
+    /// A guest NUMA node (repeatable): its vCPUs, its memory zones and its
+    /// distances to other nodes (default 20). Lists with more than one item go
+    /// in brackets: cpus=[0-3,8], memory_zones=[mem0,mem1], distances=[1@20,2@30].
+    #[arg(
+        long = "numa",
+        value_name = "guest_numa_id=N,cpus=LIST,memory_zones=LIST[,distances=LIST]"
+    )]
+    pub numa: Vec<String>,
 
     /// Where COM1 goes.
     #[arg(long, value_name = "off|null|tty|pty|file=PATH")]
@@ -202,12 +219,7 @@ impl Cli {
                 .map(CpusConfig::parse)
                 .transpose()?
                 .unwrap_or_default(),
-            memory: self
-                .memory
-                .as_deref()
-                .map(MemoryConfig::parse)
-                .transpose()?
-                .unwrap_or_default(),
+            memory: MemoryConfig::parse_with_zones(self.memory.as_deref(), &self.memory_zones)?,
             payload: PayloadConfig {
                 kernel: self.kernel.clone(),
                 initramfs: self.initramfs.clone(),
@@ -241,6 +253,15 @@ impl Cli {
                 .map(|n| NetConfig::parse(n))
                 .collect::<Result<_, _>>()?,
             rng: self.rng.as_deref().map(RngConfig::parse).transpose()?,
+            numa: match self.numa.as_slice() {
+                [] => None,
+                nodes => Some(
+                    nodes
+                        .iter()
+                        .map(|n| NumaConfig::parse(n))
+                        .collect::<Result<_, _>>()?,
+                ),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -298,6 +319,8 @@ impl Cli {
             ("--cmdline", self.cmdline.is_some()),
             ("--cpus", self.cpus.is_some()),
             ("--memory", self.memory.is_some()),
+            ("--memory-zone", !self.memory_zones.is_empty()),
+            ("--numa", !self.numa.is_empty()),
             ("--serial", self.serial.is_some()),
             ("--console", self.console.is_some()),
             ("--device", !self.devices.is_empty()),
@@ -335,6 +358,83 @@ mod tests {
     /// The test binary itself: a file that surely exists, standing in for a kernel.
     fn some_file() -> String {
         std::env::current_exe().unwrap().display().to_string()
+    }
+
+    #[test]
+    fn memory_zones_and_numa_nodes_from_the_command_line() {
+        let kernel = some_file();
+        let launch = resolve(&[
+            "--kernel",
+            &kernel,
+            "--cpus",
+            "boot=4",
+            "--memory-zone",
+            "id=mem0,size=1G,host_numa_node=0",
+            "--memory-zone",
+            "id=mem1,size=1G,host_numa_node=1,hugepages=on,hugepage_size=1G",
+            "--numa",
+            "guest_numa_id=0,cpus=[0-1],memory_zones=mem0,distances=1@21",
+            "--numa",
+            "guest_numa_id=1,cpus=[2,3],memory_zones=[mem1]",
+        ])
+        .unwrap();
+        let vm = launch.vm.unwrap();
+        assert_eq!(vm.memory.size, 2 << 30);
+        let zones = vm.memory.zones();
+        assert_eq!(zones.len(), 2);
+        assert_eq!(
+            (zones[0].id.as_str(), zones[0].host_numa_node),
+            ("mem0", Some(0))
+        );
+        assert_eq!(zones[1].hugepage_size, Some(1 << 30));
+        let numa = vm.numa.unwrap();
+        assert_eq!(numa[1].cpus, Some(vec![2, 3]));
+        assert_eq!(numa[0].distances.as_ref().unwrap()[0].distance, 21);
+
+        // Refusals name what is wrong across the flags.
+        let err = resolve(&[
+            "--kernel",
+            &kernel,
+            "--cpus",
+            "boot=4",
+            "--memory-zone",
+            "id=mem0,size=1G",
+            "--numa",
+            "guest_numa_id=0,cpus=0-2,memory_zones=mem0",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "vCPU 3 is in no guest NUMA node; with numa every vCPU up to max_vcpus belongs to one"
+        );
+        let err = resolve(&[
+            "--kernel",
+            &kernel,
+            "--memory",
+            "size=4G",
+            "--memory-zone",
+            "id=mem0,size=1G",
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "memory.size is 4294967296 bytes but the memory zones add up to 1073741824"
+            ),
+            "{err}"
+        );
+        let err = resolve(&["--kernel", &kernel, "--numa", "guest_numa_id=0,cpus=0"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("numa is given but memory has no zones"),
+            "{err}"
+        );
+        let err =
+            resolve(&["--api-socket", "/run/x.sock", "--numa", "guest_numa_id=0"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--numa describes the VM to boot"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -29,8 +29,10 @@ fn id_bits(count: u32) -> u32 {
 }
 
 /// KVM's supported CPUID, adjusted for vCPU `apic_id` of `count` vCPUs presented
-/// as one socket of single-threaded cores.
-pub fn vcpu_cpuid(supported: &CpuId, apic_id: u32, count: u32) -> CpuId {
+/// as one socket of single-threaded cores, whose last-level cache `llc_vcpus`
+/// vCPUs share (`count`, unless guest NUMA nodes split it: see
+/// [`crate::guest_numa::GuestNuma::llc_vcpus`]).
+pub fn vcpu_cpuid(supported: &CpuId, apic_id: u32, count: u32, llc_vcpus: u32) -> CpuId {
     let mut cpuid = supported.clone();
     // "AuthenticAMD" and "HygonGenuine" both start their vendor string in EBX so.
     let amd = cpuid.as_slice().iter().any(|e| {
@@ -54,8 +56,14 @@ pub fn vcpu_cpuid(supported: &CpuId, apic_id: u32, count: u32) -> CpuId {
                 // Cores per package - 1 in 31:26; threads sharing the cache - 1 in
                 // 25:14: the L3 (level 3) is shared by all vCPUs, lower levels by one.
                 let level = (e.eax >> 5) & 0x7;
-                let sharing = if level >= 3 { count - 1 } else { 0 };
+                let sharing = if level >= 3 { llc_vcpus - 1 } else { 0 };
                 e.eax = (e.eax & 0x3fff) | ((count - 1) << 26) | ((sharing & 0xfff) << 14);
+            }
+            // AMD's cache leaf, the one Linux reads the LLC from there. Left as KVM
+            // gives it unless nodes split the cache, so one-node guests see what
+            // they always did.
+            0x8000_001d if amd && llc_vcpus < count && (e.eax >> 5) & 0x7 >= 3 => {
+                e.eax = (e.eax & !(0xfff << 14)) | (((llc_vcpus - 1) & 0xfff) << 14);
             }
             0xb | 0x1f => {
                 e.edx = apic_id;
@@ -95,8 +103,13 @@ pub fn vcpu_cpuid(supported: &CpuId, apic_id: u32, count: u32) -> CpuId {
 }
 
 /// Gives a vCPU its CPUID, MSRs and LAPIC wiring; APs wait for INIT/SIPI.
-pub fn configure_vcpu(vcpu: &Vcpu, supported: &CpuId, count: u32) -> hypervisor::Result<()> {
-    vcpu.set_cpuid(&vcpu_cpuid(supported, vcpu.id(), count))?;
+pub fn configure_vcpu(
+    vcpu: &Vcpu,
+    supported: &CpuId,
+    count: u32,
+    llc_vcpus: u32,
+) -> hypervisor::Result<()> {
+    vcpu.set_cpuid(&vcpu_cpuid(supported, vcpu.id(), count, llc_vcpus))?;
     vcpu.set_msrs(&[
         (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
         (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
@@ -365,7 +378,7 @@ mod tests {
             entry(0xb, 2),
         ])
         .unwrap();
-        let c = vcpu_cpuid(&supported, 2, 4);
+        let c = vcpu_cpuid(&supported, 2, 4, 4);
         let get = |f: u32, i: u32| {
             *c.as_slice()
                 .iter()
@@ -375,7 +388,7 @@ mod tests {
         assert_eq!(get(1, 0).ebx >> 24, 2);
         assert_eq!((get(1, 0).ebx >> 16) & 0xff, 4);
         assert_eq!(
-            (vcpu_cpuid(&supported, 0, 3).as_slice()[2].ebx >> 16) & 0xff,
+            (vcpu_cpuid(&supported, 0, 3, 3).as_slice()[2].ebx >> 16) & 0xff,
             4
         );
         assert_ne!(get(1, 0).ecx & LEAF1_ECX_HYPERVISOR, 0);
@@ -391,5 +404,38 @@ mod tests {
         assert_eq!(get(0x8000_0008, 0).ecx & 0xff, 3);
         assert_eq!(id_bits(1), 0);
         assert_eq!(id_bits(3), 2);
+    }
+
+    #[test]
+    fn guest_nodes_split_the_last_level_cache() {
+        let l3 = |function| kvm_cpuid_entry2 {
+            eax: 3 << 5 | 0x3 | (15 << 14),
+            ..entry(function, 3)
+        };
+        let l2 = |function| kvm_cpuid_entry2 {
+            eax: 2 << 5 | 0x3 | (1 << 14),
+            ..entry(function, 2)
+        };
+        let amd = kvm_cpuid_entry2 {
+            ebx: u32::from_le_bytes(*b"Auth"),
+            ..entry(0, 0)
+        };
+        let supported =
+            CpuId::from_entries(&[amd, l3(4), l3(0x8000_001d), l2(0x8000_001d)]).unwrap();
+        let sharing = |c: &CpuId, function: u32, index: u32| {
+            let e = c
+                .as_slice()
+                .iter()
+                .find(|e| e.function == function && e.index == index)
+                .unwrap();
+            (e.eax >> 14) & 0xfff
+        };
+        let split = vcpu_cpuid(&supported, 5, 8, 4);
+        assert_eq!(sharing(&split, 4, 3), 3);
+        assert_eq!(sharing(&split, 0x8000_001d, 3), 3);
+        assert_eq!(sharing(&split, 0x8000_001d, 2), 1, "the L2 is left alone");
+        let whole = vcpu_cpuid(&supported, 5, 8, 8);
+        assert_eq!(sharing(&whole, 4, 3), 7);
+        assert_eq!(sharing(&whole, 0x8000_001d, 3), 15, "as KVM gave it");
     }
 }

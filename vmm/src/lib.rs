@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod acpi;
+pub mod acpi_numa;
 pub mod acpi_pci;
 pub mod api;
 pub mod boot;
@@ -14,8 +15,10 @@ pub mod controller;
 pub mod cpu;
 pub mod device_manager;
 pub mod exit_reason;
+pub mod guest_numa;
 pub mod io_buses;
 pub mod memory;
+pub mod memory_zones;
 pub mod numa;
 pub mod sandbox;
 pub mod vm;

@@ -26,6 +26,7 @@ use crate::device_manager::{
     DeviceError, DeviceManager, DeviceManagerError, OpenedPassthrough, Platform,
 };
 pub use crate::exit_reason::VmExitReason;
+use crate::guest_numa::{self, GuestNuma};
 use crate::memory::{
     create_guest_memory, meminfo_field, register_guest_memory, GuestMemoryMmap, MemoryError,
 };
@@ -112,9 +113,9 @@ pub struct Vm {
     vcpu_threads: Vec<JoinHandle<()>>,
     /// The threads' kernel ids, in vCPU order, while they run.
     vcpu_tids: Vec<libc::pid_t>,
-    /// Where the vCPU threads run: the CPUs of `memory.host_numa_node`, or
-    /// anywhere when None.
-    vcpu_cpus: Option<Arc<Vec<usize>>>,
+    /// Where each vCPU's thread runs, by vCPU id: the CPUs of its host node
+    /// (`memory.host_numa_node`, or its guest node's zones'), or anywhere when None.
+    vcpu_cpus: Vec<Option<Arc<Vec<usize>>>>,
     vcpus: Vec<Vcpu>,
     exit: Arc<ExitSignal>,
     devices: DeviceManager,
@@ -126,14 +127,14 @@ pub struct Vm {
 }
 
 /// What `validate` found on the host: the kernel to load (None: the boot
-/// disk's) and the NUMA node, if one was asked for.
+/// disk's) and the host NUMA nodes asked for, by number.
 struct HostChecks {
     kernel: Option<PathBuf>,
-    node: Option<HostNode>,
+    nodes: BTreeMap<u32, HostNode>,
 }
 
 fn validate(config: &VmConfig, hv: &Hypervisor) -> Result<HostChecks, VmError> {
-    let size = config.memory.size;
+    let size = config.memory.ram_size();
     if size == 0 {
         return Err(VmError::NoMemory);
     }
@@ -154,15 +155,29 @@ fn validate(config: &VmConfig, hv: &Hypervisor) -> Result<HostChecks, VmError> {
             max,
         });
     }
-    let node = config
-        .memory
-        .host_numa_node
-        .map(|node| HostNode::probe(std::path::Path::new(numa::NODE_SYSFS), node))
-        .transpose()?;
+    let mut nodes = BTreeMap::new();
+    let wanted = config.memory.host_numa_node.into_iter().chain(
+        config
+            .memory
+            .zones()
+            .iter()
+            .filter_map(|z| z.host_numa_node),
+    );
+    for node in wanted {
+        if let std::collections::btree_map::Entry::Vacant(slot) = nodes.entry(node) {
+            slot.insert(HostNode::probe(
+                std::path::Path::new(numa::NODE_SYSFS),
+                node,
+            )?);
+        }
+    }
     let Some(kernel) = config.payload.kernel.clone() else {
         // The kernel comes from the disk with `boot`, read while building.
         config.boot_disk().ok_or(VmError::NoKernel)?;
-        return Ok(HostChecks { kernel: None, node });
+        return Ok(HostChecks {
+            kernel: None,
+            nodes,
+        });
     };
     if !kernel.exists() {
         return Err(VmError::KernelMissing(kernel));
@@ -170,8 +185,48 @@ fn validate(config: &VmConfig, hv: &Hypervisor) -> Result<HostChecks, VmError> {
     boot::kernel::detect_format(&kernel)?;
     Ok(HostChecks {
         kernel: Some(kernel),
-        node,
+        nodes,
     })
+}
+
+/// Each vCPU's host CPUs, by vCPU id: those of `memory.host_numa_node` for every
+/// vCPU without zones; with them those of the host nodes of its guest node's
+/// zones.
+fn vcpu_placement(
+    config: &VmConfig,
+    numa: Option<&GuestNuma>,
+    nodes: &BTreeMap<u32, HostNode>,
+) -> Vec<Option<Arc<Vec<usize>>>> {
+    let count = usize::from(config.cpus.boot_vcpus);
+    let Some(numa) = numa else {
+        let cpus = config
+            .memory
+            .host_numa_node
+            .and_then(|n| nodes.get(&n))
+            .and_then(numa::vcpu_cpus)
+            .map(Arc::new);
+        return vec![cpus; count];
+    };
+    let per_node: Vec<Option<Arc<Vec<usize>>>> = numa
+        .nodes
+        .iter()
+        .map(|node| {
+            let hosts: Vec<&HostNode> = node
+                .host_nodes
+                .iter()
+                .filter_map(|h| nodes.get(h))
+                .collect();
+            guest_numa::vcpu_cpus(&hosts).map(Arc::new)
+        })
+        .collect();
+    (0..count as u32)
+        .map(|vcpu| {
+            numa.nodes
+                .iter()
+                .position(|n| n.vcpus.contains(&vcpu))
+                .and_then(|i| per_node[i].clone())
+        })
+        .collect()
 }
 
 impl Vm {
@@ -207,14 +262,13 @@ impl Vm {
         taps: KeptTaps,
     ) -> Result<Vm, VmError> {
         let hv = Hypervisor::new()?;
-        let HostChecks { kernel, node } = validate(config, &hv)?;
+        let HostChecks { kernel, nodes } = validate(config, &hv)?;
         // No kernel: the boot disk's default entry, read (and the image closed)
         // before its virtio disk opens and locks it.
         let from_disk = match (&kernel, config.boot_disk()) {
             (None, Some(disk)) => Some(read_boot_disk(disk, config.payload.cmdline.as_deref())?),
             _ => None,
         };
-        let vcpu_cpus = node.as_ref().and_then(numa::vcpu_cpus).map(Arc::new);
         let kvm_vm = Arc::new(hv.create_vm_without_irqchip()?);
         // Passthrough devices first: the IOMMU's IOVA ranges, readable only once a
         // group is attached, bound where guest RAM and the 64-bit BAR window may go.
@@ -223,13 +277,15 @@ impl Vm {
         let phys_bits = host_phys_bits().min(52);
         let layout = match iova_ranges {
             Some(ranges) => GuestLayout::with_iova_ranges(
-                config.memory.size,
+                config.memory.ram_size(),
                 phys_bits,
                 &ranges,
                 mmio64_needed,
             )?,
-            None => GuestLayout::new(config.memory.size, phys_bits)?,
+            None => GuestLayout::new(config.memory.ram_size(), phys_bits)?,
         };
+        let guest_numa = GuestNuma::new(config, &layout);
+        let vcpu_cpus = vcpu_placement(config, guest_numa.as_ref(), &nodes);
         let memory = create_guest_memory(&layout, &config.memory)?;
         register_guest_memory(&kvm_vm, &memory)?;
         kvm_vm.create_irqchip()?;
@@ -303,6 +359,7 @@ impl Vm {
                 layout: &layout,
                 vcpus: vcpu_count,
                 fixed_slots: devices.fixed_slots(),
+                numa: guest_numa.as_ref(),
             },
         )?;
         boot::write_reset_stub(&memory)?;
@@ -315,10 +372,13 @@ impl Vm {
         };
 
         let supported = hv.supported_cpuid()?;
+        let llc_vcpus = guest_numa
+            .as_ref()
+            .map_or(vcpu_count, |numa| numa.llc_vcpus(vcpu_count));
         let mut vcpus = Vec::with_capacity(vcpu_count as usize);
         for id in 0..vcpu_count {
             let vcpu = kvm_vm.create_vcpu(id)?;
-            configure_vcpu(&vcpu, &supported, vcpu_count)?;
+            configure_vcpu(&vcpu, &supported, vcpu_count, llc_vcpus)?;
             exit.add_kicker(vcpu.kicker());
             vcpus.push(vcpu);
         }
@@ -349,12 +409,8 @@ impl Vm {
         }
         let vcpus: Vec<Vcpu> = self.vcpus.drain(..).collect();
         for vcpu in vcpus {
-            match spawn_vcpu_thread(
-                vcpu,
-                self.devices.buses().clone(),
-                self.exit.clone(),
-                self.vcpu_cpus.clone(),
-            ) {
+            let cpus = self.vcpu_cpus.get(vcpu.id() as usize).cloned().flatten();
+            match spawn_vcpu_thread(vcpu, self.devices.buses().clone(), self.exit.clone(), cpus) {
                 Ok((handle, tid)) => {
                     self.vcpu_threads.push(handle);
                     self.vcpu_tids.push(tid);

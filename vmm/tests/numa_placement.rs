@@ -1,9 +1,12 @@
 //! `memory.host_numa_node`: guest RAM bound to the node with mbind(2), vCPU
 //! threads on the node's CPUs, and a node the host lacks refused before anything
-//! is built, over the API (400) and on the command line (exit 1).
+//! is built, over the API (400) and on the command line (exit 1). Memory zones and
+//! guest NUMA nodes: each zone bound to its own host node, each guest node's vCPUs
+//! on its zones' node's CPUs (this host may have node 0 only, so both nodes'
+//! zones go there).
 
 use std::time::Duration;
-use vmm::config::{MemoryConfig, VmConfig};
+use vmm::config::{MemoryConfig, MemoryZoneConfig, NumaConfig, VmConfig};
 use vmm::numa::{self, HostNode, NODE_SYSFS};
 use vmm::vm::{Vm, VmExitReason};
 
@@ -41,6 +44,107 @@ fn on_node0(cmdline: &str, serial: &std::path::Path) -> VmConfig {
         ..Default::default()
     };
     config
+}
+
+/// Two guest nodes of one vCPU and one 32 MiB zone each (the second shared),
+/// both zones bound to host node 0.
+fn two_guest_nodes_on_node0(cmdline: &str, serial: &std::path::Path) -> VmConfig {
+    let mut config = test_guest_config(cmdline, serial);
+    config.cpus.boot_vcpus = 2;
+    config.cpus.max_vcpus = 2;
+    let zone = |spec: &str| MemoryZoneConfig::parse(spec).unwrap();
+    config.memory = MemoryConfig {
+        size: 0,
+        zones: Some(vec![
+            zone("id=mem0,size=32M,host_numa_node=0"),
+            zone("id=mem1,size=32M,host_numa_node=0,shared=on"),
+        ]),
+        ..Default::default()
+    };
+    config.numa = Some(vec![
+        NumaConfig::parse("guest_numa_id=0,cpus=0,memory_zones=mem0,distances=1@21").unwrap(),
+        NumaConfig::parse("guest_numa_id=1,cpus=1,memory_zones=mem1").unwrap(),
+    ]);
+    config.validate().unwrap();
+    config
+}
+
+#[test]
+fn two_guest_nodes_boot_with_each_zone_bound_to_its_host_node() {
+    if !kvm_and_numa_or_skip("two_guest_nodes_boot_with_each_zone_bound_to_its_host_node") {
+        return;
+    }
+    let dir = ScratchDir::new("numa-zones");
+    let serial_path = dir.join("serial.log");
+    let (events, exit) = vm_events();
+    let mut vm =
+        Vm::new(&two_guest_nodes_on_node0("hello", &serial_path), events).expect("create VM");
+    assert_eq!(vm.memory_actual_size(), 64 << 20);
+    let ranges = vm.ram_host_ranges();
+    assert_eq!(ranges.len(), 2, "one mapping per zone");
+    for &(addr, len) in &ranges {
+        assert_eq!(len, 32 << 20);
+        for probe in [addr, addr.wrapping_add(len / 2), addr.wrapping_add(len - 1)] {
+            assert_eq!(
+                numa::memory_policy(probe).unwrap(),
+                (libc::MPOL_BIND, vec![0]),
+                "guest RAM at host {probe:?}"
+            );
+        }
+    }
+    let serial = boot_until_stopped(&mut vm, &exit, &serial_path, BOOT_TIMEOUT);
+    assert_eq!(vm.exit_reason(), Some(VmExitReason::PowerOff), "{serial}");
+    assert!(serial.contains("form-test-guest: PASS"), "{serial}");
+    let (low, _) = ranges[0];
+    assert_eq!(numa::page_node(low.wrapping_add(1 << 20)).unwrap(), 0);
+}
+
+#[test]
+fn each_guest_nodes_vcpus_run_on_its_zones_host_node() {
+    if !kvm_and_numa_or_skip("each_guest_nodes_vcpus_run_on_its_zones_host_node") {
+        return;
+    }
+    let allowed = numa::thread_affinity(0).unwrap();
+    let expected: Vec<usize> = node0()
+        .cpus
+        .into_iter()
+        .filter(|c| allowed.contains(c))
+        .collect();
+    let dir = ScratchDir::new("numa-zone-vcpus");
+    let serial_path = dir.join("serial.log");
+    let config = two_guest_nodes_on_node0("pci-wait vendor=1234 device=fffe wait=30", &serial_path);
+    let (events, _exit) = vm_events();
+    let mut vm = Vm::new(&config, events).expect("create VM");
+    {
+        let _restore = AffinityGuard(allowed.clone());
+        if expected.len() > 1 {
+            numa::pin_current_thread(&expected[expected.len() - 1..]).unwrap();
+        }
+        vm.boot().expect("boot");
+    }
+    let tids = vm.vcpu_thread_ids();
+    assert_eq!(tids.len(), 2);
+    for tid in &tids {
+        assert_eq!(
+            numa::thread_affinity(*tid).unwrap(),
+            expected,
+            "vCPU thread {tid}"
+        );
+    }
+    vm.shutdown().unwrap();
+}
+
+#[test]
+fn a_zone_on_node_99_is_refused_by_the_vm() {
+    if !kvm_or_skip("a_zone_on_node_99_is_refused_by_the_vm") {
+        return;
+    }
+    let dir = ScratchDir::new("numa-zone-99");
+    let mut config = two_guest_nodes_on_node0("hello", &dir.join("serial.log"));
+    config.memory.zones.as_mut().unwrap()[1].host_numa_node = Some(99);
+    let (events, _exit) = vm_events();
+    let err = Vm::new(&config, events).err().expect("node 99 refused");
+    assert!(err.to_string().starts_with(NODE_99), "{err}");
 }
 
 #[test]

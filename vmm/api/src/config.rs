@@ -1,9 +1,11 @@
 //! The VM configuration, in Cloud Hypervisor's JSON shape so its tooling can drive
 //! form-vmm unchanged. The same types are filled from the command line.
 
+pub mod numa;
 pub mod options;
 pub mod virtio;
 
+pub use numa::{MemoryZoneConfig, NumaConfig, NumaConfigError, NumaDistance};
 pub use virtio::{DiskConfig, DiskFormat, NetConfig, RngConfig, DEFAULT_RNG_SOURCE};
 
 use options::{ByteSize, OptionError, OptionValue, Options};
@@ -93,6 +95,8 @@ pub enum ConfigError {
     EmptyRngSource,
     #[error("serial and console are both 'tty', but only one device can own the terminal; set one of them to off, null or file=PATH")]
     DoubleTty,
+    #[error(transparent)]
+    Numa(#[from] NumaConfigError),
 }
 
 /// The command line's `key=value` option string was malformed, or parsed into a
@@ -126,6 +130,11 @@ impl VmConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.cpus.validate()?;
         self.memory.validate()?;
+        numa::validate_numa(
+            &self.cpus,
+            &self.memory,
+            self.numa.as_deref().unwrap_or(&[]),
+        )?;
         self.validate_boot_disk()?;
         self.payload.validate()?;
         self.serial.validate("serial")?;
@@ -245,6 +254,9 @@ pub struct VmConfig {
     /// A virtio-rng device when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng: Option<RngConfig>,
+    /// Guest NUMA nodes ([`numa`]); without them the guest has one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa: Option<Vec<NumaConfig>>,
 }
 
 /// The same defaults as the JSON's: in particular the console is off, since any
@@ -261,6 +273,7 @@ impl Default for VmConfig {
             disks: Vec::new(),
             net: Vec::new(),
             rng: None,
+            numa: None,
         }
     }
 }
@@ -336,6 +349,10 @@ pub struct MemoryConfig {
     /// When guest RAM is mapped for passed-through devices' DMA.
     #[serde(default, skip_serializing_if = "DmaMapOrder::is_default")]
     pub dma_map: DmaMapOrder,
+    /// Guest RAM as separately backed zones, in guest physical order ([`numa`]);
+    /// then `size` is 0 or their total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zones: Option<Vec<MemoryZoneConfig>>,
 }
 
 /// When a VM with passed-through devices maps its RAM in the IOMMU (pinning it).
@@ -378,6 +395,7 @@ impl Default for MemoryConfig {
             hugepage_size: None,
             host_numa_node: None,
             dma_map: DmaMapOrder::default(),
+            zones: None,
         }
     }
 }
@@ -399,9 +417,15 @@ impl MemoryConfig {
     /// `size` defaults to [`DEFAULT_MEMORY_SIZE`]. Whether node N exists is the
     /// host's business, checked when the VM is built.
     pub fn parse(input: &str) -> Result<MemoryConfig, ParseError> {
-        const FLAG: &str = "--memory";
-        let opts = Options::parse(FLAG, input, Self::OPTIONS)?;
-        let memory = MemoryConfig {
+        let memory = Self::parse_options(input)?;
+        memory.validate().map_err(invalid("--memory", input))?;
+        Ok(memory)
+    }
+
+    /// `--memory`'s options, not yet validated (zones may come with them).
+    fn parse_options(input: &str) -> Result<MemoryConfig, ParseError> {
+        let opts = Options::parse("--memory", input, Self::OPTIONS)?;
+        Ok(MemoryConfig {
             size: opts
                 .get::<ByteSize>("size")?
                 .map_or(DEFAULT_MEMORY_SIZE, |s| s.0),
@@ -410,12 +434,14 @@ impl MemoryConfig {
             hugepage_size: opts.get::<ByteSize>("hugepage_size")?.map(|s| s.0),
             host_numa_node: opts.get("host_numa_node")?,
             dma_map: opts.get("dma_map")?.unwrap_or_default(),
-        };
-        memory.validate().map_err(invalid(FLAG, input))?;
-        Ok(memory)
+            zones: None,
+        })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.zones().is_empty() {
+            return Ok(numa::validate_zones(self, self.zones())?);
+        }
         if self.size == 0 {
             return Err(ConfigError::ZeroMemory);
         }
@@ -740,6 +766,7 @@ mod tests {
                 hugepage_size: None,
                 host_numa_node: None,
                 dma_map: DmaMapOrder::Deferred,
+                zones: None,
             }
         );
         assert_eq!(

@@ -148,6 +148,30 @@ fn invalid_config_is_400_and_creates_nothing() {
 }
 
 #[test]
+fn an_invalid_guest_numa_topology_is_400_invalid_config() {
+    let backend = FakeBackend::default();
+    let mut controller = Controller::new(backend.clone(), None);
+    let mut bad = config();
+    bad.cpus.boot_vcpus = 2;
+    bad.cpus.max_vcpus = 2;
+    bad.memory =
+        crate::config::MemoryConfig::parse_with_zones(None, &["id=mem0,size=64M"]).unwrap();
+    bad.numa = Some(vec![crate::config::NumaConfig::parse(
+        "guest_numa_id=0,cpus=0,memory_zones=mem0",
+    )
+    .unwrap()]);
+    let err = controller.handle(create(bad.clone())).unwrap_err();
+    assert_eq!((err.status_code(), err.code()), (400, "invalid_config"));
+    assert_eq!(
+        err.to_string(),
+        "invalid VM configuration: vCPU 1 is in no guest NUMA node; with numa every vCPU up to max_vcpus belongs to one"
+    );
+    assert_eq!(backend.state().created, 0);
+    bad.numa.as_mut().unwrap()[0].cpus = Some(vec![0, 1]);
+    controller.handle(create(bad)).unwrap();
+}
+
+#[test]
 fn backend_failures_are_500_and_leave_no_half_made_vm() {
     let backend = FakeBackend::default();
     let mut controller = Controller::new(backend.clone(), None);

@@ -93,6 +93,7 @@ pub(super) fn vmm_config(
         rng: Some(RngConfig {
             src: RNG_SOURCE.into(),
         }),
+        numa: None,
     }
 }
 

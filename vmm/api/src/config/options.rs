@@ -45,7 +45,8 @@ pub struct Options<'a> {
 
 impl<'a> Options<'a> {
     /// Splits `input` on commas into `key=value` pairs. Every key must be one of
-    /// `valid`; a key may appear once.
+    /// `valid`; a key may appear once. A value in brackets is a list and keeps its
+    /// commas (`cpus=[0-3,8]`), as in Cloud Hypervisor's `--numa`.
     pub fn parse(
         flag: &'static str,
         input: &'a str,
@@ -55,7 +56,7 @@ impl<'a> Options<'a> {
             return Err(OptionError::Empty { flag, valid });
         }
         let mut pairs: Vec<(&'static str, &'a str)> = Vec::new();
-        for item in input.split(',') {
+        for item in split_outside_brackets(input) {
             let (key, value) = match item.split_once('=') {
                 Some((key, value)) => (key.trim(), value),
                 None => {
@@ -125,6 +126,38 @@ impl<'a> Options<'a> {
             key,
         })
     }
+}
+
+/// `input` split on the commas that are not inside `[...]`.
+fn split_outside_brackets(input: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (at, c) in input.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                items.push(&input[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&input[start..]);
+    items
+}
+
+/// The items of a list value: `[a,b]` or, for one item, `a` alone.
+pub fn list_items(raw: &str) -> Vec<&str> {
+    let inner = raw
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(raw);
+    if inner.is_empty() {
+        return Vec::new();
+    }
+    inner.split(',').map(str::trim).collect()
 }
 
 /// A type an option value can be converted to. The error is a phrase saying what
@@ -272,6 +305,25 @@ mod tests {
         assert_eq!(
             opts.require::<PathBuf>("path").unwrap_err().to_string(),
             "--device: option 'path' is required (path=...)"
+        );
+    }
+
+    #[test]
+    fn bracketed_values_keep_their_commas() {
+        let opts = Options::parse(
+            "--numa",
+            "guest_numa_id=0,cpus=[0-3,8],distances=[1@20,2@30]",
+            &["guest_numa_id", "cpus", "distances"],
+        )
+        .unwrap();
+        assert_eq!(opts.raw("cpus"), Some("[0-3,8]"));
+        assert_eq!(list_items(opts.raw("cpus").unwrap()), vec!["0-3", "8"]);
+        assert_eq!(list_items("1@20"), vec!["1@20"]);
+        assert_eq!(list_items("[]"), Vec::<&str>::new());
+        let err = Options::parse("--numa", "cpus=[0,1],x=[2]", &["cpus"]).unwrap_err();
+        assert!(
+            matches!(err, OptionError::UnknownKey { ref key, .. } if key == "x"),
+            "{err}"
         );
     }
 
