@@ -60,3 +60,16 @@ done
 n=$(count_entries "/sys/kernel/iommu_groups/$first/devices")
 [ "$n" -ge 2 ] || fail "group $first has only $n device"
 echo "lab: shared group $first: $(list_entries "/sys/kernel/iommu_groups/$first/devices")"
+
+step "two NUMA nodes, a GPU on each"
+for node in 0 1; do
+    expect_file "/sys/devices/system/node/node$node" "L1's NUMA node $node"
+    kb=$(awk '/MemTotal/ { print $4 }' "/sys/devices/system/node/node$node/meminfo")
+    [ "${kb:-0}" -gt $((1 << 20)) ] || fail "node $node has ${kb:-0} kB of memory, not 1.5 GiB"
+done
+check_device "$LAB_NUMA_GPU_BDF" 0x1234:0x1111 0x038000 bochs-drm "GPU behind the node-1 expander"
+numa=$(cat "/sys/bus/pci/devices/$LAB_NUMA_GPU_BDF/numa_node")
+[ "$numa" = 1 ] || fail "$LAB_NUMA_GPU_BDF is on node $numa, not 1"
+numa_group=$(pci_group "$LAB_NUMA_GPU_BDF")
+echo "lab: $LAB_NUMA_GPU_BDF numa_node=$numa group $numa_group: $(list_entries "/sys/kernel/iommu_groups/$numa_group/devices")"
+echo "lab: $LAB_GPU_BDF numa_node=$(cat "/sys/bus/pci/devices/$LAB_GPU_BDF/numa_node")"
