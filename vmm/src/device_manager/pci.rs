@@ -55,9 +55,10 @@ fn window_allocator(region: MemoryRegion) -> Result<AddressAllocator, AllocError
     if region.size > 0 {
         return AddressAllocator::new(region.start, region.size);
     }
-    // The allocator cannot be empty: a one-byte pool, taken at once, is.
-    let mut taken = AddressAllocator::new(region.start, 1)?;
-    taken.allocate_at(region.start, 1)?;
+    // The allocator cannot be empty: a pool taken whole at once is.
+    const POOL: u64 = 0x1000;
+    let mut taken = AddressAllocator::new(region.start, POOL)?;
+    taken.allocate(POOL, 1)?;
     Ok(taken)
 }
 
@@ -432,5 +433,23 @@ mod tests {
             "empty slots read as all ones"
         );
         assert!(pci.mmio64.base() >= 4 << 30);
+    }
+
+    #[test]
+    fn an_empty_window_refuses_every_bar() {
+        let mut window = window_allocator(MemoryRegion {
+            start: 0xffff_0000_0000,
+            size: 0,
+        })
+        .unwrap();
+        for size in [4, 0x1000, 1 << 30] {
+            assert!(window.allocate(size, size).is_err(), "{size:#x}");
+        }
+        let mut window = window_allocator(MemoryRegion {
+            start: 0xc000_0000,
+            size: 0x10_0000,
+        })
+        .unwrap();
+        assert_eq!(window.allocate(0x1000, 0x1000), Ok(0xc000_0000));
     }
 }
