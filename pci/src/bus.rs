@@ -1,5 +1,6 @@
-//! PCI bus 0 of segment 0: 32 device slots of up to 8 functions each, the host
-//! bridge in slot 0.
+//! A root PCI bus of segment 0 (bus 0, or a NUMA node's expander root bus; see
+//! [`crate::segment`]): 32 device slots of up to 8 functions each, the host bridge
+//! in slot 0.
 //!
 //! Config accesses from the guest (through [`PciConfigIo`](crate::config_io::PciConfigIo)
 //! or [`PciConfigMmio`](crate::config_mmio::PciConfigMmio)) go through [`config_read`]
@@ -44,8 +45,10 @@ pub enum PciBusError {
     SlotEmpty(u8),
     #[error("slot 0 holds the host bridge, which cannot be replaced or removed")]
     HostBridgeSlot,
-    #[error("all 31 device slots of PCI bus 0 are in use")]
+    #[error("all 31 device slots of the PCI bus are in use")]
     Full,
+    #[error("PCI root bus {0:#04x} does not exist")]
+    NoSuchBus(u8),
     #[error("PCI function {slot:02x}.{function} does not exist; functions are 0 to 7")]
     FunctionOutOfRange { slot: u8, function: u8 },
     #[error("PCI function {slot:02x}.{function} is occupied")]
@@ -229,7 +232,7 @@ struct ConfigTarget {
     multifunction: bool,
 }
 
-/// A guest config read of `reg_idx` of bus 0, `device`, `function`. Absent functions
+/// A guest config read of `reg_idx` of `bus`, `device`, `function`. Absent functions
 /// read all ones, as on real hardware where nobody answers.
 pub fn config_read(bus: &Mutex<PciBus>, device: u8, function: u8, reg_idx: usize) -> u32 {
     let target = lock(bus).target(device, function);
@@ -246,7 +249,7 @@ pub fn config_read(bus: &Mutex<PciBus>, device: u8, function: u8, reg_idx: usize
     }
 }
 
-/// A guest config write to bus 0, `device`, `function`. Writes to absent functions are
+/// A guest config write to `bus`, `device`, `function`. Writes to absent functions are
 /// dropped. A BAR move is passed to the device and then to the bus's
 /// [`BarReprogramHandler`].
 pub fn config_write(

@@ -5,10 +5,9 @@
 //! [`PCI_CONFIG_IO_PORT_LEN`]. `CONFIG_ADDRESS` latches only on 32-bit writes, as on
 //! real chipsets, so byte writes to 0xCF8-0xCFB do not disturb it. Data accesses may be
 //! 1, 2 or 4 bytes at any offset that keeps them inside the dword; others read as all
-//! ones and are dropped on write. Only the 256 bytes of conventional config space of
-//! bus 0 are reachable this way; the rest needs ECAM.
-
-use std::sync::{Arc, Mutex};
+//! ones and are dropped on write. The 256 bytes of conventional config space of every
+//! root bus of the segment are reachable this way (the bus number picks the bus;
+//! absent buses read all ones); the rest needs ECAM.
 
 use log::debug;
 
@@ -16,6 +15,7 @@ use devices::BusDevice;
 
 use crate::bus::{config_read, config_write, PciBus};
 use crate::config::{dword_lanes, extract_lanes};
+use crate::segment::PciSegment;
 
 pub const PCI_CONFIG_IO_PORT: u64 = 0xcf8;
 pub const PCI_CONFIG_IO_PORT_LEN: u64 = 8;
@@ -47,21 +47,23 @@ fn decode(address: u32) -> Option<Selected> {
 }
 
 pub struct PciConfigIo {
-    bus: Arc<Mutex<PciBus>>,
+    segment: PciSegment,
     config_address: u32,
 }
 
 impl PciConfigIo {
-    pub fn new(bus: Arc<Mutex<PciBus>>) -> Self {
+    pub fn new(segment: PciSegment) -> Self {
         Self {
-            bus,
+            segment,
             config_address: 0,
         }
     }
 
-    /// The selected register on bus 0, if `CONFIG_ADDRESS` enables one.
-    fn selected(&self) -> Option<Selected> {
-        decode(self.config_address).filter(|s| s.bus == 0)
+    /// The selected register and the root bus it is on, if `CONFIG_ADDRESS`
+    /// enables one on a bus that exists.
+    fn selected(&self) -> Option<(&std::sync::Mutex<PciBus>, Selected)> {
+        let s = decode(self.config_address)?;
+        Some((self.segment.bus(s.bus)?, s))
     }
 }
 
@@ -70,8 +72,8 @@ impl BusDevice for PciConfigIo {
         let value = if offset < DATA_OFFSET {
             Some((self.config_address, offset))
         } else {
-            self.selected().map(|s| {
-                let value = config_read(&self.bus, s.device, s.function, s.reg_idx);
+            self.selected().map(|(bus, s)| {
+                let value = config_read(bus, s.device, s.function, s.reg_idx);
                 (value, offset - DATA_OFFSET)
             })
         };
@@ -94,8 +96,8 @@ impl BusDevice for PciConfigIo {
             return;
         }
         let at = offset - DATA_OFFSET;
-        if let (Some(s), Some(_)) = (self.selected(), dword_lanes(at, data)) {
-            config_write(&self.bus, s.device, s.function, s.reg_idx, at, data);
+        if let (Some((bus, s)), Some(_)) = (self.selected(), dword_lanes(at, data)) {
+            config_write(bus, s.device, s.function, s.reg_idx, at, data);
         }
     }
 }
@@ -103,9 +105,10 @@ impl BusDevice for PciConfigIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     fn config_io() -> PciConfigIo {
-        PciConfigIo::new(Arc::new(Mutex::new(PciBus::new())))
+        PciConfigIo::new(PciSegment::new(Arc::new(Mutex::new(PciBus::new()))))
     }
 
     fn select(io: &mut PciConfigIo, bus: u32, dev: u32, func: u32, reg: u32) {
@@ -175,5 +178,24 @@ mod tests {
         io.write(PCI_CONFIG_IO_PORT, u64::MAX, &[1]);
         io.read(PCI_CONFIG_IO_PORT, u64::MAX, &mut [0; 2]);
         io.write(PCI_CONFIG_IO_PORT, 4, &[]);
+    }
+
+    #[test]
+    fn the_bus_number_picks_the_root_bus() {
+        let mut segment = PciSegment::new(Arc::new(Mutex::new(PciBus::new())));
+        let expander = Arc::new(Mutex::new(PciBus::new()));
+        segment.add_root_bus(0x10, expander.clone()).unwrap();
+        let mut io = PciConfigIo::new(segment);
+        // The expander's host bridge: interrupt line written through bus 0x10
+        // lands there and not on bus 0.
+        select(&mut io, 0x10, 0, 0, 15);
+        io.write(PCI_CONFIG_IO_PORT, 4, &[0x0b]);
+        assert_eq!(read(&mut io, 4, 1), [0x0b]);
+        assert_eq!(config_read(&expander, 0, 0, 15) & 0xff, 0x0b);
+        select(&mut io, 0, 0, 0, 15);
+        assert_eq!(read(&mut io, 4, 1), [0x00], "bus 0's host bridge untouched");
+        select(&mut io, 0x11, 0, 0, 0);
+        assert_eq!(read(&mut io, 4, 4), [0xff; 4], "no bus 0x11");
+        io.write(PCI_CONFIG_IO_PORT, 4, &[0; 4]);
     }
 }

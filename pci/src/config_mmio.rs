@@ -2,15 +2,15 @@
 //! `offset = bus << 20 | device << 15 | function << 12 | register`.
 //!
 //! Inserted on the MMIO bus at the platform's ECAM base with length
-//! [`PCI_ECAM_SIZE`] (256 buses). Only bus 0 is populated; everything else reads as all
-//! ones and drops writes, as do accesses that are empty or cross a dword.
-
-use std::sync::{Arc, Mutex};
+//! [`PCI_ECAM_SIZE`] (256 buses). The bus number picks a root bus of the
+//! [`PciSegment`]; buses it does not have read as all ones and drop writes, as do
+//! accesses that are empty or cross a dword.
 
 use devices::BusDevice;
 
-use crate::bus::{config_read, config_write, PciBus};
+use crate::bus::{config_read, config_write};
 use crate::config::{dword_lanes, extract_lanes};
+use crate::segment::PciSegment;
 
 /// Bytes of ECAM for 256 buses of 32 devices of 8 functions of 4 KiB.
 pub const PCI_ECAM_SIZE: u64 = 256 << 20;
@@ -39,19 +39,22 @@ fn decode(offset: u64) -> Option<EcamAddress> {
 }
 
 pub struct PciConfigMmio {
-    bus: Arc<Mutex<PciBus>>,
+    segment: PciSegment,
 }
 
 impl PciConfigMmio {
-    pub fn new(bus: Arc<Mutex<PciBus>>) -> Self {
-        Self { bus }
+    pub fn new(segment: PciSegment) -> Self {
+        Self { segment }
     }
 }
 
 impl BusDevice for PciConfigMmio {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
-        let filled = decode(offset).filter(|a| a.bus == 0).is_some_and(|a| {
-            let value = config_read(&self.bus, a.device, a.function, a.reg_idx);
+        let filled = decode(offset).is_some_and(|a| {
+            let Some(bus) = self.segment.bus(a.bus) else {
+                return false;
+            };
+            let value = config_read(bus, a.device, a.function, a.reg_idx);
             extract_lanes(value, a.byte, data)
         });
         if !filled {
@@ -60,11 +63,14 @@ impl BusDevice for PciConfigMmio {
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        let Some(a) = decode(offset).filter(|a| a.bus == 0) else {
+        let Some(a) = decode(offset) else {
+            return;
+        };
+        let Some(bus) = self.segment.bus(a.bus) else {
             return;
         };
         if dword_lanes(a.byte, data).is_some() {
-            config_write(&self.bus, a.device, a.function, a.reg_idx, a.byte, data);
+            config_write(bus, a.device, a.function, a.reg_idx, a.byte, data);
         }
     }
 }
@@ -72,6 +78,12 @@ impl BusDevice for PciConfigMmio {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::PciBus;
+    use std::sync::{Arc, Mutex};
+
+    fn segment() -> PciSegment {
+        PciSegment::new(Arc::new(Mutex::new(PciBus::new())))
+    }
 
     const ECAM_BASE: u64 = 0xe800_0000;
 
@@ -87,7 +99,7 @@ mod tests {
 
     #[test]
     fn reaches_host_bridge_and_extended_space() {
-        let mut m = PciConfigMmio::new(Arc::new(Mutex::new(PciBus::new())));
+        let mut m = PciConfigMmio::new(segment());
         assert_eq!(read(&mut m, ecam(0, 0, 0, 0), 4), [0x36, 0x1b, 0x08, 0x00]);
         assert_eq!(read(&mut m, ecam(0, 0, 0, 0xa), 2), [0x00, 0x06]);
         assert_eq!(read(&mut m, ecam(0, 0, 0, 0x100), 4), [0; 4]);
@@ -97,7 +109,7 @@ mod tests {
 
     #[test]
     fn absent_functions_read_all_ones_and_ignore_writes() {
-        let mut m = PciConfigMmio::new(Arc::new(Mutex::new(PciBus::new())));
+        let mut m = PciConfigMmio::new(segment());
         for offset in [
             ecam(0, 1, 0, 0),
             ecam(0, 0, 1, 0),
@@ -117,5 +129,34 @@ mod tests {
         m.write(ECAM_BASE, u64::MAX, &[1; 4]);
         m.write(ECAM_BASE, ecam(0, 0, 0, 3), &[1; 2]);
         assert_eq!(read(&mut m, ecam(0, 0, 0, 0), 4), [0x36, 0x1b, 0x08, 0x00]);
+    }
+
+    #[test]
+    fn the_bus_number_picks_the_root_bus() {
+        let mut segment = segment();
+        let expander = Arc::new(Mutex::new(PciBus::new()));
+        segment.add_root_bus(0x10, expander.clone()).unwrap();
+        let mut m = PciConfigMmio::new(segment);
+        assert_eq!(
+            read(&mut m, ecam(0x10, 0, 0, 0), 4),
+            [0x36, 0x1b, 0x08, 0x00],
+            "the expander's own host bridge"
+        );
+        m.write(ECAM_BASE, ecam(0x10, 0, 0, 0x3c), &[0x0b]);
+        assert_eq!(read(&mut m, ecam(0x10, 0, 0, 0x3c), 1), [0x0b]);
+        assert_eq!(config_read(&expander, 0, 0, 0xf) & 0xff, 0x0b);
+        assert_eq!(
+            read(&mut m, ecam(0, 0, 0, 0x3c), 1),
+            [0x00],
+            "bus 0 untouched"
+        );
+        for absent in [
+            ecam(0x0f, 0, 0, 0),
+            ecam(0x11, 0, 0, 0),
+            ecam(0x10, 1, 0, 0),
+        ] {
+            assert_eq!(read(&mut m, absent, 4), [0xff; 4], "{absent:#x}");
+            m.write(ECAM_BASE, absent, &[0; 4]);
+        }
     }
 }

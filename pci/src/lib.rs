@@ -1,4 +1,4 @@
-//! PCI for form-vmm: configuration space, the segment 0 bus with its host bridge,
+//! PCI for form-vmm: configuration space, the segment 0 root buses with their host bridges,
 //! the config access mechanisms (port I/O and ECAM) and MSI/MSI-X emulation.
 
 // A panic in device or hypervisor code kills the vCPU thread a guest access
@@ -15,6 +15,7 @@ pub mod interrupt;
 pub mod msi;
 pub mod msi_irqfd;
 pub mod msix;
+pub mod segment;
 pub mod vfio;
 pub mod virtio;
 
@@ -23,6 +24,7 @@ pub use config::{BarKind, BarReprogram, PciBar, PciConfiguration};
 pub use device::{PciDevice, SharedPciDevice};
 pub use interrupt::{BoxError, InterruptRouting, MsiInterruptRoute, MsiMessage, MsiRouteError};
 pub use msi_irqfd::IrqfdMsiRoute;
+pub use segment::{PciSegment, PciSegmentError};
 pub use virtio::{IoEventRegistrar, VirtioPciDevice, VirtioPciError, VIRTIO_PCI_BAR_SIZE};
 
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -18,7 +18,7 @@ use pci::config_io::PciConfigIo;
 use pci::config_mmio::{PciConfigMmio, PCI_ECAM_SIZE};
 use pci::msi::{Msi, MsiCapability};
 use pci::msix::{Msix, MsixLayout};
-use pci::{MsiInterruptRoute, MsiMessage, MsiRouteError, PciBus};
+use pci::{MsiInterruptRoute, MsiMessage, MsiRouteError, PciBus, PciSegment};
 use proptest::prelude::*;
 
 /// A route that checks it is used consistently: vectors are disabled and triggered
@@ -392,8 +392,8 @@ proptest! {
     #[test]
     fn config_mechanisms_survive_any_access(ops in prop::collection::vec(access_op(), 1..64)) {
         let bus = Arc::new(Mutex::new(PciBus::new()));
-        let mut io = PciConfigIo::new(bus.clone());
-        let mut ecam = PciConfigMmio::new(bus.clone());
+        let mut io = PciConfigIo::new(PciSegment::new(bus.clone()));
+        let mut ecam = PciConfigMmio::new(PciSegment::new(bus.clone()));
         for op in ops {
             match op {
                 AccessOp::PortWrite { offset, data } => io.write(0xcf8, offset, &data),

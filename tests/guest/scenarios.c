@@ -45,16 +45,47 @@ static const char *scenario_smp(const struct guest_env *env)
 	return 0;
 }
 
-static void pci_print_function(const struct pci_ecam *ecam, uint8_t dev, uint8_t fn,
-			       uint32_t id)
+static void pci_print_function(const struct pci_ecam *ecam, uint8_t bus, uint8_t dev,
+			       uint8_t fn, uint32_t id)
 {
-	uint32_t class_rev = pci_cfg_read32(ecam, 0, dev, fn, PCI_CFG_CLASS_REV);
+	uint32_t class_rev = pci_cfg_read32(ecam, bus, dev, fn, PCI_CFG_CLASS_REV);
 
-	serial_printf("pci 00:%02x.%x %04x:%04x class %06x\n", dev, fn, id & 0xFFFF, id >> 16,
-		      class_rev >> 8);
+	serial_printf("pci %02x:%02x.%x %04x:%04x class %06x\n", bus, dev, fn, id & 0xFFFF,
+		      id >> 16, class_rev >> 8);
 }
 
-/* Lists every function on bus 0, the way a firmware's first scan would. */
+/* Lists every function on one bus; returns how many. */
+static unsigned pci_scan_bus(const struct pci_ecam *ecam, uint8_t bus)
+{
+	unsigned found = 0;
+
+	for (uint8_t dev = 0; dev < PCI_DEVICES_PER_BUS; dev++) {
+		uint8_t functions = 1;
+
+		for (uint8_t fn = 0; fn < functions; fn++) {
+			uint32_t id = pci_cfg_read32(ecam, bus, dev, fn, PCI_CFG_ID);
+
+			if ((id & 0xFFFF) == PCI_VENDOR_NONE) {
+				if (fn == 0)
+					break;
+				continue;
+			}
+			if (fn == 0) {
+				uint32_t hdr = pci_cfg_read32(ecam, bus, dev, 0,
+							      PCI_CFG_HEADER_DWORD);
+
+				if ((hdr >> 16) & PCI_HEADER_MULTIFUNCTION)
+					functions = PCI_FUNCTIONS_PER_DEVICE;
+			}
+			pci_print_function(ecam, bus, dev, fn, id);
+			found++;
+		}
+	}
+	return found;
+}
+
+/* Lists every function on every bus the ECAM window covers (bus 0 and the
+ * VMM's other root buses), the way a firmware's first scan would. */
 static const char *scenario_pci_scan(const struct guest_env *env)
 {
 	struct pci_ecam ecam;
@@ -67,28 +98,8 @@ static const char *scenario_pci_scan(const struct guest_env *env)
 	serial_printf("ecam: 0x%lx (%s)\n", (unsigned long)ecam.base,
 		      ecam.from_mcfg ? "MCFG" : "no MCFG, platform default");
 
-	for (uint8_t dev = 0; dev < PCI_DEVICES_PER_BUS; dev++) {
-		uint8_t functions = 1;
-
-		for (uint8_t fn = 0; fn < functions; fn++) {
-			uint32_t id = pci_cfg_read32(&ecam, 0, dev, fn, PCI_CFG_ID);
-
-			if ((id & 0xFFFF) == PCI_VENDOR_NONE) {
-				if (fn == 0)
-					break;
-				continue;
-			}
-			if (fn == 0) {
-				uint32_t hdr = pci_cfg_read32(&ecam, 0, dev, 0,
-							      PCI_CFG_HEADER_DWORD);
-
-				if ((hdr >> 16) & PCI_HEADER_MULTIFUNCTION)
-					functions = PCI_FUNCTIONS_PER_DEVICE;
-			}
-			pci_print_function(&ecam, dev, fn, id);
-			found++;
-		}
-	}
+	for (unsigned bus = ecam.start_bus; bus <= ecam.end_bus; bus++)
+		found += pci_scan_bus(&ecam, (uint8_t)bus);
 	serial_printf("pci-devices: %u\n", found);
 	return 0;
 }

@@ -4,6 +4,8 @@
 //! size, the guest's physical-address width, the host IOMMU's usable IOVA ranges)
 //! is computed by [`GuestLayout`].
 
+use crate::pci_roots::{split_windows, PciRoot, PciRootError, PciRootNeeds};
+
 const KIB: u64 = 1 << 10;
 const GIB: u64 = 1 << 30;
 
@@ -51,7 +53,8 @@ pub const MEM_32BIT_HOLE_START: u64 = 3 * GIB;
 pub const PCI_MMIO32_START: u64 = 0xc000_0000;
 pub const PCI_MMIO32_SIZE: u64 = 0x2800_0000;
 /// PCI Express ECAM for segment 0, 1 MiB per bus (32 devices × 8 functions ×
-/// 4 KiB). The window in the platform map holds 128 buses; form-vmm uses bus 0.
+/// 4 KiB). The window in the platform map holds 128 buses: bus 0 and the guest
+/// NUMA nodes' root buses ([`crate::pci_roots`]).
 pub const PCI_ECAM_START: u64 = 0xe800_0000;
 pub const PCI_ECAM_SIZE: u64 = 0x0800_0000;
 pub const PCI_ECAM_BUSES: u64 = PCI_ECAM_SIZE >> 20;
@@ -139,6 +142,8 @@ pub enum LayoutError {
     InvalidPhysBits(u8),
     #[error("no room for a 64-bit MMIO window above RAM ending at {ram_end:#x} within the {phys_bits}-bit limit")]
     NoMmio64Window { ram_end: u64, phys_bits: u8 },
+    #[error("{0}")]
+    PciRoot(#[from] PciRootError),
     #[error("guest RAM {region_start:#x}-{region_end:#x} is not inside the host IOMMU's usable IOVA ranges [{ranges}]; use less RAM or a host with a wider IOMMU aperture")]
     RamOutsideIova {
         region_start: u64,
@@ -160,6 +165,8 @@ pub struct GuestLayout {
     ram: Vec<MemoryRegion>,
     mmio64: MemoryRegion,
     phys_bits: u8,
+    /// Bus 0 first, then the expander root buses by number.
+    pci_roots: Vec<PciRoot>,
 }
 
 fn align_up(value: u64, align: u64) -> u64 {
@@ -202,14 +209,47 @@ impl GuestLayout {
                 phys_bits: guest_phys_bits,
             });
         }
-        Ok(GuestLayout {
+        let mut layout = GuestLayout {
             ram,
             mmio64: MemoryRegion {
                 start,
                 size: limit - start,
             },
             phys_bits: guest_phys_bits,
-        })
+            pci_roots: Vec::new(),
+        };
+        layout.pci_roots = layout.split_pci_windows(&[])?;
+        Ok(layout)
+    }
+
+    /// Gives each of `needs`' expander root buses its slices of the PCI windows
+    /// ([`crate::pci_roots`]); bus 0 keeps the rest.
+    pub fn with_pci_roots(mut self, needs: &[PciRootNeeds]) -> Result<GuestLayout, LayoutError> {
+        self.pci_roots = self.split_pci_windows(needs)?;
+        Ok(self)
+    }
+
+    fn split_pci_windows(&self, needs: &[PciRootNeeds]) -> Result<Vec<PciRoot>, LayoutError> {
+        Ok(split_windows(
+            self.mmio32(),
+            self.mmio64,
+            self.pci_io(),
+            needs,
+        )?)
+    }
+
+    /// The root buses of segment 0 with their windows: bus 0 first, then the
+    /// expander buses by number.
+    pub fn pci_roots(&self) -> &[PciRoot] {
+        &self.pci_roots
+    }
+
+    /// Port I/O handed out to PCI I/O BARs, all root buses together.
+    pub fn pci_io(&self) -> MemoryRegion {
+        MemoryRegion {
+            start: PCI_IO_START,
+            size: PCI_IO_SIZE,
+        }
     }
 
     /// Like [`GuestLayout::new`], but every RAM region and the 64-bit window must
@@ -254,6 +294,7 @@ impl GuestLayout {
         match best {
             Some(region) if region.size >= mmio64_needed => {
                 layout.mmio64 = region;
+                layout.pci_roots = layout.split_pci_windows(&[])?;
                 Ok(layout)
             }
             other => Err(LayoutError::Mmio64OutsideIova {
@@ -283,6 +324,8 @@ impl GuestLayout {
         self.phys_bits
     }
 
+    /// The 32-bit PCI window, all root buses together ([`GuestLayout::pci_roots`]
+    /// has each one's slice).
     pub fn mmio32(&self) -> MemoryRegion {
         MemoryRegion {
             start: PCI_MMIO32_START,
@@ -305,6 +348,7 @@ impl GuestLayout {
         }
     }
 
+    /// The 64-bit PCI window, all root buses together.
     pub fn mmio64(&self) -> MemoryRegion {
         self.mmio64
     }
@@ -432,5 +476,36 @@ mod tests {
         let err = GuestLayout::with_iova_ranges(600 * GIB, 46, &intel_39bit(), GIB).unwrap_err();
         assert!(matches!(err, LayoutError::RamOutsideIova { .. }), "{err:?}");
         assert!(err.to_string().contains("0x0-0xfedfffff"));
+    }
+
+    #[test]
+    fn pci_roots_split_the_windows_the_layout_ends_with() {
+        use crate::pci_roots::{PciRootNeeds, WindowNeed};
+        let l = GuestLayout::with_iova_ranges(64 * GIB, 46, &intel_39bit(), GIB).unwrap();
+        assert_eq!(l.pci_roots().len(), 1);
+        assert_eq!(l.pci_roots()[0].mmio64, l.mmio64(), "after the IOVA clamp");
+        let need = PciRootNeeds {
+            bus: 0x10,
+            mmio64: WindowNeed {
+                size: 128 * GIB,
+                align: 128 * GIB,
+            },
+            ..Default::default()
+        };
+        let l = l.with_pci_roots(&[need]).unwrap();
+        let roots = l.pci_roots();
+        assert_eq!(roots.iter().map(|r| r.bus).collect::<Vec<_>>(), [0, 0x10]);
+        assert_eq!(roots[1].mmio64.end(), l.mmio64().end());
+        assert_eq!(roots[0].mmio64.start, l.mmio64().start);
+        assert_eq!(roots[0].mmio64.end(), roots[1].mmio64.start);
+        assert_eq!(roots[0].mmio32, l.mmio32(), "no 32-bit need");
+        let err = l.with_pci_roots(&[PciRootNeeds {
+            mmio64: WindowNeed {
+                size: 1 << 40,
+                align: 1 << 40,
+            },
+            ..need
+        }]);
+        assert!(matches!(err, Err(LayoutError::PciRoot(_))), "{err:?}");
     }
 }

@@ -9,9 +9,13 @@
 mod address;
 mod gsi;
 pub mod layout;
+pub mod pci_roots;
 mod pci_slot;
 
 pub use address::{AddressAllocator, AllocError};
 pub use gsi::{GsiAllocator, GsiError, FIRST_MSI_GSI};
 pub use layout::{GuestLayout, IovaRange, LayoutError, MemoryRegion};
+pub use pci_roots::{
+    node_of_root_bus, root_bus_of_node, PciRoot, PciRootError, PciRootNeeds, WindowNeed,
+};
 pub use pci_slot::{PciSlotAllocator, PciSlotError, HOST_BRIDGE_SLOT};

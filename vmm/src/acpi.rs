@@ -1,5 +1,7 @@
 //! ACPI tables: RSDP → XSDT → FADT (→ DSDT), MADT, MCFG, and with guest NUMA the
-//! SRAT and SLIT ([`crate::acpi_numa`]), written into the BIOS area of guest memory. The platform is hardware-reduced: no PM1 blocks, a sleep
+//! SRAT and SLIT ([`crate::acpi_numa`]), written into the BIOS area of guest memory.
+//! The guest nodes' PCI root buses get host bridges of their own
+//! ([`crate::acpi_pci_roots`]) and the MCFG covers buses up to the highest. The platform is hardware-reduced: no PM1 blocks, a sleep
 //! control/reset register at port 0x600, and a GED for the power button and PCI
 //! hotplug (the slot objects are in [`crate::acpi_pci`]).
 
@@ -84,47 +86,58 @@ fn dsdt(platform: &AcpiPlatform<'_>) -> Vec<u8> {
         &Package::new(vec![&SLP_TYP_S5, &SLP_TYP_S5]),
     )));
 
-    let m32 = layout.mmio32();
-    let m64 = layout.mmio64();
+    // Bus 0's slices of the windows; the guest nodes' root buses have the rest.
+    let roots = layout.pci_roots();
+    let root0 = roots.first().filter(|r| r.bus == 0);
+    let m32 = root0.map_or(layout.mmio32(), |r| r.mmio32);
+    let m64 = root0.map_or(layout.mmio64(), |r| r.mmio64);
+    let io_last = root0.map_or(layout.pci_io(), |r| r.io).last() as u16;
     let cfg_io_last = (PCI_CONFIG_IO_START - 1) as u16;
     let cfg_io_after = (PCI_CONFIG_IO_START + PCI_CONFIG_IO_SIZE) as u16;
     let cfg_port = PCI_CONFIG_IO_START as u16;
-    sdt.append_slice(&bytes(&Device::new(
-        "_SB_.PCI0".into(),
-        vec![
-            &Name::new("_HID".into(), &EISAName::new("PNP0A08")),
-            &Name::new("_CID".into(), &EISAName::new("PNP0A03")),
-            &Name::new("_ADR".into(), &aml::ZERO),
-            &Name::new("_SEG".into(), &aml::ZERO),
-            &Name::new("_UID".into(), &aml::ZERO),
-            &Name::new("_BBN".into(), &aml::ZERO),
-            &Name::new(
-                "_CRS".into(),
-                &ResourceTemplate::new(vec![
-                    &AddressSpace::<u16>::new_bus_number(0, 0),
-                    &IO::new(cfg_port, cfg_port, 1, PCI_CONFIG_IO_SIZE as u8),
-                    &AddressSpace::<u16>::new_io(0, cfg_io_last, None),
-                    &AddressSpace::<u16>::new_io(cfg_io_after, 0xffff, None),
-                    &AddressSpace::<u32>::new_memory(
-                        AddressSpaceCacheable::NotCacheable,
-                        true,
-                        m32.start as u32,
-                        m32.last() as u32,
-                        None,
-                    ),
-                    &AddressSpace::<u64>::new_memory(
-                        AddressSpaceCacheable::Cacheable,
-                        true,
-                        m64.start,
-                        m64.last(),
-                        None,
-                    ),
-                ]),
+    let hid = Name::new("_HID".into(), &EISAName::new("PNP0A08"));
+    let cid = Name::new("_CID".into(), &EISAName::new("PNP0A03"));
+    let adr = Name::new("_ADR".into(), &aml::ZERO);
+    let seg = Name::new("_SEG".into(), &aml::ZERO);
+    let uid = Name::new("_UID".into(), &aml::ZERO);
+    let bbn = Name::new("_BBN".into(), &aml::ZERO);
+    // With guest NUMA nodes bus 0 is node 0's: its devices are node 0's too.
+    let pxm = Name::new("_PXM".into(), &aml::ZERO);
+    let told_numa = platform.numa.is_some_and(|n| n.in_acpi);
+    let crs = Name::new(
+        "_CRS".into(),
+        &ResourceTemplate::new(vec![
+            &AddressSpace::<u16>::new_bus_number(0, 0),
+            &IO::new(cfg_port, cfg_port, 1, PCI_CONFIG_IO_SIZE as u8),
+            &AddressSpace::<u16>::new_io(0, cfg_io_last, None),
+            &AddressSpace::<u16>::new_io(cfg_io_after, io_last, None),
+            &AddressSpace::<u32>::new_memory(
+                AddressSpaceCacheable::NotCacheable,
+                true,
+                m32.start as u32,
+                m32.last() as u32,
+                None,
             ),
-        ],
-    )));
+            &AddressSpace::<u64>::new_memory(
+                AddressSpaceCacheable::Cacheable,
+                true,
+                m64.start,
+                m64.last(),
+                None,
+            ),
+        ]),
+    );
+    let mut pci0: Vec<&dyn Aml> = vec![&hid, &cid, &adr, &seg, &uid, &bbn];
+    if told_numa {
+        pci0.push(&pxm);
+    }
+    pci0.push(&crs);
+    sdt.append_slice(&bytes(&Device::new("_SB_.PCI0".into(), pci0)));
 
     sdt.append_slice(&crate::acpi_pci::pci_slots_aml(&platform.fixed_slots));
+    for root in roots.iter().filter(|r| r.bus != 0) {
+        sdt.append_slice(&crate::acpi_pci_roots::root_bridge_aml(root));
+    }
 
     sdt.append_slice(&bytes(&Device::new(
         "_SB_.COM1".into(),
@@ -247,9 +260,10 @@ fn madt(vcpus: u32) -> Result<Vec<u8>, AcpiError> {
     Ok(sdt.as_slice().to_vec())
 }
 
-fn mcfg() -> Vec<u8> {
+/// ECAM for segment 0's buses 0 to `last_bus`, the highest root bus.
+fn mcfg(last_bus: u8) -> Vec<u8> {
     let mut t = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    t.add_ecam(PCI_ECAM_START, 0, 0, 0);
+    t.add_ecam(PCI_ECAM_START, 0, 0, last_bus);
     bytes(&t)
 }
 
@@ -289,7 +303,14 @@ pub fn create_acpi_tables(
     let dsdt_addr = w.put("DSDT", &dsdt(platform))?;
     let fadt_addr = w.put("FADT", &fadt(dsdt_addr))?;
     let madt_addr = w.put("MADT", &madt(platform.vcpus)?)?;
-    let mcfg_addr = w.put("MCFG", &mcfg())?;
+    let last_bus = platform
+        .layout
+        .pci_roots()
+        .iter()
+        .map(|r| r.bus)
+        .max()
+        .unwrap_or(0);
+    let mcfg_addr = w.put("MCFG", &mcfg(last_bus))?;
     let mut tables = vec![fadt_addr, madt_addr, mcfg_addr];
     if let Some(numa) = platform.numa.filter(|n| n.in_acpi) {
         tables.push(w.put("SRAT", &srat(numa, platform.vcpus))?);
@@ -326,7 +347,7 @@ mod tests {
             fixed_slots: Default::default(),
             numa: None,
         };
-        for t in [dsdt(&p), fadt(0x1234), madt(4).unwrap(), mcfg()] {
+        for t in [dsdt(&p), fadt(0x1234), madt(4).unwrap(), mcfg(0)] {
             let len = u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize;
             assert_eq!(len, t.len(), "{:?}", std::str::from_utf8(&t[0..4]));
             assert!(checksum_ok(&t), "{:?}", std::str::from_utf8(&t[0..4]));
@@ -429,5 +450,194 @@ mod tests {
         ] {
             assert!(has(name), "{}", String::from_utf8_lossy(name));
         }
+    }
+
+    fn two_nodes() -> GuestNuma {
+        use crate::guest_numa::GuestNumaNode;
+        use form_vm_allocator::MemoryRegion;
+        let half = |id: u32| GuestNumaNode {
+            id,
+            vcpus: vec![id],
+            ram: vec![MemoryRegion {
+                start: u64::from(id) * (128 << 20),
+                size: 128 << 20,
+            }],
+            host_nodes: Vec::new(),
+        };
+        GuestNuma {
+            nodes: vec![half(0), half(1)],
+            distances: vec![vec![10, 20], vec![20, 10]],
+            in_acpi: true,
+        }
+    }
+
+    /// A layout with node 1's root bus (0x10) holding a GPU-like device.
+    fn layout_with_bus_0x10() -> GuestLayout {
+        use form_vm_allocator::{PciRootNeeds, WindowNeed};
+        GuestLayout::new(256 << 20, 40)
+            .unwrap()
+            .with_pci_roots(&[PciRootNeeds {
+                bus: 0x10,
+                mmio32: WindowNeed {
+                    size: 16 << 20,
+                    align: 16 << 20,
+                },
+                mmio64: WindowNeed {
+                    size: 1 << 30,
+                    align: 1 << 30,
+                },
+                io: WindowNeed {
+                    size: 0x80,
+                    align: 0x80,
+                },
+            }])
+            .unwrap()
+    }
+
+    fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        hay.windows(needle.len()).position(|w| w == needle)
+    }
+
+    #[test]
+    fn a_nodes_root_bus_gets_a_host_bridge_with_its_bus_node_and_windows() {
+        let layout = layout_with_bus_0x10();
+        let numa = two_nodes();
+        let t = dsdt(&AcpiPlatform {
+            layout: &layout,
+            vcpus: 2,
+            fixed_slots: Default::default(),
+            numa: Some(&numa),
+        });
+        let pc10 = layout.pci_roots()[1];
+        assert_eq!(pc10.bus, 0x10);
+        let start = find(&t, b"PC10").expect("a PC10 device");
+        let end = find(&t, b"COM1").unwrap();
+        assert!(start < end);
+        let (before, bridge) = (&t[..start], &t[start..end]);
+        let name = |n: &str, v: u32| bytes(&Name::new(n.into(), &v));
+        for (what, pattern) in [
+            ("_BBN 0x10", name("_BBN", 0x10)),
+            ("_UID 0x10", name("_UID", 0x10)),
+            ("_PXM 1", name("_PXM", 1)),
+            ("_SEG 0", name("_SEG", 0)),
+        ] {
+            assert!(find(bridge, &pattern).is_some(), "{what}");
+        }
+        assert!(find(bridge, b"_PRT").is_some());
+        // Bus 0 is node 0's.
+        assert!(find(before, &name("_PXM", 0)).is_some());
+        // The bridge decodes its slices; PCI0 no longer reaches the top of the
+        // 32-bit window, which is PC10's now.
+        let m32_last = (pc10.mmio32.last() as u32).to_le_bytes();
+        assert_eq!(pc10.mmio32.last(), layout.mmio32().last());
+        assert!(find(bridge, &m32_last).is_some());
+        assert!(find(before, &m32_last).is_none());
+        assert!(find(bridge, &pc10.mmio64.start.to_le_bytes()).is_some());
+        assert!(find(before, &pc10.mmio64.last().to_le_bytes()).is_none());
+    }
+
+    #[test]
+    fn without_nodes_the_dsdt_has_bus_0_alone_and_no_proximity() {
+        let layout = GuestLayout::new(256 << 20, 40).unwrap();
+        let t = dsdt(&AcpiPlatform {
+            layout: &layout,
+            vcpus: 1,
+            fixed_slots: Default::default(),
+            numa: None,
+        });
+        assert!(find(&t, b"_PXM").is_none());
+        assert!(find(&t, b"PC10").is_none());
+        // PCI0 decodes the whole windows.
+        assert!(find(&t, &(layout.mmio32().last() as u32).to_le_bytes()).is_some());
+        assert!(find(&t, &layout.mmio64().last().to_le_bytes()).is_some());
+    }
+
+    #[test]
+    fn mcfg_covers_buses_up_to_the_highest_root_bus() {
+        // Entry: base (8), segment (2), start bus, end bus.
+        let entry = |t: &[u8]| (t.len(), t[44 + 10], t[44 + 11]);
+        assert_eq!(entry(&mcfg(0)), (60, 0, 0));
+        assert_eq!(entry(&mcfg(0x10)), (60, 0, 0x10));
+        let layout = layout_with_bus_0x10();
+        let mem = crate::memory::create_guest_memory(&layout, &Default::default()).unwrap();
+        let numa = two_nodes();
+        let platform = AcpiPlatform {
+            layout: &layout,
+            vcpus: 2,
+            fixed_slots: Default::default(),
+            numa: Some(&numa),
+        };
+        create_acpi_tables(&mem, &platform).unwrap();
+        let mut rsdp = [0u8; 36];
+        mem.read_slice(&mut rsdp, GuestAddress(RSDP_START)).unwrap();
+        let xsdt_addr = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+        let mut mcfg_addr = [0u8; 8];
+        // The XSDT lists FACP, APIC, then MCFG.
+        mem.read_slice(&mut mcfg_addr, GuestAddress(xsdt_addr + 36 + 16))
+            .unwrap();
+        let mut table = [0u8; 60];
+        mem.read_slice(&mut table, GuestAddress(u64::from_le_bytes(mcfg_addr)))
+            .unwrap();
+        assert_eq!(&table[0..4], b"MCFG");
+        assert_eq!(entry(&table), (60, 0, 0x10));
+    }
+
+    /// iasl (acpica-tools) disassembles the DSDT with two host bridges and
+    /// compiles the result again; skipped where iasl is not installed.
+    #[test]
+    fn iasl_reads_the_dsdt_with_a_second_host_bridge() {
+        let Ok(version) = std::process::Command::new("iasl").arg("-v").output() else {
+            eprintln!("iasl not installed; skipping");
+            return;
+        };
+        assert!(version.status.success());
+        let layout = layout_with_bus_0x10();
+        let numa = two_nodes();
+        let t = dsdt(&AcpiPlatform {
+            layout: &layout,
+            vcpus: 2,
+            fixed_slots: Default::default(),
+            numa: Some(&numa),
+        });
+        let dir = std::env::temp_dir().join(format!("form-vmm-dsdt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("dsdt.aml"), &t).unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("iasl")
+                .current_dir(&dir)
+                .args(args)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "iasl {args:?}:\n{text}");
+        };
+        run(&["-d", "dsdt.aml"]);
+        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap();
+        std::fs::remove_file(dir.join("dsdt.aml")).unwrap();
+        run(&["dsdt.dsl"]);
+        let _ = std::fs::remove_dir_all(&dir);
+        let pc10 = &dsl[dsl.find("Device (_SB.PC10)").expect(&dsl)..];
+        let pc10 = &pc10[..pc10.find("Device (_SB.COM1)").unwrap_or(pc10.len())];
+        for expected in [
+            "Name (_HID, EisaId (\"PNP0A08\")",
+            "Name (_BBN, 0x10)",
+            "Name (_UID, 0x10)",
+            "Name (_PXM, One)",
+            "WordBusNumber",
+            "Name (_PRT, Package",
+        ] {
+            assert!(pc10.contains(expected), "{expected}:\n{pc10}");
+        }
+        let pc10_m32 = format!("0x{:08X}", layout.pci_roots()[1].mmio32.start);
+        assert!(pc10.contains(&pc10_m32), "{pc10_m32}:\n{pc10}");
+        let pci0 = &dsl[dsl.find("Device (_SB.PCI0)").unwrap()..];
+        let pci0 = &pci0[..pci0.find("Scope").unwrap_or(pci0.len())];
+        assert!(pci0.contains("Name (_PXM, Zero)"), "{pci0}");
+        let old_top = format!("0x{:08X}", layout.mmio32().last());
+        assert!(
+            !pci0.contains(&old_top),
+            "PCI0 still claims {old_top}:\n{pci0}"
+        );
     }
 }

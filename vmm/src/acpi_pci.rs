@@ -32,7 +32,7 @@ pub fn intx_gsi(slot: u8, pin: u8) -> u32 {
 
 /// Already-serialised AML, so objects built in a loop can be children of one
 /// parent without outliving their builders.
-struct Raw(Vec<u8>);
+pub(crate) struct Raw(pub(crate) Vec<u8>);
 
 impl Aml for Raw {
     fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
@@ -50,7 +50,8 @@ fn slot_name(slot: u8) -> String {
     format!("SL{slot:02X}")
 }
 
-fn prt() -> Raw {
+/// `_PRT`: every slot's four INTx pins to [`intx_gsi`]; the same on every root bus.
+pub(crate) fn prt() -> Raw {
     let entries: Vec<Raw> = HOTPLUG_SLOTS
         .flat_map(|slot| (0u8..4).map(move |pin| (slot, pin)))
         .map(|(slot, pin)| {

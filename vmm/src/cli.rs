@@ -101,7 +101,8 @@ pub struct Cli {
     pub api_socket: Option<String>,
 
     /// A host PCI device bound to vfio-pci to pass through (repeatable). Options:
-    /// path= (/sys/bus/pci/devices/BDF, required), id=NAME, x_nv_gpudirect_clique=N;
+    /// path= (/sys/bus/pci/devices/BDF, required), id=NAME, numa_node=N (the guest node whose
+    /// PCI root bus it goes on), x_nv_gpudirect_clique=N;
     /// iommu=off and pci_segment=0 are accepted for Cloud Hypervisor compatibility.
     #[arg(long = "device", value_name = "path=SYSFS_PATH[,...]")]
     pub devices: Vec<String>,

@@ -185,8 +185,10 @@ impl<B: VmBackend> Controller<B> {
     }
 
     fn add_devices(&mut self, devices: Vec<DeviceConfig>) -> Result<Vec<PciDeviceInfo>, ApiError> {
+        let numa = self.config.as_ref().and_then(|c| c.numa.as_deref());
         for device in &devices {
             device.validate()?;
+            device.validate_hotplug(numa)?;
         }
         crate::sandbox::check_config(&VmConfig {
             devices: devices.clone(),

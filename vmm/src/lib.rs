@@ -7,6 +7,7 @@
 pub mod acpi;
 pub mod acpi_numa;
 pub mod acpi_pci;
+pub mod acpi_pci_roots;
 pub mod api;
 pub mod boot;
 pub mod cli;

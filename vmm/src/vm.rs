@@ -91,6 +91,8 @@ pub enum VmError {
     EventFd(std::io::Error),
     #[error("memory.host_numa_node: {0}")]
     Numa(#[from] NumaError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// The device manager's errors land in the variants the API already maps to
@@ -284,6 +286,8 @@ impl Vm {
             )?,
             None => GuestLayout::new(config.memory.ram_size(), phys_bits)?,
         };
+        // The guest nodes' root buses take their devices' share of the windows.
+        let layout = layout.with_pci_roots(&passthrough.root_bus_needs())?;
         let guest_numa = GuestNuma::new(config, &layout);
         let vcpu_cpus = vcpu_placement(config, guest_numa.as_ref(), &nodes);
         let memory = create_guest_memory(&layout, &config.memory)?;
@@ -528,6 +532,9 @@ impl Vm {
                 action: "add a device",
                 state: self.state,
             });
+        }
+        for config in &configs {
+            config.validate_hotplug(self.config.numa.as_deref())?;
         }
         let running = self.state == VmState::Running;
         let infos = self

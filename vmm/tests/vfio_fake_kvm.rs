@@ -6,7 +6,7 @@ use pci::vfio::fake::FakeVfioDevice;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use vmm::config::DeviceConfig;
+use vmm::config::{DeviceConfig, MemoryConfig, MemoryZoneConfig, NumaConfig, VmConfig};
 use vmm::device_manager::vfio::testing::FakeVfioHost;
 use vmm::vm::{Removal, Vm, VmExitReason};
 use vmm_sys_util::eventfd::EventFd;
@@ -41,13 +41,25 @@ struct Guest {
 }
 
 fn start(cmdline: &str, devices: Vec<DeviceConfig>, host: Arc<FakeVfioHost>) -> Guest {
+    let mut guest = create(cmdline, devices, host, |_| {});
+    guest.vm.boot().expect("boot");
+    guest
+}
+
+/// The VM, created but not booted; `adjust` changes its configuration first.
+fn create(
+    cmdline: &str,
+    devices: Vec<DeviceConfig>,
+    host: Arc<FakeVfioHost>,
+    adjust: impl FnOnce(&mut VmConfig),
+) -> Guest {
     let dir = ScratchDir::new("vfio-fake");
     let serial = dir.join("serial.log");
     let mut config = test_guest_config(cmdline, &serial);
     config.devices = devices;
+    adjust(&mut config);
     let (events, exit) = vm_events();
-    let mut vm = Vm::with_vfio_host(&config, events, host).expect("create VM");
-    vm.boot().expect("boot");
+    let vm = Vm::with_vfio_host(&config, events, host).expect("create VM");
     Guest {
         vm,
         exit,
@@ -188,4 +200,65 @@ fn a_guest_that_keeps_a_device_keeps_it_unless_the_removal_detaches_anyway() {
     guest.wait_for("gone after");
     guest.vm.add_device(edu_config("edu0")).unwrap();
     guest.finish();
+}
+
+/// Two guest nodes of one vCPU and one 32 MiB zone each.
+fn two_guest_nodes(config: &mut VmConfig) {
+    config.cpus.boot_vcpus = 2;
+    config.cpus.max_vcpus = 2;
+    let zone = |spec: &str| MemoryZoneConfig::parse(spec).unwrap();
+    config.memory = MemoryConfig {
+        size: 0,
+        zones: Some(vec![zone("id=mem0,size=32M"), zone("id=mem1,size=32M")]),
+        ..Default::default()
+    };
+    config.numa = Some(vec![
+        NumaConfig::parse("guest_numa_id=0,cpus=0,memory_zones=mem0").unwrap(),
+        NumaConfig::parse("guest_numa_id=1,cpus=1,memory_zones=mem1").unwrap(),
+    ]);
+    config.validate().unwrap();
+}
+
+#[test]
+fn a_device_on_guest_node_1_is_on_node_1s_root_bus() {
+    if !kvm_or_skip("a_device_on_guest_node_1_is_on_node_1s_root_bus") {
+        return;
+    }
+    const EDU2: &str = "/sys/bus/pci/devices/0000:00:04.0";
+    let edu2 = FakeVfioDevice::edu();
+    edu2.mmap_refused.lock().unwrap().insert(0);
+    let host = fake_host();
+    host.devices
+        .lock()
+        .unwrap()
+        .insert(PathBuf::from(EDU2), Arc::new(edu2));
+    let on_node_1 = DeviceConfig {
+        numa_node: Some(1),
+        ..edu_config("edu0")
+    };
+    let mut guest = create("pci-scan", vec![on_node_1], host, two_guest_nodes);
+    let bdfs: Vec<String> = guest.vm.pci_devices().into_iter().map(|d| d.bdf).collect();
+    assert_eq!(bdfs, ["0000:10:01.0"]);
+    // Bus 0x10 has no hotplug controller: a second device for node 1 is refused.
+    let err = guest
+        .vm
+        .add_device(DeviceConfig {
+            path: EDU2.into(),
+            id: Some("edu1".into()),
+            numa_node: Some(1),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("cold-plugged only"), "{err}");
+    guest.vm.boot().expect("boot");
+    let serial = guest.finish();
+    for line in [
+        "pci 00:00.0 1b36:0008 class 060000",
+        "pci 10:00.0 1b36:0008 class 060000",
+        "pci 10:01.0 1234:11e8 class 00ff00",
+        "pci-devices: 3",
+    ] {
+        assert!(serial.contains(line), "{line}:\n{serial}");
+    }
+    assert!(!serial.contains("pci 00:01.0"), "{serial}");
 }

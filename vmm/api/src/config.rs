@@ -59,6 +59,12 @@ pub enum ConfigError {
     DuplicateDevicePath(PathBuf),
     #[error("device {path}: PCI segment {segment} does not exist; form-vmm has segment 0 only")]
     DeviceSegment { path: PathBuf, segment: u16 },
+    #[error("device {path}: numa_node={node}, but only guest nodes 0 to {} can have PCI devices (one root bus each in the 128-bus ECAM window)", DEVICE_NUMA_NODES - 1)]
+    DeviceNumaNodeRange { path: PathBuf, node: u32 },
+    #[error("device {path}: numa_node={node}, but the VM has no guest NUMA node {node}; define it (--numa guest_numa_id={node},...) or leave numa_node out")]
+    DeviceNumaNodeUnknown { path: PathBuf, node: u32 },
+    #[error("device {path}: numa_node={node} puts it on guest node {node}'s PCI root bus, which has no hotplug controller: devices there are cold-plugged only. Give it when the VM is created, or hotplug it without numa_node (or with numa_node=0) onto bus 0")]
+    DeviceNumaNodeHotplug { path: PathBuf, node: u32 },
     #[error("device {0}: iommu=on (a virtual IOMMU in front of the device) is not supported; leave it off")]
     DeviceIommu(PathBuf),
     #[error("device id is empty: give a name or leave id out for a default one")]
@@ -151,6 +157,7 @@ impl VmConfig {
         let mut paths = HashSet::new();
         for device in &self.devices {
             device.validate()?;
+            device.validate_numa_node(self.numa.as_deref())?;
             claim_id(&device.id)?;
             if !paths.insert(device.path.as_path()) {
                 return Err(ConfigError::DuplicateDevicePath(device.path.clone()));
@@ -577,6 +584,11 @@ pub struct DeviceConfig {
     pub iommu: bool,
     #[serde(default)]
     pub pci_segment: u16,
+    /// The guest NUMA node the device belongs to: it goes on that node's PCI root
+    /// bus (node 0's is bus 0, node N's bus `0x10 × N`), whose host bridge's `_PXM`
+    /// gives the guest the device's node. Without it, bus 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<u32>,
     /// NVIDIA GPUDirect P2P clique id advertised to the guest driver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x_nv_gpudirect_clique: Option<u8>,
@@ -588,11 +600,12 @@ impl DeviceConfig {
         "id",
         "iommu",
         "pci_segment",
+        "numa_node",
         "x_nv_gpudirect_clique",
     ];
 
     /// Parses `--device path=/sys/bus/pci/devices/BDF[,id=NAME][,iommu=off]
-    /// [,pci_segment=0][,x_nv_gpudirect_clique=N]`; what [`DeviceConfig::validate`]
+    /// [,pci_segment=0][,numa_node=N][,x_nv_gpudirect_clique=N]`; what [`DeviceConfig::validate`]
     /// refuses is a parse error.
     pub fn parse(input: &str) -> Result<DeviceConfig, ParseError> {
         const FLAG: &str = "--device";
@@ -602,6 +615,7 @@ impl DeviceConfig {
             id: opts.get("id")?,
             iommu: opts.get("iommu")?.unwrap_or(false),
             pci_segment: opts.get("pci_segment")?.unwrap_or(0),
+            numa_node: opts.get("numa_node")?,
             x_nv_gpudirect_clique: opts.get("x_nv_gpudirect_clique")?,
         };
         device.validate().map_err(invalid(FLAG, input))?;
@@ -621,9 +635,46 @@ impl DeviceConfig {
         if self.iommu {
             return Err(ConfigError::DeviceIommu(self.path.clone()));
         }
+        match self.numa_node {
+            Some(node) if node >= DEVICE_NUMA_NODES => Err(ConfigError::DeviceNumaNodeRange {
+                path: self.path.clone(),
+                node,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// `numa_node` names one of the VM's guest nodes (`numa`).
+    pub fn validate_numa_node(&self, numa: Option<&[NumaConfig]>) -> Result<(), ConfigError> {
+        let Some(node) = self.numa_node else {
+            return Ok(());
+        };
+        if !numa.unwrap_or(&[]).iter().any(|n| n.guest_numa_id == node) {
+            return Err(ConfigError::DeviceNumaNodeUnknown {
+                path: self.path.clone(),
+                node,
+            });
+        }
         Ok(())
     }
+
+    /// For a device added to a built VM whose guest nodes are `numa`: only bus 0
+    /// has a hotplug controller, so a node other than 0 is refused.
+    pub fn validate_hotplug(&self, numa: Option<&[NumaConfig]>) -> Result<(), ConfigError> {
+        self.validate_numa_node(numa)?;
+        match self.numa_node {
+            Some(node) if node != 0 => Err(ConfigError::DeviceNumaNodeHotplug {
+                path: self.path.clone(),
+                node,
+            }),
+            _ => Ok(()),
+        }
+    }
 }
+
+/// Guest nodes a device can be placed on: node N's root bus is bus `0x10 × N`,
+/// and the ECAM window has 128 buses (vm-allocator's `pci_roots`).
+pub const DEVICE_NUMA_NODES: u32 = 8;
 
 #[cfg(test)]
 mod tests {
@@ -855,9 +906,19 @@ mod tests {
                 id: Some("gpu0".into()),
                 iommu: false,
                 pci_segment: 0,
+                numa_node: None,
                 x_nv_gpudirect_clique: Some(7),
             }
         );
+        let on_node =
+            DeviceConfig::parse("path=/sys/bus/pci/devices/0000:01:00.0,numa_node=1").unwrap();
+        assert_eq!(on_node.numa_node, Some(1));
+        let json = serde_json::to_value(&on_node).unwrap();
+        assert_eq!(json["numa_node"], 1);
+        let err = DeviceConfig::parse("path=/sys/bus/pci/devices/0000:01:00.0,numa_node=8")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only guest nodes 0 to 7"), "{err}");
         let err = DeviceConfig::parse("path=/sys/bus/pci/devices/0000:01:00.0,iommu=on")
             .unwrap_err()
             .to_string();
@@ -871,6 +932,54 @@ mod tests {
             DeviceConfig::parse("id=gpu0").unwrap_err().to_string(),
             "--device: option 'path' is required (path=...)"
         );
+    }
+
+    #[test]
+    fn a_device_goes_on_a_guest_node_that_exists_and_is_hotplugged_on_node_0_only() {
+        let kernel = kernel_file();
+        let mut config = bootable(&kernel.0);
+        let device = DeviceConfig {
+            path: "/sys/bus/pci/devices/0000:01:00.0".into(),
+            numa_node: Some(1),
+            ..Default::default()
+        };
+        config.devices = vec![device.clone()];
+        let err = config.validate().unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::DeviceNumaNodeUnknown {
+                path: device.path.clone(),
+                node: 1
+            }
+        );
+        assert!(err.to_string().contains("no guest NUMA node 1"), "{err}");
+
+        let nodes = [
+            NumaConfig::parse("guest_numa_id=0,memory_zones=m0").unwrap(),
+            NumaConfig::parse("guest_numa_id=1,memory_zones=m1").unwrap(),
+        ];
+        device.validate_numa_node(Some(&nodes)).unwrap();
+        device.validate_numa_node(Some(&nodes[..1])).unwrap_err();
+        let err = device.validate_hotplug(Some(&nodes)).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::DeviceNumaNodeHotplug { node: 1, .. }
+        ));
+        assert!(err.to_string().contains("cold-plugged only"), "{err}");
+        let on_node_0 = DeviceConfig {
+            numa_node: Some(0),
+            ..device.clone()
+        };
+        on_node_0.validate_hotplug(Some(&nodes)).unwrap();
+        assert!(matches!(
+            on_node_0.validate_hotplug(None),
+            Err(ConfigError::DeviceNumaNodeUnknown { node: 0, .. })
+        ));
+        let anywhere = DeviceConfig {
+            numa_node: None,
+            ..device
+        };
+        anywhere.validate_hotplug(None).unwrap();
     }
 
     #[test]

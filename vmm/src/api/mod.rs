@@ -121,6 +121,7 @@ impl ApiError {
             ApiError::Vm(VmError::Virtio(e)) if e.is_bad_request() => 400,
             ApiError::Vm(VmError::Numa(e)) if e.is_bad_request() => 400,
             ApiError::Vm(VmError::BootDisk(e)) if e.is_bad_request() => 400,
+            ApiError::Vm(VmError::Config(_)) => 400,
             ApiError::NoVm | ApiError::UnknownPath(_) => 404,
             ApiError::WrongState { .. } | ApiError::MethodNotAllowed { .. } => 405,
             ApiError::AlreadyCreated

@@ -30,6 +30,8 @@ pub enum DeviceError {
     },
     #[error("serial mode {0:?} is not supported; use Tty, File, Off or Null")]
     SerialModeUnsupported(crate::config::ConsoleOutputMode),
+    #[error("PCI root buses: {0}")]
+    PciSegment(pci::PciSegmentError),
     #[error("PCI address pools: {0}")]
     Allocator(#[from] form_vm_allocator::AllocError),
     #[error("cannot start the {what} thread: {source}")]

@@ -8,6 +8,7 @@ pub mod hotplug;
 pub mod legacy;
 pub mod log_file;
 pub mod pci;
+pub mod pci_roots;
 pub mod vfio;
 pub mod vfio_error;
 pub mod vfio_host;
@@ -20,11 +21,11 @@ use crate::memory::GuestMemoryMmap;
 use devices::acpi::GedEvent;
 use devices::Bus;
 pub use error::DeviceError;
-use form_vm_allocator::{GsiAllocator, GuestLayout, IovaRange};
+use form_vm_allocator::{GsiAllocator, GuestLayout, IovaRange, PciRootNeeds};
 use hotplug::{attach_hotplug_controller, EjectOutcome, HotplugState, Removal};
 use hotplug::{EJECT_GIVE_UP_AFTER, EJECT_IGNORED_AFTER};
 use legacy::{attach_legacy_devices, LegacyDevices};
-use pci::{PciDeviceInfo, PciDevices, PciTeardown};
+use pci::{GuestFunction, PciDeviceInfo, PciDevices, PciTeardown};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -76,6 +77,12 @@ impl OpenedPassthrough {
     pub fn layout_constraints(&self) -> Result<(Option<Vec<IovaRange>>, u64), VfioError> {
         self.vfio.layout_constraints(&self.opened)
     }
+
+    /// What the guest nodes' root buses need of the PCI windows for the devices
+    /// placed on them; empty when every device goes on bus 0.
+    pub fn root_bus_needs(&self) -> Vec<PciRootNeeds> {
+        pci_roots::root_bus_needs(&self.opened)
+    }
 }
 
 /// What the devices of a VM being built attach to.
@@ -116,7 +123,7 @@ impl DeviceManager {
         let legacy = attach_legacy_devices(platform.kvm, &buses, &config.serial)?;
         let hotplug = attach_hotplug_controller(&buses)?;
         let mut pci = PciDevices::attach(platform.layout, &buses, passthrough.gsis)?;
-        let teardown = PciTeardown::new(pci.bus.clone());
+        let teardown = PciTeardown::new(pci.segment().clone());
         let mut vfio = passthrough.vfio;
         let attached = vfio.attach(
             passthrough.opened,
@@ -204,9 +211,10 @@ impl DeviceManager {
         // goes on the bus (or the start's mapping waited for).
         let infos = vfio.attach(opened, &mut resources, DmaMapOrder::Upfront)?;
         if guest_running && !infos.is_empty() {
+            // Only bus 0 has a hotplug controller; the others are cold-plugged.
             for info in &infos {
-                if let Some(slot) = self.vfio.slot_of(&info.id) {
-                    self.hotplug.slot_added(slot);
+                if let Some(at) = self.vfio.location_of(&info.id).filter(|at| at.bus == 0) {
+                    self.hotplug.slot_added(at.slot);
                 }
             }
             self.notify_hotplug();
@@ -229,11 +237,35 @@ impl DeviceManager {
         if self.virtio.contains_id(id) {
             return Err(VirtioError::NotRemovable(id.to_string()).into());
         }
-        let slot = self
+        let at = self
             .vfio
-            .slot_of(id)
+            .location_of(id)
             .ok_or_else(|| VfioError::UnknownId(id.to_string()))?;
-        if guest_running {
+        if guest_running && at.bus != 0 {
+            return Err(VfioError::NotHotRemovable {
+                id: id.to_string(),
+                bus: at.bus,
+            }
+            .into());
+        }
+        self.remove_at(memory, id, at, guest_running, policy)
+    }
+
+    /// [`DeviceManager::remove_device`] for the device `id` at `at`. A device on a
+    /// guest node's root bus (no hotplug controller there) is detached without
+    /// asking the guest.
+    fn remove_at(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        id: &str,
+        at: GuestFunction,
+        guest_running: bool,
+        policy: Removal,
+    ) -> Result<Vec<PciDeviceInfo>, DeviceManagerError> {
+        let slot = at.slot;
+        if guest_running && at.bus != 0 {
+            log::warn!("vfio: {id} is on root bus {:#04x}, which has no hotplug controller; detaching it without the guest's eject", at.bus);
+        } else if guest_running {
             self.hotplug.request_removal(slot);
             self.notify_hotplug();
             // Giving up early on a guest that has not looked yet only pays when the
@@ -267,16 +299,16 @@ impl DeviceManager {
                 ),
             }
         }
-        let mut removed = self.detach_slot(memory, slot);
+        let mut removed = self.detach_slot(memory, at.bus, slot);
         if let Some(first) = removed.iter().position(|info| info.id == id) {
             removed.swap(0, first);
         }
         Ok(removed)
     }
 
-    /// Detaches every function of `slot`, function 0 last.
-    fn detach_slot(&mut self, memory: &GuestMemoryMmap, slot: u8) -> Vec<PciDeviceInfo> {
-        let ids = self.vfio.ids_in_slot(slot);
+    /// Detaches every function of `slot` of root bus `bus`, function 0 last.
+    fn detach_slot(&mut self, memory: &GuestMemoryMmap, bus: u8, slot: u8) -> Vec<PciDeviceInfo> {
+        let ids = self.vfio.ids_in_slot(bus, slot);
         let (vfio, mut resources) = self.vfio_with_resources(memory);
         ids.iter()
             .filter_map(|id| vfio.detach(id, &mut resources))
@@ -321,11 +353,11 @@ impl DeviceManager {
         let mut removed = Vec::new();
         for id in self.vfio.host_requests() {
             // An earlier removal of its slot may have taken it already.
-            if self.vfio.slot_of(&id).is_none() {
+            let Some(at) = self.vfio.location_of(&id) else {
                 continue;
-            }
+            };
             log::warn!("vfio: the host asked for {id} back; removing it from the VM");
-            match self.remove_device(memory, &id, guest_running, Removal::DetachAnyway) {
+            match self.remove_at(memory, &id, at, guest_running, Removal::DetachAnyway) {
                 Ok(infos) => removed.extend(infos),
                 Err(e) => log::warn!("vfio: giving {id} back to the host: {e}"),
             }
@@ -341,17 +373,19 @@ impl DeviceManager {
             let _ = fd.read();
         }
         let ejected = self.hotplug.take_unrequested_ejects();
+        // The controller's bitmaps are bus 0's.
         let mut slots: Vec<u8> = self
             .vfio
             .list()
             .into_iter()
-            .map(|(_, slot)| slot)
+            .filter(|(_, at)| at.bus == 0)
+            .map(|(_, at)| at.slot)
             .filter(|slot| ejected & (1u32 << slot) != 0)
             .collect();
         slots.dedup();
         let mut removed = Vec::new();
         for slot in slots {
-            for info in self.detach_slot(memory, slot) {
+            for info in self.detach_slot(memory, 0, slot) {
                 log::info!(
                     "vfio: the guest ejected {} ({}) on its own",
                     info.id,
@@ -363,12 +397,13 @@ impl DeviceManager {
         removed
     }
 
-    /// Every device on the PCI bus (passed-through and virtio) with its guest
-    /// address, in slot order.
+    /// Every device on the PCI buses (passed-through and virtio) with its guest
+    /// address, in bus and slot order.
     pub fn pci_devices(&self) -> Vec<PciDeviceInfo> {
         let mut all = self.vfio.list();
-        all.extend(self.virtio.list());
-        all.sort_by_key(|(_, slot)| *slot);
+        let virtio = self.virtio.list().into_iter();
+        all.extend(virtio.map(|(info, slot)| (info, GuestFunction::slot(slot))));
+        all.sort_by_key(|(_, at)| *at);
         all.into_iter().map(|(info, _)| info).collect()
     }
 

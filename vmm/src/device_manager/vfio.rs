@@ -25,6 +25,8 @@
 //! - The host can ask for a device back (an unbind from vfio-pci signals the
 //!   device's request interrupt, then waits for the VMM to close it): each device
 //!   gets an eventfd on it, and [`VfioDevices::host_requests`] says which asked.
+//! - A device with a guest node (`numa_node`) goes on that node's root bus and
+//!   draws its BARs from that bus's windows; the others on bus 0.
 //! - Attach order per device: lowest free slot, INTx GSI from the slot
 //!   ([`crate::acpi_pci::intx_gsi`]), BARs placed off any BAR the guest moved,
 //!   [`VfioPciDevice`] built, every BAR trapped whole on the MMIO/PIO bus (mapped
@@ -39,7 +41,7 @@ use crate::acpi_pci::intx_gsi;
 use crate::config::{DeviceConfig, DmaMapOrder};
 use crate::io_buses::IoBuses;
 use crate::memory::GuestMemoryMmap;
-use form_vm_allocator::IovaRange;
+use form_vm_allocator::{root_bus_of_node, IovaRange};
 use pci::vfio::ops::IrqIndex;
 use pci::vfio::{
     discover_bars, place_bars, read_raw_config, release_bars, ConfigOptions, DmaGate,
@@ -66,9 +68,21 @@ pub struct OpenedDevice {
     raw_config: Vec<u8>,
     host_bars: Vec<HostBar>,
     options: ConfigOptions,
+    /// The root bus it goes on: its guest node's.
+    bus: u8,
 }
 
 impl OpenedDevice {
+    /// The root bus the device goes on.
+    pub fn root_bus(&self) -> u8 {
+        self.bus
+    }
+
+    /// Its BARs, as the host has them.
+    pub fn host_bars(&self) -> &[HostBar] {
+        &self.host_bars
+    }
+
     /// Bytes the device's 64-bit BARs need in the 64-bit window.
     fn mmio64_bytes(&self) -> u64 {
         self.host_bars
@@ -151,28 +165,29 @@ impl VfioDevices {
         self.devices.is_empty()
     }
 
-    /// Ids and guest addresses in bus order, with each one's slot.
-    pub fn list(&self) -> Vec<(PciDeviceInfo, u8)> {
+    /// Ids and guest addresses in bus order, with each one's place.
+    pub fn list(&self) -> Vec<(PciDeviceInfo, GuestFunction)> {
         let mut all: Vec<_> = self
             .devices
             .iter()
             .map(|(id, d)| (d.at, guest_info(id, d.at)))
             .collect();
         all.sort_by_key(|(at, _)| *at);
-        all.into_iter().map(|(at, info)| (info, at.slot)).collect()
+        all.into_iter().map(|(at, info)| (info, at)).collect()
     }
 
-    pub fn slot_of(&self, id: &str) -> Option<u8> {
-        self.devices.get(id).map(|d| d.at.slot)
+    /// Where device `id` sits.
+    pub fn location_of(&self, id: &str) -> Option<GuestFunction> {
+        self.devices.get(id).map(|d| d.at)
     }
 
-    /// The ids of every function in `slot`, in the order they come off the bus:
-    /// function 0 last.
-    pub fn ids_in_slot(&self, slot: u8) -> Vec<String> {
+    /// The ids of every function in `slot` of root bus `bus`, in the order they
+    /// come off the bus: function 0 last.
+    pub fn ids_in_slot(&self, bus: u8, slot: u8) -> Vec<String> {
         let mut ids: Vec<(u8, String)> = self
             .devices
             .iter()
-            .filter(|(_, d)| d.at.slot == slot)
+            .filter(|(_, d)| d.at.bus == bus && d.at.slot == slot)
             .map(|(id, d)| (d.at.function, id.clone()))
             .collect();
         ids.sort_by_key(|(function, _)| std::cmp::Reverse(*function));
@@ -246,6 +261,11 @@ impl VfioDevices {
         let mut opened = Vec::with_capacity(configs.len());
         for (config, (id, bdf)) in configs.iter().zip(names) {
             let opening = || -> Result<OpenedDevice, VfioError> {
+                let node = config.numa_node.unwrap_or(0);
+                let bus = root_bus_of_node(node).ok_or_else(|| VfioError::NoRootBus {
+                    id: id.clone(),
+                    node,
+                })?;
                 let ops = container.open_device(&config.path)?;
                 let device_err = |source| VfioError::Device {
                     id: id.clone(),
@@ -267,6 +287,7 @@ impl VfioDevices {
                     options: ConfigOptions {
                         gpudirect_clique: config.x_nv_gpudirect_clique,
                     },
+                    bus,
                 })
             };
             match opening() {
@@ -367,8 +388,16 @@ impl VfioDevices {
         let result = self.map_memory(vm.memory, order).and_then(|()| {
             let mut infos: Vec<Option<PciDeviceInfo>> = vec![None; opened.len()];
             let mut opened: Vec<Option<OpenedDevice>> = opened.into_iter().map(Some).collect();
-            for slot_group in shared_slots(&names) {
-                let slot = vm.pci.free_slot().map_err(|source| VfioError::Slot {
+            let buses: Vec<u8> = opened
+                .iter()
+                .map(|d| d.as_ref().map_or(0, |d| d.bus))
+                .collect();
+            for slot_group in shared_slots(&names)
+                .into_iter()
+                .flat_map(|group| split_by_bus(group, &buses))
+            {
+                let bus = buses[slot_group[0]];
+                let slot = vm.pci.free_slot_on(bus).map_err(|source| VfioError::Slot {
                     id: names[slot_group[0]].0.clone(),
                     source,
                 })?;
@@ -380,7 +409,11 @@ impl VfioDevices {
                         0
                     };
                     if let Some(device) = opened[index].take() {
-                        let at = GuestFunction { slot, function };
+                        let at = GuestFunction {
+                            bus,
+                            slot,
+                            function,
+                        };
                         infos[index] = Some(self.attach_one(device, at, vm)?);
                     }
                 }
@@ -443,13 +476,20 @@ impl VfioDevices {
         let placed = {
             // The guest may have moved BARs of devices already here to addresses
             // the windows still count as free; keep the new device off them.
-            let held = self.hold_moved_bars(vm.pci);
-            let placed = place_bars(&opened.host_bars, &mut vm.pci.bar_allocators());
+            let held = self.hold_moved_bars(vm.pci, at.bus);
+            let placed = vm
+                .pci
+                .bar_allocators_on(at.bus)
+                .map(|mut windows| place_bars(&opened.host_bars, &mut windows));
             for (kind, addr) in held {
-                if let Err(e) = vm.pci.window(kind).free(addr) {
+                if let Ok(Err(e)) = vm.pci.window_on(at.bus, kind).map(|w| w.free(addr)) {
                     log::warn!("vfio: releasing the hold on {addr:#x}: {e}");
                 }
             }
+            let placed = placed.map_err(|source| VfioError::Slot {
+                id: id.clone(),
+                source,
+            })?;
             placed.map_err(|source| VfioError::Bars {
                 id: id.clone(),
                 source,
@@ -472,7 +512,7 @@ impl VfioDevices {
         let device = match built {
             Ok(device) => Arc::new(Mutex::new(device)),
             Err(source) => {
-                release_bars(&placed, &mut vm.pci.bar_allocators());
+                release_placed(&placed, at.bus, vm.pci);
                 return Err(VfioError::Device { id, source });
             }
         };
@@ -481,7 +521,7 @@ impl VfioDevices {
             lock(&device).detach();
             drop(shared);
             drop(device);
-            release_bars(&placed, &mut vm.pci.bar_allocators());
+            release_placed(&placed, at.bus, vm.pci);
             return Err(match e {
                 PlugError::BarRegion {
                     index,
@@ -511,9 +551,10 @@ impl VfioDevices {
         Ok(guest_info(&id, at))
     }
 
-    /// Claims, in the BAR windows, every BAR the guest moved away from where it was
-    /// placed (where that range is free); returns the claims to give back.
-    fn hold_moved_bars(&self, pci: &mut PciDevices) -> Vec<(BarKind, u64)> {
+    /// Claims, in root bus `bus`'s BAR windows, every BAR the guest moved away from
+    /// where it was placed (where that range is free); returns the claims to give
+    /// back.
+    fn hold_moved_bars(&self, pci: &mut PciDevices, bus: u8) -> Vec<(BarKind, u64)> {
         let mut held = Vec::new();
         for attached in self.devices.values() {
             let current = lock(&attached.device).bars();
@@ -521,7 +562,8 @@ impl VfioDevices {
                 if bar.addr == original.addr {
                     continue;
                 }
-                if pci.window(bar.kind).allocate_at(bar.addr, bar.size).is_ok() {
+                let window = pci.window_on(bus, bar.kind);
+                if window.is_ok_and(|w| w.allocate_at(bar.addr, bar.size).is_ok()) {
                     held.push((bar.kind, bar.addr));
                 }
             }
@@ -543,7 +585,7 @@ impl VfioDevices {
         );
         lock(&attached.device).detach();
         drop(attached.device);
-        release_bars(&attached.placed, &mut vm.pci.bar_allocators());
+        release_placed(&attached.placed, attached.at.bus, vm.pci);
         if let Some(container) = &self.container {
             container.forget_vm_device(&attached.bdf);
         }
@@ -595,6 +637,27 @@ impl VfioDevices {
     pub fn device(&self, id: &str) -> Option<Arc<Mutex<VfioPciDevice>>> {
         self.devices.get(id).map(|d| d.device.clone())
     }
+}
+
+/// Gives placed BARs back to root bus `bus`'s windows.
+fn release_placed(placed: &[PciBar], bus: u8, pci: &mut PciDevices) {
+    match pci.bar_allocators_on(bus) {
+        Ok(mut windows) => release_bars(placed, &mut windows),
+        Err(e) => log::warn!("vfio: releasing BARs: {e}"),
+    }
+}
+
+/// `group` (indices of devices sharing a guest slot) split so that each part is on
+/// one root bus: functions given different guest nodes cannot share a slot.
+fn split_by_bus(group: Vec<usize>, buses: &[u8]) -> Vec<Vec<usize>> {
+    let mut parts: Vec<Vec<usize>> = Vec::new();
+    for index in group {
+        match parts.iter_mut().find(|p| buses[p[0]] == buses[index]) {
+            Some(part) => part.push(index),
+            None => parts.push(vec![index]),
+        }
+    }
+    parts
 }
 
 fn guest_info(id: &str, at: GuestFunction) -> PciDeviceInfo {

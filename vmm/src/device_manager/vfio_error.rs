@@ -63,6 +63,10 @@ pub enum VfioError {
         #[source]
         source: devices::BusError,
     },
+    #[error("device {id} is on PCI root bus {bus:#04x} (its guest node's), which has no hotplug controller: it cannot be removed while the guest runs; shut the VM down, or remove it before the boot")]
+    NotHotRemovable { id: String, bus: u8 },
+    #[error("device {id}: guest node {node} has no PCI root bus (nodes 0 to 7 have one)")]
+    NoRootBus { id: String, node: u32 },
     #[error("guest address layout for passthrough: {0}")]
     Layout(#[from] LayoutError),
     #[error("guest RAM {start:#x}-{end:#x} lies outside the host IOMMU's usable IOVA ranges [{ranges}], so the device could not reach it; create the VM with the device (its layout then follows the IOMMU) or with less RAM")]
@@ -93,6 +97,8 @@ impl VfioError {
             | VfioError::DuplicateDevice { .. }
             | VfioError::Bars { .. }
             | VfioError::Layout(_)
+            | VfioError::NoRootBus { .. }
+            | VfioError::NotHotRemovable { .. }
             | VfioError::RamOutsideIova { .. } => true,
             VfioError::Container(ContainerError::Group(_)) => true,
             VfioError::Device { source, .. } => matches!(

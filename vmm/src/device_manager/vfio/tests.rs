@@ -62,6 +62,7 @@ impl Rig {
             id: id.map(str::to_string),
             iommu: false,
             pci_segment: 0,
+            numa_node: None,
             x_nv_gpudirect_clique: None,
         };
         let opened = self.vfio.open(None, &[config])?;
@@ -280,6 +281,7 @@ fn layout_constraints_ask_for_the_64_bit_bars() {
         id: None,
         iommu: false,
         pci_segment: 0,
+        numa_node: None,
         x_nv_gpudirect_clique: Some(3),
     };
     let opened = rig.vfio.open(None, &[config]).unwrap();
@@ -389,6 +391,7 @@ fn config(path: &str, id: &str) -> DeviceConfig {
         id: Some(id.into()),
         iommu: false,
         pci_segment: 0,
+        numa_node: None,
         x_nv_gpudirect_clique: None,
     }
 }
@@ -448,12 +451,12 @@ fn a_host_slots_functions_share_a_guest_slot_and_keep_their_numbers() {
         intx_gsi(1, 0),
         "the GPU's line"
     );
-    assert_eq!(rig.vfio.ids_in_slot(1), ["gpu0-f1", "gpu0"]);
+    assert_eq!(rig.vfio.ids_in_slot(0, 1), ["gpu0-f1", "gpu0"]);
     let listed: Vec<(String, u8)> = rig
         .vfio
         .list()
         .into_iter()
-        .map(|(info, slot)| (info.bdf, slot))
+        .map(|(info, at)| (info.bdf, at.slot))
         .collect();
     assert_eq!(
         listed,
@@ -465,7 +468,7 @@ fn a_host_slots_functions_share_a_guest_slot_and_keep_their_numbers() {
     );
 
     // Off the bus as the guest ejects the slot: every function, 0 last.
-    for id in rig.vfio.ids_in_slot(1) {
+    for id in rig.vfio.ids_in_slot(0, 1) {
         rig.remove(&id).unwrap();
     }
     assert_eq!(config_read(&rig.pci.bus, 1, 0, 0), u32::MAX);
@@ -532,4 +535,90 @@ fn the_hosts_request_for_a_device_reaches_the_vmm_until_it_lets_go() {
     );
     assert!(!bare.fire(pci::vfio::ops::IrqIndex::Req, 0));
     assert_eq!(rig.vfio.host_request_fds().len(), 1);
+}
+
+#[test]
+fn a_device_on_a_nodes_root_bus_draws_its_bars_from_that_buses_windows() {
+    let host = Arc::new(lab_host());
+    let mut vfio = VfioDevices::new(
+        host.clone(),
+        Arc::new(FakeSlots::default()),
+        Arc::new(FakeRouting::default()),
+    );
+    let configs = [
+        DeviceConfig {
+            numa_node: Some(1),
+            ..config(GPU, "gpu0")
+        },
+        // No INTx: the fake routing refuses two irqfds on one GSI, and slot 1
+        // of either bus raises the same line.
+        config(BARE, "bare0"),
+    ];
+    let opened = vfio.open(None, &configs).unwrap();
+    let needs = super::super::pci_roots::root_bus_needs(&opened);
+    assert_eq!(needs.iter().map(|n| n.bus).collect::<Vec<_>>(), [0x10]);
+    let layout = GuestLayout::new(1 << 30, 40)
+        .unwrap()
+        .with_pci_roots(&needs)
+        .unwrap();
+    let buses = IoBuses {
+        pio: Arc::new(Bus::new()),
+        mmio: Arc::new(Bus::new()),
+    };
+    let mut pci = PciDevices::attach(&layout, &buses, PciDevices::gsi_pool()).unwrap();
+    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let infos = vfio
+        .attach(
+            opened,
+            &mut VmResources {
+                memory: &memory,
+                pci: &mut pci,
+                buses: &buses,
+            },
+            DmaMapOrder::Upfront,
+        )
+        .unwrap();
+    let bdfs: Vec<&str> = infos.iter().map(|i| i.bdf.as_str()).collect();
+    assert_eq!(bdfs, ["0000:10:01.0", "0000:00:01.0"]);
+
+    let bus10 = pci.segment().bus(0x10).unwrap().clone();
+    assert_eq!(
+        config_read(&bus10, 1, 0, 0),
+        0x2330_10de,
+        "the GPU on bus 0x10"
+    );
+    assert_eq!(config_read(&pci.bus, 1, 0, 0), 0x1234_8086, "bare on bus 0");
+    let (pci0, pc10) = (layout.pci_roots()[0], layout.pci_roots()[1]);
+    let inside = |r: form_vm_allocator::MemoryRegion, addr: u64| r.start <= addr && addr < r.end();
+    let gpu = vfio.device("gpu0").unwrap();
+    let gpu_bars = lock(&gpu).bars();
+    assert_eq!(gpu_bars.len(), 4, "{gpu_bars:?}");
+    for bar in &gpu_bars {
+        let (mine, bus0s) = match bar.kind {
+            BarKind::Memory32 => (pc10.mmio32, pci0.mmio32),
+            BarKind::Memory64 => (pc10.mmio64, pci0.mmio64),
+            BarKind::Io => (pc10.io, pci0.io),
+        };
+        assert!(inside(mine, bar.addr), "{bar:?} outside {mine:?}");
+        assert!(!inside(bus0s, bar.addr), "{bar:?} inside PCI0's {bus0s:?}");
+    }
+    let bare = vfio.device("bare0").unwrap();
+    let bare_bar = lock(&bare).bars()[0];
+    assert!(inside(pci0.mmio32, bare_bar.addr), "{bare_bar:?}");
+
+    // Detaching gives the GPU's BARs back to bus 0x10's windows.
+    vfio.detach(
+        "gpu0",
+        &mut VmResources {
+            memory: &memory,
+            pci: &mut pci,
+            buses: &buses,
+        },
+    )
+    .unwrap();
+    assert_eq!(config_read(&bus10, 1, 0, 0), u32::MAX);
+    for bar in &gpu_bars {
+        let window = pci.window_on(0x10, bar.kind).unwrap();
+        assert_eq!(window.allocated_size(bar.addr), None, "{bar:?}");
+    }
 }
