@@ -49,22 +49,33 @@ impl Manager {
                 Layout::Node(node)
             }
             NumaPlacement::Mirrored(nodes) => {
-                let guest = mirror(
+                let hosts: Vec<String> = nodes.iter().map(|(n, _)| n.to_string()).collect();
+                let hosts = hosts.join(", ");
+                match mirror(
                     &nodes,
                     config.vcpus,
                     config.memory,
                     hugepage.unwrap_or(BASE_PAGE),
                     &config.numa_vcpus,
                     |from, to| host_distance(host, from, to),
-                )
-                .map_err(InstanceError::Invalid)?;
-                let hosts: Vec<String> = nodes.iter().map(|(n, _)| n.to_string()).collect();
-                log::info!(
-                    "VM {name}: {} guest NUMA nodes on host nodes {}, with its GPUs",
-                    guest.len(),
-                    hosts.join(", ")
-                );
-                Layout::Mirrored(guest)
+                ) {
+                    Ok(guest) => {
+                        log::info!(
+                            "VM {name}: {} guest NUMA nodes on host nodes {hosts}, with its GPUs",
+                            guest.len()
+                        );
+                        Layout::Mirrored(guest)
+                    }
+                    // Asked for, it is the client's to fix; by default a VM too
+                    // small to share out starts as it did before mirroring.
+                    Err(why) if config.numa.is_some() || !config.numa_vcpus.is_empty() => {
+                        return Err(InstanceError::Invalid(why))
+                    }
+                    Err(why) => {
+                        log::info!("VM {name}: one guest NUMA node, bound nowhere: {why}");
+                        Layout::Flat
+                    }
+                }
             }
             NumaPlacement::Unbound(why) => {
                 if !gpus.is_empty() {
