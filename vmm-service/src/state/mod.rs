@@ -508,7 +508,9 @@ mod tests {
             gpus: vec!["0000:9a:00.0".into()],
             distances: vec![21, 10],
         };
-        store.set_placement("a", None, &[guest.clone()]).unwrap();
+        store
+            .set_placement("a", None, std::slice::from_ref(&guest))
+            .unwrap();
         assert_eq!(store.numa_node_of("a").unwrap(), None);
         assert_eq!(store.guest_numa_of("a").unwrap(), [guest]);
         let exit = ExitInfo {
