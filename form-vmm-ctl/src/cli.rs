@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use form_service_api::types::CONSOLE_MAX_BYTES;
+use form_service_api::types::{HugepageSize, NumaMode, CONSOLE_MAX_BYTES};
 use form_service_api::{parse_size, Bdf};
 
 use crate::options::{parse_disk, parse_net, DiskArg, NetArg};
@@ -279,6 +279,25 @@ pub struct CreateArgs {
     /// service does when all its GPUs share a node of a multi-node host).
     #[arg(long)]
     pub no_numa_affinity: bool,
+
+    /// Back guest memory with huge pages; the service checks the host's pools
+    /// (per NUMA node when bound) before binding anything.
+    #[arg(long)]
+    pub hugepages: bool,
+
+    /// Huge page size, 2M or 1G [default: the host's default size].
+    #[arg(long, value_name = "2M|1G", requires = "hugepages")]
+    pub hugepage_size: Option<HugepageSize>,
+
+    /// With GPUs on several host NUMA nodes: mirror (one guest node per host node,
+    /// the default) or flat (one guest node, bound nowhere).
+    #[arg(long, value_name = "mirror|flat")]
+    pub numa: Option<NumaMode>,
+
+    /// With mirror: vCPUs of each guest node, lowest host node first (e.g. 24,8)
+    /// [default: in proportion to the GPUs per node].
+    #[arg(long, value_name = "N,N...", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    pub numa_vcpus: Vec<u32>,
 
     /// A raw disk image on the service's host, as PATH or PATH,readonly=on; repeat
     /// for more (the guest sees them in order: /dev/vda, /dev/vdb, ...).
@@ -573,6 +592,13 @@ mod tests {
             "3",
             "--no-unbind-on-shutdown",
             "--no-numa-affinity",
+            "--hugepages",
+            "--hugepage-size",
+            "1G",
+            "--numa",
+            "mirror",
+            "--numa-vcpus",
+            "6,2",
             "--boot",
         ])
         .unwrap();
@@ -588,6 +614,21 @@ mod tests {
         assert_eq!(args.gpu, vec![bdf("0000:01:00.0"), bdf("0000:02:00.0")]);
         assert_eq!(args.nvidia_gpudirect_clique, Some(3));
         assert!(args.no_unbind_on_shutdown && args.no_numa_affinity && args.boot);
+        assert!(args.hugepages);
+        assert_eq!(args.hugepage_size, Some(HugepageSize::G1));
+        assert_eq!(args.numa, Some(NumaMode::Mirror));
+        assert_eq!(args.numa_vcpus, [6, 2]);
+        for (flags, wrong) in [
+            (&["--hugepages", "--hugepage-size", "4M"][..], "4M"),
+            (&["--hugepage-size", "2M"][..], "--hugepages"),
+            (&["--numa", "split"][..], "mirror or flat"),
+            (&["--numa-vcpus", "4,0"][..], "0"),
+        ] {
+            let mut argv = vec!["create", "--name", "v", "--kernel", "/k"];
+            argv.extend_from_slice(flags);
+            let err = parse(&argv).unwrap_err().to_string();
+            assert!(err.contains(wrong), "{flags:?}: {err}");
+        }
     }
 
     #[test]

@@ -222,6 +222,10 @@ pub fn create_config(args: &CreateArgs) -> Result<VmInstanceConfig, CtlError> {
         gpu_request,
         devices: args.device.iter().map(Bdf::to_string).collect(),
         gpu_options,
+        hugepages: args.hugepages,
+        hugepage_size: args.hugepage_size,
+        numa: args.numa,
+        numa_vcpus: args.numa_vcpus.clone(),
         boot: args.boot,
         disks: disks(args)?,
         networks: args

@@ -58,6 +58,7 @@ impl Exit {
             | ErrorCode::VmExists
             | ErrorCode::InvalidState
             | ErrorCode::EjectTimeout
+            | ErrorCode::HugepagesShort
             | ErrorCode::LimitReached => Self::Conflict,
             ErrorCode::Unauthorized | ErrorCode::PathNotAllowed | ErrorCode::ForceNotAllowed => {
                 Self::Unauthorized
@@ -115,6 +116,7 @@ mod tests {
             ErrorCode::PathNotAllowed,
             ErrorCode::ForceNotAllowed,
             ErrorCode::LimitReached,
+            ErrorCode::HugepagesShort,
             ErrorCode::RequestTimeout,
             ErrorCode::BodyTooLarge,
             ErrorCode::TooManyConnections,

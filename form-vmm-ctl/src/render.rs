@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use form_service_api::format_bytes;
 use form_service_api::types::{
-    CloudInitConfig, DoctorResponse, GpuList, VmInfo, VmInstanceConfig, VmList, VmState,
+    CloudInitConfig, DoctorResponse, GpuList, NumaMode, VmInfo, VmInstanceConfig, VmList, VmState,
 };
 
 use crate::table::{or_none, Table, NONE};
@@ -65,10 +65,18 @@ pub fn vm_details(vm: &VmInfo) -> String {
             yes_no(config.gpu_options.unbind_on_shutdown).to_string(),
         ),
         ("numa node", numa_node(vm)),
+    ];
+    if config.hugepages {
+        let size = config
+            .hugepage_size
+            .map_or("the host's default size", |size| size.as_str());
+        fields.push(("hugepages", size.to_string()));
+    }
+    fields.extend([
         ("pid", or_none(vm.pid)),
         ("api socket", or_none(vm.api_socket.as_ref())),
         ("serial log", vm.serial_log.clone()),
-    ];
+    ]);
     if let Some(cloud_init) = &config.cloud_init {
         fields.push(("cloud-init", cloud_init_summary(cloud_init)));
         fields.push(("seed image", or_none(vm.seed_image.as_ref())));
@@ -89,19 +97,68 @@ pub fn vm_details(vm: &VmInfo) -> String {
         let _ = writeln!(out, "{label:<width$} {value}");
     }
     out.push_str(&vm_gpus(vm));
+    out.push_str(&guest_numa(vm));
     out.push_str(&vm_disks(vm));
     out.push_str(&vm_networks(vm));
     out
 }
 
-/// The node the VM is bound to; "off" says the VM asked not to be, so an empty
-/// field is not mistaken for a host that could not place it.
+/// The node the VM is bound to; "off" and "flat" say the VM asked not to be, so
+/// an empty field is not mistaken for a host that could not place it.
 fn numa_node(vm: &VmInfo) -> String {
+    if !vm.guest_numa.is_empty() {
+        let hosts: Vec<String> = vm
+            .guest_numa
+            .iter()
+            .map(|n| n.host_node.to_string())
+            .collect();
+        return format!("mirrored on host nodes {}", hosts.join(", "));
+    }
     match vm.numa_node {
         Some(node) => node.to_string(),
         None if !vm.config.gpu_options.numa_affinity => "off".to_string(),
+        None if vm.config.numa == Some(NumaMode::Flat) => "flat".to_string(),
         None => "-".to_string(),
     }
+}
+
+/// The guest NUMA nodes of a mirrored VM; nothing for a VM of one node.
+fn guest_numa(vm: &VmInfo) -> String {
+    if vm.guest_numa.is_empty() {
+        return String::new();
+    }
+    let mut table = Table::new(&["NODE", "HOST NODE", "VCPUS", "MEMORY", "GPUS", "DISTANCES"]);
+    for node in &vm.guest_numa {
+        let distances: Vec<String> = node.distances.iter().map(u8::to_string).collect();
+        table.row(vec![
+            node.guest_node.to_string(),
+            node.host_node.to_string(),
+            id_ranges(&node.vcpus),
+            format_bytes(node.memory),
+            node.gpus.len().to_string(),
+            distances.join(" "),
+        ]);
+    }
+    indented_section("guest numa", table)
+}
+
+/// `0-3,8` for 0, 1, 2, 3, 8.
+fn id_ranges(ids: &[u32]) -> String {
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for &id in ids {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == id => *end = id,
+            _ => ranges.push((id, id)),
+        }
+    }
+    ranges
+        .iter()
+        .map(|&(start, end)| match start == end {
+            true => start.to_string(),
+            false => format!("{start}-{end}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The VM's disks, the seed disk last, as form-vmm is given them.
@@ -368,6 +425,32 @@ mod tests {
     }
 
     #[test]
+    fn details_show_mirrored_guest_nodes_and_huge_pages() {
+        let mut json = vm_json();
+        json["config"]["hugepages"] = serde_json::json!(true);
+        json["config"]["hugepage_size"] = serde_json::json!("1G");
+        json["numa_node"] = serde_json::Value::Null;
+        json["guest_numa"] = serde_json::json!([
+            {"guest_node": 0, "host_node": 0, "vcpus": [0, 1, 2, 3], "memory": 34359738368u64,
+             "gpus": ["0000:19:00.0"], "distances": [10, 21]},
+            {"guest_node": 1, "host_node": 1, "vcpus": [4, 5, 6, 7], "memory": 34359738368u64,
+             "gpus": ["0000:3b:00.0"], "distances": [21, 10]}
+        ]);
+        let text = vm_details(&serde_json::from_value(json).unwrap());
+        for line in [
+            "numa node:          mirrored on host nodes 0, 1\n",
+            "hugepages:          1G\n",
+            "guest numa:\n  NODE  HOST NODE  VCPUS  MEMORY  GPUS  DISTANCES\n",
+            "  0     0          0-3    32 GiB  1     10 21\n",
+            "  1     1          4-7    32 GiB  1     21 10\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(id_ranges(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+        assert_eq!(id_ranges(&[]), "");
+    }
+
+    #[test]
     fn details_show_configuration_process_and_gpus() {
         let text = vm_details(&vm());
         for line in [
@@ -416,6 +499,13 @@ mod tests {
         assert!(vm_details(&plain).contains("numa node:          -\n"));
         plain.config.gpu_options.numa_affinity = false;
         assert!(vm_details(&plain).contains("numa node:          off\n"));
+        plain.config.gpu_options.numa_affinity = true;
+        plain.config.numa = Some(NumaMode::Flat);
+        assert!(vm_details(&plain).contains("numa node:          flat\n"));
+        assert!(
+            !text.contains("guest numa") && !text.contains("hugepages"),
+            "{text}"
+        );
         assert!(!text.contains("last exit"), "{text}");
         assert!(
             text.ends_with("gpus: none\ndisks: none\nnetworks: none\n"),

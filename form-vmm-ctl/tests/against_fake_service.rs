@@ -253,6 +253,86 @@ fn create_by_model_uses_the_defaults_the_service_documents() {
 }
 
 #[test]
+fn create_sends_huge_pages_and_the_numa_choice_and_shows_the_guest_nodes() {
+    let service = FakeService::unix();
+    let mut answer = vm("hgx", "running");
+    answer["config"]["hugepages"] = json!(true);
+    answer["config"]["hugepage_size"] = json!("1G");
+    answer["guest_numa"] = json!([
+        {"guest_node": 0, "host_node": 0, "vcpus": [0, 1, 2, 3, 4, 5], "memory": 8589934592u64,
+         "gpus": ["0000:19:00.0"], "distances": [10, 21]},
+        {"guest_node": 1, "host_node": 1, "vcpus": [6, 7], "memory": 8589934592u64,
+         "gpus": ["0000:3b:00.0"], "distances": [21, 10]}
+    ]);
+    service.route("POST", "/v1/vms", 201, answer);
+    let run = service.ctl(&[
+        "create",
+        "--name",
+        "hgx",
+        "--kernel",
+        "/k",
+        "--cpus",
+        "8",
+        "--memory",
+        "16G",
+        "--gpu-model",
+        "h100",
+        "--gpu-count",
+        "2",
+        "--hugepages",
+        "--hugepage-size",
+        "1G",
+        "--numa",
+        "mirror",
+        "--numa-vcpus",
+        "6,2",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for line in [
+        "numa node:          mirrored on host nodes 0, 1\n",
+        "hugepages:          1G\n",
+        "  0     0          0-5    8 GiB   1     10 21\n",
+    ] {
+        assert!(
+            run.stdout.contains(line),
+            "missing {line:?} in\n{}",
+            run.stdout
+        );
+    }
+    assert_eq!(
+        service.requests()[0].json(),
+        json!({
+            "name": "hgx", "kernel": "/k", "vcpus": 8, "memory": 17179869184u64,
+            "gpu_request": {"model": "h100", "count": 2},
+            "gpu_options": {"enable_nvidia_gpudirect": false, "nvidia_gpudirect_clique": 0,
+                            "unbind_on_shutdown": true, "numa_affinity": true},
+            "hugepages": true, "hugepage_size": "1G", "numa": "mirror", "numa_vcpus": [6, 2],
+            "boot": false
+        })
+    );
+
+    // A short pool is a conflict: exit 5 and the service's message.
+    let service = FakeService::unix();
+    service.route(
+        "POST",
+        "/v1/vms",
+        409,
+        json!({"error": {"code": "hugepages_short", "message": "host NUMA node 1 has 4 free 1 GiB huge pages and the VM needs 8 there (4 short)"}}),
+    );
+    let run = service.ctl(&["create", "--name", "a", "--kernel", "/k", "--hugepages"]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("(4 short)"), "{}", run.stderr);
+    assert_eq!(service.requests()[0].json()["hugepages"], true);
+    let flat = service.ctl(&["create", "--name", "a", "--kernel", "/k", "--numa", "flat"]);
+    assert_eq!(
+        service.requests()[1].json()["numa"],
+        "flat",
+        "{}",
+        flat.stderr
+    );
+}
+
+#[test]
 fn bad_input_fails_before_any_request() {
     let service = FakeService::unix();
     for (args, says) in [

@@ -300,3 +300,46 @@ fn a_gpu_the_kernel_cannot_reset_is_a_warning_naming_the_flag() {
     );
     assert!(remedy.unwrap().contains("--allow-no-reset 0000:2a:00.0"));
 }
+
+#[test]
+fn a_two_socket_host_is_checked_per_node_and_page_size() {
+    // 1800 free 1 GiB pages host-wide, but node 1 has only 100 of them free.
+    let fx = hgx_h100()
+        .numa_nodes(2)
+        .node_hugepages(&[
+            (0, 2048, 0, 0),
+            (0, 1_048_576, 900, 900),
+            (1, 2048, 0, 0),
+            (1, 1_048_576, 900, 100),
+        ])
+        .build();
+    let inputs = |memory| DoctorInputs {
+        vm_memory: Some(memory),
+        memlock: unlimited(),
+    };
+    let report = doctor(&fx.host, &inputs(1024 * GIB));
+    assert_eq!(
+        check(&report, "hugepages").0,
+        Severity::Ok,
+        "the host-wide pool holds 1 TiB"
+    );
+    let (severity, summary, remedy) = check(&report, "hugepages_per_node");
+    assert_eq!(severity, Severity::Warning, "{summary}");
+    assert!(
+        summary.contains("node 1: 2 MiB 0 of 0 free, 1 GiB 100 of 900 free"),
+        "{summary}"
+    );
+    assert!(summary.contains("1 GiB pages: bound to one node it fits on none; split over the 2 nodes (512 GiB each) it does not fit"), "{summary}");
+    assert!(remedy.unwrap().contains(
+        "echo 1312 > /sys/devices/system/node/node1/hugepages/hugepages-1048576kB/nr_hugepages"
+    ));
+    assert!(render(&report).contains("hugepages_per_node"));
+
+    let report = doctor(&fx.host, &inputs(128 * GIB));
+    let (severity, summary, _) = check(&report, "hugepages_per_node");
+    assert_eq!(severity, Severity::Ok, "{summary}");
+    assert!(summary.contains("1 GiB pages: bound to one node it fits on node 0; split over the 2 nodes (64 GiB each) it fits"), "{summary}");
+    // Without node directories the host-wide finding is the only one.
+    let report = doctor(&hgx_h100().build().host, &inputs(GIB));
+    assert!(report.finding("hugepages_per_node").is_none());
+}

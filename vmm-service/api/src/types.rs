@@ -67,6 +67,21 @@ pub struct VmInstanceConfig {
     pub devices: Vec<String>,
     #[serde(default)]
     pub gpu_options: GpuOptions,
+    /// Back guest RAM with huge pages, checked against the host's pools before
+    /// anything is bound.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hugepages: bool,
+    /// `2M` or `1G`; left out, the host's default size (`Hugepagesize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugepage_size: Option<HugepageSize>,
+    /// The guest's NUMA shape when its GPUs sit on several host nodes; left out,
+    /// `mirror`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa: Option<NumaMode>,
+    /// With `mirror`: the vCPUs of each guest node, in the order of the host nodes
+    /// they mirror (lowest first); left out, in proportion to the GPUs per node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub numa_vcpus: Vec<u32>,
     /// Boot the VM right after creating it.
     #[serde(default)]
     pub boot: bool,
@@ -153,6 +168,88 @@ fn default_vcpus() -> u32 {
 
 fn default_memory() -> u64 {
     DEFAULT_MEMORY
+}
+
+/// A huge page size of x86-64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HugepageSize {
+    #[serde(rename = "2M")]
+    M2,
+    #[serde(rename = "1G")]
+    G1,
+}
+
+impl HugepageSize {
+    pub fn bytes(self) -> u64 {
+        match self {
+            Self::M2 => 2 << 20,
+            Self::G1 => 1 << 30,
+        }
+    }
+
+    pub fn from_bytes(bytes: u64) -> Option<Self> {
+        [Self::M2, Self::G1]
+            .into_iter()
+            .find(|s| s.bytes() == bytes)
+    }
+
+    /// As the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::M2 => "2M",
+            Self::G1 => "1G",
+        }
+    }
+}
+
+impl std::str::FromStr for HugepageSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "2M" => Ok(Self::M2),
+            "1G" => Ok(Self::G1),
+            other => Err(format!("'{other}': huge pages are 2M or 1G")),
+        }
+    }
+}
+
+/// How a VM whose GPUs sit on several host NUMA nodes is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumaMode {
+    /// One guest node per host node holding its GPUs, each bound to its host node.
+    Mirror,
+    /// One guest node, bound to no host node.
+    Flat,
+}
+
+impl std::str::FromStr for NumaMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "mirror" => Ok(Self::Mirror),
+            "flat" => Ok(Self::Flat),
+            other => Err(format!("'{other}': numa is mirror or flat")),
+        }
+    }
+}
+
+/// One guest NUMA node of a VM that mirrors its GPUs' host nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNumaNode {
+    pub guest_node: u32,
+    /// Where the node's RAM comes from and its vCPUs run.
+    pub host_node: u32,
+    /// vCPU ids.
+    pub vcpus: Vec<u32>,
+    /// Bytes of RAM.
+    pub memory: u64,
+    /// The GPUs on its host node.
+    pub gpus: Vec<String>,
+    /// To every guest node, itself (10) included, in guest node order.
+    pub distances: Vec<u8>,
 }
 
 /// GPUs by model: `count` free GPUs whose device name contains `model`, compared
@@ -282,6 +379,10 @@ pub struct VmInfo {
     /// stopped or not bound (see `gpu_options.numa_affinity`).
     #[serde(default)]
     pub numa_node: Option<u32>,
+    /// The guest NUMA nodes of a running VM whose GPUs span host nodes (`numa`
+    /// `mirror`); empty when it has one node.
+    #[serde(default)]
+    pub guest_numa: Vec<GuestNumaNode>,
     pub last_exit: Option<ExitInfo>,
     pub created_at: u64,
     pub updated_at: u64,
@@ -461,6 +562,10 @@ pub enum ErrorCode {
     PathNotAllowed,
     /// 403: `force` binding asked for over TCP; only the local unix socket may.
     ForceNotAllowed,
+    /// 409: a huge page pool the VM draws on has too few free pages; the message
+    /// names the node, the page size, the pages needed and free, and how to
+    /// reserve more.
+    HugepagesShort,
     /// 409: an admission limit of the operator's (`--max-vms`, `--max-memory`,
     /// `--max-vcpus`) would be exceeded; the message names the limit and its use.
     LimitReached,
@@ -500,6 +605,7 @@ impl ErrorCode {
             | Self::VmExists
             | Self::InvalidState
             | Self::EjectTimeout
+            | Self::HugepagesShort
             | Self::LimitReached => 409,
             Self::GpuBindFailed | Self::Internal => 500,
             Self::NotSupported => 501,

@@ -2,6 +2,7 @@
 //! and, when something is wrong, what to do.
 
 use std::fs;
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -9,6 +10,8 @@ use super::binding::VFIO_PCI;
 use super::format_bytes;
 use super::host::{parse_hex, read_attr, HostPaths};
 use super::inventory::{list_gpus, GpuInfo, NoOwners};
+
+mod node_pools;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -124,8 +127,9 @@ pub fn doctor(host: &HostPaths, inputs: &DoctorInputs) -> DoctorReport {
         check_interrupt_remapping(host),
         check_memlock(inputs),
         check_hugepages(host, inputs.vm_memory),
-        check_address_bits(host, gpus.as_deref(), inputs.vm_memory),
     ];
+    findings.extend(node_pools::check_node_hugepages(host, inputs.vm_memory));
+    findings.extend([check_address_bits(host, gpus.as_deref(), inputs.vm_memory)]);
     findings.extend(check_iommu_address_width(
         host,
         gpus.as_deref(),
@@ -292,7 +296,12 @@ struct HugepagePool {
 }
 
 fn hugepage_pools(host: &HostPaths) -> Option<Vec<HugepagePool>> {
-    let dir = host.sysfs.join("kernel/mm/hugepages");
+    hugepage_pools_in(&host.sysfs.join("kernel/mm/hugepages"))
+}
+
+/// The pools under a `hugepages` directory (the host's, or a node's), smallest
+/// page first.
+fn hugepage_pools_in(dir: &Path) -> Option<Vec<HugepagePool>> {
     let mut pools: Vec<HugepagePool> = fs::read_dir(dir)
         .ok()?
         .filter_map(Result::ok)

@@ -21,6 +21,9 @@ pub enum InstanceError {
     /// An admission limit of the operator's.
     #[error("{0}")]
     LimitReached(String),
+    /// A huge page pool the VM draws on is short.
+    #[error("{0}")]
+    HugepagesShort(String),
     #[error(transparent)]
     BadDevice(BdfError),
     #[error("no PCI device {0} on this host; GET /v1/gpus lists the GPUs")]
@@ -83,6 +86,7 @@ impl InstanceError {
             Self::PathNotAllowed(_) => ErrorCode::PathNotAllowed,
             Self::ForceNotAllowed(_) => ErrorCode::ForceNotAllowed,
             Self::LimitReached(_) => ErrorCode::LimitReached,
+            Self::HugepagesShort(_) => ErrorCode::HugepagesShort,
             Self::BadDevice(_) => ErrorCode::InvalidDevice,
             Self::UnknownGpu(_) => ErrorCode::UnknownGpu,
             Self::NotAGpu { .. } => ErrorCode::NotAGpu,

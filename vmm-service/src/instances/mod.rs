@@ -4,6 +4,8 @@ mod allocate;
 mod attachments;
 mod companions;
 mod error;
+mod guest_numa;
+mod hugepages;
 mod images;
 mod limits;
 mod manager;

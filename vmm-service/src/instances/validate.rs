@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::api::types::{GpuRequest, VmInstanceConfig};
+use crate::api::types::{GpuRequest, NumaMode, VmInstanceConfig};
 use crate::cloud_init;
 use crate::gpu::Bdf;
 
@@ -107,6 +107,7 @@ pub fn validate(
             config.gpu_options.nvidia_gpudirect_clique
         )));
     }
+    validate_numa_options(config)?;
     parse_companions(&config.devices)?;
     match (&config.gpu_devices[..], &config.gpu_request) {
         ([], None) => Ok(GpuSelection::None),
@@ -119,6 +120,42 @@ pub fn validate(
             "give either gpu_devices or gpu_request, not both: with both, which GPUs the VM gets is ambiguous".into(),
         )),
     }
+}
+
+/// `hugepage_size`, `numa` and `numa_vcpus` against each other and the VM; how
+/// many host nodes there are to mirror is known once its GPUs are chosen.
+fn validate_numa_options(config: &VmInstanceConfig) -> Result<(), InstanceError> {
+    let invalid = |message: String| Err(InstanceError::Invalid(message));
+    if let (Some(size), false) = (config.hugepage_size, config.hugepages) {
+        return invalid(format!(
+            "hugepage_size is {} but hugepages is off: add \"hugepages\": true, or leave hugepage_size out",
+            size.as_str()
+        ));
+    }
+    let affinity = config.gpu_options.numa_affinity;
+    if config.numa == Some(NumaMode::Mirror) && !affinity {
+        return invalid(
+            "numa is mirror but gpu_options.numa_affinity is false, which binds the VM to no host node: leave out one of them".into(),
+        );
+    }
+    if config.numa_vcpus.is_empty() {
+        return Ok(());
+    }
+    if config.numa == Some(NumaMode::Flat) || !affinity {
+        return invalid(
+            "numa_vcpus shares the vCPUs between mirrored guest NUMA nodes, but the VM has one node (numa flat or gpu_options.numa_affinity false): leave numa_vcpus out".into(),
+        );
+    }
+    let sum: u64 = config.numa_vcpus.iter().map(|&n| u64::from(n)).sum();
+    if config.numa_vcpus.contains(&0) || sum != u64::from(config.vcpus) {
+        let counts: Vec<String> = config.numa_vcpus.iter().map(u32::to_string).collect();
+        return invalid(format!(
+            "numa_vcpus is [{}]: each guest node needs at least one vCPU and the counts must add up to vcpus ({})",
+            counts.join(", "),
+            config.vcpus
+        ));
+    }
+    Ok(())
 }
 
 /// A kernel, or a boot disk to read one from: exactly one of the two.
@@ -250,5 +287,50 @@ mod tests {
             serde_json::json!({"name": "a", "initramfs": "/i", "disks": image}),
         ));
         assert!(initrd.contains("initramfs"), "{initrd}");
+    }
+
+    #[test]
+    fn numa_and_hugepage_options_must_agree() {
+        let vm = |extra: serde_json::Value| {
+            let mut body = serde_json::json!({"name": "a", "kernel": "/k", "vcpus": 8});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            check(body)
+        };
+        assert!(vm(serde_json::json!({"hugepages": true, "hugepage_size": "1G", "numa": "mirror", "numa_vcpus": [6, 2]})).is_ok());
+        assert!(
+            vm(serde_json::json!({"numa": "flat", "gpu_options": {"numa_affinity": false}}))
+                .is_ok()
+        );
+        for (extra, expected) in [
+            (
+                serde_json::json!({"hugepage_size": "2M"}),
+                "hugepage_size is 2M but hugepages is off",
+            ),
+            (
+                serde_json::json!({"numa": "mirror", "gpu_options": {"numa_affinity": false}}),
+                "numa is mirror but gpu_options.numa_affinity is false",
+            ),
+            (
+                serde_json::json!({"numa": "flat", "numa_vcpus": [4, 4]}),
+                "leave numa_vcpus out",
+            ),
+            (
+                serde_json::json!({"numa_vcpus": [4, 4], "gpu_options": {"numa_affinity": false}}),
+                "leave numa_vcpus out",
+            ),
+            (
+                serde_json::json!({"numa_vcpus": [8, 0]}),
+                "numa_vcpus is [8, 0]: each guest node needs at least one vCPU",
+            ),
+            (
+                serde_json::json!({"numa_vcpus": [4, 3]}),
+                "must add up to vcpus (8)",
+            ),
+        ] {
+            let text = message(vm(extra.clone()));
+            assert!(text.contains(expected), "{extra}: {text}");
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
-use crate::api::types::{DeviceRole, ExitInfo, VmInstanceConfig, VmState};
+use crate::api::types::{DeviceRole, ExitInfo, GuestNumaNode, VmInstanceConfig, VmState};
 use crate::gpu::Bdf;
 
 pub use permissions::{secure_state_dir, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE};
@@ -286,6 +286,49 @@ impl Store {
         Ok(())
     }
 
+    /// Records where the running VM's RAM and vCPUs went: one host node, or its
+    /// guest nodes (empty: one node); cleared as [`Store::set_numa_node`].
+    pub fn set_placement(
+        &mut self,
+        name: &str,
+        node: Option<u32>,
+        guest: &[GuestNumaNode],
+    ) -> Result<(), StateError> {
+        let guest = match guest {
+            [] => None,
+            nodes => Some(
+                serde_json::to_string(nodes).map_err(|e| StateError::Corrupt {
+                    name: name.to_string(),
+                    reason: e.to_string(),
+                })?,
+            ),
+        };
+        self.conn.execute(
+            "UPDATE instances SET numa_node = ?2, guest_numa = ?3 WHERE name = ?1",
+            params![name, node, guest],
+        )?;
+        Ok(())
+    }
+
+    pub fn guest_numa_of(&self, name: &str) -> Result<Vec<GuestNumaNode>, StateError> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT guest_numa FROM instances WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()?
+            .flatten();
+        let Some(text) = text else {
+            return Ok(Vec::new());
+        };
+        serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+            name: name.to_string(),
+            reason: format!("guest_numa: {e}"),
+        })
+    }
+
     pub fn numa_node_of(&self, name: &str) -> Result<Option<u32>, StateError> {
         Ok(self
             .conn
@@ -314,7 +357,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "UPDATE instances SET state = 'stopped', pid = NULL, pid_start_time = NULL,
-                 api_socket = NULL, numa_node = NULL, exit_code = ?2, exit_signal = ?3, exit_reason = ?4,
+                 api_socket = NULL, numa_node = NULL, guest_numa = NULL, exit_code = ?2, exit_signal = ?3, exit_reason = ?4,
                  exit_at = ?5, updated_at = ?5 WHERE name = ?1",
             params![name, exit.code, exit.signal, exit.reason, exit.at as i64],
         )?;
@@ -457,6 +500,19 @@ mod tests {
         assert_eq!(store.numa_node_of("a").unwrap(), None);
         store.set_numa_node("a", Some(1)).unwrap();
         assert_eq!(store.numa_node_of("a").unwrap(), Some(1));
+        let guest = GuestNumaNode {
+            guest_node: 1,
+            host_node: 3,
+            vcpus: vec![4, 5],
+            memory: 1 << 30,
+            gpus: vec!["0000:9a:00.0".into()],
+            distances: vec![21, 10],
+        };
+        store
+            .set_placement("a", None, std::slice::from_ref(&guest))
+            .unwrap();
+        assert_eq!(store.numa_node_of("a").unwrap(), None);
+        assert_eq!(store.guest_numa_of("a").unwrap(), [guest]);
         let exit = ExitInfo {
             code: None,
             signal: Some(9),
@@ -470,6 +526,7 @@ mod tests {
         assert_eq!(after.last_exit, Some(exit));
         assert!(store.all_gpus().unwrap().is_empty());
         assert_eq!(store.numa_node_of("a").unwrap(), None);
+        assert!(store.guest_numa_of("a").unwrap().is_empty());
     }
 
     #[test]

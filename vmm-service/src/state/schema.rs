@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use super::StateError;
 
 /// Steps from version N-1 to N, at index N-1.
-const MIGRATIONS: &[&str] = &[VERSION_1, VERSION_2, VERSION_3];
+const MIGRATIONS: &[&str] = &[VERSION_1, VERSION_2, VERSION_3, VERSION_4];
 
 pub(super) const VERSION_1: &str = "
     CREATE TABLE instances (
@@ -48,6 +48,12 @@ const VERSION_2: &str = "
 const VERSION_3: &str = "
     ALTER TABLE gpu_assignments ADD COLUMN unit TEXT;
     ALTER TABLE gpu_assignments ADD COLUMN role TEXT NOT NULL DEFAULT 'gpu';
+";
+
+/// The guest NUMA nodes of a running VM that mirrors its GPUs' host nodes, as
+/// JSON (`VmInfo.guest_numa`); NULL with one node.
+const VERSION_4: &str = "
+    ALTER TABLE instances ADD COLUMN guest_numa TEXT;
 ";
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

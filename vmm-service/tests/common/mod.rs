@@ -154,6 +154,8 @@ pub struct HostBuilder {
     os_release: String,
     vfio_pci_module: bool,
     numa_nodes: usize,
+    node_hugepages: Vec<(u32, u64, u64, u64)>,
+    slit: Vec<Vec<u8>>,
 }
 
 impl HostBuilder {
@@ -170,6 +172,8 @@ impl HostBuilder {
             os_release: "6.1.0-28-amd64".into(),
             vfio_pci_module: true,
             numa_nodes: 0,
+            node_hugepages: Vec::new(),
+            slit: Vec::new(),
         }
     }
 
@@ -207,6 +211,19 @@ impl HostBuilder {
     /// (page size in KiB, total, free)
     pub fn hugepages(mut self, pools: &[(u64, u64, u64)]) -> Self {
         self.hugepages = pools.to_vec();
+        self
+    }
+
+    /// (node, page size in KiB, total, free): a node's own pool, under
+    /// /sys/devices/system/node/nodeN/hugepages.
+    pub fn node_hugepages(mut self, pools: &[(u32, u64, u64, u64)]) -> Self {
+        self.node_hugepages = pools.to_vec();
+        self
+    }
+
+    /// The SLIT: row N is node N's `distance` file.
+    pub fn slit(mut self, rows: &[&[u8]]) -> Self {
+        self.slit = rows.iter().map(|row| row.to_vec()).collect();
         self
     }
 
@@ -400,6 +417,18 @@ impl HostBuilder {
         if let Some(list) = list {
             write(&nodes.join("online"), &list);
             write(&nodes.join("has_memory"), &list);
+        }
+        for &(node, kib, total, free) in &self.node_hugepages {
+            let dir = nodes.join(format!("node{node}/hugepages/hugepages-{kib}kB"));
+            write(&dir.join("nr_hugepages"), &format!("{total}\n"));
+            write(&dir.join("free_hugepages"), &format!("{free}\n"));
+        }
+        for (node, row) in self.slit.iter().enumerate() {
+            let row: Vec<String> = row.iter().map(u8::to_string).collect();
+            write(
+                &nodes.join(format!("node{node}/distance")),
+                &format!("{}\n", row.join(" ")),
+            );
         }
     }
 }

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::api::types::{DeviceRole, DiskFormat, ExitInfo, VmInfo, VmInstanceConfig, VmState};
+use crate::api::types::{DiskFormat, ExitInfo, VmInfo, VmInstanceConfig, VmState};
 use crate::cloud_init::{self, SeedFiles};
-use crate::gpu::{self, Bdf, BindOptions, DevicePolicy, HostPaths, SysfsWriter};
-use crate::state::{now, GpuAssignment, InstanceRecord, Store, VmmProcess};
+use crate::gpu::{BindOptions, DevicePolicy, HostPaths, SysfsWriter};
+use crate::state::{now, InstanceRecord, Store, VmmProcess};
 use crate::supervisor::{self, VmPaths};
 use crate::vmm_client::{VmmClient, VmmClientError, VmmDeadlines};
 
@@ -21,15 +21,16 @@ mod inventory;
 mod logs;
 mod networks;
 mod pick;
+mod placement;
 mod removal;
 mod vmm_config;
 mod watch;
 
 use super::attachments::network_infos;
 use super::error::InstanceError;
+use super::guest_numa::Placement;
 use super::images::{ImagePolicy, OpenedImages};
 use super::limits::{AdmissionLimits, LogLimits, Usage};
-use super::numa::{numa_placement, HostNuma, NumaPlacement};
 use super::validate::{parse_companions, validate, HostLimits};
 use drivers::{blocking, Release};
 use vmm_config::vmm_config;
@@ -146,10 +147,12 @@ impl Manager {
                 .to_string()
         });
         let numa_node = self.store().numa_node_of(&record.config.name)?;
+        let guest_numa = self.store().guest_numa_of(&record.config.name)?;
         Ok(VmInfo {
             networks: network_infos(&record.config),
             seed_image,
             numa_node,
+            guest_numa,
             name: record.config.name.clone(),
             state: record.state,
             pid: record.vmm.as_ref().map(|v| v.pid),
@@ -183,7 +186,7 @@ impl Manager {
         drop(images);
         let name = config.name.clone();
         let paths = self.paths(&name);
-        {
+        let placement = {
             let mut store = self.store();
             if store.instance(&name)?.is_some() {
                 return Err(InstanceError::Exists(name));
@@ -193,6 +196,7 @@ impl Manager {
             networks::check_tap_names(&store, &config)?;
             let companions = parse_companions(&config.devices)?;
             let gpus = self.pick(&store, &name, &selection, &companions)?;
+            let placement = self.placement(&config, &gpus)?;
             let now = now();
             let record = InstanceRecord {
                 config: config.clone(),
@@ -204,8 +208,9 @@ impl Manager {
                 updated_at: now,
             };
             store.insert_instance(&record, &gpus)?;
-        }
-        if let Err(e) = self.start(&config, &paths, config.boot).await {
+            placement
+        };
+        if let Err(e) = self.start(&config, &paths, config.boot, &placement).await {
             remove_seed(&name, &paths);
             // The directories go whatever the database says: a failed create
             // leaves nothing behind on disk.
@@ -230,16 +235,18 @@ impl Manager {
             (VmState::Stopped, _) => {
                 let selection = validate(&record.config, &self.config.limits)?;
                 drop(self.config.images.open_all(&record.config)?);
-                {
+                let placement = {
                     let mut store = self.store();
                     let usage = Usage::of(&store.instances()?);
                     self.config.admission.admit(&usage, &record.config, false)?;
                     let companions = parse_companions(&record.config.devices)?;
                     let gpus = self.pick(&store, name, &selection, &companions)?;
+                    let placement = self.placement(&record.config, &gpus)?;
                     store.assign_gpus(&gpus)?;
-                }
+                    placement
+                };
                 let paths = self.paths(name);
-                self.start(&record.config, &paths, true).await?;
+                self.start(&record.config, &paths, true, &placement).await?;
             }
             (state, _) => {
                 return Err(InstanceError::InvalidState(format!(
@@ -278,8 +285,9 @@ impl Manager {
         config: &VmInstanceConfig,
         paths: &VmPaths,
         boot: bool,
+        placement: &Placement,
     ) -> Result<(), InstanceError> {
-        let result = self.try_start(config, paths, boot).await;
+        let result = self.try_start(config, paths, boot, placement).await;
         if let Err(e) = &result {
             let name = &config.name;
             let how = Release::after_vmm(config.gpu_options.unbind_on_shutdown);
@@ -302,6 +310,7 @@ impl Manager {
         config: &VmInstanceConfig,
         paths: &VmPaths,
         boot: bool,
+        placement: &Placement,
     ) -> Result<(), InstanceError> {
         let name = &config.name;
         // Opened before anything is bound: the VMM inherits these descriptors and
@@ -336,13 +345,14 @@ impl Manager {
             return Err(e.into());
         }
         let client = self.vmm_for(&paths.api_socket, config.memory);
-        let numa_node = self.numa_node_for(config, &gpus);
-        let recorded = self.store().set_numa_node(name, numa_node);
+        let recorded =
+            self.store()
+                .set_placement(name, placement.numa_node(), &placement.guest_nodes());
         if let Err(e) = recorded {
             supervisor::stop_child(&mut started.child).await;
             return Err(e.into());
         }
-        let vm_config = vmm_config(config, paths, &gpus, &self.config.host, numa_node, &images);
+        let vm_config = vmm_config(config, paths, &gpus, &self.config.host, placement, &images);
         let setup = async {
             client.create(&vm_config).await.map_err(vmm_error)?;
             // form-vmm made the taps during vm.create; they join their bridges before
@@ -362,41 +372,6 @@ impl Manager {
         }
         self.watch_child(name.clone(), started.pid, started.child);
         Ok(())
-    }
-
-    /// The host NUMA node to bind the VM to: the one its GPUs share, on a host
-    /// with more than one, unless the VM turned it off. Why a VM is left unbound
-    /// is logged, since the operator may have expected otherwise.
-    fn numa_node_for(&self, config: &VmInstanceConfig, gpus: &[GpuAssignment]) -> Option<u32> {
-        let host = &self.config.host;
-        // The GPUs decide: a NIC on the other node should not unbind the VM.
-        let gpus: Vec<&GpuAssignment> = gpus.iter().filter(|a| a.role == DeviceRole::Gpu).collect();
-        let gpu_nodes: Vec<(Bdf, Option<u32>)> = gpus
-            .iter()
-            .map(|a| {
-                let node = gpu::PciFunction::read(host, &a.bdf)
-                    .ok()
-                    .and_then(|f| f.numa_node);
-                (a.bdf, node)
-            })
-            .collect();
-        let name = &config.name;
-        match numa_placement(
-            config.gpu_options.numa_affinity,
-            &gpu_nodes,
-            &HostNuma::read(host),
-        ) {
-            NumaPlacement::Bound(node) => {
-                log::info!("VM {name}: RAM and vCPUs on NUMA node {node}, with its GPUs");
-                Some(node)
-            }
-            NumaPlacement::Unbound(why) => {
-                if !gpus.is_empty() {
-                    log::info!("VM {name}: not bound to a NUMA node: {why}");
-                }
-                None
-            }
-        }
     }
 
     // ----- stopping -----------------------------------------------------------------

@@ -3,12 +3,13 @@
 
 use crate::api::types::VmInstanceConfig;
 use crate::gpu::HostPaths;
+use crate::instances::guest_numa::{Layout, Placement};
 use crate::instances::{network_infos, OpenedImage, OpenedImages};
 use crate::state::GpuAssignment;
 use crate::supervisor::VmPaths;
 use form_vmm_api::config::{
     ConsoleConfig, ConsoleOutputMode, CpusConfig, DeviceConfig, DiskConfig, MemoryConfig,
-    NetConfig, PayloadConfig, RngConfig, VmConfig,
+    MemoryZoneConfig, NetConfig, NumaConfig, NumaDistance, PayloadConfig, RngConfig, VmConfig,
 };
 
 /// Where every VM's virtio-rng draws from. A cloud image generates its SSH host keys
@@ -41,28 +42,25 @@ pub(super) fn device_config(
     }
 }
 
-/// `numa_node` is where the VM's RAM and vCPUs go, chosen by the caller from
-/// its GPUs (`numa_placement`).
+/// `placement` is where the VM's RAM and vCPUs go and what backs its RAM, chosen
+/// by the caller from its GPUs (`Manager::placement`).
 pub(super) fn vmm_config(
     config: &VmInstanceConfig,
     paths: &VmPaths,
     gpus: &[GpuAssignment],
     host: &HostPaths,
-    numa_node: Option<u32>,
+    placement: &Placement,
     images: &OpenedImages,
 ) -> VmConfig {
     // The service caps vcpus at 255 (validate), form-vmm's limit.
     let vcpus = u8::try_from(config.vcpus).unwrap_or(u8::MAX);
+    let (memory, numa) = memory_and_numa(config.memory, placement);
     VmConfig {
         cpus: CpusConfig {
             boot_vcpus: vcpus,
             max_vcpus: vcpus,
         },
-        memory: MemoryConfig {
-            size: config.memory,
-            host_numa_node: numa_node,
-            ..MemoryConfig::default()
-        },
+        memory,
         payload: PayloadConfig {
             // The files the service checked, by the descriptors the VMM inherited
             // (`ImagePolicy`), never the client's paths.
@@ -93,8 +91,71 @@ pub(super) fn vmm_config(
         rng: Some(RngConfig {
             src: RNG_SOURCE.into(),
         }),
-        numa: None,
+        numa,
     }
+}
+
+/// Guest RAM, one piece or a zone per mirrored node, and the guest nodes.
+fn memory_and_numa(size: u64, placement: &Placement) -> (MemoryConfig, Option<Vec<NumaConfig>>) {
+    let hugepages = placement.hugepage.is_some();
+    let nodes = match &placement.layout {
+        Layout::Flat | Layout::Node(_) => {
+            let memory = MemoryConfig {
+                size,
+                hugepages,
+                hugepage_size: placement.hugepage,
+                host_numa_node: placement.numa_node(),
+                ..MemoryConfig::default()
+            };
+            return (memory, None);
+        }
+        Layout::Mirrored(nodes) => nodes,
+    };
+    let zone_id = |guest: usize| format!("mem{guest}");
+    let zones = nodes
+        .iter()
+        .enumerate()
+        .map(|(guest, node)| MemoryZoneConfig {
+            id: zone_id(guest),
+            size: node.memory,
+            hugepages,
+            hugepage_size: placement.hugepage,
+            host_numa_node: Some(node.host_node),
+            ..MemoryZoneConfig::default()
+        })
+        .collect();
+    let numa = nodes
+        .iter()
+        .enumerate()
+        .map(|(guest, node)| NumaConfig {
+            guest_numa_id: guest as u32,
+            // vCPU ids are below 255 (validate), so they fit.
+            cpus: Some(node.cpus.clone().map(|cpu| cpu as u8).collect()),
+            // Each pair once, from the lower node: form-vmm mirrors it.
+            distances: Some(
+                node.distances
+                    .iter()
+                    .enumerate()
+                    .skip(guest + 1)
+                    .map(|(other, &distance)| NumaDistance {
+                        destination: other as u32,
+                        distance,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .filter(|d| !d.is_empty()),
+            memory_zones: Some(vec![zone_id(guest)]),
+            pci_segments: None,
+        })
+        .collect();
+    let memory = MemoryConfig {
+        // The zones' total (form-vmm also takes 0), so the size reads the same
+        // whatever the layout.
+        size,
+        zones: Some(zones),
+        ..MemoryConfig::default()
+    };
+    (memory, Some(numa))
 }
 
 /// The operator's disks in order, then the seed disk: the guest's first disks keep
