@@ -196,7 +196,23 @@ async fn eight_gpus_on_two_sockets_get_a_guest_node_per_socket() {
         ]),
         "{config}"
     );
-    assert_eq!(config["devices"].as_array().unwrap().len(), 8);
+    // Each GPU on its guest node's root bus: node 1's are placed there, node 0's
+    // stay on bus 0 as every device of a one-node VM does.
+    let devices = config["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 8);
+    for device in devices {
+        let path = device["path"].as_str().unwrap();
+        let on_node1 = NODE1_GPUS
+            .iter()
+            .chain(&["0000:ba:00.0", "0000:db:00.0"])
+            .any(|bdf| path.ends_with(bdf));
+        let expected = if on_node1 { json!(1) } else { Value::Null };
+        assert_eq!(
+            device.get("numa_node").cloned().unwrap_or(Value::Null),
+            expected,
+            "{device}"
+        );
+    }
     form_vmm_accepts(&h, &config);
 
     assert!(vm["numa_node"].is_null(), "{vm}");

@@ -164,7 +164,7 @@ impl Manager {
     ) -> Result<(), VmmClientError> {
         let devices: Vec<_> = unit
             .iter()
-            .map(|a| device_config(a, &record.config, &self.config.host))
+            .map(|a| device_config(a, &record.config, &self.config.host, None))
             .collect();
         match devices.as_slice() {
             [one] => client.add_device(one).await,

@@ -20,15 +20,28 @@ pub(super) const RNG_SOURCE: &str = "/dev/urandom";
 /// The device id of the cloud-init seed disk in form-vmm.
 pub(super) const SEED_DISK_ID: &str = "cidata";
 
+///
+/// `layout` places the device in a mirrored VM: on the root bus of the guest node
+/// of its host node, so the guest's `numa_node` for it is right. Hotplug passes
+/// `None` (form-vmm takes hot-added devices on guest node 0's bus only).
 pub(super) fn device_config(
     assignment: &GpuAssignment,
     config: &VmInstanceConfig,
     host: &HostPaths,
+    layout: Option<&Layout>,
 ) -> DeviceConfig {
     let options = &config.gpu_options;
+    let function = crate::gpu::PciFunction::read(host, &assignment.bdf).ok();
     // The clique is NVIDIA's GPU capability: an audio function or a NIC that came
     // with the GPU gets none (form-vmm would put it on any NVIDIA function).
-    let is_gpu = crate::gpu::PciFunction::read(host, &assignment.bdf).is_ok_and(|f| f.is_gpu());
+    let is_gpu = function.as_ref().is_some_and(|f| f.is_gpu());
+    let numa_node = match (layout, function.and_then(|f| f.numa_node)) {
+        (Some(Layout::Mirrored(nodes)), Some(host_node)) => nodes
+            .iter()
+            .position(|n| n.host_node == host_node)
+            .map(|guest| guest as u32),
+        _ => None,
+    };
     DeviceConfig {
         // The canonical sysfs path on the real host, never one the user typed; under
         // the service's sysfs root (a fixture tree in tests).
@@ -38,6 +51,8 @@ pub(super) fn device_config(
         id: Some(assignment.device_id.clone()),
         x_nv_gpudirect_clique: (options.enable_nvidia_gpudirect && is_gpu)
             .then_some(options.nvidia_gpudirect_clique),
+        // Guest node 0 is bus 0, where devices go anyway.
+        numa_node: numa_node.filter(|&node| node > 0),
         ..DeviceConfig::default()
     }
 }
@@ -76,7 +91,7 @@ pub(super) fn vmm_config(
         console: ConsoleConfig::off(),
         devices: gpus
             .iter()
-            .map(|a| device_config(a, config, host))
+            .map(|a| device_config(a, config, host, Some(&placement.layout)))
             .collect(),
         disks: disks(config, paths, images),
         net: network_infos(config)
