@@ -47,7 +47,7 @@ run_logged vmm.out form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz \
     --device "path=/sys/bus/pci/devices/$gpu1,id=gpu1,numa_node=1" \
     --api-socket vmm.sock &
 vmm=$!
-wait_for 600 vmm_api_ready vmm.sock || fail "form-vmm's API socket never answered"
+wait_until 60 vmm_api_ready vmm.sock
 # Each zone is a mapping of its own, bound to its node before it was touched.
 pid=$(pidof form-vmm)
 binds=$(grep -oE ' bind:[0-9]+' "/proc/$pid/numa_maps" | sort | tr -d ' ' | tr '\n' ' ')
