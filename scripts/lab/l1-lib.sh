@@ -288,6 +288,53 @@ l2_virtio_initramfs() {
     l2_initramfs_append "$1" "$LAB_L2_VIRTIO_INITRAMFS" "$2" "${3:-}"
 }
 
+# l2_numa_check [LINGER]: prints an L2 check script (for l2_initramfs_with) that loads
+# the display modules and reports L2's NUMA shape: L2-NODE <n> cpus=<list> mem_kb=<kB>
+# per node, L2-PCI <bdf> <vendor:device> numa_node=<n> <driver> per PCI function, then
+# L2-NUMA-DONE, and stays up LINGER seconds more (default 0) for L1's own checks.
+l2_numa_check() {
+    echo "#!/bin/sh"
+    echo "linger=${1:-0}"
+    cat <<'CHECK'
+busybox --install -s /bin
+while read -r name _; do
+    insmod "/lib/modules/lab/$name.ko" || echo "L2-MODULE-FAIL $name"
+done </lib/modules/lab/load-order
+for node in /sys/devices/system/node/node*; do
+    echo "L2-NODE ${node##*node} cpus=$(cat "$node/cpulist") mem_kb=$(awk '/MemTotal/ { print $4 }' "$node/meminfo")"
+done
+for dev in /sys/bus/pci/devices/*; do
+    ids="$(cat "$dev/vendor"):$(cat "$dev/device")"
+    drv=none
+    [ -e "$dev/driver" ] && drv=$(basename "$(readlink "$dev/driver")")
+    echo "L2-PCI ${dev##*/} $ids numa_node=$(cat "$dev/numa_node") $drv"
+done
+echo "L2-NUMA-DONE"
+sleep "$linger"
+CHECK
+}
+
+# expect_l2_numa FILE: the L2-NODE lines in FILE name nodes 0 and 1 (and no third), each
+# with about 256 MiB (the kernel keeps some for itself).
+expect_l2_numa() {
+    for _node in 0 1; do
+        _line=$(grep -m1 "^L2-NODE $_node " "$1") || fail "L2 has no NUMA node $_node"
+        _kb=${_line##*mem_kb=}
+        [ "$_kb" -gt $((200 << 10)) ] && [ "$_kb" -le $((256 << 10)) ] ||
+            fail "L2 node $_node has $_kb kB, not about 256 MiB: $_line"
+        echo "lab: $_line"
+    done
+    ! grep -q "^L2-NODE 2 " "$1" || fail "L2 has a third node"
+}
+
+# expect_numa_bound PID: form-vmm PID's guest RAM is two mappings bound to L1's nodes 0
+# and 1 (numa_maps shows bind:0 and bind:1).
+expect_numa_bound() {
+    _binds=$(grep -oE ' bind:[0-9]+' "/proc/$1/numa_maps" | sort | tr -d ' ' | tr '\n' ' ')
+    echo "lab: form-vmm numa_maps policies: $_binds"
+    case "$_binds" in *bind:0*bind:1*) ;; *) fail "form-vmm's RAM is not bound to nodes 0 and 1: $_binds" ;; esac
+}
+
 # l2_gpu_hotplug_check [LINGER]: prints an L2 check script that waits for a 1234:1111
 # display device to be hotplugged (L2-HOTPLUG-READY, L2-GPU-ADDED, then L2-GPU-BOUND
 # once bochs-drm binds it, L2-FB0), then for it to go (L2-GPU-REMOVED), each failure as

@@ -67,9 +67,14 @@ for node in 0 1; do
     kb=$(awk '/MemTotal/ { print $4 }' "/sys/devices/system/node/node$node/meminfo")
     [ "${kb:-0}" -gt $((1 << 20)) ] || fail "node $node has ${kb:-0} kB of memory, not 1.5 GiB"
 done
-check_device "$LAB_NUMA_GPU_BDF" 0x1234:0x1111 0x038000 bochs-drm "GPU behind the node-1 expander"
-numa=$(cat "/sys/bus/pci/devices/$LAB_NUMA_GPU_BDF/numa_node")
-[ "$numa" = 1 ] || fail "$LAB_NUMA_GPU_BDF is on node $numa, not 1"
-numa_group=$(pci_group "$LAB_NUMA_GPU_BDF")
-echo "lab: $LAB_NUMA_GPU_BDF numa_node=$numa group $numa_group: $(list_entries "/sys/kernel/iommu_groups/$numa_group/devices")"
+node=0
+for bdf in "$LAB_NUMA0_GPU_BDF" "$LAB_NUMA_GPU_BDF"; do
+    check_device "$bdf" 0x1234:0x1111 0x038000 bochs-drm "GPU behind the node-$node expander"
+    numa=$(cat "/sys/bus/pci/devices/$bdf/numa_node")
+    [ "$numa" = $node ] || fail "$bdf is on node $numa, not $node"
+    group=$(pci_group "$bdf")
+    members=$(count_entries "/sys/kernel/iommu_groups/$group/devices")
+    [ "$members" -eq 1 ] || fail "$bdf shares group $group: $(list_entries "/sys/kernel/iommu_groups/$group/devices")"
+    node=$((node + 1))
+done
 echo "lab: $LAB_GPU_BDF numa_node=$(cat "/sys/bus/pci/devices/$LAB_GPU_BDF/numa_node")"
