@@ -140,6 +140,36 @@ wait_until() {
     done
 }
 
+# timed_start MARKER COMMAND...: runs COMMAND (a VMM) with its output in out.txt and
+# err.txt, and sets timed_first and timed_exit to the seconds (/proc/uptime, 10 ms
+# steps) from its start to the first byte of its output (the guest's serial) and to
+# its exit. Returns 1 with timed_error set unless it exited 0 with MARKER in its output.
+timed_start() {
+    _marker=$1
+    shift
+    rm -f out.txt
+    : >out.txt
+    _start=$(lab_uptime)
+    "$@" >out.txt 2>err.txt &
+    _pid=$!
+    timed_first=""
+    while kill -0 "$_pid" 2>/dev/null; do
+        if [ -z "$timed_first" ] && [ -s out.txt ]; then
+            timed_first=$(lab_seconds_since "$_start")
+        fi
+        sleep 0.02
+    done
+    wait "$_pid"
+    _status=$?
+    timed_exit=$(lab_seconds_since "$_start")
+    [ -n "$timed_first" ] || timed_first=$timed_exit
+    if [ "$_status" != 0 ] || ! grep -q "$_marker" out.txt; then
+        tail -n 5 out.txt err.txt
+        timed_error="exit status $_status, no '$_marker' in its output"
+        return 1
+    fi
+}
+
 # run_logged FILE COMMAND...: runs COMMAND with its output both on the console (so the
 # L1 log shows it) and in FILE (so the scenario can check it); returns its status.
 run_logged() {

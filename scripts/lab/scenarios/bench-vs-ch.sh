@@ -27,32 +27,12 @@ step "Cloud Hypervisor is in L1"
 vfio_bind "$gpu"
 vfio_bind "$edu"
 
-# sample VMM CASE COMMAND...: runs COMMAND with its output in out.txt, and prints the
-# LAB-CH line; fails unless the guest printed MARKER ($marker) and the VMM exited 0.
+# sample VMM CASE COMMAND...: one timed run (timed_start), printed as a LAB-CH line.
 sample() {
     _vmm=$1 _case=$2
     shift 2
-    rm -f out.txt
-    : >out.txt
-    _start=$(lab_uptime)
-    "$@" >out.txt 2>err.txt &
-    _pid=$!
-    _first=""
-    while kill -0 "$_pid" 2>/dev/null; do
-        if [ -z "$_first" ] && [ -s out.txt ]; then
-            _first=$(lab_seconds_since "$_start")
-        fi
-        sleep 0.02
-    done
-    wait "$_pid"
-    _status=$?
-    _exit=$(lab_seconds_since "$_start")
-    [ -n "$_first" ] || _first=$_exit
-    if [ "$_status" != 0 ] || ! grep -q "$marker" out.txt; then
-        tail -n 5 out.txt err.txt
-        fail "$_vmm $_case: exit status $_status, no '$marker' in its output"
-    fi
-    echo "LAB-CH vmm=$_vmm case=$_case first=$_first exit=$_exit"
+    timed_start "$marker" "$@" || fail "$_vmm $_case: $timed_error"
+    echo "LAB-CH vmm=$_vmm case=$_case first=$timed_first exit=$timed_exit"
 }
 
 devices_fv="--device path=/sys/bus/pci/devices/$gpu,id=gpu0 --device path=/sys/bus/pci/devices/$edu,id=edu0"
