@@ -8,3 +8,4 @@ pub mod net;
 pub mod state;
 pub mod supervisor;
 pub mod vmm_client;
+pub mod vmm_user;

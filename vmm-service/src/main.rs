@@ -15,6 +15,7 @@ use vmm_service::instances::{
 };
 use vmm_service::state::{secure_state_dir, Store};
 use vmm_service::vmm_client::VmmDeadlines;
+use vmm_service::vmm_user::{VmmUserOptions, VmmUsers};
 
 use vmm_service::api::{self, Listen, ServeOptions, TlsFiles};
 use vmm_service::gpu::{
@@ -127,6 +128,22 @@ struct ServeArgs {
     /// reset_method or reset in sysfs); repeatable.
     #[arg(long, value_name = "BDF", value_parser = parse_bdf)]
     allow_no_reset: Vec<Bdf>,
+    /// Each form-vmm gives up root for this user (name or uid, its primary group
+    /// unless --vmm-gid) once its VM is built; every VMM shares it.
+    #[arg(long, value_name = "NAME|UID", conflicts_with_all = ["vmm_uid", "vmm_uid_range"])]
+    vmm_user: Option<String>,
+    /// As --vmm-user, by number.
+    #[arg(long, value_name = "UID", conflicts_with = "vmm_uid_range")]
+    vmm_uid: Option<u32>,
+    /// Each running VM's form-vmm gets its own uid from this range (e.g.
+    /// 100000-100999), so VMMs cannot reach each other's files; released when
+    /// the VMM ends.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = vmm_service::vmm_user::parse_uid_range)]
+    vmm_uid_range: Option<(u32, u32)>,
+    /// The gid of VMMs that gave up root (default: the group of /dev/kvm, which
+    /// they reopen on a guest reboot).
+    #[arg(long, value_name = "GID")]
+    vmm_gid: Option<u32>,
     #[command(flatten)]
     host: HostArgs,
 }
@@ -299,6 +316,7 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
             "state directory: {change} (it may hold secrets: cloud-init user-data, guest consoles)"
         );
     }
+    let vmm_users = vmm_users(&args, &host)?;
     let database = args.state_dir.join("service.db");
     let store = Store::open(&database).map_err(|e| e.to_string())?;
     let config = ServiceConfig {
@@ -333,6 +351,7 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
             keep: args.log_keep,
             interval: DEFAULT_LOG_INTERVAL,
         },
+        vmm_users,
     };
     log::info!("images from {}", config.images.dirs().join(", "));
     let manager = Manager::new(config, store, Box::new(KernelSysfs));
@@ -357,6 +376,33 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
     api::serve(router, &args.listen, &options)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Who the VMMs run as, from the `--vmm-*` options, logged.
+fn vmm_users(args: &ServeArgs, host: &HostPaths) -> Result<Option<VmmUsers>, String> {
+    let options = VmmUserOptions {
+        user: args.vmm_user.clone(),
+        uid: args.vmm_uid,
+        gid: args.vmm_gid,
+        range: args.vmm_uid_range,
+    };
+    let (users, warnings) = options.resolve(&host.dev, std::path::Path::new("/etc/passwd"))?;
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    match &users {
+        Some(_) if !root => {
+            return Err("--vmm-user, --vmm-uid and --vmm-uid-range need the service to run as root (form-vmm opens /dev/kvm and VFIO as root, then changes uid)".to_string())
+        }
+        Some(users) => log::info!("VMMs give up root once their VM is built: {users:?}"),
+        None if root => log::warn!(
+            "VMMs keep running as root (sandboxed by seccomp and Landlock); --vmm-uid-range gives each VM's VMM its own uid"
+        ),
+        None => {}
+    }
+    Ok(users)
 }
 
 fn run_gpu(action: GpuCommand) -> Result<ExitCode, GpuError> {

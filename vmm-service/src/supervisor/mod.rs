@@ -3,6 +3,7 @@
 mod logs;
 mod process;
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::RawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -94,8 +95,9 @@ pub fn default_vmm_binary() -> PathBuf {
     }
 }
 
-/// Starts `binary --api-socket <socket>` in its own process group (so signals meant for
-/// the service do not reach VMs) and waits until it answers `vmm.ping`. The
+/// Starts `binary --api-socket <socket> <args>` in its own process group (so signals
+/// meant for the service do not reach VMs) and waits until it answers `vmm.ping`.
+/// `args` are the sandbox's (`--uid`, `--landlock-rules`: [`crate::vmm_user`]). The
 /// descriptors in `inherit` stay open in it at the same numbers (the VM's checked
 /// images, which it opens as `/proc/self/fd/N`); every other one of the service's
 /// is closed on exec.
@@ -103,6 +105,7 @@ pub async fn start(
     binary: &Path,
     paths: &VmPaths,
     inherit: &[RawFd],
+    args: &[OsString],
 ) -> Result<StartedVmm, SupervisorError> {
     for dir in [paths.api_socket.parent(), paths.vmm_log.parent()]
         .into_iter()
@@ -139,6 +142,7 @@ pub async fn start(
     command
         .arg("--api-socket")
         .arg(&paths.api_socket)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)

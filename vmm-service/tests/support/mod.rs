@@ -179,6 +179,7 @@ impl Harness {
             images: ImagePolicy::new(vec![image_dir(dir)], operator.block_devices.clone()),
             admission: operator.admission,
             logs: operator.logs.unwrap_or_default(),
+            vmm_users: None,
         };
         Manager::new(config, store, Box::new(SharedKernel(Arc::clone(fixture))))
     }

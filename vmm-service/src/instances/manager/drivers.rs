@@ -78,7 +78,9 @@ impl Manager {
                 .map(drop)
                 .map_err(InstanceError::from_bind)
         })
-        .await
+        .await?;
+        self.hand_vfio_group(&head.instance, &bdf);
+        Ok(())
     }
 
     /// Binds a GPU that no VM holds, with `force` as asked; the outcome as JSON.
@@ -135,6 +137,7 @@ impl Manager {
                     manager.release_group(&head, &released, how);
                 }
             }
+            manager.take_back_vfio_groups(&released);
             for assignment in &released {
                 if let Err(e) = manager.store().unassign_gpu(&assignment.bdf) {
                     log::error!("cannot forget the assignment of {}: {e}", assignment.bdf);

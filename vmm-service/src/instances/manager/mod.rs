@@ -12,6 +12,7 @@ use crate::gpu::{BindOptions, DevicePolicy, HostPaths, SysfsWriter};
 use crate::state::{now, InstanceRecord, Store, VmmProcess};
 use crate::supervisor::{self, VmPaths};
 use crate::vmm_client::{VmmClient, VmmClientError, VmmDeadlines};
+use crate::vmm_user::{UidPool, VmmUsers};
 
 mod console;
 mod device_sync;
@@ -23,6 +24,7 @@ mod networks;
 mod pick;
 mod placement;
 mod removal;
+mod users;
 mod vmm_config;
 mod watch;
 
@@ -66,6 +68,8 @@ pub struct ServiceConfig {
     pub admission: AdmissionLimits,
     /// How large each VM's logs may grow.
     pub logs: LogLimits,
+    /// Who VMMs become once their VM is built; `None`: they stay root (sandboxed).
+    pub vmm_users: Option<VmmUsers>,
 }
 
 /// The default of [`ServiceConfig::hold_check`].
@@ -76,6 +80,8 @@ pub struct Manager {
     store: Mutex<Store>,
     writer: Box<dyn SysfsWriter + Send + Sync>,
     changes: tokio::sync::Mutex<()>,
+    /// The uid of each running VM's VMM (with [`ServiceConfig::vmm_users`]).
+    uids: Mutex<UidPool>,
 }
 
 impl Manager {
@@ -89,6 +95,7 @@ impl Manager {
             store: Mutex::new(store),
             writer,
             changes: tokio::sync::Mutex::new(()),
+            uids: Mutex::new(UidPool::default()),
         })
     }
 
@@ -292,6 +299,7 @@ impl Manager {
             let name = &config.name;
             let how = Release::after_vmm(config.gpu_options.unbind_on_shutdown);
             self.release_gpus(name, how).await;
+            self.take_back(config);
             let exit = ExitInfo {
                 code: None,
                 signal: None,
@@ -325,13 +333,17 @@ impl Manager {
                 .await
                 .map_err(|e| InstanceError::Internal(e.to_string()))?;
         }
+        // Before the binds: each group's node goes to the VMM's uid as it appears.
+        let identity = self.vmm_identity(name)?;
         let gpus = self.store().gpus_of(name)?;
         for head in gpus.iter().filter(|a| a.heads_unit()) {
             self.bind_unit(&gpus, head).await?;
         }
-        let mut started = supervisor::start(&self.config.vmm_binary, paths, &images.raw_fds())
-            .await
-            .map_err(|e| InstanceError::Vmm(e.to_string()))?;
+        let args = self.vmm_args(identity, paths)?;
+        let mut started =
+            supervisor::start(&self.config.vmm_binary, paths, &images.raw_fds(), &args)
+                .await
+                .map_err(|e| InstanceError::Vmm(e.to_string()))?;
         // Recorded before the VMM gets the GPUs: a service killed from here on finds
         // the process on restart instead of releasing GPUs a live VMM holds.
         let vmm = VmmProcess {
@@ -343,6 +355,13 @@ impl Manager {
         if let Err(e) = recorded {
             supervisor::stop_child(&mut started.child).await;
             return Err(e.into());
+        }
+        if let Some(identity) = identity {
+            // Before vm.create: the VMM drops root as soon as the VM is built.
+            if let Err(e) = self.hand_over(config, paths, &images, identity) {
+                supervisor::stop_child(&mut started.child).await;
+                return Err(e);
+            }
         }
         let client = self.vmm_for(&paths.api_socket, config.memory);
         let recorded =
@@ -463,6 +482,7 @@ impl Manager {
             Release::Forget
         };
         self.release_gpus(name, how).await;
+        self.take_back(&record.config);
         if let Err(e) = self.store().record_exit(name, &exit) {
             log::error!("VM {name}: cannot record how its VMM ended: {e}");
         }

@@ -62,6 +62,7 @@ impl Manager {
             match record.vmm.clone() {
                 Some(vmm) if self.vmm_alive(&vmm).await => {
                     log::info!("VM {name}: re-adopting VMM pid {}", vmm.pid);
+                    self.adopt_uid(&name, vmm.pid);
                     self.watch_adopted(name.clone(), vmm);
                     adopted.push(name);
                 }

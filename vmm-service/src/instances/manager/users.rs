@@ -1,0 +1,197 @@
+//! The manager's side of VMMs that give up root ([`crate::vmm_user`]): which uid a
+//! VM's VMM gets, and handing over and taking back what it reopens without root.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, MutexGuard};
+
+use crate::api::types::VmInstanceConfig;
+use crate::gpu::{Bdf, PciFunction};
+use crate::state::GpuAssignment;
+use crate::supervisor::VmPaths;
+use crate::vmm_user::{self, acl, handover, ImageAccess, UidPool, VmmIdentity};
+
+use super::super::images::OpenedImages;
+use super::{InstanceError, Manager};
+
+impl Manager {
+    fn uids(&self) -> MutexGuard<'_, UidPool> {
+        self.uids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The identity VM `name`'s VMM is to run as (a new uid from the range, or
+    /// the one it holds); `None` when VMMs stay root.
+    pub(super) fn vmm_identity(&self, name: &str) -> Result<Option<VmmIdentity>, InstanceError> {
+        let Some(users) = &self.config.vmm_users else {
+            return Ok(None);
+        };
+        self.uids()
+            .acquire(users, name)
+            .map(Some)
+            .map_err(InstanceError::LimitReached)
+    }
+
+    /// form-vmm's extra arguments for `identity`, and the service's directories
+    /// opened to its group (again on every start: a restart of the service
+    /// tightens the state directory back to 0700).
+    pub(super) fn vmm_args(
+        &self,
+        identity: Option<VmmIdentity>,
+        paths: &VmPaths,
+    ) -> Result<Vec<OsString>, InstanceError> {
+        let Some(identity) = identity else {
+            return Ok(Vec::new());
+        };
+        handover::open_parents_to_group(&self.config.state_dir, &self.config.run_dir, identity.gid)
+            .map_err(|e| {
+                InstanceError::Internal(format!(
+                    "opening the state and run directories to the VMMs' group: {e}"
+                ))
+            })?;
+        let vm_dirs: Vec<&Path> = [&paths.serial_log, &paths.api_socket]
+            .into_iter()
+            .filter_map(|p| p.parent())
+            .collect();
+        let image_dirs: Vec<PathBuf> = self
+            .config
+            .images
+            .dirs()
+            .into_iter()
+            .map(PathBuf::from)
+            .collect();
+        Ok(vmm_user::vmm_args(identity, &vm_dirs, &image_dirs))
+    }
+
+    /// Hands VM `config`'s directories, files and images to `identity`, once its
+    /// VMM started and before it builds the VM. An image the uid cannot be given
+    /// (no ACLs) is logged: the VM runs, a reboot fails to reopen that image.
+    pub(super) fn hand_over(
+        &self,
+        config: &VmInstanceConfig,
+        paths: &VmPaths,
+        images: &OpenedImages,
+        identity: VmmIdentity,
+    ) -> Result<(), InstanceError> {
+        let name = &config.name;
+        handover::hand_over_vm(paths, identity).map_err(|e| {
+            InstanceError::Internal(format!(
+                "handing VM {name}'s files to uid {}: {e}",
+                identity.uid
+            ))
+        })?;
+        for warning in handover::grant_images(&image_access(config, images), identity.uid) {
+            log::warn!("VM {name}: {warning}");
+        }
+        log::info!(
+            "VM {name}: its VMM runs as uid {} gid {} once the VM is built",
+            identity.uid,
+            identity.gid
+        );
+        Ok(())
+    }
+
+    /// Takes back what VM `config`'s VMM was handed, once it is gone, and frees its
+    /// uid. The images are opened again by the configuration's paths (the service's
+    /// descriptors of the start are closed); one that is gone has nothing to revoke.
+    pub(super) fn take_back(&self, config: &VmInstanceConfig) {
+        let name = &config.name;
+        let uid = {
+            let mut uids = self.uids();
+            let Some(uid) = uids.release(name) else {
+                return;
+            };
+            // A shared uid another VM still runs as keeps its image entries.
+            (!uids.shared_with_others(name, uid)).then_some(uid)
+        };
+        if let Err(e) = handover::take_back_vm(&self.paths(name)) {
+            log::warn!("VM {name}: cannot give its files back to the service's user: {e}");
+        }
+        let Some(uid) = uid else { return };
+        if let Ok(images) = self.config.images.open_all(config) {
+            for warning in handover::revoke_images(&image_access(config, &images), uid) {
+                log::warn!("VM {name}: {warning}");
+            }
+        }
+    }
+
+    /// Records the uid of a re-adopted VMM, read from the process.
+    pub(super) fn adopt_uid(&self, name: &str, pid: u32) {
+        if self.config.vmm_users.is_none() {
+            return;
+        }
+        match vmm_user::process_uid(&self.config.host.procfs, pid) {
+            Some(0) | None => {}
+            Some(uid) => self.uids().adopt(name, uid),
+        }
+    }
+
+    /// `/dev/vfio/N` of `bdf`'s group to the VMM of VM `name` (after a bind): it
+    /// reopens the group on a reboot, and opens a hotplugged one, without root.
+    pub(super) fn hand_vfio_group(&self, name: &str, bdf: &Bdf) {
+        let Some(users) = &self.config.vmm_users else {
+            return;
+        };
+        let Some(uid) = self.uids().held(name) else {
+            return;
+        };
+        let identity = VmmIdentity {
+            uid,
+            gid: users.gid,
+        };
+        if let Some(node) = self.vfio_node(bdf) {
+            if let Err(e) = handover::set_vfio_node_owner(&node, Some(identity)) {
+                log::warn!("VM {name}: cannot give {} to uid {uid}: {e}; a reboot or hotplug of it will fail", node.display());
+            }
+        }
+    }
+
+    /// The group nodes of `released` back to the service's user.
+    pub(super) fn take_back_vfio_groups(self: &Arc<Self>, released: &[GpuAssignment]) {
+        if self.config.vmm_users.is_none() {
+            return;
+        }
+        for assignment in released {
+            if let Some(node) = self.vfio_node(&assignment.bdf) {
+                match handover::set_vfio_node_owner(&node, None) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        log::warn!(
+                            "cannot give {} back to the service's user: {e}",
+                            node.display()
+                        )
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn vfio_node(&self, bdf: &Bdf) -> Option<PathBuf> {
+        let host = &self.config.host;
+        let group = PciFunction::read(host, bdf).ok()?.iommu_group?;
+        Some(host.vfio_group_node(group))
+    }
+}
+
+/// What the VMM reopens of `images` on a reboot, and with which access.
+fn image_access(config: &VmInstanceConfig, images: &OpenedImages) -> Vec<ImageAccess> {
+    let read = |image: &crate::instances::OpenedImage, shown: String| ImageAccess {
+        path: image.vmm_path(),
+        shown,
+        perm: acl::READ,
+    };
+    let mut access: Vec<ImageAccess> = Vec::new();
+    if let Some(kernel) = &images.kernel {
+        access.push(read(kernel, "the kernel".into()));
+    }
+    if let Some(initramfs) = &images.initramfs {
+        access.push(read(initramfs, "the initramfs".into()));
+    }
+    for (disk, image) in config.disks.iter().zip(&images.disks) {
+        let mut entry = read(image, format!("disk {}", disk.path));
+        if !disk.readonly {
+            entry.perm |= acl::WRITE;
+        }
+        access.push(entry);
+    }
+    access
+}
