@@ -61,6 +61,8 @@ pub struct Operator {
     pub admission: AdmissionLimits,
     pub logs: Option<LogLimits>,
     pub block_devices: Vec<PathBuf>,
+    /// Who VMMs give up root for.
+    pub vmm_users: Option<vmm_service::vmm_user::VmmUsers>,
 }
 
 /// Deadlines short enough for tests to reach a VMM that does not answer; the
@@ -108,6 +110,16 @@ impl Harness {
     /// A service on `fixture`, keeping its database and files in `dir`.
     pub fn with_dir(fixture: Fixture, dir: TempDir, vmm_binary: PathBuf) -> Self {
         Self::build(fixture, dir, vmm_binary, DevicePolicy::default())
+    }
+
+    /// A service on `dir` running `vmm_binary`, as `operator` configured it.
+    pub fn with_dir_as(
+        fixture: Fixture,
+        dir: TempDir,
+        vmm_binary: PathBuf,
+        operator: Operator,
+    ) -> Self {
+        Self::build_with(fixture, dir, vmm_binary, DevicePolicy::default(), operator)
     }
 
     /// A service whose operator set limits.
@@ -179,7 +191,7 @@ impl Harness {
             images: ImagePolicy::new(vec![image_dir(dir)], operator.block_devices.clone()),
             admission: operator.admission,
             logs: operator.logs.unwrap_or_default(),
-            vmm_users: None,
+            vmm_users: operator.vmm_users.clone(),
         };
         Manager::new(config, store, Box::new(SharedKernel(Arc::clone(fixture))))
     }
@@ -192,6 +204,7 @@ impl Harness {
             admission: config.admission,
             logs: Some(config.logs),
             block_devices: Vec::new(),
+            vmm_users: config.vmm_users.clone(),
         };
         let policy = config.policy.clone();
         Self::manager_on(
