@@ -109,18 +109,73 @@ no_reset_allowances() {
     done
 }
 
+# --- form-vmm without root (issue 11) -------------------------------------------------
+#
+# Every form-vmm in the lab gives up root once its VM is built. The service gives each
+# VM's VMM its own uid from LAB_VMM_UIDS; a scenario that runs form-vmm itself passes
+# $LAB_VMM_DROP (uid 65534). Their gid is LAB_KVM_GID, the group /dev/kvm is given
+# (kvm_open_to_vmm_group), as a distribution's udev rule gives it the kvm group: a
+# reboot rebuilds the VM and reopens /dev/kvm without root.
+LAB_VMM_UIDS=100000-100999
+LAB_VMM_UID=65534
+LAB_KVM_GID=36
+LAB_VMM_DROP="--uid $LAB_VMM_UID --gid $LAB_KVM_GID"
+
+# kvm_open_to_vmm_group: /dev/kvm to root:$LAB_KVM_GID, mode 0660 (devtmpfs makes it
+# root's 0600). Returns non-zero when /dev/kvm is missing or cannot be changed.
+kvm_open_to_vmm_group() {
+    [ -e /dev/kvm ] && chown "0:$LAB_KVM_GID" /dev/kvm && chmod 0660 /dev/kvm
+}
+
+# expect_vmm_confined PID [UID]: every thread of form-vmm PID runs as a uid other
+# than root (UID, when given) in all four Uid fields, with no effective capabilities,
+# under a seccomp filter (mode 2). Prints each thread's lines first, for the log.
+expect_vmm_confined() {
+    _pid=$1
+    grep -E '^(Uid|CapEff|Seccomp):' /proc/"$_pid"/task/*/status ||
+        fail "cannot read the threads of form-vmm $_pid"
+    _seen=0
+    for _task in /proc/"$_pid"/task/*; do
+        # A thread that ended since the glob has no status to check.
+        _status=$(cat "$_task/status" 2>/dev/null) || continue
+        _name=$(echo "$_status" | sed -n 's/^Name:[[:space:]]*//p')
+        _uids=$(echo "$_status" | sed -n 's/^Uid:[[:space:]]*//p')
+        _capeff=$(echo "$_status" | sed -n 's/^CapEff:[[:space:]]*//p')
+        _seccomp=$(echo "$_status" | sed -n 's/^Seccomp:[[:space:]]*//p')
+        for _u in $_uids; do
+            [ "$_u" != 0 ] || fail "form-vmm $_pid thread $_name still runs as root (Uid: $_uids)"
+            [ -z "$2" ] || [ "$_u" = "$2" ] ||
+                fail "form-vmm $_pid thread $_name runs as uid $_u, not $2 (Uid: $_uids)"
+        done
+        [ -n "$_uids" ] || fail "form-vmm $_pid thread $_name has no Uid line"
+        [ "$_capeff" = 0000000000000000 ] ||
+            fail "form-vmm $_pid thread $_name kept capabilities (CapEff: $_capeff)"
+        [ "$_seccomp" = 2 ] || fail "form-vmm $_pid thread $_name is not filtered (Seccomp: $_seccomp)"
+        _seen=$((_seen + 1))
+    done
+    [ "$_seen" -gt 0 ] || fail "form-vmm $_pid has no threads to check"
+}
+
+# vmm_uid PID: the real uid of process PID.
+vmm_uid() { sed -n 's/^Uid:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$1/status"; }
+
+# file_owner PATH: the numeric uid owning PATH.
+file_owner() { ls -ldn "$1" | awk '{ print $3 }'; }
+
 # service_start [ARGS...]: starts `vmm-service serve` on $LAB_TMP/service.sock with its
 # state and run directories under $LAB_TMP (its output appended to ./service.log) and
 # ARGS, sets service_pid and FORM_VMM_SOCKET (for form-vmm-ctl), and waits until it
-# answers.
+# answers. Each VM's form-vmm runs as its own uid of LAB_VMM_UIDS once the VM is built.
 service_start() {
     FORM_VMM_SOCKET=$LAB_TMP/service.sock
     export FORM_VMM_SOCKET
+    kvm_open_to_vmm_group || fail "cannot give /dev/kvm to group $LAB_KVM_GID (is kvm loaded?)"
     # shellcheck disable=SC2046 # one flag and one BDF per word
     # Kernels, initramfs and disks come from the lab's files and the scenario's
     # scratch directory; the service refuses any other host path.
     vmm-service serve --listen "unix:$FORM_VMM_SOCKET" --state-dir "$LAB_TMP/state" \
         --run-dir "$LAB_TMP/run" --image-dir /lab --image-dir "$LAB_TMP" \
+        --vmm-uid-range "$LAB_VMM_UIDS" --vmm-gid "$LAB_KVM_GID" \
         $(no_reset_allowances) "$@" >>service.log 2>&1 &
     service_pid=$!
     wait_until 10 service_up

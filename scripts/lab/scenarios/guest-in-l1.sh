@@ -9,8 +9,9 @@ expect_file /dev/kvm
 
 step "form-vmm runs the test guest"
 start=$(lab_uptime)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
 run_logged vmm.out form-vmm --kernel "$LAB_GUEST_ELF" --cmdline hello --memory size=64M \
-    --serial tty || fail "form-vmm exited with status $?"
+    --serial tty $LAB_VMM_DROP || fail "form-vmm exited with status $?"
 secs=$(lab_seconds_since "$start")
 expect_output vmm.out "form-test-guest: PASS" "the test guest's serial output"
 echo "LAB-TIMING guest-in-l1 form-vmm start to exit ${secs}s"

@@ -29,6 +29,19 @@ run_quiet gpus.json form-vmm-ctl --json gpu list || fail "gpu list exited with s
 owner=$(json_after gpus.json bdf "$gpu" owner)
 [ "$owner" = lab1 ] || fail "gpu list says $gpu belongs to '$owner', not lab1"
 
+# Issue 11: the VM is built, so its VMM gave up root: a uid of the service's range
+# on every thread, no capabilities, seccomp; its VFIO group node is that uid's.
+step "the VM's form-vmm runs without root, capabilities or unfiltered threads"
+pid=$(json_after info.json name lab1 pid)
+[ -n "$pid" ] && [ -d "/proc/$pid" ] || fail "the VM's VMM (pid '$pid') is not running"
+expect_vmm_confined "$pid"
+uid=$(vmm_uid "$pid")
+[ "$uid" -ge "${LAB_VMM_UIDS%-*}" ] && [ "$uid" -le "${LAB_VMM_UIDS#*-}" ] ||
+    fail "the VMM runs as uid $uid, outside the service's range $LAB_VMM_UIDS"
+node=/dev/vfio/$(pci_group "$gpu")
+[ "$(file_owner "$node")" = "$uid" ] ||
+    fail "$node belongs to uid $(file_owner "$node"), not the VMM's $uid: $(ls -ln "$node")"
+
 step "boot: the test guest scans its PCI bus and powers off"
 serial=$(json_after info.json name lab1 serial_log)
 run_logged boot.out form-vmm-ctl boot lab1 || fail "boot exited with status $?"
