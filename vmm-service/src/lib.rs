@@ -1,6 +1,7 @@
 //! The Formation VMM service.
 
 pub mod api;
+pub mod cgroups;
 pub mod cloud_init;
 pub mod gpu;
 pub mod instances;

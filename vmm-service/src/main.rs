@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use vmm_service::cgroups::CgroupTree;
 use vmm_service::instances::{
     AdmissionLimits, HostLimits, ImagePolicy, LogLimits, Manager, ServiceConfig,
     DEFAULT_LOG_INTERVAL, HOLD_CHECK_DEADLINE,
@@ -144,6 +145,11 @@ struct ServeArgs {
     /// they reopen on a guest reboot).
     #[arg(long, value_name = "GID")]
     vmm_gid: Option<u32>,
+    /// Keep VMMs in the service's own cgroup instead of one per VM
+    /// (<service's cgroup>/vms/<name>, with memory.max, pids.max and the VM's
+    /// NUMA node's cpuset), which needs a delegated cgroup v2 tree.
+    #[arg(long)]
+    no_vm_cgroups: bool,
     #[command(flatten)]
     host: HostArgs,
 }
@@ -317,6 +323,7 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
         );
     }
     let vmm_users = vmm_users(&args, &host)?;
+    let cgroups = (!args.no_vm_cgroups).then(|| vm_cgroups(&host)).flatten();
     let database = args.state_dir.join("service.db");
     let store = Store::open(&database).map_err(|e| e.to_string())?;
     let config = ServiceConfig {
@@ -352,6 +359,7 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
             interval: DEFAULT_LOG_INTERVAL,
         },
         vmm_users,
+        cgroups,
     };
     log::info!("images from {}", config.images.dirs().join(", "));
     let manager = Manager::new(config, store, Box::new(KernelSysfs));
@@ -403,6 +411,32 @@ fn vmm_users(args: &ServeArgs, host: &HostPaths) -> Result<Option<VmmUsers>, Str
         None => {}
     }
     Ok(users)
+}
+
+/// The service's cgroup v2 tree, ready for a cgroup per VM; `None`, with a
+/// warning, where there is none or it is not the service's to change.
+fn vm_cgroups(host: &HostPaths) -> Option<CgroupTree> {
+    let self_cgroup = std::fs::read_to_string(host.procfs.join("self/cgroup")).unwrap_or_default();
+    let tree = match CgroupTree::discover(&host.sysfs.join("fs/cgroup"), &self_cgroup) {
+        Ok(tree) => tree,
+        Err(e) => {
+            log::warn!("no cgroup per VM ({e}): VMMs share the service's cgroup, without memory, pids or cpuset limits of their own");
+            return None;
+        }
+    };
+    match tree.prepare(std::process::id()) {
+        Ok(()) => {
+            log::info!("each VM's VMM runs in {}/vms/<name>", tree.base().display());
+            Some(tree)
+        }
+        Err(e) => {
+            log::warn!(
+                "no cgroup per VM: cannot set up {}/vms ({e}); delegate the service's cgroup to it (systemd: Delegate=yes) or pass --no-vm-cgroups",
+                tree.base().display()
+            );
+            None
+        }
+    }
 }
 
 fn run_gpu(action: GpuCommand) -> Result<ExitCode, GpuError> {

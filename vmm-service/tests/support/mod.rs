@@ -192,6 +192,7 @@ impl Harness {
             admission: operator.admission,
             logs: operator.logs.unwrap_or_default(),
             vmm_users: operator.vmm_users.clone(),
+            cgroups: None,
         };
         Manager::new(config, store, Box::new(SharedKernel(Arc::clone(fixture))))
     }

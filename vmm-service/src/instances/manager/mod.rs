@@ -14,6 +14,7 @@ use crate::supervisor::{self, VmPaths};
 use crate::vmm_client::{VmmClient, VmmClientError, VmmDeadlines};
 use crate::vmm_user::{UidPool, VmmUsers};
 
+mod cgroups;
 mod console;
 mod device_sync;
 mod drivers;
@@ -70,6 +71,8 @@ pub struct ServiceConfig {
     pub logs: LogLimits,
     /// Who VMMs become once their VM is built; `None`: they stay root (sandboxed).
     pub vmm_users: Option<VmmUsers>,
+    /// Where each VMM gets a cgroup of its VM's; `None`: they stay in the service's.
+    pub cgroups: Option<crate::cgroups::CgroupTree>,
 }
 
 /// The default of [`ServiceConfig::hold_check`].
@@ -300,6 +303,7 @@ impl Manager {
             let how = Release::after_vmm(config.gpu_options.unbind_on_shutdown);
             self.release_gpus(name, how).await;
             self.take_back(config);
+            self.remove_cgroup(name);
             let exit = ExitInfo {
                 code: None,
                 signal: None,
@@ -371,6 +375,9 @@ impl Manager {
             supervisor::stop_child(&mut started.child).await;
             return Err(e.into());
         }
+        // Before vm.create allocates the guest's RAM, which is then charged here. A
+        // VM spread over several host nodes gets no cpuset (numa_node is None).
+        self.confine(config, placement.numa_node(), started.pid);
         let vm_config = vmm_config(config, paths, &gpus, &self.config.host, placement, &images);
         let setup = async {
             client.create(&vm_config).await.map_err(vmm_error)?;
@@ -483,6 +490,7 @@ impl Manager {
         };
         self.release_gpus(name, how).await;
         self.take_back(&record.config);
+        self.remove_cgroup(name);
         if let Err(e) = self.store().record_exit(name, &exit) {
             log::error!("VM {name}: cannot record how its VMM ended: {e}");
         }
