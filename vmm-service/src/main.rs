@@ -323,6 +323,21 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
         );
     }
     let vmm_users = vmm_users(&args, &host)?;
+    if let Some(users) = &vmm_users {
+        // Again after the tightening above: re-adopted VMMs reopen their serial logs
+        // through these on a reboot.
+        vmm_service::vmm_user::handover::open_parents_to_group(
+            &args.state_dir,
+            &args.run_dir,
+            users.gid,
+        )
+        .map_err(|e| {
+            format!(
+                "cannot open the state and run directories to group {}: {e}",
+                users.gid
+            )
+        })?;
+    }
     let cgroups = (!args.no_vm_cgroups).then(|| vm_cgroups(&host)).flatten();
     let database = args.state_dir.join("service.db");
     let store = Store::open(&database).map_err(|e| e.to_string())?;

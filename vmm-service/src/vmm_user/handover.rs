@@ -78,6 +78,14 @@ pub fn take_back_vm(paths: &VmPaths) -> io::Result<()> {
     Ok(())
 }
 
+/// The uid VM `paths`' directory was handed to, if it is not the service's own:
+/// the record of a VMM's uid that outlives the service.
+pub fn handed_to(paths: &VmPaths) -> Option<u32> {
+    let dir = paths.serial_log.parent()?;
+    let owner = fs::symlink_metadata(dir).ok()?.uid();
+    (owner != service_ids().0).then_some(owner)
+}
+
 /// A VFIO group node (`/dev/vfio/N`) to `identity` (`None`: back to the service's
 /// user), mode 0600: a VMM reopens its groups on a reboot, and opens a hotplugged
 /// device's group after it dropped root.
@@ -235,7 +243,9 @@ mod tests {
                 & 0o777,
             0o600
         );
+        assert_eq!(handed_to(&paths), Some(100_007));
         take_back_vm(&paths).unwrap();
+        assert_eq!(handed_to(&paths), None);
         for p in [
             paths.serial_log.parent().unwrap(),
             &paths.serial_log,

@@ -91,22 +91,27 @@ impl Manager {
     }
 
     /// Takes back what VM `config`'s VMM was handed, once it is gone, and frees its
-    /// uid. The images are opened again by the configuration's paths (the service's
-    /// descriptors of the start are closed); one that is gone has nothing to revoke.
+    /// uid. The uid is the one the pool holds for the VM or, for a VMM that ended
+    /// while the service was not running, the owner of the VM's directory (which
+    /// the service chowned to it): either way its directories and files go back
+    /// and its image entries go. The images are opened again by the
+    /// configuration's paths (the descriptors of the start are closed); one that is
+    /// gone has nothing to revoke.
     pub(super) fn take_back(&self, config: &VmInstanceConfig) {
         let name = &config.name;
-        let uid = {
-            let mut uids = self.uids();
-            let Some(uid) = uids.release(name) else {
-                return;
-            };
-            // A shared uid another VM still runs as keeps its image entries.
-            (!uids.shared_with_others(name, uid)).then_some(uid)
-        };
-        if let Err(e) = handover::take_back_vm(&self.paths(name)) {
+        let paths = self.paths(name);
+        let handed = self
+            .uids()
+            .release(name)
+            .or_else(|| handover::handed_to(&paths));
+        let Some(uid) = handed else { return };
+        if let Err(e) = handover::take_back_vm(&paths) {
             log::warn!("VM {name}: cannot give its files back to the service's user: {e}");
         }
-        let Some(uid) = uid else { return };
+        // A shared uid another VM still runs as keeps its image entries.
+        if self.uids().shared_with_others(name, uid) {
+            return;
+        }
         if let Ok(images) = self.config.images.open_all(config) {
             for warning in handover::revoke_images(&image_access(config, &images), uid) {
                 log::warn!("VM {name}: {warning}");
