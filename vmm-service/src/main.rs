@@ -129,8 +129,8 @@ struct ServeArgs {
     /// reset_method or reset in sysfs); repeatable.
     #[arg(long, value_name = "BDF", value_parser = parse_bdf)]
     allow_no_reset: Vec<Bdf>,
-    /// Each form-vmm gives up root for this user (name or uid, its primary group
-    /// unless --vmm-gid) once its VM is built; every VMM shares it.
+    /// Each form-vmm gives up root for this user (name or uid; gid: see
+    /// --vmm-gid) once its VM is built; every VMM shares it.
     #[arg(long, value_name = "NAME|UID", conflicts_with_all = ["vmm_uid", "vmm_uid_range"])]
     vmm_user: Option<String>,
     /// As --vmm-user, by number.
@@ -142,7 +142,7 @@ struct ServeArgs {
     #[arg(long, value_name = "FIRST-LAST", value_parser = vmm_service::vmm_user::parse_uid_range)]
     vmm_uid_range: Option<(u32, u32)>,
     /// The gid of VMMs that gave up root (default: the group of /dev/kvm, which
-    /// they reopen on a guest reboot).
+    /// they reopen on a guest reboot; without /dev/kvm, the user's own group).
     #[arg(long, value_name = "GID")]
     vmm_gid: Option<u32>,
     /// Keep VMMs in the service's own cgroup instead of one per VM

@@ -111,16 +111,25 @@ impl VmmUserOptions {
             );
         }
         let kvm = kvm_group(dev);
+        // Never root's group: a VMM without root keeps no access to root's files.
         let gid = match (self.gid, kvm) {
+            (Some(0), _) => {
+                return Err("--vmm-gid 0 is root's group; give the group of /dev/kvm (kvm)".into())
+            }
             (Some(gid), _) => gid,
-            (None, Some((gid, _))) => gid,
-            (None, None) => own_gid,
+            (None, Some((gid, _))) if gid != 0 => gid,
+            (None, _) if own_gid != 0 => own_gid,
+            (None, _) => {
+                return Err(
+                    "the VMM user's group is root's; give --vmm-gid (the group of /dev/kvm)".into(),
+                )
+            }
         };
         let mut warnings = Vec::new();
         match kvm {
             Some((kvm_gid, true)) if kvm_gid == gid => {}
             _ => warnings.push(format!(
-                "{}/kvm is not readable and writable by group {gid}: a VMM that gave up root cannot reopen it, so guest reboots and vm.boot after vm.shutdown will fail; make it 0660 with group {gid} (or pass the group of /dev/kvm as --vmm-gid)",
+                "{}/kvm is not readable and writable by the VMMs' group {gid}: a VMM that gave up root cannot reopen it, so guest reboots and vm.boot after vm.shutdown will fail; give /dev/kvm a group of its own (kvm) with mode 0660 and pass that group as --vmm-gid",
                 dev.display()
             )),
         }
@@ -212,6 +221,11 @@ mod tests {
         let kvm = dir.path().join("kvm");
         std::fs::write(&kvm, b"").unwrap();
         std::fs::set_permissions(&kvm, std::fs::Permissions::from_mode(0o660)).unwrap();
+        // As root the node is root's group, which is never taken: a kvm group.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&kvm, None, Some(36)).unwrap();
+        }
         let kvm_gid = std::fs::metadata(&kvm).unwrap().gid();
         let passwd = dir.path().join("passwd");
         std::fs::write(&passwd, "form-vmm:x:990:990::/:/bin/false\n").unwrap();
@@ -254,6 +268,33 @@ mod tests {
             ..Default::default()
         })
         .is_err());
+        assert!(resolve(VmmUserOptions {
+            uid: Some(65534),
+            gid: Some(0),
+            ..Default::default()
+        })
+        .is_err());
+    }
+
+    /// A /dev/kvm of root's group is not a group to give VMMs: the user's own is.
+    #[test]
+    fn roots_group_is_never_the_vmm_gid() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: a file of root's group needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kvm"), b"").unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "").unwrap();
+        let options = VmmUserOptions {
+            range: Some((100_000, 100_009)),
+            ..Default::default()
+        };
+        let (users, warnings) = options.resolve(dir.path(), &passwd).unwrap();
+        assert_eq!(users.unwrap().gid, 100_000);
+        assert!(warnings[0].contains("reboots"), "{warnings:?}");
     }
 
     #[test]
