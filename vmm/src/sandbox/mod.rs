@@ -137,9 +137,43 @@ pub enum SandboxError {
     AlreadySetUp,
 }
 
+/// The seccomp filters, compiled per thread kind when a thread of that kind first
+/// needs one: a VM without disks, NICs or an API socket never pays for theirs, and
+/// compiling every kind at start was a fifth of form-vmm's time to the guest's first
+/// instruction (`scripts/bench-vs-ch`).
+struct Filters {
+    mode: SeccompMode,
+    setxid: Option<SetxidTarget>,
+    compiled: std::sync::Mutex<HashMap<ThreadKind, std::sync::Arc<Vec<BpfProgram>>>>,
+}
+
+impl Filters {
+    fn get(
+        &self,
+        kind: ThreadKind,
+    ) -> Result<std::sync::Arc<Vec<BpfProgram>>, seccomp::FilterError> {
+        let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(programs) = compiled.get(&kind) {
+            return Ok(programs.clone());
+        }
+        // The refusals first: installing a filter takes prctl and seccomp, which the
+        // thread's own filter no longer allows once it is in. In log mode they would
+        // change what runs; they are part of the enforced sandbox only.
+        let mut programs = Vec::new();
+        if self.mode == SeccompMode::Kill {
+            programs.extend(seccomp::build_refusals(kind)?);
+        }
+        programs.push(seccomp::build(kind, self.mode, self.setxid)?);
+        let programs = std::sync::Arc::new(programs);
+        compiled.insert(kind, programs.clone());
+        Ok(programs)
+    }
+}
+
 /// The process's sandbox, set up once by the binary.
 struct Sandbox {
-    filters: HashMap<ThreadKind, Vec<BpfProgram>>,
+    /// `None` with `--seccomp false`.
+    filters: Option<Filters>,
     /// The command line's rules, until the first VM is built; `None` with
     /// `--landlock false`.
     landlock: Option<Vec<PathRule>>,
@@ -190,23 +224,20 @@ pub fn setup(
         uid: c.uid,
         gid: c.gid,
     });
-    let mut filters = HashMap::new();
-    if config.seccomp != SeccompMode::Off {
-        for kind in ThreadKind::ALL {
-            // The refusals first: installing a filter takes prctl and seccomp,
-            // which the thread's own filter no longer allows once it is in. In log
-            // mode they would change what runs; they are part of the enforced
-            // sandbox only.
-            let mut programs = Vec::new();
-            if config.seccomp == SeccompMode::Kill {
-                programs.extend(seccomp::build_refusals(kind)?);
-            }
-            programs.push(seccomp::build(kind, config.seccomp, setxid)?);
-            filters.insert(kind, programs);
-        }
+    let filters = if config.seccomp != SeccompMode::Off {
+        let filters = Filters {
+            mode: config.seccomp,
+            setxid,
+            compiled: Default::default(),
+        };
+        // The main thread's now, so that a filter that cannot be built stops the
+        // start; the others are the same code (and every kind is compiled in tests).
+        filters.get(ThreadKind::Main)?;
+        Some(filters)
     } else {
         log::warn!("seccomp: off (--seccomp false): the VMM's threads may make any system call");
-    }
+        None
+    };
     if config.seccomp == SeccompMode::Log {
         log::warn!(
             "seccomp: log mode: calls outside a thread's filter are allowed and logged by the \
@@ -235,8 +266,8 @@ pub fn enter(kind: ThreadKind) -> Result<(), seccomp::FilterError> {
     let Some(sandbox) = SANDBOX.get() else {
         return Ok(());
     };
-    if let Some(programs) = sandbox.filters.get(&kind) {
-        for program in programs {
+    if let Some(filters) = &sandbox.filters {
+        for program in filters.get(kind)?.iter() {
             seccomp::install(kind, program)?;
         }
         log::debug!("seccomp: {kind} thread filtered");
