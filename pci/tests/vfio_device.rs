@@ -13,7 +13,7 @@ use pci::vfio::container::DmaRegion;
 use pci::vfio::fake::FakeIommu;
 use pci::vfio::fake::{FakeOp, FakeRouting, FakeSlots, FakeVfioDevice};
 use pci::vfio::group::{check_group, GroupError};
-use pci::vfio::ops::{IrqIndex, CONFIG_REGION};
+use pci::vfio::ops::{IrqIndex, VfioDeviceOps, CONFIG_REGION};
 use pci::vfio::{
     discover_bars, place_bars, read_raw_config, BackgroundMap, BarAllocators, ConfigOptions,
     DmaGate, VfioPciDevice, VfioPciError, VfioResources,
@@ -361,6 +361,17 @@ fn bus_master_enable_waits_until_guest_ram_is_mapped() {
     r.write(0x04, &0x0002u16.to_le_bytes());
     r.write(0x04, &0x0006u16.to_le_bytes());
     assert_eq!(command_writes(&r.fake).len(), 2);
+}
+
+#[test]
+fn a_device_left_mastering_by_its_last_user_starts_with_bus_master_off() {
+    // No reset method, and its last user left memory decoding and bus mastering on.
+    let fake = FakeVfioDevice::gpu();
+    fake.poke(CONFIG_REGION, 4, &0x0006u16.to_le_bytes());
+    let r = rig(fake);
+    let mut command = [0u8; 2];
+    r.fake.region_read(CONFIG_REGION, 4, &mut command).unwrap();
+    assert_eq!(u16::from_le_bytes(command) & 0x4, 0, "bus master still on");
 }
 
 #[test]

@@ -186,6 +186,18 @@ impl VfioPciDevice {
                 .config_mut()
                 .set_interrupt_line(gsi.try_into().unwrap_or(0xff));
         }
+        // The hardware starts as the guest sees it: a device vfio-pci could not
+        // reset may still master the bus for its last user, and none may before
+        // the guest turns it on (nor, with RAM mapped in the background, before
+        // the gate opens).
+        let command = device.config.config().command();
+        if let Err(e) =
+            device
+                .ops
+                .region_write(CONFIG_REGION, COMMAND_OFFSET as u64, &command.to_le_bytes())
+        {
+            warn!("vfio {}: clearing the command register: {e}", device.name);
+        }
         Ok(device)
     }
 

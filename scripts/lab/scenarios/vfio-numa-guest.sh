@@ -22,18 +22,18 @@ for bdf in "$gpu0" "$gpu1"; do
 done
 
 step "form-vmm boots Linux with two guest nodes, a GPU on each"
-run_logged vmm.out form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz \
+form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz \
     --cmdline "console=ttyS0 panic=-1 quiet" --cpus boot=2 --serial tty \
     --memory-zone id=mem0,size=256M,host_numa_node=0 \
     --memory-zone id=mem1,size=256M,host_numa_node=1 \
     --numa "guest_numa_id=0,cpus=0,memory_zones=mem0,distances=1@20" \
     --numa "guest_numa_id=1,cpus=1,memory_zones=mem1" \
     --device "path=/sys/bus/pci/devices/$gpu0,id=gpu0" \
-    --device "path=/sys/bus/pci/devices/$gpu1,id=gpu1,numa_node=1" &
+    --device "path=/sys/bus/pci/devices/$gpu1,id=gpu1,numa_node=1" >vmm.out 2>&1 &
 vmm=$!
 wait_until 120 grep -q '^L2-NUMA-DONE' vmm.out
-expect_numa_bound "$(pidof form-vmm)"
-wait "$vmm" || fail "form-vmm exited with status $?"
+expect_numa_bound "$vmm"
+wait "$vmm" || fail "form-vmm exited with status $? ($(tail -n 3 vmm.out | tr "\n" " "))"
 ! grep -q L2-MODULE-FAIL vmm.out || fail "L2: $(grep -m1 L2-MODULE-FAIL vmm.out)"
 expect_l2_numa vmm.out
 expect_output vmm.out '^L2-PCI 0000:00:[0-9a-f.]+ 0x1234:0x1111 numa_node=0 bochs-drm' \

@@ -33,31 +33,44 @@ pub fn open_parents_to_group(state_dir: &Path, run_dir: &Path, gid: u32) -> io::
     Ok(())
 }
 
-/// The VM's two directories and the files form-vmm reopens on a reboot (serial
-/// log, seed disk); `vmm.log` goes too so its owner shows who writes it. The serial
-/// log is created here if missing: form-vmm would create it as root at its first
-/// build and could not reopen it after dropping root.
-fn vm_files(paths: &VmPaths) -> Vec<PathBuf> {
+/// The VM's two directories: they stay the service's, never the VMM's, so a VMM
+/// that a guest took over cannot plant links in them for the service (or the next
+/// form-vmm, which opens its logs there as root) to follow.
+fn vm_dirs(paths: &VmPaths) -> Vec<PathBuf> {
     [&paths.serial_log, &paths.api_socket]
         .iter()
         .filter_map(|p| p.parent().map(Path::to_path_buf))
-        .chain([
-            paths.serial_log.clone(),
-            paths.vmm_log.clone(),
-            paths.seed_image.clone(),
-        ])
         .collect()
 }
 
-/// Makes the VM's directories and files `identity`'s.
+/// The files form-vmm reopens on a reboot (serial log, seed disk); `vmm.log` goes
+/// too so its owner shows who writes it. The serial log is created here if missing:
+/// form-vmm would create it as root at its first build and could not reopen it
+/// after dropping root.
+fn vm_files(paths: &VmPaths) -> Vec<PathBuf> {
+    vec![
+        paths.serial_log.clone(),
+        paths.vmm_log.clone(),
+        paths.seed_image.clone(),
+    ]
+}
+
+/// Makes the VM's files `identity`'s, and its directories passable (not writable)
+/// by the VMMs' group: root:GID 0710.
 pub fn hand_over_vm(paths: &VmPaths, identity: VmmIdentity) -> io::Result<()> {
+    let (uid, _) = service_ids();
+    for dir in vm_dirs(paths) {
+        std::os::unix::fs::lchown(&dir, Some(uid), Some(identity.gid))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o710))?;
+    }
     OpenOptions::new()
         .create(true)
         .append(true)
         .mode(LOG_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&paths.serial_log)?;
     for path in vm_files(paths) {
-        match std::os::unix::fs::lchown(&path, Some(identity.uid), Some(identity.gid)) {
+        match own_regular_file(&path, identity.uid, identity.gid) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             other => other?,
         }
@@ -65,25 +78,49 @@ pub fn hand_over_vm(paths: &VmPaths, identity: VmmIdentity) -> io::Result<()> {
     Ok(())
 }
 
-/// Gives the VM's directories and files back to the service's own user, so the
-/// next VMM to get this uid cannot read what this VM left (its serial log).
+/// Gives the VM's files back to the service's own user and closes its directories
+/// again, so the next VMM to get this uid cannot read what this VM left (its serial
+/// log).
 pub fn take_back_vm(paths: &VmPaths) -> io::Result<()> {
     let (uid, gid) = service_ids();
     for path in vm_files(paths) {
-        match std::os::unix::fs::lchown(&path, Some(uid), Some(gid)) {
+        match own_regular_file(&path, uid, gid) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             other => other?,
         }
     }
+    for dir in vm_dirs(paths) {
+        match std::os::unix::fs::lchown(&dir, Some(uid), Some(gid)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            other => other?,
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    }
     Ok(())
 }
 
-/// The uid VM `paths`' directory was handed to, if it is not the service's own:
+/// Chowns `path` through a descriptor opened without following a link, and only
+/// if it is a regular file: whatever else is there is left alone.
+fn own_regular_file(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+}
+
+/// The uid VM `paths`' serial log was handed to, if it is not the service's own:
 /// the record of a VMM's uid that outlives the service.
 pub fn handed_to(paths: &VmPaths) -> Option<u32> {
-    let dir = paths.serial_log.parent()?;
-    let owner = fs::symlink_metadata(dir).ok()?.uid();
-    (owner != service_ids().0).then_some(owner)
+    let meta = fs::symlink_metadata(&paths.serial_log).ok()?;
+    let owner = meta.uid();
+    (meta.is_file() && owner != service_ids().0).then_some(owner)
 }
 
 /// A VFIO group node (`/dev/vfio/N`) to `identity` (`None`: back to the service's
@@ -227,13 +264,16 @@ mod tests {
             gid: 36,
         };
         hand_over_vm(&paths, identity).unwrap();
-        for p in [
+        for p in [&paths.serial_log, &paths.vmm_log] {
+            assert_eq!(owner(p), (100_007, 36), "{}", p.display());
+        }
+        // The directories stay the service's: the VMM may pass, not write.
+        for d in [
             paths.serial_log.parent().unwrap(),
             paths.api_socket.parent().unwrap(),
-            &paths.serial_log,
-            &paths.vmm_log,
         ] {
-            assert_eq!(owner(p), (100_007, 36), "{}", p.display());
+            assert_eq!(owner(d), (0, 36), "{}", d.display());
+            assert_eq!(fs::metadata(d).unwrap().permissions().mode() & 0o777, 0o710);
         }
         assert_eq!(
             fs::metadata(&paths.serial_log)
@@ -253,6 +293,34 @@ mod tests {
         ] {
             assert_eq!(owner(p), (0, 0), "{}", p.display());
         }
+    }
+
+    /// A link planted where a VM file should be is neither followed nor chowned.
+    #[test]
+    fn a_planted_link_is_not_followed() {
+        if !root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (state, run) = (dir.path().join("state"), dir.path().join("run"));
+        let paths = VmPaths::new(&run, &state, "vm1");
+        fs::create_dir_all(paths.serial_log.parent().unwrap()).unwrap();
+        fs::create_dir_all(paths.api_socket.parent().unwrap()).unwrap();
+        let target = dir.path().join("host-file");
+        fs::write(&target, b"root's").unwrap();
+        std::os::unix::fs::symlink(&target, &paths.vmm_log).unwrap();
+        let identity = VmmIdentity {
+            uid: 100_007,
+            gid: 36,
+        };
+        assert!(hand_over_vm(&paths, identity).is_err());
+        assert_eq!(owner(&target), (0, 0), "the link's target was chowned");
+        fs::remove_file(&paths.vmm_log).unwrap();
+        fs::remove_file(&paths.serial_log).unwrap();
+        std::os::unix::fs::symlink(&target, &paths.serial_log).unwrap();
+        assert!(hand_over_vm(&paths, identity).is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"root's");
+        assert_eq!(owner(&target), (0, 0));
     }
 
     /// As root on a file system with ACLs: a writable disk root alone may write

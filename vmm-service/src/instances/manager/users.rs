@@ -11,7 +11,7 @@ use crate::state::GpuAssignment;
 use crate::supervisor::VmPaths;
 use crate::vmm_user::{self, acl, handover, ImageAccess, UidPool, VmmIdentity};
 
-use super::super::images::OpenedImages;
+use super::super::images::{ImageKind, OpenedImage, OpenedImages};
 use super::{InstanceError, Manager};
 
 impl Manager {
@@ -92,31 +92,88 @@ impl Manager {
 
     /// Takes back what VM `config`'s VMM was handed, once it is gone, and frees its
     /// uid. The uid is the one the pool holds for the VM or, for a VMM that ended
-    /// while the service was not running, the owner of the VM's directory (which
-    /// the service chowned to it): either way its directories and files go back
-    /// and its image entries go. The images are opened again by the
-    /// configuration's paths (the descriptors of the start are closed); one that is
-    /// gone has nothing to revoke.
+    /// while the service was not running, the owner of the VM's serial log (which
+    /// the service chowned to it): either way its files go back and its image
+    /// entries go. Each image is opened again by the configuration's path (the
+    /// descriptors of the start are closed); one that is gone has nothing to
+    /// revoke. The uid returns to the pool only once every entry is gone: a uid
+    /// whose entry could not be removed stays out of use (logged), so no other
+    /// VM's VMM inherits access to this VM's disks.
     pub(super) fn take_back(&self, config: &VmInstanceConfig) {
         let name = &config.name;
         let paths = self.paths(name);
-        let handed = self
-            .uids()
-            .release(name)
-            .or_else(|| handover::handed_to(&paths));
-        let Some(uid) = handed else { return };
+        let held = self.uids().held(name);
+        let Some(uid) = held.or_else(|| handover::handed_to(&paths)) else {
+            return;
+        };
         if let Err(e) = handover::take_back_vm(&paths) {
             log::warn!("VM {name}: cannot give its files back to the service's user: {e}");
         }
         // A shared uid another VM still runs as keeps its image entries.
-        if self.uids().shared_with_others(name, uid) {
-            return;
-        }
-        if let Ok(images) = self.config.images.open_all(config) {
-            for warning in handover::revoke_images(&image_access(config, &images), uid) {
-                log::warn!("VM {name}: {warning}");
+        let mut revoked = true;
+        if !self.uids().shared_with_others(name, uid) {
+            let reopened = self.reopen_images(config);
+            let access: Vec<ImageAccess> = reopened.iter().map(|(_, a)| a.clone()).collect();
+            let failures = handover::revoke_images(&access, uid);
+            for warning in &failures {
+                log::error!("VM {name}: {warning}; uid {uid} stays out of the pool until the service restarts");
             }
+            revoked = failures.is_empty();
         }
+        if revoked && held.is_some() {
+            self.uids().release(name);
+        }
+    }
+
+    /// Each of `config`'s images that can still be opened, with what its VMM was
+    /// given of it; the opened image keeps `ImageAccess::path` valid.
+    fn reopen_images(&self, config: &VmInstanceConfig) -> Vec<(OpenedImage, ImageAccess)> {
+        let policy = &self.config.images;
+        let mut wanted: Vec<(String, &str, ImageKind, String, acl::Perm)> = Vec::new();
+        if let Some(kernel) = &config.kernel {
+            wanted.push((
+                "kernel".into(),
+                kernel,
+                ImageKind::Payload,
+                "the kernel".into(),
+                acl::READ,
+            ));
+        }
+        if let Some(initramfs) = &config.initramfs {
+            wanted.push((
+                "initramfs".into(),
+                initramfs,
+                ImageKind::Payload,
+                "the initramfs".into(),
+                acl::READ,
+            ));
+        }
+        for (i, disk) in config.disks.iter().enumerate() {
+            let perm = if disk.readonly {
+                acl::READ
+            } else {
+                acl::READ | acl::WRITE
+            };
+            wanted.push((
+                format!("disks[{i}].path"),
+                &disk.path,
+                ImageKind::Disk,
+                format!("disk {}", disk.path),
+                perm,
+            ));
+        }
+        wanted
+            .into_iter()
+            .filter_map(|(field, path, kind, shown, perm)| {
+                let image = policy.open(&field, path, kind).ok()?;
+                let access = ImageAccess {
+                    path: image.vmm_path(),
+                    shown,
+                    perm,
+                };
+                Some((image, access))
+            })
+            .collect()
     }
 
     /// Records the uid of a re-adopted VMM, read from the process.

@@ -25,8 +25,18 @@ use std::collections::{HashMap, HashSet};
 pub const LOCAL_DISTANCE: u8 = 10;
 pub const DEFAULT_REMOTE_DISTANCE: u8 = 20;
 
+/// Guest NUMA nodes a VM may have: more than any host has sockets (the distance
+/// matrix is nodes², so a hostile config must not pick the count).
+pub const MAX_GUEST_NODES: usize = 64;
+/// Memory zones a VM may have (each is a mapping and a KVM memory slot or two).
+pub const MAX_ZONES: usize = 128;
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NumaConfigError {
+    #[error("{0} guest NUMA nodes: at most {MAX_GUEST_NODES}")]
+    TooManyNodes(usize),
+    #[error("{0} memory zones: at most {MAX_ZONES}")]
+    TooManyZones(usize),
     #[error("memory zone id is empty: give each zone a name (id=...)")]
     EmptyZoneId,
     #[error("memory zone id '{0}' is used by more than one zone")]
@@ -233,6 +243,9 @@ pub(super) fn validate_zones(
     memory: &MemoryConfig,
     zones: &[MemoryZoneConfig],
 ) -> Result<(), NumaConfigError> {
+    if zones.len() > MAX_ZONES {
+        return Err(NumaConfigError::TooManyZones(zones.len()));
+    }
     for (name, given) in [
         ("hugepages", memory.hugepages),
         ("hugepage_size", memory.hugepage_size.is_some()),
@@ -375,6 +388,9 @@ pub(super) fn validate_numa(
     }
     if memory.zones().is_empty() {
         return Err(NumaConfigError::NumaWithoutZones);
+    }
+    if numa.len() > MAX_GUEST_NODES {
+        return Err(NumaConfigError::TooManyNodes(numa.len()));
     }
     let mut ids: Vec<u32> = Vec::with_capacity(numa.len());
     for node in numa {
@@ -591,6 +607,29 @@ mod tests {
         assert_eq!(old.numa, None);
         let text = serde_json::to_string(&old).unwrap();
         assert!(!text.contains("zones") && !text.contains("numa"), "{text}");
+    }
+
+    #[test]
+    fn hostile_counts_of_zones_and_nodes_are_refused_before_anything_is_sized() {
+        let (cpus, mut memory, _) = two_nodes();
+        let ids: Vec<String> = (0..=MAX_ZONES).map(|i| format!("m{i}")).collect();
+        memory.zones = Some(ids.iter().map(|id| zone(id, 4096)).collect());
+        assert_eq!(check(&cpus, &memory, &[]), "129 memory zones: at most 128");
+        memory.zones = Some(
+            ids[..MAX_GUEST_NODES + 1]
+                .iter()
+                .map(|id| zone(id, 4096))
+                .collect(),
+        );
+        let numa: Vec<NumaConfig> = ids[..MAX_GUEST_NODES + 1]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| node(i as u32, &[], &[id]))
+            .collect();
+        assert_eq!(
+            check(&cpus, &memory, &numa),
+            "65 guest NUMA nodes: at most 64"
+        );
     }
 
     #[test]
