@@ -90,6 +90,9 @@ pub struct VfioPciDevice {
     counters: Arc<VfioCounters>,
     released: bool,
     dma_gate: Option<Arc<DmaGate>>,
+    /// Set by whoever is about to detach the device, so that a write held at the
+    /// DMA gate lets go of the locks detaching needs.
+    detaching: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl VfioPciDevice {
@@ -179,6 +182,7 @@ impl VfioPciDevice {
             counters,
             released: false,
             dma_gate: resources.dma_gate,
+            detaching: Arc::default(),
         };
         if let Some(gsi) = resources.intx_gsi {
             device
@@ -203,6 +207,13 @@ impl VfioPciDevice {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The flag that releases a guest write held at the DMA gate (set it before
+    /// taking this device's lock to detach it): the write goes on without Bus
+    /// Master Enable.
+    pub fn detaching(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.detaching.clone()
     }
 
     pub fn counters(&self) -> Arc<VfioCounters> {
@@ -353,7 +364,7 @@ impl VfioPciDevice {
             return unchanged;
         }
         let waited = std::time::Instant::now();
-        match gate.wait() {
+        match gate.wait_unless(&self.detaching, std::time::Duration::from_millis(20)) {
             Ok(()) => {
                 log::info!(
                     "vfio {}: the guest's Bus Master Enable waited {} ms for guest RAM's DMA mapping",

@@ -84,6 +84,33 @@ impl DmaGate {
         }
     }
 
+    /// [`DmaGate::wait`], but giving up (`Err`) as soon as `give_up` is set; it is
+    /// looked at every `poll`.
+    pub fn wait_unless(
+        &self,
+        give_up: &AtomicBool,
+        poll: std::time::Duration,
+    ) -> Result<(), String> {
+        let mut state = self.lock();
+        loop {
+            match &state.outcome {
+                Some(Outcome::Mapped) => return Ok(()),
+                Some(Outcome::Failed(why)) => return Err(why.clone()),
+                Some(Outcome::Abandoned) => return Err("the VM is stopping".to_string()),
+                None if give_up.load(Ordering::SeqCst) => {
+                    return Err("the device is being removed".to_string())
+                }
+                None => {
+                    state = self
+                        .changed
+                        .wait_timeout(state, poll)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
     /// `hook` runs once if the mapping fails (at once if it already has); an
     /// abandoned mapping is no failure.
     pub fn on_failure(&self, hook: impl FnOnce(String) + Send + 'static) {
@@ -508,6 +535,25 @@ mod tests {
         assert_eq!(gate.wait().unwrap_err(), "the VM is stopping");
         assert!(!hooked.load(Ordering::SeqCst), "a stop is no failure");
         assert_eq!(iommu.snapshot(), vec![]);
+    }
+
+    #[test]
+    fn a_waiter_gives_up_when_told_and_the_gate_stays_closed() {
+        let gate = DmaGate::closed();
+        let give_up = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (gate, give_up) = (gate.clone(), give_up.clone());
+            std::thread::spawn(move || gate.wait_unless(&give_up, Duration::from_millis(5)))
+        };
+        std::thread::sleep(Duration::from_millis(30));
+        give_up.store(true, Ordering::SeqCst);
+        assert_eq!(
+            waiter.join().unwrap().unwrap_err(),
+            "the device is being removed"
+        );
+        assert!(!gate.is_open());
+        gate.finish(Outcome::Mapped);
+        assert_eq!(gate.wait_unless(&give_up, Duration::from_millis(5)), Ok(()));
     }
 
     #[test]

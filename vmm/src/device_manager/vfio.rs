@@ -103,6 +103,8 @@ struct AttachedDevice {
     host_request: Option<HostRequest>,
     /// As allocated (the allocators know these addresses, not the guest's moves).
     placed: Vec<PciBar>,
+    /// Releases a guest write held at the DMA gate ([`VfioPciDevice::detaching`]).
+    detaching: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What attaching needs from the VM.
@@ -537,12 +539,14 @@ impl VfioDevices {
             });
         }
         log::info!("vfio: {id} ({}) attached at {at}", opened.bdf);
+        let detaching = lock(&device).detaching();
         self.devices.insert(
             id.clone(),
             AttachedDevice {
                 bdf: opened.bdf,
                 path: opened.path,
                 at,
+                detaching,
                 device,
                 placed,
                 host_request,
@@ -576,6 +580,11 @@ impl VfioDevices {
     /// device.
     pub fn detach(&mut self, id: &str, vm: &mut VmResources<'_>) -> Option<PciDeviceInfo> {
         let attached = self.devices.remove(id)?;
+        // A vCPU may hold the bus and the device at the DMA gate until guest RAM is
+        // mapped: let it go first, or this waits for the whole mapping.
+        attached
+            .detaching
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         vm.pci.unplug(
             vm.buses,
             attached.at,

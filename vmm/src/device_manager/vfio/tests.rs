@@ -176,6 +176,30 @@ fn a_hotplug_during_a_deferred_mapping_waits_for_it() {
 }
 
 #[test]
+fn detaching_releases_a_bus_master_enable_held_at_the_gate() {
+    let host = lab_host();
+    *lock(&host.ram_map_delay) = std::time::Duration::from_secs(3);
+    let mut rig = Rig::new(host);
+    rig.add_mapping(EDU, Some("edu0"), DmaMapOrder::Deferred)
+        .unwrap();
+    rig.add_mapping(BARE, Some("bare0"), DmaMapOrder::Deferred)
+        .unwrap();
+    let bus = rig.pci.bus.clone();
+    // A vCPU turns bus mastering on and is held at the gate, holding the device.
+    let vcpu = std::thread::spawn(move || {
+        config_write(&bus, 1, 0, 1, 0, &0x0006u16.to_le_bytes());
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    rig.remove("edu0").unwrap();
+    assert!(
+        rig.host.ram_mapped().is_empty(),
+        "the detach waited for the mapping"
+    );
+    vcpu.join().unwrap();
+    assert!(!rig.vfio.dma_gate().unwrap().is_open());
+}
+
+#[test]
 fn removing_the_last_device_stops_a_deferred_mapping() {
     let mut rig = Rig::new(slow_mapping_host());
     rig.add_mapping(EDU, Some("edu0"), DmaMapOrder::Deferred)
