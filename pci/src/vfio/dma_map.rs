@@ -436,6 +436,22 @@ mod tests {
 
     fn no_sandbox() {}
 
+    /// `mib` MiB of RAM at 0 mapped in the background into `iommu`, 1 MiB a piece.
+    fn start(iommu: &Arc<FakeIommu>, mib: u64) -> BackgroundMap {
+        // SAFETY: the fake never touches the host addresses.
+        unsafe {
+            BackgroundMap::start(
+                iommu.clone(),
+                &[region(0, mib * MIB)],
+                MIB,
+                None,
+                Box::new(()),
+                no_sandbox,
+            )
+        }
+        .unwrap()
+    }
+
     #[test]
     fn chunks_cover_each_region_in_order_of_address() {
         let pieces = chunks(
@@ -460,18 +476,7 @@ mod tests {
     fn the_gate_opens_only_once_every_piece_is_mapped() {
         let iommu = Arc::new(FakeIommu::default());
         iommu.set_map_delay(Duration::from_millis(30));
-        // SAFETY: the fake never touches the host addresses.
-        let map = unsafe {
-            BackgroundMap::start(
-                iommu.clone(),
-                &[region(0, 4 * MIB)],
-                MIB,
-                None,
-                Box::new(()),
-                no_sandbox,
-            )
-        }
-        .unwrap();
+        let map = start(&iommu, 4);
         let gate = map.gate();
         assert!(!gate.is_open(), "four 30 ms maps cannot be done yet");
         gate.wait().unwrap();
@@ -484,18 +489,7 @@ mod tests {
         let iommu = Arc::new(FakeIommu::default());
         iommu.refuse_from(2 * MIB);
         let (tx, rx) = std::sync::mpsc::channel();
-        // SAFETY: as above.
-        let map = unsafe {
-            BackgroundMap::start(
-                iommu.clone(),
-                &[region(0, 4 * MIB)],
-                MIB,
-                None,
-                Box::new(()),
-                no_sandbox,
-            )
-        }
-        .unwrap();
+        let map = start(&iommu, 4);
         map.gate().on_failure(move |why| tx.send(why).unwrap());
         let err = map.gate().wait().unwrap_err();
         assert!(err.contains("nothing stays pinned"), "{err}");
@@ -514,18 +508,7 @@ mod tests {
     fn dropping_the_map_stops_it_and_leaves_nothing_mapped() {
         let iommu = Arc::new(FakeIommu::default());
         iommu.set_map_delay(Duration::from_millis(20));
-        // SAFETY: as above.
-        let map = unsafe {
-            BackgroundMap::start(
-                iommu.clone(),
-                &[region(0, 64 * MIB)],
-                MIB,
-                None,
-                Box::new(()),
-                no_sandbox,
-            )
-        }
-        .unwrap();
+        let map = start(&iommu, 64);
         let gate = map.gate();
         let hooked = Arc::new(AtomicBool::new(false));
         let flag = hooked.clone();
