@@ -5,6 +5,7 @@
 //! is computed by [`GuestLayout`].
 
 use crate::pci_roots::{split_windows, PciRoot, PciRootError, PciRootNeeds};
+pub use crate::region::MemoryRegion;
 
 const KIB: u64 = 1 << 10;
 const GIB: u64 = 1 << 30;
@@ -57,7 +58,8 @@ pub const PCI_MMIO32_SIZE: u64 = 0x2800_0000;
 /// NUMA nodes' root buses ([`crate::pci_roots`]).
 pub const PCI_ECAM_START: u64 = 0xe800_0000;
 pub const PCI_ECAM_SIZE: u64 = 0x0800_0000;
-pub const PCI_ECAM_BUSES: u64 = PCI_ECAM_SIZE >> 20;
+pub use crate::pci_roots::PCI_ECAM_BUSES;
+const _: () = assert!(PCI_ECAM_SIZE >> 20 == PCI_ECAM_BUSES);
 /// Platform MMIO: ACPI GED, hotplug controller and other non-PCI devices.
 pub const PLATFORM_MMIO_START: u64 = 0xf000_0000;
 pub const PLATFORM_MMIO_SIZE: u64 = 0x0ec0_0000;
@@ -95,23 +97,6 @@ const _: () = assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE == PCI_ECAM_START);
 const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE == PLATFORM_MMIO_START);
 const _: () = assert!(PLATFORM_MMIO_START + PLATFORM_MMIO_SIZE == IOAPIC_START);
 const _: () = assert!(CMDLINE_MAX_SIZE >= 4 * KIB && PD_START + 4 * 0x1000 <= CMDLINE_START);
-
-/// A range of guest physical addresses, `[start, start + size)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MemoryRegion {
-    pub start: u64,
-    pub size: u64,
-}
-
-impl MemoryRegion {
-    pub fn end(&self) -> u64 {
-        self.start + self.size
-    }
-    /// The last address in the region (for inclusive-range APIs like ACPI's).
-    pub fn last(&self) -> u64 {
-        self.end() - 1
-    }
-}
 
 /// A range of I/O virtual addresses the host IOMMU can translate, inclusive as
 /// the kernel reports them in `/sys/kernel/iommu_groups/*/reserved_regions`'

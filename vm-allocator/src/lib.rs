@@ -11,6 +11,7 @@ mod gsi;
 pub mod layout;
 pub mod pci_roots;
 mod pci_slot;
+mod region;
 
 pub use address::{AddressAllocator, AllocError};
 pub use gsi::{GsiAllocator, GsiError, FIRST_MSI_GSI};

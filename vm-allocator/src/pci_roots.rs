@@ -11,7 +11,10 @@
 //! port I/O), exactly what its devices' BARs need; bus 0 keeps the rest. A root
 //! bus's devices are cold-plugged, so that need is known when the layout is made.
 
-use crate::layout::{MemoryRegion, PCI_ECAM_BUSES};
+use crate::region::MemoryRegion;
+
+/// Buses the ECAM window of segment 0 holds (`layout::PCI_ECAM_SIZE` is 1 MiB each).
+pub const PCI_ECAM_BUSES: u64 = 128;
 
 /// Bus numbers between two nodes' root buses.
 pub const PCI_ROOT_BUS_STRIDE: u8 = 0x10;

@@ -32,9 +32,7 @@ use form_vm_allocator::layout::{
 use std::collections::BTreeSet;
 use vm_memory::{Bytes, GuestAddress};
 
-pub(crate) const OEM_ID: [u8; 6] = *b"FORMVM";
-pub(crate) const OEM_TABLE_ID: [u8; 8] = *b"FORMVMM ";
-pub(crate) const OEM_REVISION: u32 = 1;
+use crate::acpi_oem::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 const TABLE_ALIGN: u64 = 16;
 
 // MADT structure types and flags (ACPI 6.5, 5.2.12).

@@ -3,7 +3,7 @@
 //! apart the domains are. An x86 Linux guest takes its node topology from these
 //! two tables and nothing else.
 
-use crate::acpi::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
+use crate::acpi_oem::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::guest_numa::GuestNuma;
 use acpi_tables::sdt::Sdt;
 use form_vm_allocator::MemoryRegion;

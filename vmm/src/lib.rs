@@ -6,6 +6,7 @@
 
 pub mod acpi;
 pub mod acpi_numa;
+mod acpi_oem;
 pub mod acpi_pci;
 pub mod acpi_pci_roots;
 pub mod api;

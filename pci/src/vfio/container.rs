@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex};
 use form_vm_allocator::IovaRange;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError};
 
-use crate::vfio::dma_map::GuestRamDma;
+pub use crate::vfio::dma_map::{
+    dma_map_failure, map_regions, memlock_limit, DmaMapError, DmaRegion, GuestRamDma, IommuDma,
+};
 use crate::vfio::group::{check_group, GroupError};
 use crate::vfio::iova::{parse_iova_ranges, requested_argsz, IovaError, INFO_LEN};
 use crate::vfio::kernel::KernelVfioDevice;
@@ -65,54 +67,8 @@ pub enum ContainerError {
     IommuInfo(#[source] std::io::Error),
     #[error("the kernel's IOMMU info: {0}")]
     IommuInfoFormat(#[from] IovaError),
-    #[error("{0}")]
-    Memlock(String),
-    #[error("mapping guest RAM {iova:#x}+{size:#x} for device DMA: {source}")]
-    DmaMap {
-        iova: u64,
-        size: u64,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("guest memory region at {0:#x} has no host mapping")]
-    HostAddress(u64),
-    #[error("mapping guest RAM for device DMA was stopped: the VM is going away")]
-    MapCancelled,
-    #[error("{0}")]
-    Background(String),
-    #[error("cannot start the thread mapping guest RAM for device DMA: {0}")]
-    Worker(#[source] std::io::Error),
-}
-
-/// The message for a DMA map refused with `errno` after pinning `mapped` of the
-/// `needed` bytes, with the process's locked-memory limit `limit` (`None`:
-/// unlimited or unknown).
-pub fn dma_map_failure(errno: i32, needed: u64, limit: Option<u64>) -> Option<String> {
-    if errno != libc::ENOMEM && errno != libc::EPERM {
-        return None;
-    }
-    let limit = match limit {
-        Some(l) => format!("{l} bytes"),
-        None => "unlimited".to_string(),
-    };
-    Some(format!(
-        "pinning guest RAM for device DMA was refused ({}): the VM needs {needed} bytes \
-         ({} MiB) locked but RLIMIT_MEMLOCK is {limit}; raise it to at least {needed} \
-         (ulimit -l {}, LimitMEMLOCK= in the service unit, or grant CAP_IPC_LOCK)",
-        std::io::Error::from_raw_os_error(errno),
-        needed >> 20,
-        needed.div_ceil(1024),
-    ))
-}
-
-pub fn memlock_limit() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
-    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+    #[error(transparent)]
+    Dma(#[from] DmaMapError),
 }
 
 /// The PCI address a sysfs device path ends in.
@@ -123,15 +79,6 @@ pub fn bdf_of(path: &Path) -> Option<String> {
         && name.as_bytes()[7] == b':'
         && name.as_bytes()[10] == b'.';
     valid.then(|| name.to_string())
-}
-
-/// The IOMMU map and unmap calls, so the mapping logic runs in tests.
-pub trait IommuDma {
-    /// # Safety
-    /// `host..host + size` stays mapped until unmapped here; the device may read
-    /// and write it at any time.
-    unsafe fn map(&self, iova: u64, size: u64, host: *mut u8) -> std::io::Result<()>;
-    fn unmap(&self, iova: u64, size: u64) -> std::io::Result<()>;
 }
 
 impl IommuDma for VfioContainer {
@@ -149,31 +96,6 @@ impl IommuDma for VfioContainer {
         self.vfio_dma_unmap(iova, size)
             .map_err(|e| std::io::Error::other(e.to_string()))
     }
-}
-
-/// One range of guest RAM to map: IOVA (= guest physical address), size, host
-/// address.
-#[derive(Debug, Clone, Copy)]
-pub struct DmaRegion {
-    pub iova: u64,
-    pub size: u64,
-    pub host: *mut u8,
-}
-
-/// Maps every region, or none: on a failure the ones already mapped are unmapped
-/// again. A refusal for lack of lockable memory names the bytes needed and
-/// `memlock_limit`.
-///
-/// # Safety
-/// Each region satisfies [`IommuDma::map`]'s contract.
-pub unsafe fn map_regions(
-    dma: &dyn IommuDma,
-    regions: &[DmaRegion],
-    memlock_limit: Option<u64>,
-) -> Result<(), ContainerError> {
-    let never = std::sync::atomic::AtomicBool::new(false);
-    // SAFETY: passed on from the caller.
-    unsafe { super::dma_map::map_pieces(dma, regions, memlock_limit, &never) }
 }
 
 pub struct VfioDmaContainer {
@@ -376,7 +298,7 @@ mod tests {
         // SAFETY: as above.
         let err = unsafe { map_regions(&dma, &ram(), None) }.unwrap_err();
         assert!(
-            matches!(err, ContainerError::DmaMap { iova: 0, .. }),
+            matches!(err, DmaMapError::DmaMap { iova: 0, .. }),
             "{err:?}"
         );
     }

@@ -12,13 +12,97 @@
 //! gate: the held write is dropped, and whoever registered with
 //! [`DmaGate::on_failure`] stops the VM with the reason.
 
-use super::container::{
-    dma_map_failure, map_regions, memlock_limit, ContainerError, DmaRegion, IommuDma,
-};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// Why guest RAM could not be mapped for DMA.
+#[derive(Debug, thiserror::Error)]
+pub enum DmaMapError {
+    #[error("{0}")]
+    Memlock(String),
+    #[error("mapping guest RAM {iova:#x}+{size:#x} for device DMA: {source}")]
+    DmaMap {
+        iova: u64,
+        size: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("guest memory region at {0:#x} has no host mapping")]
+    HostAddress(u64),
+    #[error("mapping guest RAM for device DMA was stopped: the VM is going away")]
+    MapCancelled,
+    #[error("{0}")]
+    Background(String),
+    #[error("cannot start the thread mapping guest RAM for device DMA: {0}")]
+    Worker(#[source] std::io::Error),
+}
+
+/// The message for a DMA map refused with `errno` after pinning `mapped` of the
+/// `needed` bytes, with the process's locked-memory limit `limit` (`None`:
+/// unlimited or unknown).
+pub fn dma_map_failure(errno: i32, needed: u64, limit: Option<u64>) -> Option<String> {
+    if errno != libc::ENOMEM && errno != libc::EPERM {
+        return None;
+    }
+    let limit = match limit {
+        Some(l) => format!("{l} bytes"),
+        None => "unlimited".to_string(),
+    };
+    Some(format!(
+        "pinning guest RAM for device DMA was refused ({}): the VM needs {needed} bytes \
+         ({} MiB) locked but RLIMIT_MEMLOCK is {limit}; raise it to at least {needed} \
+         (ulimit -l {}, LimitMEMLOCK= in the service unit, or grant CAP_IPC_LOCK)",
+        std::io::Error::from_raw_os_error(errno),
+        needed >> 20,
+        needed.div_ceil(1024),
+    ))
+}
+
+pub fn memlock_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
+/// The IOMMU map and unmap calls, so the mapping logic runs in tests.
+pub trait IommuDma {
+    /// # Safety
+    /// `host..host + size` stays mapped until unmapped here; the device may read
+    /// and write it at any time.
+    unsafe fn map(&self, iova: u64, size: u64, host: *mut u8) -> std::io::Result<()>;
+    fn unmap(&self, iova: u64, size: u64) -> std::io::Result<()>;
+}
+
+/// One range of guest RAM to map: IOVA (= guest physical address), size, host
+/// address.
+#[derive(Debug, Clone, Copy)]
+pub struct DmaRegion {
+    pub iova: u64,
+    pub size: u64,
+    pub host: *mut u8,
+}
+
+/// Maps every region, or none: on a failure the ones already mapped are unmapped
+/// again. A refusal for lack of lockable memory names the bytes needed and
+/// `memlock_limit`.
+///
+/// # Safety
+/// Each region satisfies [`IommuDma::map`]'s contract.
+pub unsafe fn map_regions(
+    dma: &dyn IommuDma,
+    regions: &[DmaRegion],
+    memlock_limit: Option<u64>,
+) -> Result<(), DmaMapError> {
+    let never = std::sync::atomic::AtomicBool::new(false);
+    // SAFETY: passed on from the caller.
+    unsafe { map_pieces(dma, regions, memlock_limit, &never) }
+}
 
 /// Bytes mapped per call: small enough that a teardown waits little for the call
 /// in flight, large enough that the calls' own cost is lost in the pinning.
@@ -180,11 +264,11 @@ pub unsafe fn map_pieces(
     pieces: &[DmaRegion],
     memlock_limit: Option<u64>,
     cancel: &AtomicBool,
-) -> Result<(), ContainerError> {
+) -> Result<(), DmaMapError> {
     let needed: u64 = pieces.iter().map(|r| r.size).sum();
     for (i, r) in pieces.iter().enumerate() {
         let result = if cancel.load(Ordering::SeqCst) {
-            Err(ContainerError::MapCancelled)
+            Err(DmaMapError::MapCancelled)
         } else {
             // SAFETY: passed on from the caller.
             unsafe { dma.map(r.iova, r.size, r.host) }.map_err(|source| {
@@ -192,8 +276,8 @@ pub unsafe fn map_pieces(
                     .raw_os_error()
                     .and_then(|errno| dma_map_failure(errno, needed, memlock_limit))
                 {
-                    Some(msg) => ContainerError::Memlock(msg),
-                    None => ContainerError::DmaMap {
+                    Some(msg) => DmaMapError::Memlock(msg),
+                    None => DmaMapError::DmaMap {
                         iova: r.iova,
                         size: r.size,
                         source,
@@ -268,7 +352,7 @@ impl BackgroundMap {
                             );
                             gate.finish(Outcome::Mapped);
                         }
-                        Err(ContainerError::MapCancelled) => gate.abandon(),
+                        Err(DmaMapError::MapCancelled) => gate.abandon(),
                         Err(e) => {
                             let why = format!(
                                 "guest RAM could not be mapped for the passed-through devices' DMA: {e}; nothing stays pinned"
@@ -307,14 +391,14 @@ impl Drop for BackgroundMap {
 }
 
 /// Guest RAM as regions to map, IOVA = guest physical address.
-fn dma_regions(memory: &GuestMemoryMmap) -> Result<Vec<DmaRegion>, ContainerError> {
+fn dma_regions(memory: &GuestMemoryMmap) -> Result<Vec<DmaRegion>, DmaMapError> {
     memory
         .iter()
         .map(|region| {
             let iova = region.start_addr().0;
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|_| ContainerError::HostAddress(iova))?;
+                .map_err(|_| DmaMapError::HostAddress(iova))?;
             Ok(DmaRegion {
                 iova,
                 size: region.len(),
@@ -345,10 +429,10 @@ impl GuestRamDma {
 
     /// Maps all of guest RAM before returning; a mapping already under way is
     /// waited for. Returns the gate, open.
-    pub fn map_now(&self, memory: &GuestMemoryMmap) -> Result<Arc<DmaGate>, ContainerError> {
+    pub fn map_now(&self, memory: &GuestMemoryMmap) -> Result<Arc<DmaGate>, DmaMapError> {
         let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(gate) = gate.as_ref() {
-            gate.wait().map_err(ContainerError::Background)?;
+            gate.wait().map_err(DmaMapError::Background)?;
             return Ok(gate.clone());
         }
         let regions = dma_regions(memory)?;
@@ -366,7 +450,7 @@ impl GuestRamDma {
         &self,
         memory: &GuestMemoryMmap,
         thread_start: fn(),
-    ) -> Result<Arc<DmaGate>, ContainerError> {
+    ) -> Result<Arc<DmaGate>, DmaMapError> {
         let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(gate) = gate.as_ref() {
             return Ok(gate.clone());
@@ -384,7 +468,7 @@ impl GuestRamDma {
                 thread_start,
             )
         }
-        .map_err(ContainerError::Worker)?;
+        .map_err(DmaMapError::Worker)?;
         self.record(&regions);
         let started = map.gate();
         *self.background.lock().unwrap_or_else(|e| e.into_inner()) = Some(map);

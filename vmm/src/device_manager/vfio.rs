@@ -349,7 +349,7 @@ impl VfioDevices {
             DmaMapOrder::Deferred => ram.map_in_background(memory, dma_thread_start),
             DmaMapOrder::Upfront => ram.map_now(memory),
         }
-        .map_err(VfioError::Container)?;
+        .map_err(|e| VfioError::Container(e.into()))?;
         self.dma_gate = Some(gate);
         Ok(())
     }
