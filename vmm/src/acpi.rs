@@ -383,24 +383,9 @@ mod tests {
 
     #[test]
     fn the_xsdt_lists_srat_and_slit_when_the_guest_is_told_of_its_nodes() {
-        use crate::guest_numa::GuestNumaNode;
-        use form_vm_allocator::MemoryRegion;
         let layout = GuestLayout::new(256 << 20, 40).unwrap();
         let mem = crate::memory::create_guest_memory(&layout, &Default::default()).unwrap();
-        let half = |id: u32| GuestNumaNode {
-            id,
-            vcpus: vec![id],
-            ram: vec![MemoryRegion {
-                start: u64::from(id) * (128 << 20),
-                size: 128 << 20,
-            }],
-            host_nodes: Vec::new(),
-        };
-        let numa = GuestNuma {
-            nodes: vec![half(0), half(1)],
-            distances: vec![vec![10, 20], vec![20, 10]],
-            in_acpi: true,
-        };
+        let numa = two_nodes();
         let mut platform = AcpiPlatform {
             layout: &layout,
             vcpus: 2,
