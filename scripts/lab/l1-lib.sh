@@ -111,15 +111,13 @@ no_reset_allowances() {
 
 # --- form-vmm without root (issue 11) -------------------------------------------------
 #
-# Scenarios that run form-vmm without passed-through devices give up root once the VM
-# is built ($LAB_VMM_DROP: uid 65534), and service scenarios that call
-# `service_start_vmm_users` give each VM's VMM its own uid from LAB_VMM_UIDS. Their gid
-# is LAB_KVM_GID, the group /dev/kvm is given (kvm_open_to_vmm_group), as a
-# distribution's udev rule gives it the kvm group: a reboot rebuilds the VM and
-# reopens /dev/kvm without root. Every scenario passed with every VMM without root
-# once (2026-12-05, after L1's / became 0755), but the clean-clone CI run after it
-# froze L1 twice in service scenarios run that way, so the rest stay root until that
-# is understood (docs/security.md).
+# Every form-vmm in the lab gives up root once its VM is built. The service gives each
+# VM's VMM its own uid from LAB_VMM_UIDS; a scenario that runs form-vmm itself passes
+# $LAB_VMM_DROP (uid 65534). Their gid is LAB_KVM_GID, the group /dev/kvm is given
+# (kvm_open_to_vmm_group), as a distribution's udev rule gives it the kvm group: a
+# reboot rebuilds the VM and reopens /dev/kvm without root. A scenario that hotplugs
+# into a form-vmm it runs itself hands it the group first (vfio_group_to_vmm), as the
+# service does: form-vmm opens /dev/vfio/N after it gave up root.
 LAB_VMM_UIDS=100000-100999
 LAB_VMM_UID=65534
 LAB_KVM_GID=36
@@ -129,6 +127,15 @@ LAB_VMM_DROP="--uid $LAB_VMM_UID --gid $LAB_KVM_GID"
 # root's 0600). Returns non-zero when /dev/kvm is missing or cannot be changed.
 kvm_open_to_vmm_group() {
     [ -e /dev/kvm ] && chown "0:$LAB_KVM_GID" /dev/kvm && chmod 0660 /dev/kvm
+}
+
+# vfio_group_to_vmm BDF: /dev/vfio/N of BDF's IOMMU group to $LAB_VMM_UID, so that a
+# form-vmm run with $LAB_VMM_DROP can open it for vm.add-device.
+vfio_group_to_vmm() {
+    _group=$(pci_group "$1")
+    [ -n "$_group" ] || fail "$1 has no IOMMU group"
+    chown "$LAB_VMM_UID:$LAB_KVM_GID" "/dev/vfio/$_group" ||
+        fail "cannot give /dev/vfio/$_group to uid $LAB_VMM_UID"
 }
 
 # expect_vmm_confined PID [UID]: every thread of form-vmm PID runs as a uid other
@@ -169,25 +176,20 @@ file_owner() { ls -ldn "$1" | awk '{ print $3 }'; }
 # service_start [ARGS...]: starts `vmm-service serve` on $LAB_TMP/service.sock with its
 # state and run directories under $LAB_TMP (its output appended to ./service.log) and
 # ARGS, sets service_pid and FORM_VMM_SOCKET (for form-vmm-ctl), and waits until it
-# answers.
+# answers. Each VM's form-vmm runs as its own uid of LAB_VMM_UIDS once the VM is built.
 service_start() {
     FORM_VMM_SOCKET=$LAB_TMP/service.sock
     export FORM_VMM_SOCKET
+    kvm_open_to_vmm_group || fail "cannot give /dev/kvm to group $LAB_KVM_GID (is kvm loaded?)"
     # shellcheck disable=SC2046 # one flag and one BDF per word
     # Kernels, initramfs and disks come from the lab's files and the scenario's
     # scratch directory; the service refuses any other host path.
     vmm-service serve --listen "unix:$FORM_VMM_SOCKET" --state-dir "$LAB_TMP/state" \
         --run-dir "$LAB_TMP/run" --image-dir /lab --image-dir "$LAB_TMP" \
+        --vmm-uid-range "$LAB_VMM_UIDS" --vmm-gid "$LAB_KVM_GID" \
         $(no_reset_allowances) "$@" >>service.log 2>&1 &
     service_pid=$!
     wait_until 10 service_up
-}
-
-# service_start_vmm_users [ARGS...]: service_start, with each VM's form-vmm running as
-# its own uid of LAB_VMM_UIDS (group LAB_KVM_GID) once its VM is built.
-service_start_vmm_users() {
-    kvm_open_to_vmm_group || fail "cannot give /dev/kvm to group $LAB_KVM_GID (is kvm loaded?)"
-    service_start --vmm-uid-range "$LAB_VMM_UIDS" --vmm-gid "$LAB_KVM_GID" "$@"
 }
 
 # wait_until SECONDS COMMAND...: polls COMMAND every 0.1 s until it succeeds; fails the

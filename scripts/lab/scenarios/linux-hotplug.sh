@@ -17,14 +17,16 @@ run_logged bind.out vmm-service gpu bind --force "$gpu" || fail "gpu bind exited
 expect_driver "$gpu" vfio-pci
 
 step "form-vmm boots Linux without the GPU"
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
 form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz --api-socket "$sock" \
-    --cmdline "console=ttyS0 panic=-1 quiet" --memory size=512M --serial tty >vmm.out 2>&1 &
+    --cmdline "console=ttyS0 panic=-1 quiet" --memory size=512M --serial tty $LAB_VMM_DROP >vmm.out 2>&1 &
 vmm=$!
 wait_for_output 120 "$vmm" vmm.out '^L2-HOTPLUG-READY 0 GPUs'
 wait_until 10 vmm_api_ready "$sock"
 fds_before=$(open_fds "$vmm")
 
 step "vm.add-device: bochs-drm binds in the guest"
+vfio_group_to_vmm "$gpu"
 vmm_api "$sock" PUT vm.add-device "{\"path\":\"/sys/bus/pci/devices/$gpu\",\"id\":\"gpu0\"}" >add.json ||
     fail "vm.add-device failed: $(cat add.json)"
 cat add.json
@@ -50,9 +52,10 @@ cat vmm.out
 [ "$status" = 0 ] || fail "form-vmm exited with status $status"
 
 step "the GPU is free for another VM"
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
 run_logged vmm2.out form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty \
     --cmdline "bar-rw vendor=0x1234 device=0x1111 bar=0" \
-    --device "path=/sys/bus/pci/devices/$gpu,id=gpu0" || fail "the second form-vmm exited with status $?"
+    --device "path=/sys/bus/pci/devices/$gpu,id=gpu0" $LAB_VMM_DROP || fail "the second form-vmm exited with status $?"
 expect_guest_pass vmm2.out
 
 step "unbind the GPU"

@@ -12,7 +12,7 @@ gpu=$LAB_DISPLAY_BDF
 nic=$LAB_NIC_BDF
 
 step "vmm-service serve starts with the default allow-list"
-service_start_vmm_users
+service_start
 nic_driver=$(pci_driver "$nic")
 gpu_driver=$(pci_driver "$gpu")
 
@@ -30,7 +30,7 @@ kill "$service_pid"
 wait "$service_pid" 2>/dev/null
 
 step "vmm-service serve starts with --allow-class nic"
-service_start_vmm_users --allow-class nic
+service_start --allow-class nic
 gpu_name=$(form-vmm-ctl --json gpu list >gpus.json && json_after gpus.json bdf "$gpu" name)
 [ -n "$gpu_name" ] || fail "gpu list has no name for $gpu: $(cat gpus.json)"
 

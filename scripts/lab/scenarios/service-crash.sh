@@ -21,7 +21,7 @@ command -v form-vmm-ctl >/dev/null ||
     fail "form-vmm-ctl is not in L1: scripts/vfio-lab must build -p form-vmm-ctl and add it to /lab/bin"
 
 step "vmm-service serve starts"
-service_start_vmm_users
+service_start
 
 step "a created VM holds the GPU"
 run_logged create.out form-vmm-ctl create --name crash1 --kernel "$LAB_GUEST_ELF" \
@@ -48,7 +48,7 @@ step "kill -9 the service and start it again"
 kill -9 "$service_pid"
 wait "$service_pid" 2>/dev/null
 alive "$vmm_pid" || fail "the VMM died with the service"
-service_start_vmm_users
+service_start
 
 step "state intact, VMM re-adopted"
 [ "$(vm_field crash1 state)" = stopped ] || fail "crash1 is not stopped after the restart"

@@ -12,7 +12,7 @@ command -v form-vmm-ctl >/dev/null ||
     fail "form-vmm-ctl is not in L1: scripts/vfio-lab must build -p form-vmm-ctl and add it to /lab/bin"
 
 step "vmm-service serve starts"
-service_start_vmm_users
+service_start
 
 step "the first VM gets the GPU"
 run_logged first.out form-vmm-ctl create --name first --kernel "$LAB_GUEST_ELF" \

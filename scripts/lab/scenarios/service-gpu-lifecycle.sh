@@ -14,7 +14,7 @@ command -v form-vmm-ctl >/dev/null ||
     fail "form-vmm-ctl is not in L1: scripts/vfio-lab must build -p form-vmm-ctl and add it to /lab/bin"
 
 step "vmm-service serve starts"
-service_start_vmm_users
+service_start
 expect_driver "$gpu" bochs-drm
 
 step "create a VM with the GPU"

@@ -12,7 +12,7 @@ gpu=$LAB_SIBLING_GPU_BDF
 audio=$LAB_SIBLING_AUDIO_BDF
 
 step "vmm-service serve starts"
-service_start_vmm_users
+service_start
 expect_driver "$gpu" bochs-drm
 expect_driver "$audio" none
 

@@ -15,7 +15,7 @@ l2_numa_check 60 >check.sh
 l2_initramfs_with l2.cpio.gz check.sh
 
 step "vmm-service serve starts"
-service_start_vmm_users
+service_start
 
 step "create --boot with a GPU from each node"
 run_logged create.out form-vmm-ctl create --name numa --kernel "$LAB_L2_KERNEL" \

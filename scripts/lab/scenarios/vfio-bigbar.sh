@@ -10,9 +10,10 @@ step "bind ivshmem to vfio-pci"
 vfio_bind "$ivshmem"
 
 step "form-vmm runs bar-rw at the far end of BAR2"
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
 run_logged vmm.out form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty \
     --cmdline "bar-rw vendor=0x1af4 device=0x1110 bar=2 offset=0x1fffff000 len=0x1000" \
-    --device "path=/sys/bus/pci/devices/$ivshmem,id=shm0" || fail "form-vmm exited with status $?"
+    --device "path=/sys/bus/pci/devices/$ivshmem,id=shm0" $LAB_VMM_DROP || fail "form-vmm exited with status $?"
 expect_guest_pass vmm.out
 expect_output vmm.out '^bar 2 at 0x[0-9a-f]+ size 0x200000000 \(64-bit, prefetchable\)' "BAR2 as the guest sees it"
 # Printed only for a window above the VMM's 4 GiB identity map.

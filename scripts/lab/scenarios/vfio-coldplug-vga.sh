@@ -13,11 +13,17 @@ run_logged bind.out vmm-service gpu bind --force "$gpu" || fail "gpu bind exited
 expect_driver "$gpu" vfio-pci
 
 step "form-vmm boots the test guest with the GPU"
+# shellcheck disable=SC2086 # LAB_VMM_DROP is four words
 form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty --api-socket "$sock" \
     --cmdline "bar-rw vendor=0x1234 device=0x1111 bar=0 len=0x100000 hold=3" \
-    --device "path=/sys/bus/pci/devices/$gpu,id=gpu0" >vmm.out 2>&1 &
+    --device "path=/sys/bus/pci/devices/$gpu,id=gpu0" $LAB_VMM_DROP >vmm.out 2>&1 &
 vmm=$!
 wait_for_output 60 "$vmm" vmm.out '^holding '
+
+# Issue 11: with the GPU's BAR mapped and the guest holding, every thread of the VMM
+# runs as $LAB_VMM_UID with no capabilities and its seccomp filter.
+step "form-vmm runs as uid $LAB_VMM_UID, without capabilities, every thread filtered"
+expect_vmm_confined "$vmm" "$LAB_VMM_UID"
 expect_output vmm.out '^found 00:[0-9a-f]{2}\.0 1234:1111 class 030000' "the guest's scan"
 expect_output vmm.out '^bar 0 at 0x[0-9a-f]+ size 0x1000000 ' "the guest's BAR0"
 

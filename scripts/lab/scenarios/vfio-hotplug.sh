@@ -14,14 +14,16 @@ step "bind edu to vfio-pci"
 vfio_bind "$edu"
 
 step "form-vmm boots the test guest without edu"
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
 form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty --api-socket "$sock" \
-    --cmdline "hotplug-cycle vendor=0x1234 device=0x11e8 wait=60 eject=1" >vmm.out 2>&1 &
+    --cmdline "hotplug-cycle vendor=0x1234 device=0x11e8 wait=60 eject=1" $LAB_VMM_DROP >vmm.out 2>&1 &
 vmm=$!
 wait_for_output 30 "$vmm" vmm.out '^waiting for 1234:11e8 to appear'
 wait_until 10 vmm_api_ready "$sock"
 fds_before=$(open_fds "$vmm")
 
 step "vm.add-device: the guest finds edu"
+vfio_group_to_vmm "$edu"
 vmm_api "$sock" PUT vm.add-device "$add_body" >add.json || fail "vm.add-device failed: $(cat add.json)"
 cat add.json
 echo

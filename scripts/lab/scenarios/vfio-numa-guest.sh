@@ -22,6 +22,7 @@ for bdf in "$gpu0" "$gpu1"; do
 done
 
 step "form-vmm boots Linux with two guest nodes, a GPU on each"
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
 form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz \
     --cmdline "console=ttyS0 panic=-1 quiet" --cpus boot=2 --serial tty \
     --memory-zone id=mem0,size=256M,host_numa_node=0 \
@@ -29,7 +30,7 @@ form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz \
     --numa "guest_numa_id=0,cpus=0,memory_zones=mem0,distances=1@20" \
     --numa "guest_numa_id=1,cpus=1,memory_zones=mem1" \
     --device "path=/sys/bus/pci/devices/$gpu0,id=gpu0" \
-    --device "path=/sys/bus/pci/devices/$gpu1,id=gpu1,numa_node=1" >vmm.out 2>&1 &
+    --device "path=/sys/bus/pci/devices/$gpu1,id=gpu1,numa_node=1" $LAB_VMM_DROP >vmm.out 2>&1 &
 vmm=$!
 wait_until 120 grep -q '^L2-NUMA-DONE' vmm.out
 expect_numa_bound "$vmm"
