@@ -121,7 +121,8 @@ no_reset_allowances() {
 LAB_VMM_UIDS=100000-100999
 LAB_VMM_UID=65534
 LAB_KVM_GID=36
-LAB_VMM_DROP="--uid $LAB_VMM_UID --gid $LAB_KVM_GID"
+# With its own mount namespace too, as the service starts every form-vmm.
+LAB_VMM_DROP="--uid $LAB_VMM_UID --gid $LAB_KVM_GID --mount-ns"
 
 # kvm_open_to_vmm_group: /dev/kvm to root:$LAB_KVM_GID, mode 0660 (devtmpfs makes it
 # root's 0600). Returns non-zero when /dev/kvm is missing or cannot be changed.
@@ -165,6 +166,30 @@ expect_vmm_confined() {
         _seen=$((_seen + 1))
     done
     [ "$_seen" -gt 0 ] || fail "form-vmm $_pid has no threads to check"
+}
+
+# expect_vmm_cgroup PID NAME MEMORY_BYTES: form-vmm PID is in the service's cgroup for
+# VM NAME, /vms/NAME, whose memory.max is the guest's RAM plus the overhead the
+# service allows (64 MiB and 2 %: vmm-service/src/cgroups.rs) and whose pids.max is set.
+expect_vmm_cgroup() {
+    _cgroup=$(sed -n 's/^0:://p' "/proc/$1/cgroup")
+    [ "$_cgroup" = "/vms/$2" ] || fail "form-vmm $1 is in cgroup '$_cgroup', not /vms/$2"
+    _dir=/sys/fs/cgroup/vms/$2
+    _want=$(($3 + (64 << 20) + $3 / 50))
+    [ "$(cat "$_dir/memory.max")" = "$_want" ] ||
+        fail "$_dir/memory.max is $(cat "$_dir/memory.max"), not $_want"
+    _pids=$(cat "$_dir/pids.max")
+    [ -n "$_pids" ] && [ "$_pids" != max ] || fail "$_dir/pids.max is '$_pids', not a limit"
+    echo "LAB-NOTE form-vmm $1 in $_cgroup: memory.max $_want, pids.max $_pids"
+}
+
+# expect_vmm_mount_ns PID: form-vmm PID has a mount namespace of its own, which shows
+# /dev/kvm but not L1's /bin.
+expect_vmm_mount_ns() {
+    [ "$(readlink "/proc/$1/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ] ||
+        fail "form-vmm $1 shares L1's mount namespace"
+    [ -e "/proc/$1/root/dev/kvm" ] || fail "form-vmm $1 does not see /dev/kvm"
+    [ ! -e "/proc/$1/root/bin/busybox" ] || fail "form-vmm $1 sees L1's /bin/busybox"
 }
 
 # vmm_uid PID: the real uid of process PID.

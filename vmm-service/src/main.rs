@@ -150,6 +150,11 @@ struct ServeArgs {
     /// NUMA node's cpuset), which needs a delegated cgroup v2 tree.
     #[arg(long)]
     no_vm_cgroups: bool,
+    /// Start VMMs in the service's mount namespace instead of one of their own
+    /// that shows only their VM's directories, the image directories and the
+    /// device nodes (form-vmm --mount-ns, which needs the service to run as root).
+    #[arg(long)]
+    no_vmm_mount_ns: bool,
     #[command(flatten)]
     host: HostArgs,
 }
@@ -339,6 +344,14 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
         })?;
     }
     let cgroups = (!args.no_vm_cgroups).then(|| vm_cgroups(&host)).flatten();
+    // SAFETY: geteuid has no preconditions.
+    let vmm_mount_ns = !args.no_vmm_mount_ns && unsafe { libc::geteuid() } == 0;
+    if !args.no_vmm_mount_ns && !vmm_mount_ns {
+        log::warn!(
+            "VMMs share the service's mount namespace: making one per VMM needs root, and the \
+             service does not run as root"
+        );
+    }
     let database = args.state_dir.join("service.db");
     let store = Store::open(&database).map_err(|e| e.to_string())?;
     let config = ServiceConfig {
@@ -375,6 +388,7 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
         },
         vmm_users,
         cgroups,
+        vmm_mount_ns,
     };
     log::info!("images from {}", config.images.dirs().join(", "));
     let manager = Manager::new(config, store, Box::new(KernelSysfs));

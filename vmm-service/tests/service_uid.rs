@@ -189,6 +189,22 @@ async fn a_vmm_from_the_uid_range_runs_without_root_and_reboots() {
         assert_eq!(cap_eff, "0000000000000000", "{name} kept capabilities");
         assert_eq!(seccomp, "2", "{name}");
     }
+    // Its own mount namespace, showing its disk but not the host's /etc.
+    let ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();
+    assert_ne!(
+        ns(pid),
+        ns(std::process::id()),
+        "the VMM shares the service's mounts"
+    );
+    let vmm_root = PathBuf::from(format!("/proc/{pid}/root"));
+    assert!(!vmm_root.join("etc/passwd").exists(), "the VMM sees /etc");
+    let disk_seen = vmm_root.join(
+        std::fs::canonicalize(&disk)
+            .unwrap()
+            .strip_prefix("/")
+            .unwrap(),
+    );
+    assert!(disk_seen.exists(), "the VMM does not see its disk");
     assert_eq!(
         acl::read(&disk).unwrap().user(FIRST_UID),
         Some(acl::READ | acl::WRITE)

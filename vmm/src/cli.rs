@@ -129,6 +129,12 @@ pub struct Cli {
     #[arg(long = "landlock-rules", value_name = "PATH:ro|rw[,...]")]
     pub landlock_rules: Vec<String>,
 
+    /// A mount namespace of its own, whose root shows only the device nodes, the
+    /// --landlock-rules paths, what the VM given here names and the API socket's
+    /// directory (needs root at start). VMs created over the API may name only these.
+    #[arg(long)]
+    pub mount_ns: bool,
+
     /// Run as this user (name or uid; its primary group unless --gid) once the
     /// first VM is built: no supplementary groups, no capabilities.
     #[arg(long, value_name = "NAME|UID")]
@@ -310,6 +316,7 @@ impl Cli {
             seccomp,
             landlock,
             landlock_rules,
+            mount_ns: self.mount_ns,
             run_as,
         })
     }

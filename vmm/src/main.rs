@@ -81,7 +81,12 @@ fn run(launch: Launch) -> Result<Exit, String> {
     let signals =
         StopSignals::install().map_err(|e| format!("cannot set up signal handling: {e}"))?;
     // Still the only thread.
-    sandbox::setup(&launch.sandbox, launch.api_socket.as_deref()).map_err(|e| e.to_string())?;
+    sandbox::setup(
+        &launch.sandbox,
+        launch.api_socket.as_deref(),
+        launch.vm.as_ref(),
+    )
+    .map_err(|e| e.to_string())?;
 
     let (mut server, inbox) = match &launch.api_socket {
         Some(path) => {

@@ -454,3 +454,111 @@ fn uid_drops_root_once_the_vm_is_built() {
     let ended = wait(child, LIMIT);
     assert_eq!(ended.signal, None, "{ended:?}");
 }
+
+/// `--mount-ns`: the VMM's root shows the device nodes, what it was given and
+/// nothing else of the host (not /etc, not a directory beside its own); a reboot
+/// reopens what it needs from there; a VM created later naming a path the
+/// namespace does not show is refused with the fix; and nothing it mounted shows
+/// on the host.
+#[test]
+fn mount_ns_shows_the_vmm_only_what_it_was_given() {
+    let Some(guest) = guest_or_skip() else { return };
+    if !root() {
+        skip::<()>("a mount namespace needs root to start with");
+        return;
+    }
+    let given = TempDir::new("sandbox-mntns-in");
+    let beside = TempDir::new("sandbox-mntns-out");
+    let kernel = given.path().join("guest.elf");
+    std::fs::copy(&guest, &kernel).unwrap();
+    let secret = beside.path().join("secret");
+    std::fs::write(&secret, b"host only").unwrap();
+    let serial = given.path().join("serial.log");
+    let socket = given.path().join("api.sock");
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let args = guest_args(
+        &kernel,
+        "pci-wait vendor=0x1af4 device=0x10ff wait=30",
+        &serial,
+    );
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--api-socket", socket.to_str().unwrap(), "--mount-ns"]);
+    let child = form_vmm(&args)
+        .env("FORM_VMM_SECCOMP_TEST", "main:openat")
+        .spawn()
+        .expect("start form-vmm");
+    let pid = child.id();
+    wait_for("the API socket", LIMIT, || socket.exists());
+    wait_for("the VM to run", LIMIT, || {
+        request(&socket, "GET", "/api/v1/vm.info", None).json()["state"] == "Running"
+    });
+    let seen = |p: &Path| {
+        Path::new(&format!("/proc/{pid}/root"))
+            .join(p.strip_prefix("/").unwrap())
+            .exists()
+    };
+    for shown in [
+        &kernel,
+        &serial,
+        Path::new("/dev/kvm"),
+        Path::new("/dev/vfio"),
+    ] {
+        // What this host has of them (no /dev/vfio without VFIO).
+        if shown.exists() {
+            assert!(seen(shown), "{} is not shown to the VMM", shown.display());
+        }
+    }
+    for hidden in [
+        secret.as_path(),
+        Path::new("/etc/passwd"),
+        Path::new("/usr"),
+        Path::new("/dev/sda"),
+    ] {
+        assert!(!seen(hidden), "{} is shown to the VMM", hidden.display());
+    }
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let root_line = mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .unwrap_or_else(|| panic!("no root mount: {mounts}"));
+    assert!(
+        root_line.contains(" ro,") && root_line.contains(" - tmpfs "),
+        "the VMM's root is not a read-only tmpfs: {root_line}"
+    );
+
+    let rebooted = request(&socket, "PUT", "/api/v1/vm.reboot", None);
+    assert_eq!(rebooted.status, 204, "{rebooted:?}");
+    wait_for("the VM to run again", LIMIT, || {
+        request(&socket, "GET", "/api/v1/vm.info", None).json()["state"] == "Running"
+    });
+    let deleted = request(&socket, "PUT", "/api/v1/vm.delete", None);
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    let outside = json!({
+        "payload": {"kernel": kernel, "cmdline": "hello"},
+        "memory": {"size": 64 << 20},
+        "disks": [{"path": secret}],
+    })
+    .to_string();
+    let refused = request(&socket, "PUT", "/api/v1/vm.create", Some(&outside));
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert_eq!(refused.json()["code"], "path_not_allowed");
+    assert!(
+        refused.error().contains("mount namespace") && refused.error().contains("secret"),
+        "{refused:?}"
+    );
+    let _ = request(&socket, "PUT", "/api/v1/vmm.shutdown", None);
+    let ended = wait(child, LIMIT);
+    assert_eq!(ended.code, Some(0), "{ended:?}");
+    // Landlock refuses /etc/passwd too; the namespace does not even have it.
+    assert!(
+        ended
+            .stderr
+            .contains("the main thread's openat failed: No such file or directory"),
+        "{ended:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+        host_mounts,
+        "the VMM's mounts leaked to the host"
+    );
+}

@@ -9,7 +9,7 @@ expect_file /dev/kvm
 
 step "form-vmm runs the test guest"
 start=$(lab_uptime)
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 run_logged vmm.out form-vmm --kernel "$LAB_GUEST_ELF" --cmdline hello --memory size=64M \
     --serial tty $LAB_VMM_DROP || fail "form-vmm exited with status $?"
 secs=$(lab_seconds_since "$start")

@@ -71,7 +71,7 @@ step "form-vmm boots L2 from the virtio disk"
 start=$(lab_uptime)
 rm -f vmm.status
 {
-    # shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+    # shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
     form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz \
         --cmdline "console=ttyS0 panic=-1 quiet lab.root=/dev/vda lab.ip=$l2_ip/24 lab.peer=$l1_ip lab.token=$token" \
         --memory size=256M --serial tty \

@@ -39,7 +39,7 @@ vfio_bind "$edu"
 
 step "form-vmm boots Linux with the GPU and edu"
 start=$(lab_uptime)
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 run_logged vmm.out form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz \
     --cmdline "console=ttyS0 panic=-1 quiet" --memory size=512M --serial tty \
     --device "path=/sys/bus/pci/devices/$gpu,id=gpu0" \

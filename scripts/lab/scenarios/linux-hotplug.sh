@@ -17,7 +17,7 @@ run_logged bind.out vmm-service gpu bind --force "$gpu" || fail "gpu bind exited
 expect_driver "$gpu" vfio-pci
 
 step "form-vmm boots Linux without the GPU"
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz --api-socket "$sock" \
     --cmdline "console=ttyS0 panic=-1 quiet" --memory size=512M --serial tty $LAB_VMM_DROP >vmm.out 2>&1 &
 vmm=$!
@@ -52,7 +52,7 @@ cat vmm.out
 [ "$status" = 0 ] || fail "form-vmm exited with status $status"
 
 step "the GPU is free for another VM"
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 run_logged vmm2.out form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty \
     --cmdline "bar-rw vendor=0x1234 device=0x1111 bar=0" \
     --device "path=/sys/bus/pci/devices/$gpu,id=gpu0" $LAB_VMM_DROP || fail "the second form-vmm exited with status $?"

@@ -11,7 +11,7 @@ expect_file /dev/kvm
 
 step "form-vmm boots Linux to userspace"
 start=$(lab_uptime)
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 run_logged vmm.out form-vmm --kernel "$LAB_L2_KERNEL" --initramfs "$LAB_L2_INITRAMFS" \
     --cmdline "console=ttyS0 panic=-1 quiet" --memory size=256M --serial tty $LAB_VMM_DROP ||
     fail "form-vmm exited with status $? ($(grep -c L2-USERSPACE-OK vmm.out) userspace markers seen)"

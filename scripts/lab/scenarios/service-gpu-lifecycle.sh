@@ -42,6 +42,10 @@ node=/dev/vfio/$(pci_group "$gpu")
 [ "$(file_owner "$node")" = "$uid" ] ||
     fail "$node belongs to uid $(file_owner "$node"), not the VMM's $uid: $(ls -ln "$node")"
 
+step "the VM's form-vmm has a cgroup and a mount namespace of its own"
+expect_vmm_cgroup "$pid" lab1 $((64 << 20))
+expect_vmm_mount_ns "$pid"
+
 step "boot: the test guest scans its PCI bus and powers off"
 serial=$(json_after info.json name lab1 serial_log)
 run_logged boot.out form-vmm-ctl boot lab1 || fail "boot exited with status $?"
@@ -59,7 +63,8 @@ step "the test guest saw the GPU (1234:1111) on its bus"
 expect_output "$serial" "pci 00:[0-9a-f.]+ 1234:1111" \
     "the guest's PCI scan (form-vmm does not pass VFIO devices through yet?)"
 
-step "delete the VM"
+step "delete the VM: its cgroup goes too"
 run_logged delete.out form-vmm-ctl delete lab1 || fail "delete exited with status $?"
 expect_driver "$gpu" bochs-drm
+[ ! -e /sys/fs/cgroup/vms/lab1 ] || fail "the deleted VM's cgroup /sys/fs/cgroup/vms/lab1 is still there"
 kill "$service_pid"

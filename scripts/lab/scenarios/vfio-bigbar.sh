@@ -10,7 +10,7 @@ step "bind ivshmem to vfio-pci"
 vfio_bind "$ivshmem"
 
 step "form-vmm runs bar-rw at the far end of BAR2"
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 run_logged vmm.out form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty \
     --cmdline "bar-rw vendor=0x1af4 device=0x1110 bar=2 offset=0x1fffff000 len=0x1000" \
     --device "path=/sys/bus/pci/devices/$ivshmem,id=shm0" $LAB_VMM_DROP || fail "form-vmm exited with status $?"

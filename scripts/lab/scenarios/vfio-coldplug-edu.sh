@@ -11,7 +11,7 @@ step "bind edu to vfio-pci"
 vfio_bind "$edu"
 
 step "form-vmm runs the edu scenario"
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 run_logged vmm.out form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty \
     --cmdline edu --device "path=/sys/bus/pci/devices/$edu,id=edu0" $LAB_VMM_DROP ||
     fail "form-vmm exited with status $?"

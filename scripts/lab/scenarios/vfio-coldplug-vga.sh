@@ -13,7 +13,7 @@ run_logged bind.out vmm-service gpu bind --force "$gpu" || fail "gpu bind exited
 expect_driver "$gpu" vfio-pci
 
 step "form-vmm boots the test guest with the GPU"
-# shellcheck disable=SC2086 # LAB_VMM_DROP is four words
+# shellcheck disable=SC2086 # LAB_VMM_DROP is five words
 form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty --api-socket "$sock" \
     --cmdline "bar-rw vendor=0x1234 device=0x1111 bar=0 len=0x100000 hold=3" \
     --device "path=/sys/bus/pci/devices/$gpu,id=gpu0" $LAB_VMM_DROP >vmm.out 2>&1 &

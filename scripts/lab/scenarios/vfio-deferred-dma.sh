@@ -19,7 +19,7 @@ step "bind edu to vfio-pci"
 vfio_bind "$edu"
 
 step "the test guest's bus mastering waits for 2 GiB to be mapped"
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 run_logged guest.out form-vmm -v --kernel "$LAB_GUEST_ELF" --memory size=2G --serial tty \
     --cmdline edu --device "path=/sys/bus/pci/devices/$edu,id=edu0" $LAB_VMM_DROP ||
     fail "form-vmm exited with status $?"
@@ -76,7 +76,7 @@ run_logged bind.out vmm-service gpu bind --force "$gpu" || fail "gpu bind exited
 expect_driver "$gpu" vfio-pci
 
 step "form-vmm boots Linux with 2 GiB, the GPU and edu, RAM mapped as it boots"
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 run_logged vmm.out form-vmm -v --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz \
     --cmdline "console=ttyS0 panic=-1 quiet memmap=1M\$$page" --memory size=2G --serial tty \
     --device "path=/sys/bus/pci/devices/$gpu,id=gpu0" \

@@ -20,7 +20,7 @@ done
 
 step "form-vmm takes one member and names the idle ones"
 # The guest waits for a device that never comes, so the VM holds the group meanwhile.
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty --api-socket "$sock" \
     --cmdline "hotplug-cycle vendor=0x1234 device=0x11e8 wait=60 eject=1" \
     --device "path=/sys/bus/pci/devices/$target,id=sata0" $LAB_VMM_DROP >vmm.out 2>&1 &
@@ -42,7 +42,7 @@ expect_output vmm2.out "IOMMU group $group of $other is held by another process"
 step "the first VM lets go; the group is free again"
 kill "$vmm"
 wait "$vmm" 2>/dev/null
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 run_logged vmm3.out form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty \
     --cmdline hello --device "path=/sys/bus/pci/devices/$other,id=smbus0" $LAB_VMM_DROP ||
     fail "form-vmm could not take $other once the first VM was gone (status $?)"

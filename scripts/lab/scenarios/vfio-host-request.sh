@@ -15,7 +15,7 @@ l2_initramfs_with l2.cpio.gz check.sh
 
 step "form-vmm boots Linux with the GPU"
 vfio_bind "$gpu"
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz --api-socket "$sock" \
     --cmdline "console=ttyS0 panic=-1 quiet" --memory size=512M --serial tty \
     --device "path=/sys/bus/pci/devices/$gpu,id=gpu0" $LAB_VMM_DROP >vmm.out 2>vmm.log &

@@ -14,7 +14,7 @@ step "bind edu to vfio-pci"
 vfio_bind "$edu"
 
 step "form-vmm boots the test guest without edu"
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty --api-socket "$sock" \
     --cmdline "hotplug-cycle vendor=0x1234 device=0x11e8 wait=60 eject=1" $LAB_VMM_DROP >vmm.out 2>&1 &
 vmm=$!

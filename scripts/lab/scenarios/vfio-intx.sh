@@ -76,7 +76,7 @@ vfio_bind "$nic"
 
 step "form-vmm boots Linux with the NIC and pci=nomsi"
 start=$(lab_uptime)
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 run_logged vmm.out form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz \
     --cmdline "console=ttyS0 panic=-1 quiet pci=nomsi" --memory size=256M --serial tty \
     --device "path=/sys/bus/pci/devices/$nic,id=nic0" $LAB_VMM_DROP ||

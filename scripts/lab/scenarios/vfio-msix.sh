@@ -10,7 +10,7 @@ step "bind the NIC to vfio-pci"
 vfio_bind "$nic"
 
 step "form-vmm runs the msix scenario"
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 run_logged vmm.out form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty \
     --cmdline "msix vendor=0x8086 device=0x10d3" \
     --device "path=/sys/bus/pci/devices/$nic,id=nic0" $LAB_VMM_DROP || fail "form-vmm exited with status $?"

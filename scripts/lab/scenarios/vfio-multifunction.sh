@@ -39,7 +39,7 @@ expect_driver "$gpu" vfio-pci
 expect_driver "$audio" vfio-pci
 
 step "form-vmm boots Linux with both functions"
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 run_logged vmm.out form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz \
     --cmdline "console=ttyS0 panic=-1 quiet" --memory size=512M --serial tty \
     --device "path=/sys/bus/pci/devices/$audio,id=gpu0-f1" \
@@ -53,7 +53,7 @@ expect_output vmm.out '^L2-PCI-FUNCTION 0000:00:01\.1 0x8086:0x2668 header=00 ' 
     "the audio function at 00:01.1"
 
 step "the GPU alone: its audio function is held idle, and named"
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 run_logged vmm2.out form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty \
     --cmdline "bar-rw vendor=0x1234 device=0x1111 bar=0" \
     --device "path=/sys/bus/pci/devices/$gpu,id=gpu0" $LAB_VMM_DROP || fail "form-vmm exited with status $?"

@@ -22,7 +22,7 @@ for bdf in "$gpu0" "$gpu1"; do
 done
 
 step "form-vmm boots Linux with two guest nodes, a GPU on each"
-# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+# shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
 form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz \
     --cmdline "console=ttyS0 panic=-1 quiet" --cpus boot=2 --serial tty \
     --memory-zone id=mem0,size=256M,host_numa_node=0 \

@@ -19,7 +19,7 @@ p2p_run() {
     _out=$1 _peer=$2 _id=$3 _cmdline=$4
     _before=$(dmesg | wc -l)
     _rc=0
-    # shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid, four words (l1-lib.sh)
+    # shellcheck disable=SC2086 # LAB_VMM_DROP: --uid/--gid/--mount-ns (l1-lib.sh)
     run_logged "$_out" form-vmm --kernel "$LAB_GUEST_ELF" --memory size=64M --serial tty \
         --cmdline "$_cmdline" --device "path=/sys/bus/pci/devices/$edu,id=edu0" \
         --device "path=/sys/bus/pci/devices/$_peer,id=$_id" $LAB_VMM_DROP || _rc=$?

@@ -137,17 +137,30 @@ impl VmmUserOptions {
     }
 }
 
-/// form-vmm's arguments for `identity`: who to become after the first build, and
-/// the Landlock rules for what it reopens later (a reboot, `vm.boot` after
-/// `vm.shutdown`): its VM's directories read-write, the image directories read-only.
-/// form-vmm adds `/dev/kvm`, `/dev/vfio`, `/dev/net/tun` and what the VM names.
-pub fn vmm_args(identity: VmmIdentity, vm_dirs: &[&Path], image_dirs: &[PathBuf]) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
-        "--uid".into(),
-        identity.uid.to_string().into(),
-        "--gid".into(),
-        identity.gid.to_string().into(),
-    ];
+/// form-vmm's sandbox arguments: who to become after the first build (with
+/// `identity`), a mount namespace of its own (with `mount_ns`), and the paths both
+/// leave it, for what it reopens later (a reboot, `vm.boot` after `vm.shutdown`): its
+/// VM's directories read-write, the image directories read-only. form-vmm adds
+/// `/dev/kvm`, `/dev/vfio`, `/dev/net/tun`, the sysfs files VFIO reads and what the
+/// VM names.
+pub fn vmm_args(
+    identity: Option<VmmIdentity>,
+    mount_ns: bool,
+    vm_dirs: &[&Path],
+    image_dirs: &[PathBuf],
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    if let Some(identity) = identity {
+        args.extend([
+            "--uid".into(),
+            identity.uid.to_string().into(),
+            "--gid".into(),
+            identity.gid.to_string().into(),
+        ]);
+    }
+    if mount_ns {
+        args.push("--mount-ns".into());
+    }
     let rules = vm_dirs
         .iter()
         .map(|d| (*d, "rw"))
@@ -187,7 +200,8 @@ mod tests {
             gid: 36,
         };
         let args = vmm_args(
-            identity,
+            Some(identity),
+            true,
             &[
                 Path::new("/var/lib/form-vmm/vms/a"),
                 Path::new("/run/form-vmm/vms/a"),
@@ -205,6 +219,7 @@ mod tests {
                 "100002",
                 "--gid",
                 "36",
+                "--mount-ns",
                 "--landlock-rules",
                 "/var/lib/form-vmm/vms/a:rw",
                 "--landlock-rules",

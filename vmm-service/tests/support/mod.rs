@@ -193,6 +193,9 @@ impl Harness {
             logs: operator.logs.unwrap_or_default(),
             vmm_users: operator.vmm_users.clone(),
             cgroups: None,
+            // form-vmm needs root for it; the fake VMM ignores it.
+            // SAFETY: geteuid has no preconditions.
+            vmm_mount_ns: unsafe { libc::geteuid() } == 0,
         };
         Manager::new(config, store, Box::new(SharedKernel(Arc::clone(fixture))))
     }

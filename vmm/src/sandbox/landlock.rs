@@ -87,7 +87,7 @@ impl PathRule {
 }
 
 /// Files every VM may need, whatever its configuration.
-fn fixed_rules() -> Vec<PathRule> {
+pub fn fixed_rules() -> Vec<PathRule> {
     let device = |p: &str| PathRule {
         path: PathBuf::from(p),
         access: PathAccess::Device,

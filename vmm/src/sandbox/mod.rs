@@ -1,11 +1,12 @@
 //! form-vmm's sandbox: a seccomp filter per kind of thread, Landlock on the file
-//! system, no_new_privs, and (with `--user`/`--uid`) giving up root once the first
+//! system, a mount namespace of its own (`--mount-ns`), no_new_privs, and (with `--user`/`--uid`) giving up root once the first
 //! VM has opened what needs it. See docs/security.md, "form-vmm's sandbox".
 //!
 //! Only the `form-vmm` binary sets a sandbox up ([`setup`]); the library's own
 //! tests build VMs in their test process, where [`enter`] does nothing.
 
 pub mod landlock;
+pub mod mount_ns;
 pub mod privileges;
 pub mod seccomp;
 
@@ -111,6 +112,8 @@ pub struct SandboxConfig {
     pub seccomp: SeccompMode,
     pub landlock: bool,
     pub landlock_rules: Vec<PathRule>,
+    /// A mount namespace showing only what the rules name ([`mount_ns`]).
+    pub mount_ns: bool,
     pub run_as: Option<Credentials>,
 }
 
@@ -120,6 +123,7 @@ impl Default for SandboxConfig {
             seccomp: SeccompMode::Kill,
             landlock: true,
             landlock_rules: Vec::new(),
+            mount_ns: false,
             run_as: None,
         }
     }
@@ -133,6 +137,8 @@ pub enum SandboxError {
     Landlock(#[from] landlock::LandlockError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::FilterError),
+    #[error(transparent)]
+    MountNs(#[from] mount_ns::MountNsError),
     #[error("the sandbox is already set up")]
     AlreadySetUp,
 }
@@ -179,6 +185,8 @@ struct Sandbox {
     landlock: Option<Vec<PathRule>>,
     /// What Landlock enforces, once it does.
     landlocked: OnceLock<Rules>,
+    /// In a mount namespace of its own (`--mount-ns`).
+    mount_ns: bool,
     run_as: Option<Credentials>,
     dropped: AtomicBool,
     trip: Option<test_hook::Trip>,
@@ -193,30 +201,38 @@ static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
 /// first VM ([`after_vm_built`]), whose configuration says what to allow.
 ///
 /// `api_socket` is the API's socket: its directory joins the Landlock rules, so the
-/// socket can be removed at exit.
+/// socket can be removed at exit. `vm` is the VM given on the command line: with
+/// `--mount-ns`, the namespace entered here shows what it names.
 pub fn setup(
     config: &SandboxConfig,
     api_socket: Option<&std::path::Path>,
+    vm: Option<&VmConfig>,
 ) -> Result<(), SandboxError> {
     if SANDBOX.get().is_some() {
         return Err(SandboxError::AlreadySetUp);
     }
     privileges::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
-    let landlock = config.landlock.then(|| {
-        let mut rules = config.landlock_rules.clone();
-        if let Some(dir) = api_socket.and_then(std::path::Path::parent) {
-            let dir = if dir.as_os_str().is_empty() {
-                std::path::Path::new(".")
-            } else {
-                dir
-            };
-            rules.push(PathRule {
-                path: dir.to_path_buf(),
-                access: landlock::PathAccess::Socket,
-            });
-        }
-        rules
-    });
+    let mut rules = config.landlock_rules.clone();
+    if let Some(dir) = api_socket.and_then(std::path::Path::parent) {
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            dir
+        };
+        rules.push(PathRule {
+            path: dir.to_path_buf(),
+            access: landlock::PathAccess::Socket,
+        });
+    }
+    if config.mount_ns {
+        let shown: Vec<PathRule> = landlock::fixed_rules()
+            .into_iter()
+            .chain(rules.iter().cloned())
+            .chain(vm.map(landlock::config_rules).unwrap_or_default())
+            .collect();
+        mount_ns::enter(&mount_ns::plan(&shown))?;
+    }
+    let landlock = config.landlock.then_some(rules);
     if landlock.is_none() {
         log::info!("landlock: off (--landlock false)");
     }
@@ -248,6 +264,7 @@ pub fn setup(
         filters,
         landlock,
         landlocked: OnceLock::new(),
+        mount_ns: config.mount_ns,
         run_as: config.run_as,
         dropped: AtomicBool::new(false),
         trip: test_hook::Trip::from_env(),
@@ -296,7 +313,13 @@ fn device_thread_start(name: &str) {
 
 /// Refuses a configuration naming paths that Landlock would refuse to open.
 pub fn check_config(config: &VmConfig) -> Result<(), String> {
-    match SANDBOX.get().and_then(|sandbox| sandbox.landlocked.get()) {
+    let Some(sandbox) = SANDBOX.get() else {
+        return Ok(());
+    };
+    if sandbox.mount_ns {
+        mount_ns::check_visible(&landlock::config_rules(config))?;
+    }
+    match sandbox.landlocked.get() {
         Some(rules) => rules.check_config(config),
         None => Ok(()),
     }

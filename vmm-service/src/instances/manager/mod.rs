@@ -73,6 +73,9 @@ pub struct ServiceConfig {
     pub vmm_users: Option<VmmUsers>,
     /// Where each VMM gets a cgroup of its VM's; `None`: they stay in the service's.
     pub cgroups: Option<crate::cgroups::CgroupTree>,
+    /// Each VMM in a mount namespace of its own that shows only its VM's
+    /// directories, the image directories and the device nodes (`--mount-ns`).
+    pub vmm_mount_ns: bool,
 }
 
 /// The default of [`ServiceConfig::hold_check`].

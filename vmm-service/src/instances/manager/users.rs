@@ -31,23 +31,27 @@ impl Manager {
             .map_err(InstanceError::LimitReached)
     }
 
-    /// form-vmm's extra arguments for `identity`, and the service's directories
-    /// opened to its group (again on every start: a restart of the service
-    /// tightens the state directory back to 0700).
+    /// form-vmm's sandbox arguments (its uid with `identity`, its mount namespace,
+    /// the paths it may reopen), and the service's directories opened to its group
+    /// (again on every start: a restart of the service tightens the state directory
+    /// back to 0700).
     pub(super) fn vmm_args(
         &self,
         identity: Option<VmmIdentity>,
         paths: &VmPaths,
     ) -> Result<Vec<OsString>, InstanceError> {
-        let Some(identity) = identity else {
-            return Ok(Vec::new());
-        };
-        handover::open_parents_to_group(&self.config.state_dir, &self.config.run_dir, identity.gid)
+        if let Some(identity) = identity {
+            handover::open_parents_to_group(
+                &self.config.state_dir,
+                &self.config.run_dir,
+                identity.gid,
+            )
             .map_err(|e| {
                 InstanceError::Internal(format!(
                     "opening the state and run directories to the VMMs' group: {e}"
                 ))
             })?;
+        }
         let vm_dirs: Vec<&Path> = [&paths.serial_log, &paths.api_socket]
             .into_iter()
             .filter_map(|p| p.parent())
@@ -59,7 +63,12 @@ impl Manager {
             .into_iter()
             .map(PathBuf::from)
             .collect();
-        Ok(vmm_user::vmm_args(identity, &vm_dirs, &image_dirs))
+        Ok(vmm_user::vmm_args(
+            identity,
+            self.config.vmm_mount_ns,
+            &vm_dirs,
+            &image_dirs,
+        ))
     }
 
     /// Hands VM `config`'s directories, files and images to `identity`, once its
