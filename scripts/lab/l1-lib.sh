@@ -192,6 +192,15 @@ expect_vmm_mount_ns() {
     [ ! -e "/proc/$1/root/bin/busybox" ] || fail "form-vmm $1 sees L1's /bin/busybox"
 }
 
+# expect_vmm_sandbox SOCKET UID: form-vmm answering on SOCKET says (vmm.ping) it runs
+# as UID with seccomp killing, Landlock enforced (L1's 6.1 kernel: an older ABI than
+# form-vmm's rules, "partial") and a mount namespace of its own.
+expect_vmm_sandbox() {
+    vmm_api "$1" GET vmm.ping >ping.json || fail "vmm.ping on $1 failed: $(cat ping.json)"
+    grep -q "\"sandbox\":{\"seccomp\":\"kill\",\"landlock\":\"\(enforced\|partial\)\",\"mount_ns\":true,\"uid\":$2}" ping.json ||
+        fail "form-vmm on $1 is not sandboxed as expected (uid $2): $(cat ping.json)"
+}
+
 # vmm_uid PID: the real uid of process PID.
 vmm_uid() { sed -n 's/^Uid:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$1/status"; }
 

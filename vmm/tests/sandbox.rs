@@ -447,6 +447,16 @@ fn uid_drops_root_once_the_vm_is_built() {
             "{name}: Uid {uid}"
         );
     }
+    // vmm.ping says the same, for operators and the service.
+    let ping = request(&socket, "GET", "/api/v1/vmm.ping", None).json();
+    assert_eq!(ping["sandbox"]["uid"], 65534, "{ping}");
+    assert_eq!(ping["sandbox"]["seccomp"], "kill", "{ping}");
+    assert_eq!(ping["sandbox"]["mount_ns"], false, "{ping}");
+    assert!(
+        ["enforced", "partial", "unsupported"]
+            .contains(&ping["sandbox"]["landlock"].as_str().unwrap()),
+        "{ping}"
+    );
     let reboot = request(&socket, "PUT", "/api/v1/vm.reboot", None);
     assert_eq!(reboot.status, 500, "{reboot:?}");
     assert!(reboot.error().contains("/dev/kvm"), "{reboot:?}");
@@ -525,6 +535,10 @@ fn mount_ns_shows_the_vmm_only_what_it_was_given() {
         root_line.contains(" ro,") && root_line.contains(" - tmpfs "),
         "the VMM's root is not a read-only tmpfs: {root_line}"
     );
+
+    let ping = request(&socket, "GET", "/api/v1/vmm.ping", None).json();
+    assert_eq!(ping["sandbox"]["mount_ns"], true, "{ping}");
+    assert_eq!(ping["sandbox"]["uid"], 0, "{ping}");
 
     let rebooted = request(&socket, "PUT", "/api/v1/vm.reboot", None);
     assert_eq!(rebooted.status, 204, "{rebooted:?}");

@@ -45,6 +45,7 @@ node=/dev/vfio/$(pci_group "$gpu")
 step "the VM's form-vmm has a cgroup and a mount namespace of its own"
 expect_vmm_cgroup "$pid" lab1 $((64 << 20))
 expect_vmm_mount_ns "$pid"
+expect_vmm_sandbox "$LAB_TMP/run/vms/lab1/api.sock" "$uid"
 
 step "boot: the test guest scans its PCI bus and powers off"
 serial=$(json_after info.json name lab1 serial_log)

@@ -26,6 +26,10 @@ run_logged add.out form-vmm-ctl add-device hp1 --gpu "$gpu" ||
 expect_driver "$gpu" vfio-pci
 expect_gpu_owner "$gpu" hp1
 wait_for_vm_output 30 hp1 '^found 00:'
+# The hotplug was done by a VMM that had long given up root.
+pid=$(vm_field hp1 pid)
+expect_vmm_confined "$pid"
+expect_vmm_sandbox "$LAB_TMP/run/vms/hp1/api.sock" "$(vmm_uid "$pid")"
 
 step "remove-device: the guest ejects it; the GPU is back on bochs-drm and free"
 t0=$(lab_uptime)

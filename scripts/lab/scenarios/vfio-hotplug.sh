@@ -29,6 +29,8 @@ cat add.json
 echo
 wait_for_output 30 "$vmm" vmm.out '^found 00:'
 slot=$(sed -n 's/^found \(00:[0-9a-f]*\.[0-7]\) .*/\1/p' vmm.out)
+expect_vmm_confined "$vmm" "$LAB_VMM_UID"
+expect_vmm_sandbox "$sock" "$LAB_VMM_UID"
 
 step "vm.remove-device: the guest sees it go"
 vmm_api "$sock" PUT vm.remove-device '{"id":"edu0"}' >remove.json ||

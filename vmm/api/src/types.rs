@@ -100,6 +100,25 @@ pub struct VmmPing {
     pub version: String,
     pub pid: u32,
     pub features: Vec<String>,
+    /// How this form-vmm is confined; absent from builds older than it (and from
+    /// Cloud Hypervisor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxStatus>,
+}
+
+/// How a form-vmm process is confined (docs/security.md, "form-vmm's sandbox").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxStatus {
+    /// `kill` (a call outside a thread's filter kills the VMM), `log` or `off`.
+    pub seccomp: String,
+    /// `enforced`, `partial` (the kernel's Landlock ABI is older than form-vmm's
+    /// rules), `unsupported` (no Landlock in this kernel), `pending` (until the first
+    /// VM is built) or `off`.
+    pub landlock: String,
+    /// In a mount namespace of its own (`--mount-ns`).
+    pub mount_ns: bool,
+    /// The effective uid now: 0 until it gives root up (`--uid`, `--user`).
+    pub uid: u32,
 }
 
 /// The body of every error answer: a message for people, a stable code for

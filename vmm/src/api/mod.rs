@@ -61,6 +61,7 @@ pub fn ping_this_process() -> VmmPing {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
         features: Vec::new(),
+        sandbox: crate::sandbox::status(),
     }
 }
 

@@ -171,6 +171,8 @@ pub struct Rules {
     /// Canonical paths and their access; empty when Landlock is off.
     granted: Vec<PathRule>,
     enforced: bool,
+    /// Enforced with an older kernel ABI than the rules ask for.
+    partial: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +217,7 @@ impl Rules {
             });
         }
         let status = created.restrict_self()?;
+        let partial = status.ruleset == RulesetStatus::PartiallyEnforced;
         let enforced = match status.ruleset {
             RulesetStatus::FullyEnforced => {
                 log::info!("landlock: enforced ({} paths)", granted.len());
@@ -236,11 +239,24 @@ impl Rules {
                 false
             }
         };
-        Ok(Rules { granted, enforced })
+        Ok(Rules {
+            granted,
+            enforced,
+            partial,
+        })
     }
 
     pub fn enforced(&self) -> bool {
         self.enforced
+    }
+
+    /// What `vmm.ping` says of it: `enforced`, `partial` or `unsupported`.
+    pub fn state(&self) -> &'static str {
+        match (self.enforced, self.partial) {
+            (false, _) => "unsupported",
+            (true, true) => "partial",
+            (true, false) => "enforced",
+        }
     }
 
     /// Checks that every path `config` names is beneath a rule with enough access,

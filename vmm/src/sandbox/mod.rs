@@ -188,6 +188,8 @@ struct Sandbox {
     /// In a mount namespace of its own (`--mount-ns`).
     mount_ns: bool,
     run_as: Option<Credentials>,
+    /// The effective uid at start, before any drop.
+    start_uid: u32,
     dropped: AtomicBool,
     trip: Option<test_hook::Trip>,
 }
@@ -266,6 +268,8 @@ pub fn setup(
         landlocked: OnceLock::new(),
         mount_ns: config.mount_ns,
         run_as: config.run_as,
+        // SAFETY: geteuid has no preconditions.
+        start_uid: unsafe { libc::geteuid() },
         dropped: AtomicBool::new(false),
         trip: test_hook::Trip::from_env(),
     };
@@ -309,6 +313,32 @@ pub fn enter_or_abort(kind: ThreadKind) {
 
 fn device_thread_start(name: &str) {
     enter_or_abort(ThreadKind::of_device_thread(name));
+}
+
+/// How this process is confined, for `vmm.ping`; `None` without a sandbox (the
+/// library used in-process).
+pub fn status() -> Option<form_vmm_api::types::SandboxStatus> {
+    let sandbox = SANDBOX.get()?;
+    let seccomp = match &sandbox.filters {
+        None => "off",
+        Some(filters) if filters.mode == SeccompMode::Log => "log",
+        Some(_) => "kill",
+    };
+    let landlock = match (&sandbox.landlock, sandbox.landlocked.get()) {
+        (None, _) => "off",
+        (Some(_), None) => "pending",
+        (Some(_), Some(rules)) => rules.state(),
+    };
+    Some(form_vmm_api::types::SandboxStatus {
+        seccomp: seccomp.to_string(),
+        landlock: landlock.to_string(),
+        mount_ns: sandbox.mount_ns,
+        // Not geteuid(): the API thread that answers vmm.ping may not call it.
+        uid: match sandbox.run_as {
+            Some(to) if sandbox.dropped.load(Ordering::SeqCst) => to.uid,
+            _ => sandbox.start_uid,
+        },
+    })
 }
 
 /// Refuses a configuration naming paths that Landlock would refuse to open.
