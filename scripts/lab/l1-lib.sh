@@ -183,6 +183,14 @@ expect_vmm_cgroup() {
     echo "LAB-NOTE form-vmm $1 in $_cgroup: memory.max $_want, pids.max $_pids"
 }
 
+# note_vmm_cgroup_peak NAME: the most memory VM NAME's VMM cgroup was charged
+# (memory.peak) against its memory.max, for the log: the overhead allowance measured.
+note_vmm_cgroup_peak() {
+    _dir=/sys/fs/cgroup/vms/$1
+    [ -r "$_dir/memory.peak" ] || return 0
+    echo "LAB-NOTE cgroup of VM $1: memory.peak $(cat "$_dir/memory.peak") of memory.max $(cat "$_dir/memory.max")"
+}
+
 # expect_vmm_mount_ns PID: form-vmm PID has a mount namespace of its own, which shows
 # /dev/kvm but not L1's /bin.
 expect_vmm_mount_ns() {

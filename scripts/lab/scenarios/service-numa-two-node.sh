@@ -36,6 +36,7 @@ expect_output "$serial" '^L2-PCI 0000:00:[0-9a-f.]+ 0x1234:0x1111 numa_node=0 bo
 expect_output "$serial" '^L2-PCI 0000:10:[0-9a-f.]+ 0x1234:0x1111 numa_node=1 bochs-drm' \
     "node 1's GPU on guest node 1's root bus with numa_node 1, bochs-drm bound"
 
+note_vmm_cgroup_peak numa
 step "delete: both GPUs back on bochs-drm"
 run_logged delete.out form-vmm-ctl delete numa || fail "delete exited with status $?"
 expect_driver "$gpu0" bochs-drm
