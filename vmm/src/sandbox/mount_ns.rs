@@ -283,14 +283,34 @@ pub fn enter(binds: &[Bind]) -> Result<(), MountNsError> {
         source,
         hint: "",
     })?;
-    let dot = c"."; // a literal: no allocation can fail here
-                    // SAFETY: both arguments are NUL-terminated strings.
-    if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } != 0 {
+    let dot = c".";
+    // SAFETY: both arguments are NUL-terminated strings.
+    if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } == 0 {
+        // SAFETY: as above.
+        if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(failed("detaching the host's root from", Path::new("/")));
+        }
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // A host running from its initramfs (rootfs: stateless and PXE-booted
+        // hosts, the lab's L1) cannot pivot its root away. As container runtimes
+        // do there: move the new root over the old one, which it then hides, and
+        // chroot into it. Getting back out would take chroot(2) again, which no
+        // thread's seccomp filter allows.
+        mount(
+            Some(Path::new(".")),
+            Path::new("/"),
+            None,
+            libc::MS_MOVE,
+            None,
+        )
+        .map_err(|_| failed("moving the new root over the initramfs at", Path::new("/")))?;
+        // SAFETY: a NUL-terminated string.
+        if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
+            return Err(failed("chroot into", staging));
+        }
+        log::debug!("mount-ns: the host's root is its initramfs: moved over it and chrooted");
+    } else {
         return Err(failed("pivot_root into", staging));
-    }
-    // SAFETY: as above.
-    if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(failed("detaching the host's root from", Path::new("/")));
     }
     let back = cwd.filter(|dir| dir.is_dir()).unwrap_or_else(|| "/".into());
     std::env::set_current_dir(&back).map_err(|source| MountNsError {
