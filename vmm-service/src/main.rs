@@ -90,6 +90,11 @@ struct ServeArgs {
     /// Connections each listener holds at once; more are answered 503 and closed.
     #[arg(long, value_name = "N", default_value_t = api::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Connections one peer (an IPv4 address, or an IPv6 /64) holds at once on each
+    /// TCP listener; more are answered 503 and closed, so one client cannot take
+    /// every connection before showing a token. Loopback peers are not capped.
+    #[arg(long, value_name = "N", default_value_t = api::DEFAULT_MAX_CONNECTIONS_PER_PEER)]
+    max_connections_per_peer: usize,
     /// Seconds a connection has to send a request's headers (from when it opens or
     /// its last answer went out); an idle connection is closed after this.
     #[arg(long, value_name = "SECONDS", default_value_t = api::DEFAULT_HEADER_TIMEOUT.as_secs())]
@@ -311,8 +316,11 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 async fn serve_async(args: ServeArgs) -> Result<(), String> {
     let host = args.host.paths();
-    if args.max_connections == 0 || args.header_timeout == 0 {
-        return Err("--max-connections and --header-timeout must be at least 1".to_string());
+    if args.max_connections == 0 || args.max_connections_per_peer == 0 || args.header_timeout == 0 {
+        return Err(
+            "--max-connections, --max-connections-per-peer and --header-timeout must be at least 1"
+                .to_string(),
+        );
     }
     // Whatever the service and its VMMs create (database, logs, seed disks,
     // sockets' directories) is the service user's alone unless given a mode.
@@ -403,6 +411,7 @@ async fn serve_async(args: ServeArgs) -> Result<(), String> {
         token_file: args.token_file,
         socket_mode: args.socket_mode,
         max_connections: args.max_connections,
+        max_connections_per_peer: args.max_connections_per_peer,
         header_timeout: Duration::from_secs(args.header_timeout),
         allow_plain_tcp: args.allow_plain_tcp,
         tls: args

@@ -1,13 +1,14 @@
 //! `vmm-service serve` as a process: socket permissions, the TCP token, and a service
 //! killed with SIGKILL and started again finding its VM and the VMM still running;
-//! idle connections that cannot starve it, force binding only on the unix socket,
+//! idle connections that cannot starve it, nor one peer's take every connection,
+//! force binding only on the unix socket,
 //! plain TCP only on loopback, and a private state directory.
 
 mod common;
 mod support;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,9 @@ use serde_json::json;
 
 use common::hgx_h100;
 use support::have_python;
-use support::process::{free_port, read_until_closed, request, serve, token_file, unix, wait_for};
+use support::process::{
+    free_port, free_port_on, read_until_closed, request, serve, token_file, unix, wait_for,
+};
 
 fn kernel(dir: &Path) -> String {
     std::fs::create_dir_all(dir.join("images")).unwrap();
@@ -248,6 +251,119 @@ fn idle_connections_cannot_starve_the_service() {
     let (answer, closed) = read_until_closed(&mut keep, Duration::from_secs(5));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(closed, "the idle keep-alive connection is closed");
+}
+
+/// This host's own non-loopback IPv4 address, if it has one: the per-peer cap
+/// exempts loopback, and on Linux all of 127.0.0.0/8 is loopback. Connecting a UDP
+/// socket sends nothing; it only has the kernel pick the source address it would use.
+fn host_address() -> Option<Ipv4Addr> {
+    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("10.255.255.255:1").ok()?;
+    match socket.local_addr().ok()?.ip() {
+        IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(ip),
+        _ => None,
+    }
+}
+
+#[test]
+fn one_peer_cannot_hold_every_tcp_connection() {
+    let Some(host) = host_address() else {
+        let reason = "this host has no non-loopback IPv4 address to connect from, and loopback peers are not capped";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true and {reason}"
+        );
+        eprintln!("skipping: {reason}");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = hgx_h100().build();
+    let socket = dir.path().join("service.sock");
+    let address = SocketAddr::new(host.into(), free_port_on(host.into()));
+    let loopback = format!("127.0.0.1:{}", free_port());
+    let token = "peer-token-0123456789";
+    let token_arg = token_file(dir.path(), token);
+    // The unix socket is bound last: once it answers, both TCP listeners are
+    // bound too, and no readiness probe is left counting against this host.
+    let _service = serve(
+        dir.path(),
+        &fixture,
+        &format!("tcp:{address}"),
+        &[
+            "--listen",
+            &format!("tcp:{loopback}"),
+            "--listen",
+            &format!("unix:{}", socket.display()),
+            "--token-file",
+            &token_arg,
+            "--allow-plain-tcp",
+            "--max-connections-per-peer",
+            "4",
+        ],
+    );
+    wait_for("the listeners", || UnixStream::connect(&socket).is_ok());
+    // A refused connection is answered and closed at once; one held open hears
+    // nothing until it sends a request.
+    let held_open = |stream: &mut TcpStream, within: Duration| {
+        let (answer, closed) = read_until_closed(stream, within);
+        answer.is_empty() && !closed
+    };
+    let moment = Duration::from_millis(50);
+
+    let mut idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(address).unwrap())
+        .collect();
+    // The fifth from this host is refused, with 252 of --max-connections left.
+    let mut fifth = TcpStream::connect(address).unwrap();
+    let (answer, closed) = read_until_closed(&mut fifth, Duration::from_secs(2));
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"too_many_connections_from_peer\""),
+        "{answer}"
+    );
+    assert!(answer.contains("--max-connections-per-peer 4"), "{answer}");
+    assert!(closed, "a connection over its peer's cap is closed");
+    for stream in &mut idle {
+        // Accepted before the fifth, which was refused: no wait needed.
+        assert!(
+            held_open(stream, moment),
+            "a connection within the cap stays open"
+        );
+    }
+
+    // Loopback peers are capped by the listener only: the CLI and local tunnels
+    // all come from 127.0.0.1.
+    let mut local: Vec<TcpStream> = (0..6)
+        .map(|_| TcpStream::connect(&loopback).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for stream in &mut local {
+        assert!(
+            held_open(stream, moment),
+            "a loopback connection beyond 4 is held"
+        );
+    }
+    let mut stream = TcpStream::connect(&loopback).unwrap();
+    let (status, body) = request(&mut stream, "GET", "/v1/ping", None, Some(token));
+    assert_eq!(status, 200, "{body}");
+
+    // Once the host closes one of its connections, it may open another.
+    drop(idle.pop());
+    let mut admitted = None;
+    wait_for("the closed connection to be given back to its peer", || {
+        let mut probe = TcpStream::connect(address).unwrap();
+        let open = held_open(&mut probe, Duration::from_millis(500));
+        admitted = open.then_some(probe);
+        open
+    });
+    let (status, body) = request(
+        admitted.as_mut().unwrap(),
+        "GET",
+        "/v1/ping",
+        None,
+        Some(token),
+    );
+    assert_eq!(status, 200, "{body}");
 }
 
 #[test]

@@ -3,8 +3,11 @@
 //! accepts plain text on a network), or several of them. Each listener holds a
 //! bounded number of connections and closes those that send nothing in time (a TLS
 //! handshake included), so idle clients cannot use up the service's descriptors.
+//! A TCP listener also caps the connections of each peer, so one client cannot
+//! hold all of them before ever showing a token.
 
 use std::fs;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -17,6 +20,7 @@ use axum::{Extension, Router};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::auth::require_token;
+use super::peer_cap::PeerCap;
 use super::tls::{self, TlsError, TlsFiles};
 
 pub const DEFAULT_SOCKET: &str = "/run/form-vmm/service.sock";
@@ -78,6 +82,10 @@ pub struct ServeOptions {
     /// Connections each listener holds at once; more are answered
     /// `503 too_many_connections` and closed.
     pub max_connections: usize,
+    /// Connections one peer (an IPv4 address, an IPv6 /64) holds at once on each
+    /// TCP listener; more are answered `503 too_many_connections_from_peer` and
+    /// closed. Loopback peers and unix sockets have only `max_connections`.
+    pub max_connections_per_peer: usize,
     /// How long a connection may take to send a request's headers, counted from
     /// when it opens or its previous answer was sent: an idle connection (a
     /// keep-alive one too) is closed after this.
@@ -89,6 +97,7 @@ pub struct ServeOptions {
 }
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 32;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for ServeOptions {
@@ -97,6 +106,7 @@ impl Default for ServeOptions {
             token_file: None,
             socket_mode: 0o660,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             allow_plain_tcp: false,
             tls: None,
@@ -176,18 +186,20 @@ pub async fn serve(
         }
     }
     let mut tasks = tokio::task::JoinSet::new();
+    let limits = Limits::from(options);
     for (listener, router, name) in bound {
+        let per_peer = match listener {
+            Bound::Unix(_) => String::new(),
+            Bound::Tcp(_) | Bound::Tls(..) => {
+                format!(", {} per peer", limits.max_connections_per_peer)
+            }
+        };
         log::info!(
-            "listening on {name} (at most {} connections, {:?} to send a request)",
-            options.max_connections,
-            options.header_timeout
+            "listening on {name} (at most {} connections{per_peer}, {:?} to send a request)",
+            limits.max_connections,
+            limits.header_timeout
         );
-        tasks.spawn(accept_loop(
-            listener,
-            router,
-            options.max_connections,
-            options.header_timeout,
-        ));
+        tasks.spawn(accept_loop(listener, router, limits));
     }
     match tasks.join_next().await {
         Some(Ok(Err(e))) => Err(e),
@@ -207,12 +219,17 @@ enum Bound {
 }
 
 impl Bound {
-    async fn accept(&self) -> std::io::Result<Stream> {
+    /// The next connection, with its peer's address on TCP.
+    async fn accept(&self) -> std::io::Result<(Stream, Option<IpAddr>)> {
         match self {
-            Self::Unix(listener) => listener.accept().await.map(|(s, _)| Stream::Unix(s)),
-            Self::Tcp(listener) | Self::Tls(listener, _) => {
-                listener.accept().await.map(|(s, _)| Stream::Tcp(s))
-            }
+            Self::Unix(listener) => listener
+                .accept()
+                .await
+                .map(|(s, _)| (Stream::Unix(s), None)),
+            Self::Tcp(listener) | Self::Tls(listener, _) => listener
+                .accept()
+                .await
+                .map(|(s, peer)| (Stream::Tcp(s), Some(peer.ip()))),
         }
     }
 
@@ -300,11 +317,26 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// The answer to a connection over the cap, written without waiting and closed.
+/// The answer to a connection over the listener's cap, written without waiting and
+/// closed.
 fn over_capacity(max: usize) -> Vec<u8> {
-    let body = format!(
-        "{{\"error\":{{\"code\":\"too_many_connections\",\"message\":\"this listener holds its maximum of {max} connections (--max-connections); retry shortly, and close connections you do not use\"}}}}"
-    );
+    refusal(
+        "too_many_connections",
+        &format!("this listener holds its maximum of {max} connections (--max-connections); retry shortly, and close connections you do not use"),
+    )
+}
+
+/// The answer to a connection over its peer's cap.
+fn over_peer_capacity(max: usize) -> Vec<u8> {
+    refusal(
+        "too_many_connections_from_peer",
+        &format!("your address already holds {max} connections to this listener, the most one peer may (--max-connections-per-peer {max}); close idle connections and retry, or, if many clients share this address, ask the operator to raise --max-connections-per-peer"),
+    )
+}
+
+/// A 503 with a JSON error body; `message` must need no JSON escaping.
+fn refusal(code: &str, message: &str) -> Vec<u8> {
+    let body = format!("{{\"error\":{{\"code\":\"{code}\",\"message\":\"{message}\"}}}}");
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
         body.len()
@@ -312,16 +344,39 @@ fn over_capacity(max: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn accept_loop(
-    listener: Bound,
-    router: Router,
+/// What `accept_loop` needs of [`ServeOptions`].
+#[derive(Debug, Clone, Copy)]
+struct Limits {
     max_connections: usize,
+    max_connections_per_peer: usize,
     header_timeout: Duration,
-) -> Result<(), ListenError> {
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    let refusal = over_capacity(max_connections);
+}
+
+impl From<&ServeOptions> for Limits {
+    fn from(options: &ServeOptions) -> Self {
+        Self {
+            max_connections: options.max_connections,
+            max_connections_per_peer: options.max_connections_per_peer,
+            header_timeout: options.header_timeout,
+        }
+    }
+}
+
+async fn accept_loop(listener: Bound, router: Router, limits: Limits) -> Result<(), ListenError> {
+    let header_timeout = limits.header_timeout;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let peers = PeerCap::new(limits.max_connections_per_peer);
+    let listener_full = over_capacity(limits.max_connections);
+    let peer_full = over_peer_capacity(limits.max_connections_per_peer);
+    // A TLS client gets no 503: it would take a handshake, which is the work the
+    // caps are there to refuse. It sees the connection closed.
+    let refuse = |stream: Stream, answer: &[u8]| {
+        if listener.tls().is_none() {
+            stream.try_write(answer);
+        }
+    };
     loop {
-        let stream = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(stream) => stream,
             Err(e) => {
                 // Out of descriptors (EMFILE, ENFILE) or a connection reset before
@@ -332,21 +387,29 @@ async fn accept_loop(
                 continue;
             }
         };
+        // The peer first: a peer over its own cap is told so (its own connections
+        // are what it should close), and takes no listener slot.
+        let peer_slot = match peer {
+            Some(ip) => match peers.try_acquire(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    refuse(stream, &peer_full);
+                    continue;
+                }
+            },
+            None => None,
+        };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            // A TLS client gets no 503: it would take a handshake, which is the
-            // work the cap is there to refuse. It sees the connection closed.
-            if listener.tls().is_none() {
-                stream.try_write(&refusal);
-            }
+            refuse(stream, &listener_full);
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let acceptor = listener.tls().cloned();
         tokio::spawn(async move {
-            // The slot is held through the handshake, and the handshake gets the
-            // header timeout, so silent clients cannot pile up ahead of the cap.
+            // The slots are held through the handshake, and the handshake gets the
+            // header timeout, so silent clients cannot pile up ahead of the caps.
             let Some(stream) = stream.secured(acceptor.as_ref(), header_timeout).await else {
-                drop(slot);
+                drop((slot, peer_slot));
                 return;
             };
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -358,7 +421,7 @@ async fn accept_loop(
             if let Err(e) = connection.await {
                 log::debug!("connection ended: {e}");
             }
-            drop(slot);
+            drop((slot, peer_slot));
         });
     }
 }

@@ -4,6 +4,7 @@ mod auth;
 mod doctor;
 mod error;
 mod listen;
+mod peer_cap;
 mod routes;
 mod tls;
 
@@ -12,7 +13,7 @@ pub use error::ApiError;
 pub use form_service_api::types;
 pub use listen::{
     serve, Listen, ListenError, ServeOptions, Transport, DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_PEER, DEFAULT_SOCKET,
 };
 pub use routes::{router, CREATE_BODY_LIMIT, SMALL_BODY_LIMIT};
 pub use tls::{TlsError, TlsFiles};

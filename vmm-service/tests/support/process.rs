@@ -2,7 +2,7 @@
 //! stream a test opens to it.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -112,7 +112,12 @@ pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 pub fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    free_port_on(Ipv4Addr::LOCALHOST.into())
+}
+
+/// A port nothing listens on at `ip` (one of this host's addresses).
+pub fn free_port_on(ip: IpAddr) -> u16 {
+    let probe = std::net::TcpListener::bind((ip, 0)).unwrap();
     probe.local_addr().unwrap().port()
 }
 
