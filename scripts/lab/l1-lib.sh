@@ -170,12 +170,13 @@ expect_vmm_confined() {
 
 # expect_vmm_cgroup PID NAME MEMORY_BYTES: form-vmm PID is in the service's cgroup for
 # VM NAME, /vms/NAME, whose memory.max is the guest's RAM plus the overhead the
-# service allows (64 MiB and 2 %: vmm-service/src/cgroups.rs) and whose pids.max is set.
+# service allows (64 MiB and 2 %, in whole pages: vmm-service/src/cgroups.rs) and whose
+# pids.max is set.
 expect_vmm_cgroup() {
     _cgroup=$(sed -n 's/^0:://p' "/proc/$1/cgroup")
     [ "$_cgroup" = "/vms/$2" ] || fail "form-vmm $1 is in cgroup '$_cgroup', not /vms/$2"
     _dir=/sys/fs/cgroup/vms/$2
-    _want=$(($3 + (64 << 20) + $3 / 50))
+    _want=$((($3 + (64 << 20) + $3 / 50 + 4095) / 4096 * 4096))
     [ "$(cat "$_dir/memory.max")" = "$_want" ] ||
         fail "$_dir/memory.max is $(cat "$_dir/memory.max"), not $_want"
     _pids=$(cat "$_dir/pids.max")

@@ -30,10 +30,13 @@ pub const PIDS_BEYOND_VCPUS: u32 = 64;
 const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpuset"];
 
 /// `memory.max` for a guest of `memory` bytes.
+/// In whole 4 KiB pages, rounded up: the kernel keeps `memory.max` in pages,
+/// rounding down, so what is written is then what `memory.max` reads back.
 pub fn memory_max(memory: u64) -> u64 {
-    memory
+    let bytes = memory
         .saturating_add(FIXED_OVERHEAD)
-        .saturating_add(memory / RAM_OVERHEAD_DIVISOR)
+        .saturating_add(memory / RAM_OVERHEAD_DIVISOR);
+    bytes.checked_next_multiple_of(4096).unwrap_or(bytes)
 }
 
 /// The limits of one VM's cgroup.
@@ -180,7 +183,10 @@ mod tests {
     #[test]
     fn memory_is_guest_ram_plus_64_mib_and_two_percent() {
         assert_eq!(memory_max(0), 64 << 20);
-        assert_eq!(memory_max(1 << 30), (1 << 30) + (64 << 20) + (1 << 30) / 50);
+        // 1 GiB / 50 is not a whole number of pages: rounded up to the next one.
+        // 1 GiB + 64 MiB + 21_474_836 = 1_162_325_524 bytes, up to a page.
+        assert_eq!(memory_max(1 << 30), 1_162_326_016);
+        assert_eq!(memory_max(64 << 20) % 4096, 0);
         assert_eq!(memory_max(u64::MAX), u64::MAX);
     }
 

@@ -576,3 +576,70 @@ fn mount_ns_shows_the_vmm_only_what_it_was_given() {
         "the VMM's mounts leaked to the host"
     );
 }
+
+/// `--mount-ns` with `--uid`, started under vmm-service's umask (0077): the
+/// namespace's mount points stay traversable by the uid the VMM becomes, so a
+/// hotplug after the drop finds the device's sysfs path (and fails only later,
+/// on a host without VFIO, for that reason).
+#[test]
+fn mount_ns_paths_stay_reachable_after_the_uid_drop() {
+    use std::os::unix::process::CommandExt;
+    let Some(guest) = guest_or_skip() else { return };
+    if !root() {
+        skip::<()>("a mount namespace needs root to start with");
+        return;
+    }
+    let Some(device) = std::fs::read_dir("/sys/bus/pci/devices")
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.path())
+    else {
+        eprintln!("skipping the hotplug part: this host has no PCI device");
+        return;
+    };
+    let dir = TempDir::new("sandbox-mntns-uid");
+    let serial = dir.path().join("serial.log");
+    let socket = dir.path().join("api.sock");
+    let args = guest_args(
+        &guest,
+        "pci-wait vendor=0x1af4 device=0x10ff wait=30",
+        &serial,
+    );
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend([
+        "--api-socket",
+        socket.to_str().unwrap(),
+        "--mount-ns",
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+    ]);
+    let mut command = form_vmm(&args);
+    // SAFETY: umask is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        });
+    }
+    let child = command.spawn().expect("start form-vmm");
+    wait_for("the API socket", LIMIT, || socket.exists());
+    wait_for("the VM to run", LIMIT, || {
+        request(&socket, "GET", "/api/v1/vm.info", None).json()["state"] == "Running"
+    });
+    let ping = request(&socket, "GET", "/api/v1/vmm.ping", None).json();
+    assert_eq!(ping["sandbox"]["uid"], 65534, "{ping}");
+    let body = json!({"path": device, "id": "probe0"}).to_string();
+    let added = request(&socket, "PUT", "/api/v1/vm.add-device", Some(&body));
+    assert!(
+        !added
+            .error()
+            .contains("does not exist in this form-vmm's mount namespace"),
+        "the device's sysfs path is out of reach after the drop: {added:?}"
+    );
+    let _ = request(&socket, "PUT", "/api/v1/vmm.shutdown", None);
+    let ended = wait(child, LIMIT);
+    assert_eq!(ended.signal, None, "{ended:?}");
+}

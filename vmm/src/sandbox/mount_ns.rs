@@ -227,6 +227,9 @@ pub fn enter(binds: &[Bind]) -> Result<(), MountNsError> {
         sources.push(OwnedFd::from(fd));
     }
     let locked = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // The mount points must be traversable by the uid the VMM becomes: a umask
+    // inherited from vmm-service (0077) would make them root's alone.
+    let umask = Umask::set(0o022);
     mount(
         Some(Path::new("tmpfs")),
         staging,
@@ -265,6 +268,7 @@ pub fn enter(binds: &[Bind]) -> Result<(), MountNsError> {
         .map_err(|_| failed("restricting the bind of", &bind.path))?;
     }
     drop(sources);
+    drop(umask);
     // Nothing can be made in the new root itself, only in what is bound there.
     mount(
         None,
@@ -323,6 +327,23 @@ pub fn enter(binds: &[Bind]) -> Result<(), MountNsError> {
     Ok(())
 }
 
+/// The process's umask, set for a while and restored when dropped.
+struct Umask(libc::mode_t);
+
+impl Umask {
+    fn set(mask: libc::mode_t) -> Umask {
+        // SAFETY: umask has no preconditions.
+        Umask(unsafe { libc::umask(mask) })
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::umask(self.0) };
+    }
+}
+
 /// Makes `target` (a directory, or an empty file for a file's bind) and its
 /// parents. Only ever creates inside the staging tmpfs: a target beneath an
 /// earlier bind is the host's own path, which exists.
@@ -343,20 +364,25 @@ fn make_mount_point(target: &Path, is_dir: bool) -> std::io::Result<()> {
 /// path and what would show it.
 pub fn check_visible(rules: &[PathRule]) -> Result<(), String> {
     for wanted in rules {
-        if std::fs::symlink_metadata(&wanted.path).is_err() {
-            return Err(format!(
-                "{} does not exist in this form-vmm's mount namespace (--mount-ns shows only \
-                 the device nodes, its --landlock-rules, the VM it was started with and the API \
-                 socket's directory): check the path, or start form-vmm with --landlock-rules \
-                 DIR:{} for the directory holding it",
-                wanted.path.display(),
-                if wanted.access == PathAccess::ReadOnly {
-                    "ro"
-                } else {
-                    "rw"
-                }
-            ));
+        let e = match std::fs::symlink_metadata(&wanted.path) {
+            Ok(_) => continue,
+            Err(e) => e,
+        };
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(format!("{}: {e}", wanted.path.display()));
         }
+        let access = if wanted.access == PathAccess::ReadOnly {
+            "ro"
+        } else {
+            "rw"
+        };
+        return Err(format!(
+            "{} does not exist in this form-vmm's mount namespace (--mount-ns shows only the \
+             device nodes, its --landlock-rules, the VM it was started with and the API \
+             socket's directory): check the path, or start form-vmm with --landlock-rules \
+             DIR:{access} for the directory holding it",
+            wanted.path.display(),
+        ));
     }
     Ok(())
 }
