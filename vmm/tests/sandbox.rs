@@ -108,6 +108,30 @@ fn guest_args(guest: &Path, cmdline: &str, serial: &Path) -> Vec<String> {
     .to_vec()
 }
 
+/// form-vmm with `extra` flags running the test guest `guest`, which waits 30 s for
+/// a device that never comes (so the VM stays up), with its serial log and API
+/// socket in `dir`. Returns the command and the socket.
+fn waiting_vm(guest: &Path, dir: &Path, extra: &[&str]) -> (Command, PathBuf) {
+    let socket = dir.join("api.sock");
+    let mut args = guest_args(
+        guest,
+        "pci-wait vendor=0x1af4 device=0x10ff wait=30",
+        &dir.join("serial.log"),
+    );
+    args.extend(["--api-socket".to_string(), socket.display().to_string()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (form_vmm(&args), socket)
+}
+
+/// Waits until form-vmm answers on `socket` with its VM running.
+fn wait_running(socket: &Path) {
+    wait_for("the API socket", LIMIT, || socket.exists());
+    wait_for("the VM to run", LIMIT, || {
+        request(socket, "GET", "/api/v1/vm.info", None).json()["state"] == "Running"
+    });
+}
+
 #[test]
 fn every_thread_kind_dies_on_a_call_its_filter_refuses() {
     let Some(guest) = guest_or_skip() else { return };
@@ -249,25 +273,13 @@ fn a_sandboxed_vm_boots_reboots_and_every_thread_is_filtered() {
     let dir = TempDir::new("sandbox-boot");
     let disk = dir.path().join("disk.raw");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let serial = dir.path().join("serial.log");
-    let socket = dir.path().join("api.sock");
     let disk_flag = format!("path={}", disk.display());
-    let args = guest_args(
+    let (mut command, socket) = waiting_vm(
         &guest,
-        "pci-wait vendor=0x1af4 device=0x10ff wait=30",
-        &serial,
+        dir.path(),
+        &["--disk", &disk_flag, "--rng", "--cpus", "boot=2"],
     );
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend([
-        "--api-socket",
-        socket.to_str().unwrap(),
-        "--disk",
-        &disk_flag,
-        "--rng",
-        "--cpus",
-        "boot=2",
-    ]);
-    let child = form_vmm(&args).spawn().expect("start form-vmm");
+    let child = command.spawn().expect("start form-vmm");
     let pid = child.id();
     wait_for("the API socket", LIMIT, || socket.exists());
     let info = request(&socket, "GET", "/api/v1/vm.info", None);
@@ -417,28 +429,11 @@ fn uid_drops_root_once_the_vm_is_built() {
         return;
     }
     let dir = TempDir::new("sandbox-uid");
-    let serial = dir.path().join("serial.log");
-    let socket = dir.path().join("api.sock");
-    let args = guest_args(
-        &guest,
-        "pci-wait vendor=0x1af4 device=0x10ff wait=30",
-        &serial,
-    );
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend([
-        "--api-socket",
-        socket.to_str().unwrap(),
-        "--uid",
-        "65534",
-        "--gid",
-        "65534",
-    ]);
-    let child = form_vmm(&args).spawn().expect("start form-vmm");
+    let (mut command, socket) =
+        waiting_vm(&guest, dir.path(), &["--uid", "65534", "--gid", "65534"]);
+    let child = command.spawn().expect("start form-vmm");
     let pid = child.id();
-    wait_for("the API socket", LIMIT, || socket.exists());
-    wait_for("the VM to run", LIMIT, || {
-        request(&socket, "GET", "/api/v1/vm.info", None).json()["state"] == "Running"
-    });
+    wait_running(&socket);
     for (name, seccomp, cap_eff, uid) in thread_status(pid) {
         assert_eq!(seccomp, "2", "{name}");
         assert_eq!(cap_eff, "0000000000000000", "{name} kept capabilities");
@@ -484,24 +479,14 @@ fn mount_ns_shows_the_vmm_only_what_it_was_given() {
     let secret = beside.path().join("secret");
     std::fs::write(&secret, b"host only").unwrap();
     let serial = given.path().join("serial.log");
-    let socket = given.path().join("api.sock");
     let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let args = guest_args(
-        &kernel,
-        "pci-wait vendor=0x1af4 device=0x10ff wait=30",
-        &serial,
-    );
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend(["--api-socket", socket.to_str().unwrap(), "--mount-ns"]);
-    let child = form_vmm(&args)
+    let (mut command, socket) = waiting_vm(&kernel, given.path(), &["--mount-ns"]);
+    let child = command
         .env("FORM_VMM_SECCOMP_TEST", "main:openat")
         .spawn()
         .expect("start form-vmm");
     let pid = child.id();
-    wait_for("the API socket", LIMIT, || socket.exists());
-    wait_for("the VM to run", LIMIT, || {
-        request(&socket, "GET", "/api/v1/vm.info", None).json()["state"] == "Running"
-    });
+    wait_running(&socket);
     let seen = |p: &Path| {
         Path::new(&format!("/proc/{pid}/root"))
             .join(p.strip_prefix("/").unwrap())
@@ -599,24 +584,11 @@ fn mount_ns_paths_stay_reachable_after_the_uid_drop() {
         return;
     };
     let dir = TempDir::new("sandbox-mntns-uid");
-    let serial = dir.path().join("serial.log");
-    let socket = dir.path().join("api.sock");
-    let args = guest_args(
+    let (mut command, socket) = waiting_vm(
         &guest,
-        "pci-wait vendor=0x1af4 device=0x10ff wait=30",
-        &serial,
+        dir.path(),
+        &["--mount-ns", "--uid", "65534", "--gid", "65534"],
     );
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend([
-        "--api-socket",
-        socket.to_str().unwrap(),
-        "--mount-ns",
-        "--uid",
-        "65534",
-        "--gid",
-        "65534",
-    ]);
-    let mut command = form_vmm(&args);
     // SAFETY: umask is async-signal-safe and touches only the child.
     unsafe {
         command.pre_exec(|| {
@@ -625,10 +597,7 @@ fn mount_ns_paths_stay_reachable_after_the_uid_drop() {
         });
     }
     let child = command.spawn().expect("start form-vmm");
-    wait_for("the API socket", LIMIT, || socket.exists());
-    wait_for("the VM to run", LIMIT, || {
-        request(&socket, "GET", "/api/v1/vm.info", None).json()["state"] == "Running"
-    });
+    wait_running(&socket);
     let ping = request(&socket, "GET", "/api/v1/vmm.ping", None).json();
     assert_eq!(ping["sandbox"]["uid"], 65534, "{ping}");
     let body = json!({"path": device, "id": "probe0"}).to_string();
