@@ -86,8 +86,14 @@ impl CgroupTree {
             .find_map(|l| l.strip_prefix("0::"))
             .ok_or("the service is in no cgroup v2 group (/proc/self/cgroup has no 0:: line)")?;
         let relative = path.trim().trim_start_matches('/');
+        // Not mount.join(""), which ends in a slash that every path shown repeats.
+        let base = if relative.is_empty() {
+            mount.to_path_buf()
+        } else {
+            mount.join(relative)
+        };
         Ok(CgroupTree {
-            base: mount.join(relative),
+            base,
             root: relative.is_empty(),
         })
     }
@@ -205,7 +211,8 @@ mod tests {
             CgroupTree::at(dir.path().join("system.slice/form-vmm.service"))
         );
         let root = CgroupTree::discover(dir.path(), "0::/\n").unwrap();
-        assert_eq!(root.base(), dir.path());
+        // The same string, not only the same path: it is shown in the log.
+        assert_eq!(root.base().as_os_str(), dir.path().as_os_str());
         // The root group holds the host's processes: none of them is moved.
         fs::write(dir.path().join("cgroup.procs"), "1\n2\n").unwrap();
         root.prepare(3).unwrap();
