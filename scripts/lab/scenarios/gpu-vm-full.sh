@@ -132,7 +132,6 @@ expect_driver "$gpu" bochs-drm
 ports=$(bridge_ports "$bridge")
 [ -z "${ports% }" ] || echo "LAB-NOTE $bridge still has ports after the VM stopped: $ports"
 
-note_vmm_cgroup_peak "$vm"
 step "delete: the seed goes with the VM"
 run_logged delete.out form-vmm-ctl delete "$vm" || fail "delete exited with status $?"
 expect_driver "$gpu" bochs-drm
