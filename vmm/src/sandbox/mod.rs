@@ -139,6 +139,8 @@ pub enum SandboxError {
     Seccomp(#[from] seccomp::FilterError),
     #[error(transparent)]
     MountNs(#[from] mount_ns::MountNsError),
+    #[error("{0}")]
+    MountNsPlan(String),
     #[error("the sandbox is already set up")]
     AlreadySetUp,
 }
@@ -232,7 +234,8 @@ pub fn setup(
             .chain(rules.iter().cloned())
             .chain(vm.map(landlock::config_rules).unwrap_or_default())
             .collect();
-        mount_ns::enter(&mount_ns::plan(&shown))?;
+        let binds = mount_ns::plan(&shown).map_err(SandboxError::MountNsPlan)?;
+        mount_ns::enter(&binds)?;
     }
     let landlock = config.landlock.then_some(rules);
     if landlock.is_none() {

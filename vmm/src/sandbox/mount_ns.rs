@@ -42,9 +42,11 @@ impl Bind {
 
 /// The binds for `rules`: what exists of them, by canonical path, parents before
 /// children, without paths an earlier bind already shows with enough rights.
-/// Anything under `/proc` is shown as `/proc` itself: `/proc/self` is a link that
-/// means a different directory to each process.
-pub fn plan(rules: &[PathRule]) -> Vec<Bind> {
+/// `/proc/self` resolves to this process's own `/proc/<pid>`, which is all of
+/// procfs shown (with `/proc/meminfo`): the rest of `/proc` leads out of the
+/// namespace (`/proc/1/root`). Refuses a rule that resolves to `/`, which would
+/// show the whole host.
+pub fn plan(rules: &[PathRule]) -> Result<Vec<Bind>, String> {
     let mut binds: Vec<Bind> = Vec::new();
     for rule in rules {
         let Ok(path) = std::fs::canonicalize(&rule.path) else {
@@ -54,16 +56,19 @@ pub fn plan(rules: &[PathRule]) -> Vec<Bind> {
             );
             continue;
         };
-        let (path, is_dir, is_device) = if path.starts_with("/proc") {
-            (PathBuf::from("/proc"), true, false)
-        } else {
-            let kind = std::fs::metadata(&path).map(|m| m.file_type()).ok();
-            let is_dir = kind.is_some_and(|k| k.is_dir());
-            // A device node read as a file (/dev/urandom, an rng source, a block
-            // device disk) is still opened as a device.
-            let is_device = kind.is_some_and(|k| k.is_char_device() || k.is_block_device());
-            (path, is_dir, is_device)
-        };
+        if path == Path::new("/") {
+            return Err(format!(
+                "mount-ns: {} is the host's root directory, which would show the VMM the \
+                 whole host: give it a directory of its own (for the API socket, the serial \
+                 file or a disk image)",
+                rule.path.display()
+            ));
+        }
+        let kind = std::fs::metadata(&path).map(|m| m.file_type()).ok();
+        let is_dir = kind.is_some_and(|k| k.is_dir());
+        // A device node read as a file (/dev/urandom, an rng source, a block device
+        // disk) is still opened as a device.
+        let is_device = kind.is_some_and(|k| k.is_char_device() || k.is_block_device());
         let bind = Bind {
             path,
             is_dir,
@@ -89,7 +94,7 @@ pub fn plan(rules: &[PathRule]) -> Vec<Bind> {
             kept.push(bind);
         }
     }
-    kept
+    Ok(kept)
 }
 
 fn depth(path: &Path) -> usize {
@@ -248,8 +253,10 @@ pub fn enter(binds: &[Bind]) -> Result<(), MountNsError> {
             hint: "",
         })?;
         let via = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        let rec = if bind.is_dir { libc::MS_REC } else { 0 };
-        mount(Some(&via), &target, None, libc::MS_BIND | rec, None)
+        // Not recursive: mounts beneath a bound directory (binfmt_misc under /proc,
+        // anything mounted into an image directory) would keep the host's flags, as
+        // a remount changes only the top mount. They show as empty directories.
+        mount(Some(&via), &target, None, libc::MS_BIND, None)
             .map_err(|_| failed("binding", &bind.path))?;
         let mut flags = source_flags(fd) | libc::MS_NOSUID | libc::MS_NOEXEC;
         if !bind.writable {
@@ -268,13 +275,27 @@ pub fn enter(binds: &[Bind]) -> Result<(), MountNsError> {
         .map_err(|_| failed("restricting the bind of", &bind.path))?;
     }
     drop(sources);
+    // /proc/self, as a plain link to the one /proc/<pid> shown.
+    let own = PathBuf::from(format!("/proc/{}", std::process::id()));
+    if binds.iter().any(|b| b.path == own) {
+        let link = staging.join("proc/self");
+        std::os::unix::fs::symlink(std::process::id().to_string(), &link).map_err(|source| {
+            MountNsError {
+                step: "linking",
+                path: link,
+                source,
+                hint: "",
+            }
+        })?;
+    }
     drop(umask);
     // Nothing can be made in the new root itself, only in what is bound there.
     mount(
         None,
         staging,
         None,
-        libc::MS_REMOUNT | libc::MS_RDONLY | locked,
+        // MS_BIND: this mount only, never a superblock's flags.
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | locked,
         None,
     )
     .map_err(|_| failed("making the new root read-only at", staging))?;
@@ -354,10 +375,15 @@ fn make_mount_point(target: &Path, is_dir: bool) -> std::io::Result<()> {
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    if target.exists() {
+    if std::fs::symlink_metadata(target).is_ok() {
         return Ok(());
     }
-    std::fs::File::create(target).map(drop)
+    std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(target)
+        .map(drop)
 }
 
 /// Refuses a configuration naming a path this namespace does not show, naming the
@@ -412,7 +438,8 @@ mod tests {
             rule(&root.join("link"), PathAccess::ReadWrite),
             rule(&images, PathAccess::ReadOnly),
             rule(&root.join("missing"), PathAccess::ReadOnly),
-        ]);
+        ])
+        .unwrap();
         let shown: Vec<(&Path, bool, bool)> = binds
             .iter()
             .map(|b| (b.path.as_path(), b.is_dir, b.writable))
@@ -434,27 +461,35 @@ mod tests {
         let binds = plan(&[
             rule(dir.path(), PathAccess::ReadOnly),
             rule(dir.path(), PathAccess::Device),
-        ]);
+        ])
+        .unwrap();
         assert_eq!(binds.len(), 1);
         assert!(binds[0].writable && binds[0].devices);
     }
 
     #[test]
     fn a_device_node_read_as_a_file_keeps_device_access() {
-        let binds = plan(&[rule(Path::new("/dev/null"), PathAccess::ReadOnly)]);
+        let binds = plan(&[rule(Path::new("/dev/null"), PathAccess::ReadOnly)]).unwrap();
         assert_eq!(binds.len(), 1);
         assert!(binds[0].devices && !binds[0].writable && !binds[0].is_dir);
     }
 
     #[test]
-    fn proc_paths_become_proc() {
+    fn proc_shows_this_process_and_meminfo_only() {
         let binds = plan(&[
             rule(Path::new("/proc/self"), PathAccess::ReadOnly),
             rule(Path::new("/proc/meminfo"), PathAccess::ReadOnly),
-        ]);
-        assert_eq!(binds.len(), 1);
-        assert_eq!(binds[0].path, Path::new("/proc"));
-        assert!(binds[0].is_dir);
+        ])
+        .unwrap();
+        let paths: Vec<&Path> = binds.iter().map(|b| b.path.as_path()).collect();
+        let own = PathBuf::from(format!("/proc/{}", std::process::id()));
+        assert_eq!(paths, [own.as_path(), Path::new("/proc/meminfo")]);
+    }
+
+    #[test]
+    fn the_host_root_is_never_shown() {
+        let e = plan(&[rule(Path::new("/tmp/.."), PathAccess::Socket)]).unwrap_err();
+        assert!(e.contains("/tmp/..") && e.contains("whole host"), "{e}");
     }
 
     #[test]

@@ -222,7 +222,12 @@ fn serial_from_str(serial: &str) -> Result<[u8; SERIAL_LEN], BlockError> {
 /// inode, so two images never share one and the guest's /dev/disk/by-id links
 /// survive a restart.
 fn default_serial(path: &Path, meta: &std::fs::Metadata) -> [u8; SERIAL_LEN] {
-    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    // Where a /proc/self/fd/N link leads when that path cannot be resolved here: a
+    // block device the service opened for a form-vmm whose mount namespace has no
+    // /dev keeps the serial it had before the namespace.
+    let canonical = std::fs::canonicalize(path)
+        .or_else(|_| std::fs::read_link(path))
+        .unwrap_or_else(|_| path.to_path_buf());
     let mut hash = Fnv1a::new();
     hash.write(canonical.as_os_str().as_encoded_bytes());
     hash.write(&meta.dev().to_le_bytes());
