@@ -144,6 +144,8 @@ fn every_thread_kind_dies_on_a_call_its_filter_refuses() {
     // (FORM_VMM_SECCOMP_TEST, scenario, extra flags, stdin a pipe)
     let cases: Vec<(&str, &str, Vec<&str>, bool)> = vec![
         ("main", "hello", vec![], false),
+        // Signalling another process (init, with signal 0: harmless if allowed).
+        ("main:kill", "hello", vec![], false),
         (
             "api",
             "hello",

@@ -397,7 +397,7 @@ mod test_hook {
     use super::ThreadKind;
 
     /// `FORM_VMM_SECCOMP_TEST=KIND[:CALL]`, CALL one of `socket` (the default: a
-    /// raw packet socket), `openat`, `ptrace`, `execve`.
+    /// raw packet socket), `openat`, `ptrace`, `execve`, `kill` (signal 0 to init).
     pub const VARIABLE: &str = "FORM_VMM_SECCOMP_TEST";
 
     pub struct Trip {
@@ -434,6 +434,7 @@ mod test_hook {
                 match self.call.as_str() {
                     "openat" => libc::openat(libc::AT_FDCWD, c"/etc/passwd".as_ptr(), 0),
                     "ptrace" => libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) as libc::c_int,
+                    "kill" => libc::kill(1, 0),
                     "execve" => {
                         libc::execve(c"/bin/true".as_ptr(), std::ptr::null(), std::ptr::null())
                     }

@@ -442,8 +442,6 @@ fn main_thread(a: &mut Allow) {
         SYS_epoll_create1,
         SYS_signalfd4,
         SYS_rt_sigaction,
-        SYS_kill,
-        SYS_prlimit64,
         SYS_getrlimit,
         SYS_uname,
         SYS_sched_setaffinity,
@@ -471,6 +469,14 @@ fn main_thread(a: &mut Allow) {
         ],
     );
     a.always(&[SYS_connect]);
+    // Signals to this process only: a VMM that stays root must not be able to
+    // signal the host's processes. Resource limits of this process only (glibc's
+    // getrlimit/setrlimit pass pid 0).
+    a.when(
+        SYS_kill,
+        vec![rule(vec![cond(0, Op::Eq, u64::from(std::process::id()))])],
+    );
+    a.when(SYS_prlimit64, vec![rule(vec![cond(0, Op::Eq, 0)])]);
     let mut ioctls = vec![ioctl_type(KVMIO), ioctl_type(VFIO_TYPE)];
     ioctls.extend(
         [
