@@ -218,6 +218,20 @@ async fn admission_limits_refuse_with_limit_reached_and_doctor_reports_them() {
         finding["summary"].as_str().unwrap().contains("2 of 3"),
         "{finding}"
     );
+    // This service keeps its VMMs root and in its own cgroup: the doctor says so,
+    // with the flags that would change it.
+    let sandbox = doctor["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "vmm-sandbox")
+        .unwrap();
+    assert_eq!(sandbox["severity"], "warning", "{sandbox}");
+    assert!(
+        sandbox["summary"].as_str().unwrap().contains("stays root")
+            && sandbox["remedy"].as_str().unwrap().contains("--vmm-uid-range"),
+        "{sandbox}"
+    );
 
     // A stopped VM counts towards --max-vms but not towards memory and vCPUs; it
     // boots again only if it fits.

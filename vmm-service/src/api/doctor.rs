@@ -1,15 +1,73 @@
 //! The findings `GET /v1/doctor` adds to the host's: what the running service
-//! allows (image directories, block devices, admission limits) and what is in use.
+//! allows (image directories, block devices, admission limits), what is in use,
+//! and how it confines the VMMs it starts.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use form_service_api::format_bytes;
 
 use super::types::{DoctorFinding, ServiceLimits};
+use crate::vmm_user::{UidSource, VmmUsers};
 
-pub fn service_findings(limits: &ServiceLimits) -> Vec<DoctorFinding> {
-    vec![image_dirs(limits), admission(limits)]
+/// How the service starts its VMMs, beyond the seccomp filters and Landlock every
+/// form-vmm has.
+pub struct VmmConfinement<'a> {
+    pub users: Option<&'a VmmUsers>,
+    pub mount_ns: bool,
+    /// The service's cgroup, with `vms/` beneath it, when each VM gets a cgroup.
+    pub cgroups: Option<PathBuf>,
+}
+
+pub fn service_findings(limits: &ServiceLimits, vmms: &VmmConfinement) -> Vec<DoctorFinding> {
+    vec![image_dirs(limits), admission(limits), vmm_sandbox(vmms)]
+}
+
+/// One finding for the VMMs' sandbox: a warning naming each layer that is off, and
+/// how to turn it on.
+fn vmm_sandbox(vmms: &VmmConfinement) -> DoctorFinding {
+    let mut parts = vec!["every form-vmm: seccomp per thread, Landlock".to_string()];
+    let mut remedies = Vec::new();
+    match vmms.users.map(|u| (&u.uids, u.gid)) {
+        Some((UidSource::Range { first, last }, gid)) => parts.push(format!(
+            "gives up root for its own uid of {first}-{last} (gid {gid})"
+        )),
+        Some((UidSource::Shared(uid), gid)) => {
+            parts.push(format!(
+                "gives up root for uid {uid} (gid {gid}), shared by all"
+            ));
+            remedies.push("give each VMM its own uid with --vmm-uid-range FIRST-LAST");
+        }
+        None => {
+            parts.push("stays root".to_string());
+            remedies.push("start the service with --vmm-uid-range FIRST-LAST (uids no one else has; docs/security.md)");
+        }
+    }
+    if vmms.mount_ns {
+        parts.push("in a mount namespace of its own".to_string());
+    } else {
+        parts.push("in the service's mount namespace".to_string());
+        remedies.push("run the service as root without --no-vmm-mount-ns");
+    }
+    match &vmms.cgroups {
+        Some(base) => parts.push(format!(
+            "in a cgroup of its own under {}",
+            base.join("vms").display()
+        )),
+        None => {
+            parts.push("in the service's cgroup".to_string());
+            remedies.push("delegate a cgroup v2 tree to the service (systemd: Delegate=yes) without --no-vm-cgroups");
+        }
+    }
+    let summary = parts.join("; ");
+    if remedies.is_empty() {
+        finding("vmm-sandbox", "ok", summary, None)
+    } else {
+        DoctorFinding {
+            remedy: Some(remedies.join("; ")),
+            ..finding("vmm-sandbox", "warning", summary, None)
+        }
+    }
 }
 
 fn finding(check: &str, severity: &str, summary: String, remedy: Option<&str>) -> DoctorFinding {
@@ -99,4 +157,42 @@ fn admission(limits: &ServiceLimits) -> DoctorFinding {
         );
     }
     finding("admission-limits", "ok", summary, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_layer_on_is_ok_and_each_one_off_is_named_with_its_fix() {
+        let users = VmmUsers {
+            uids: UidSource::Range {
+                first: 100_000,
+                last: 100_999,
+            },
+            gid: 36,
+        };
+        let all = vmm_sandbox(&VmmConfinement {
+            users: Some(&users),
+            mount_ns: true,
+            cgroups: Some(PathBuf::from("/sys/fs/cgroup/form-vmm.service")),
+        });
+        assert_eq!(all.severity, "ok", "{all:?}");
+        assert!(
+            all.summary.contains("100000-100999")
+                && all.summary.contains("/sys/fs/cgroup/form-vmm.service/vms"),
+            "{all:?}"
+        );
+        let none = vmm_sandbox(&VmmConfinement {
+            users: None,
+            mount_ns: false,
+            cgroups: None,
+        });
+        assert_eq!(none.severity, "warning");
+        assert!(none.summary.contains("stays root"), "{none:?}");
+        let remedy = none.remedy.unwrap();
+        for fix in ["--vmm-uid-range", "--no-vmm-mount-ns", "Delegate=yes"] {
+            assert!(remedy.contains(fix), "{remedy}");
+        }
+    }
 }

@@ -382,7 +382,12 @@ async fn doctor(State(manager): Shared, Query(query): Query<DoctorQuery>) -> Rep
             remedy: f.remedy,
         })
         .collect();
-    findings.extend(super::doctor::service_findings(&limits));
+    let vmms = super::doctor::VmmConfinement {
+        users: config.vmm_users.as_ref(),
+        mount_ns: config.vmm_mount_ns,
+        cgroups: config.cgroups.as_ref().map(|c| c.base().to_path_buf()),
+    };
+    findings.extend(super::doctor::service_findings(&limits, &vmms));
     let worst = ["error", "warning", "unknown", "ok"]
         .into_iter()
         .find(|s| findings.iter().any(|f| f.severity == *s))
