@@ -74,6 +74,8 @@ pub fn vm_details(vm: &VmInfo) -> String {
     }
     fields.extend([
         ("pid", or_none(vm.pid)),
+        ("vmm uid", or_none(vm.vmm_uid)),
+        ("vmm cgroup", or_none(vm.vmm_cgroup.as_ref())),
         ("api socket", or_none(vm.api_socket.as_ref())),
         ("serial log", vm.serial_log.clone()),
     ]);
@@ -384,6 +386,8 @@ mod tests {
                 {"bdf": "0000:3b:00.0", "device_id": "gpu1", "name": null, "numa_node": null}
             ],
             "pid": 4242,
+            "vmm_uid": 100002,
+            "vmm_cgroup": "/form-vmm.service/vms/train-1",
             "api_socket": "/run/form-vmm/vms/train-1/api.sock",
             "serial_log": "/var/lib/form-vmm/vms/train-1/serial.log",
             "networks": [{"id": "net0", "tap": "fv1a2b3c4d0", "mac": "52:54:00:01:02:03",
@@ -462,6 +466,8 @@ mod tests {
             "unbind on shutdown: yes\n",
             "numa node:          1\n",
             "pid:                4242\n",
+            "vmm uid:            100002\n",
+            "vmm cgroup:         /form-vmm.service/vms/train-1\n",
             "last exit:          exited with status 0 (2026-09-21 14:13:20 UTC)\n",
             "updated:            2026-09-21 14:14:21 UTC\n",
             "gpus:\n  DEVICE  BDF           NAME                           NUMA\n",

@@ -48,6 +48,15 @@ fn page_size() -> u64 {
     }
 }
 
+/// Process `pid`'s cgroup v2 path (the `0::` line of `/proc/PID/cgroup`), from
+/// `proc_root`.
+pub fn process_cgroup(proc_root: &Path, pid: u32) -> Option<String> {
+    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
 /// The limits of one VM's cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmLimits {
@@ -190,6 +199,22 @@ fn create_dir(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_cgroup_is_its_v2_line() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("42")).unwrap();
+        fs::write(
+            dir.path().join("42/cgroup"),
+            "4:memory:/old\n0::/form-vmm.service/vms/gpu-1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            process_cgroup(dir.path(), 42).as_deref(),
+            Some("/form-vmm.service/vms/gpu-1")
+        );
+        assert_eq!(process_cgroup(dir.path(), 43), None);
+    }
 
     fn read(path: &Path) -> String {
         fs::read_to_string(path).unwrap()

@@ -229,7 +229,10 @@ async fn admission_limits_refuse_with_limit_reached_and_doctor_reports_them() {
     assert_eq!(sandbox["severity"], "warning", "{sandbox}");
     assert!(
         sandbox["summary"].as_str().unwrap().contains("stays root")
-            && sandbox["remedy"].as_str().unwrap().contains("--vmm-uid-range"),
+            && sandbox["remedy"]
+                .as_str()
+                .unwrap()
+                .contains("--vmm-uid-range"),
         "{sandbox}"
     );
 

@@ -46,6 +46,9 @@ step "the VM's form-vmm has a cgroup and a mount namespace of its own"
 expect_vmm_cgroup "$pid" lab1 $((64 << 20))
 expect_vmm_mount_ns "$pid"
 expect_vmm_sandbox "$LAB_TMP/run/vms/lab1/api.sock" "$uid"
+run_quiet info2.json form-vmm-ctl --json info lab1 || fail "info exited with status $?"
+grep -q "\"vmm_uid\":$uid,\"vmm_cgroup\":\"/vms/lab1\"" info2.json ||
+    fail "form-vmm-ctl info does not show the VMM's uid $uid and cgroup /vms/lab1: $(cat info2.json)"
 
 step "boot: the test guest scans its PCI bus and powers off"
 serial=$(json_after info.json name lab1 serial_log)

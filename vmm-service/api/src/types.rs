@@ -366,6 +366,13 @@ pub struct VmInfo {
     pub devices: Vec<AssignedDevice>,
     /// The form-vmm process, while one runs.
     pub pid: Option<u32>,
+    /// The uid that process runs as (0: it kept root; see `serve --vmm-uid-range`),
+    /// read from the host while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_uid: Option<u32>,
+    /// Its cgroup (v2, as `/proc/PID/cgroup` says), while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_cgroup: Option<String>,
     pub api_socket: Option<String>,
     /// Where the guest's serial console goes.
     pub serial_log: String,

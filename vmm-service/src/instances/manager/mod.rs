@@ -161,14 +161,18 @@ impl Manager {
         });
         let numa_node = self.store().numa_node_of(&record.config.name)?;
         let guest_numa = self.store().guest_numa_of(&record.config.name)?;
+        let pid = record.vmm.as_ref().map(|v| v.pid);
+        let procfs = &self.config.host.procfs;
         Ok(VmInfo {
+            vmm_uid: pid.and_then(|pid| crate::vmm_user::process_uid(procfs, pid)),
+            vmm_cgroup: pid.and_then(|pid| crate::cgroups::process_cgroup(procfs, pid)),
             networks: network_infos(&record.config),
             seed_image,
             numa_node,
             guest_numa,
             name: record.config.name.clone(),
             state: record.state,
-            pid: record.vmm.as_ref().map(|v| v.pid),
+            pid,
             api_socket: record.vmm.map(|v| v.api_socket),
             serial_log: record.serial_log,
             last_exit: record.last_exit,
