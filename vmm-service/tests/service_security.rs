@@ -208,24 +208,14 @@ async fn admission_limits_refuse_with_limit_reached_and_doctor_reports_them() {
                "image_dirs": [image_dir(h.dir.path()).display().to_string()],
                "block_devices": []})
     );
-    let finding = doctor["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == "admission-limits")
-        .unwrap();
+    let finding = doctor_finding(&doctor, "admission-limits");
     assert!(
         finding["summary"].as_str().unwrap().contains("2 of 3"),
         "{finding}"
     );
     // This service keeps its VMMs root and in its own cgroup: the doctor says so,
     // with the flags that would change it.
-    let sandbox = doctor["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == "vmm-sandbox")
-        .unwrap();
+    let sandbox = doctor_finding(&doctor, "vmm-sandbox");
     assert_eq!(sandbox["severity"], "warning", "{sandbox}");
     assert!(
         sandbox["summary"].as_str().unwrap().contains("stays root")
@@ -405,4 +395,14 @@ async fn user_data_of_four_mib_fits_and_larger_bodies_are_413() {
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
     assert_eq!(code(&answer), "body_too_large");
+}
+
+/// The doctor finding named `check`.
+fn doctor_finding<'a>(doctor: &'a Value, check: &str) -> &'a Value {
+    doctor["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == check)
+        .unwrap_or_else(|| panic!("no {check} finding: {doctor}"))
 }
