@@ -157,7 +157,12 @@ async fn a_vmm_from_the_uid_range_runs_without_root_and_reboots() {
     std::fs::create_dir_all(&images).unwrap();
     std::fs::copy(&guest, images.join("vmlinux")).unwrap();
     // Root's alone: only the ACL entry lets the VMM's uid reopen it for writing.
-    let disk = images.join("root.raw");
+    // In a directory of its own: another tenant's is beside it.
+    std::fs::create_dir_all(images.join("tenant-a")).unwrap();
+    std::fs::create_dir_all(images.join("tenant-b")).unwrap();
+    let other_tenant = images.join("tenant-b/root.raw");
+    std::fs::write(&other_tenant, b"not yours").unwrap();
+    let disk = images.join("tenant-a/root.raw");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o600)).unwrap();
     let operator = Operator {
@@ -205,6 +210,14 @@ async fn a_vmm_from_the_uid_range_runs_without_root_and_reboots() {
             .unwrap(),
     );
     assert!(disk_seen.exists(), "the VMM does not see its disk");
+    // Of the image directory, only its disk's own directory.
+    let seen = |p: &Path| {
+        vmm_root
+            .join(std::fs::canonicalize(p).unwrap().strip_prefix("/").unwrap())
+            .exists()
+    };
+    assert!(!seen(&other_tenant), "the VMM sees another tenant's disk");
+    assert!(!seen(&images.join("vmlinux")), "the VMM sees the image directory");
     assert_eq!(
         acl::read(&disk).unwrap().user(FIRST_UID),
         Some(acl::READ | acl::WRITE)

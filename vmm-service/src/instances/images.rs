@@ -92,6 +92,16 @@ impl OpenedImage {
     pub fn vmm_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
+
+    /// The directory of the file this descriptor holds, when it is a regular file:
+    /// where a qcow2 image's backing files are opened from, by name.
+    pub fn directory(&self) -> Option<PathBuf> {
+        // This process's own descriptor: /proc/self, not the host paths' procfs.
+        let path = std::fs::read_link(self.vmm_path()).ok()?;
+        path.is_file()
+            .then(|| path.parent().map(Path::to_path_buf))
+            .flatten()
+    }
 }
 
 /// A VM's checked images, in the order of its configuration.
@@ -467,6 +477,12 @@ mod tests {
             .unwrap();
         assert!(opened.raw_fd() > 2);
         assert_eq!(fs::read(opened.vmm_path()).unwrap(), b"abc");
+        // What the VMM is shown for it: the file's own directory, not the image
+        // directory above it.
+        assert_eq!(
+            opened.directory(),
+            Some(fs::canonicalize(dir.path().join("sub")).unwrap())
+        );
         // A symlink that stays inside is fine.
         symlink("sub/a.raw", dir.path().join("link")).unwrap();
         let link = dir.path().join("link");

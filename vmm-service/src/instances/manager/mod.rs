@@ -350,7 +350,7 @@ impl Manager {
         for head in gpus.iter().filter(|a| a.heads_unit()) {
             self.bind_unit(&gpus, head).await?;
         }
-        let args = self.vmm_args(identity, paths)?;
+        let args = self.vmm_args(identity, paths, &images)?;
         let mut started =
             supervisor::start(&self.config.vmm_binary, paths, &images.raw_fds(), &args)
                 .await

@@ -34,11 +34,14 @@ impl Manager {
     /// form-vmm's sandbox arguments (its uid with `identity`, its mount namespace,
     /// the paths it may reopen), and the service's directories opened to its group
     /// (again on every start: a restart of the service tightens the state directory
-    /// back to 0700).
+    /// back to 0700). Of the image directories, the VMM is given only those holding
+    /// its own disks (for qcow2 backing files): it opens its images through the
+    /// descriptors in `images`, and other tenants' images are none of its business.
     pub(super) fn vmm_args(
         &self,
         identity: Option<VmmIdentity>,
         paths: &VmPaths,
+        images: &OpenedImages,
     ) -> Result<Vec<OsString>, InstanceError> {
         if let Some(identity) = identity {
             handover::open_parents_to_group(
@@ -56,13 +59,12 @@ impl Manager {
             .into_iter()
             .filter_map(|p| p.parent())
             .collect();
-        let image_dirs: Vec<PathBuf> = self
-            .config
-            .images
-            .dirs()
-            .into_iter()
-            .map(PathBuf::from)
-            .collect();
+        let mut image_dirs: Vec<PathBuf> = Vec::new();
+        for dir in images.disks.iter().filter_map(|disk| disk.directory()) {
+            if !image_dirs.contains(&dir) {
+                image_dirs.push(dir);
+            }
+        }
         Ok(vmm_user::vmm_args(
             identity,
             self.config.vmm_mount_ns,
