@@ -217,7 +217,10 @@ async fn a_vmm_from_the_uid_range_runs_without_root_and_reboots() {
             .exists()
     };
     assert!(!seen(&other_tenant), "the VMM sees another tenant's disk");
-    assert!(!seen(&images.join("vmlinux")), "the VMM sees the image directory");
+    assert!(
+        !seen(&images.join("vmlinux")),
+        "the VMM sees the image directory"
+    );
     assert_eq!(
         acl::read(&disk).unwrap().user(FIRST_UID),
         Some(acl::READ | acl::WRITE)
