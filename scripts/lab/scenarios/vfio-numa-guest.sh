@@ -32,7 +32,7 @@ form-vmm --kernel "$LAB_L2_KERNEL" --initramfs l2.cpio.gz \
     --device "path=/sys/bus/pci/devices/$gpu0,id=gpu0" \
     --device "path=/sys/bus/pci/devices/$gpu1,id=gpu1,numa_node=1" $LAB_VMM_DROP >vmm.out 2>&1 &
 vmm=$!
-wait_until 120 grep -q '^L2-NUMA-DONE' vmm.out
+wait_for_output 120 "$vmm" vmm.out '^L2-NUMA-DONE'
 expect_numa_bound "$vmm"
 wait "$vmm" || fail "form-vmm exited with status $? ($(tail -n 3 vmm.out | tr "\n" " "))"
 ! grep -q L2-MODULE-FAIL vmm.out || fail "L2: $(grep -m1 L2-MODULE-FAIL vmm.out)"
