@@ -128,6 +128,20 @@ fn failed(step: &'static str, path: &Path) -> MountNsError {
     }
 }
 
+/// A failed file-system call's `MountNsError`, for `map_err`.
+fn io_failed(
+    step: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> MountNsError {
+    let path = path.into();
+    move |source| MountNsError {
+        step,
+        path,
+        source,
+        hint: "",
+    }
+}
+
 fn c_path(path: &Path) -> CString {
     // Paths from the file system hold no NUL.
     CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
@@ -223,12 +237,7 @@ pub fn enter(binds: &[Bind]) -> Result<(), MountNsError> {
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&bind.path)
-            .map_err(|source| MountNsError {
-                step: "opening",
-                path: bind.path.clone(),
-                source,
-                hint: "",
-            })?;
+            .map_err(io_failed("opening", bind.path.clone()))?;
         sources.push(OwnedFd::from(fd));
     }
     let locked = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
@@ -246,12 +255,8 @@ pub fn enter(binds: &[Bind]) -> Result<(), MountNsError> {
 
     for (bind, fd) in binds.iter().zip(&sources) {
         let target = staging.join(bind.path.strip_prefix("/").unwrap_or(&bind.path));
-        make_mount_point(&target, bind.is_dir).map_err(|source| MountNsError {
-            step: "making the mount point",
-            path: target.clone(),
-            source,
-            hint: "",
-        })?;
+        make_mount_point(&target, bind.is_dir)
+            .map_err(io_failed("making the mount point", target.clone()))?;
         let via = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         // Not recursive: mounts beneath a bound directory (binfmt_misc under /proc,
         // anything mounted into an image directory) would keep the host's flags, as
@@ -279,14 +284,8 @@ pub fn enter(binds: &[Bind]) -> Result<(), MountNsError> {
     let own = PathBuf::from(format!("/proc/{}", std::process::id()));
     if binds.iter().any(|b| b.path == own) {
         let link = staging.join("proc/self");
-        std::os::unix::fs::symlink(std::process::id().to_string(), &link).map_err(|source| {
-            MountNsError {
-                step: "linking",
-                path: link,
-                source,
-                hint: "",
-            }
-        })?;
+        std::os::unix::fs::symlink(std::process::id().to_string(), &link)
+            .map_err(io_failed("linking", link))?;
     }
     drop(umask);
     // Nothing can be made in the new root itself, only in what is bound there.
@@ -302,12 +301,7 @@ pub fn enter(binds: &[Bind]) -> Result<(), MountNsError> {
 
     // pivot_root(".", "."): the old root ends up stacked on the new one, and is
     // then detached from above it.
-    std::env::set_current_dir(staging).map_err(|source| MountNsError {
-        step: "entering",
-        path: staging.to_path_buf(),
-        source,
-        hint: "",
-    })?;
+    std::env::set_current_dir(staging).map_err(io_failed("entering", staging.to_path_buf()))?;
     let dot = c".";
     // SAFETY: both arguments are NUL-terminated strings.
     if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } == 0 {
@@ -338,12 +332,7 @@ pub fn enter(binds: &[Bind]) -> Result<(), MountNsError> {
         return Err(failed("pivot_root into", staging));
     }
     let back = cwd.filter(|dir| dir.is_dir()).unwrap_or_else(|| "/".into());
-    std::env::set_current_dir(&back).map_err(|source| MountNsError {
-        step: "returning to",
-        path: back,
-        source,
-        hint: "",
-    })?;
+    std::env::set_current_dir(&back).map_err(io_failed("returning to", back))?;
     log::info!("mount-ns: entered ({} paths shown)", binds.len());
     Ok(())
 }
